@@ -1,0 +1,309 @@
+"""Typed run configuration: YAML in, validated frozen dataclasses out.
+
+A run config has four sections (model, data, optim, train) and an output directory. Every field is
+checked before any compute; an error names the field, the value and what is allowed. Command-line
+overrides use dotted keys: ``model.width=256 train.tokens=20M``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config field is invalid. The message names the field, the value and what is allowed."""
+
+
+_SUFFIX = {"": 1, "k": 10**3, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
+
+
+def parse_count(value: Any, name: str = "value") -> int:
+    """Parse an integer count that may carry a suffix: ``2M``, ``1.5B``, ``20k``, ``4096``."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{name}={value!r}: expected an integer count such as 4096, 20M or 1.5B")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kKMBGT]?)\s*", str(value))
+    if not m:
+        raise ConfigError(f"{name}={value!r}: expected an integer count such as 4096, 20M or 1.5B")
+    n = float(m.group(1)) * _SUFFIX[m.group(2)]
+    if not n.is_integer():
+        raise ConfigError(f"{name}={value!r}: is not a whole number")
+    return int(n)
+
+
+def format_count(n: int) -> str:
+    """Inverse of :func:`parse_count` for readable names: 20000000 -> '20M', 1500 -> '1.5k'."""
+    for suffix, scale in (("B", 10**9), ("M", 10**6), ("k", 10**3)):
+        if n >= scale:
+            v = n / scale
+            return f"{v:g}{suffix}" if v == round(v, 3) else str(n)
+    return str(n)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    variant: str = "gpt2"        # a name in model.VARIANTS
+    width: int = 128             # m = d_model
+    depth: int = 4               # l = number of blocks
+    heads: int = 2               # width must be divisible by heads
+    seq_len: int = 256
+    qk_norm: bool = False        # normalise q and k per head (on top of any variant)
+    scan_layers: bool = True     # lax.scan over blocks: compile time independent of depth
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "shakespeare"  # shakespeare | text | parquet | fineweb
+    paths: tuple[str, ...] = ()  # files or globs, for text and parquet
+    hf_config: str = "sample-10BT"  # FineWeb config name, for fineweb
+    max_docs: int = 0            # stop after this many documents (0 = all); for streaming sources
+    tokenizer: str = "bytes"     # bytes | gpt2 | bpe
+    bpe_vocab: int = 4096        # vocabulary size of a trained bpe tokenizer
+    val_fraction: float = 0.02   # fraction of documents (chosen by content hash) held out
+    root: str = "data"           # prepared token stores live under here, one folder per data config
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 3e-3             # peak learning rate
+    schedule: str = "cosine"     # cosine | wsd | constant
+    warmup_steps: int = 50
+    decay_fraction: float = 0.2  # wsd: fraction of the run spent in the final linear decay
+    final_lr_ratio: float = 0.1  # cosine: final lr = ratio * peak; wsd decays to 0
+    weight_decay: float = 0.1    # applied to matrices only
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    clip_norm: float = 1.0       # global gradient-norm clip; 0 disables
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    tokens: int = 2_000_000      # token budget; steps = tokens // (batch_size * seq_len)
+    batch_size: int = 16         # global sequences per optimizer step
+    grad_accum: int = 1          # micro-batches per step (batch_size must divide by it)
+    steps_per_call: int = 1      # optimizer steps fused into one compiled call (CPU dispatch overhead)
+    seed: int = 0                # parameter init
+    data_seed: int = 0           # batch order: the batch at step s is a function of (data_seed, s)
+    log_every: int = 10          # record train metrics every k steps (fetched from device in batches)
+    eval_every: int = 100        # eval on the fixed validation set every k steps (and at the end)
+    eval_batches: int = 4        # validation set size, in batches of batch_size sequences
+    ckpt_every: int = 500        # checkpoint every k steps ...
+    ckpt_minutes: float = 10.0   # ... and every t minutes, on SIGTERM and at the end
+    keep: int = 3                # checkpoints kept
+    dtype: str = "auto"          # auto (bf16 compute on GPU/TPU, fp32 on CPU) | float32 | bfloat16
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    out_dir: str = "runs/default"
+
+    @property
+    def steps(self) -> int:
+        return self.train.tokens // (self.train.batch_size * self.model.seq_len)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.train.batch_size * self.model.seq_len
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["data"]["paths"] = list(d["data"]["paths"])
+        return d
+
+
+_SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "train": TrainConfig}
+_COUNT_FIELDS = {"tokens", "bpe_vocab", "max_docs"}
+
+
+def _coerce(section: str, f: dataclasses.Field, value: Any) -> Any:
+    name = f"{section}.{f.name}"
+    typ = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    if f.name in _COUNT_FIELDS:
+        return parse_count(value, name)
+    if typ == "int":
+        if isinstance(value, bool) or not isinstance(value, (int, str, float)):
+            raise ConfigError(f"{name}={value!r}: expected an integer")
+        try:
+            return parse_count(value, name)
+        except ConfigError:
+            raise ConfigError(f"{name}={value!r}: expected an integer") from None
+    if typ == "float":
+        if isinstance(value, bool):
+            raise ConfigError(f"{name}={value!r}: expected a number")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}={value!r}: expected a number") from None
+    if typ == "bool":
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("true", "1", "yes"):
+            return True
+        if str(value).lower() in ("false", "0", "no"):
+            return False
+        raise ConfigError(f"{name}={value!r}: expected true or false")
+    if typ == "str":
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{name}={value!r}: expected a string")
+        return str(value)
+    if typ.startswith("tuple"):
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name}={value!r}: expected a list of strings")
+        return tuple(str(v) for v in value)
+    raise AssertionError(f"unhandled field type {typ} for {name}")
+
+
+def from_dict(d: Mapping[str, Any]) -> RunConfig:
+    """Build a RunConfig from nested plain data (as loaded from YAML), checking every key and type."""
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"config must be a mapping of sections, got {type(d).__name__}")
+    allowed = set(_SECTIONS) | {"out_dir"}
+    unknown = sorted(set(d) - allowed)
+    if unknown:
+        raise ConfigError(f"unknown top-level key(s) {unknown}; allowed: {sorted(allowed)}")
+    kwargs: dict[str, Any] = {}
+    for section, cls in _SECTIONS.items():
+        raw = d.get(section) or {}
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{section}: expected a mapping of fields, got {raw!r}")
+        by_name = {f.name: f for f in fields(cls)}
+        bad = sorted(set(raw) - set(by_name))
+        if bad:
+            raise ConfigError(f"unknown key(s) {[f'{section}.{b}' for b in bad]}; "
+                              f"{section} allows: {sorted(by_name)}")
+        kwargs[section] = cls(**{k: _coerce(section, by_name[k], v) for k, v in raw.items()})
+    if "out_dir" in d:
+        kwargs["out_dir"] = str(d["out_dir"])
+    return RunConfig(**kwargs)
+
+
+def apply_overrides(d: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides (values parsed as YAML scalars) to nested plain data."""
+    d = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in d.items()}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected section.key=value, e.g. model.width=256")
+        parsed = yaml.safe_load(value) if value else ""
+        parts = key.split(".")
+        if len(parts) == 1:
+            d[key] = parsed
+        elif len(parts) == 2:
+            d.setdefault(parts[0], {})
+            if not isinstance(d[parts[0]], dict):
+                raise ConfigError(f"override {item!r}: {parts[0]} is not a section")
+            d[parts[0]][parts[1]] = parsed
+        else:
+            raise ConfigError(f"override {item!r}: expected section.key=value, e.g. model.width=256")
+    return d
+
+
+def load(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> RunConfig:
+    """Load a YAML run config (or the defaults when path is None), apply overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from None
+    cfg = from_dict(apply_overrides(raw, overrides))
+    validate(cfg)
+    return cfg
+
+
+def _check(ok: bool, name: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name}={value!r}: {allowed}")
+
+
+def validate(cfg: RunConfig, check_paths: bool = True) -> None:
+    """Check every field's value; raise ConfigError naming the first bad one. No compute, no I/O
+    beyond checking that input files exist and the output directory is writable."""
+    from .model import VARIANTS  # late import: config must stay importable without jax
+    from .data import SOURCES, TOKENIZERS
+
+    m, d, o, t = cfg.model, cfg.data, cfg.optim, cfg.train
+    _check(m.variant in VARIANTS, "model.variant", m.variant, f"allowed: {sorted(VARIANTS)}")
+    for name in ("width", "depth", "heads", "seq_len"):
+        v = getattr(m, name)
+        _check(v > 0, f"model.{name}", v, "must be a positive integer")
+    _check(m.width % m.heads == 0, "model.width", m.width,
+           f"must be divisible by model.heads={m.heads} (head dim = width / heads)")
+    _check((m.width // m.heads) % 2 == 0, "model.heads", m.heads,
+           f"head dim width/heads = {m.width / m.heads:g} must be even (rotary embeddings pair dims)")
+
+    _check(d.source in SOURCES, "data.source", d.source, f"allowed: {sorted(SOURCES)}")
+    _check(d.tokenizer in TOKENIZERS, "data.tokenizer", d.tokenizer, f"allowed: {sorted(TOKENIZERS)}")
+    _check(0 < d.val_fraction < 1, "data.val_fraction", d.val_fraction, "must be in (0, 1)")
+    _check(d.max_docs >= 0, "data.max_docs", d.max_docs, "must be >= 0 (0 = all documents)")
+    _check(256 < d.bpe_vocab <= 2**20, "data.bpe_vocab", d.bpe_vocab, "must be in (256, 1048576]")
+    if d.source in ("text", "parquet"):
+        _check(len(d.paths) > 0, "data.paths", list(d.paths), f"source {d.source!r} needs at least one file or glob")
+        if check_paths:
+            import glob
+            for p in d.paths:
+                _check(bool(glob.glob(os.path.expanduser(p))), "data.paths", p, "matches no file")
+
+    _check(o.schedule in ("cosine", "wsd", "constant"), "optim.schedule", o.schedule,
+           "allowed: ['constant', 'cosine', 'wsd']")
+    _check(o.lr > 0 and math.isfinite(o.lr), "optim.lr", o.lr, "must be a positive finite number")
+    _check(o.warmup_steps >= 0, "optim.warmup_steps", o.warmup_steps, "must be >= 0")
+    _check(0 < o.decay_fraction <= 1, "optim.decay_fraction", o.decay_fraction, "must be in (0, 1]")
+    _check(0 <= o.final_lr_ratio <= 1, "optim.final_lr_ratio", o.final_lr_ratio, "must be in [0, 1]")
+    _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
+    _check(0 <= o.b1 < 1, "optim.b1", o.b1, "must be in [0, 1)")
+    _check(0 <= o.b2 < 1, "optim.b2", o.b2, "must be in [0, 1)")
+    _check(o.eps > 0, "optim.eps", o.eps, "must be > 0")
+    _check(o.clip_norm >= 0, "optim.clip_norm", o.clip_norm, "must be >= 0 (0 disables clipping)")
+
+    for name in ("batch_size", "grad_accum", "steps_per_call", "log_every", "eval_every",
+                 "eval_batches", "ckpt_every", "keep"):
+        v = getattr(t, name)
+        _check(v > 0, f"train.{name}", v, "must be a positive integer")
+    _check(t.tokens > 0, "train.tokens", t.tokens, "must be a positive token count such as 20M")
+    _check(t.batch_size % t.grad_accum == 0, "train.grad_accum", t.grad_accum,
+           f"must divide train.batch_size={t.batch_size}")
+    _check(cfg.steps >= 1, "train.tokens", t.tokens,
+           f"is below one batch: batch_size * seq_len = {cfg.tokens_per_step} tokens per step")
+    for name in ("log_every", "eval_every", "ckpt_every"):
+        v = getattr(t, name)
+        _check(v % t.steps_per_call == 0, f"train.{name}", v,
+               f"must be a multiple of train.steps_per_call={t.steps_per_call}")
+    _check(t.ckpt_minutes > 0, "train.ckpt_minutes", t.ckpt_minutes, "must be > 0")
+    _check(t.dtype in ("auto", "float32", "bfloat16"), "train.dtype", t.dtype,
+           "allowed: ['auto', 'bfloat16', 'float32']")
+    _check(o.warmup_steps <= cfg.steps, "optim.warmup_steps", o.warmup_steps,
+           f"exceeds the run's {cfg.steps} steps")
+
+    if check_paths:
+        _check_writable("out_dir", cfg.out_dir)
+        _check_writable("data.root", d.root)
+
+
+def _check_writable(name: str, path: str) -> None:
+    p = Path(path).expanduser().absolute()
+    probe = p
+    while not probe.exists():
+        probe = probe.parent
+    _check(probe.is_dir() and os.access(probe, os.W_OK | os.X_OK), name, path,
+           f"is not writable (nearest existing ancestor {str(probe)!r} is not a writable directory)")

@@ -1,0 +1,175 @@
+"""Where metrics go. The training loop calls a MetricsSink; it never knows what is behind it.
+
+Two sinks live here: ``TensorStoreSink`` (one zarr array per metric, indexed by step, so a resumed
+run overwrites rather than duplicates and unwritten steps read as NaN) and ``ProgressSink`` (a tqdm
+bar). ``Sinks`` fans out to several.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+import tensorstore as ts
+
+# Per logged step. `step` counts completed optimizer updates (1..steps); it is the array index.
+TRAIN_FIELDS = ("tokens", "tau", "lr", "loss", "grad_norm")
+# Per evaluation (step 0 is the model at init).
+EVAL_FIELDS = ("eval_loss", "eval_stderr")
+
+
+class MetricsSink(Protocol):
+    def start(self, total_steps: int, first_step: int) -> None:
+        """Called once before training (also on resume, with the step training resumes from)."""
+
+    def write_train(self, steps: np.ndarray, values: dict[str, np.ndarray]) -> None:
+        """Train metrics of several logged steps at once; values maps TRAIN_FIELDS to arrays."""
+
+    def write_eval(self, step: int, loss: float, stderr: float) -> None:
+        """Mean validation loss at `step` and its standard error."""
+
+    def close(self, status: str, step: int, message: str = "") -> None:
+        """End of the run: status is done | diverged | preempted | failed."""
+
+
+class Sinks:
+    """Fan out every call to several sinks."""
+
+    def __init__(self, *sinks: MetricsSink):
+        self.sinks = [s for s in sinks if s is not None]
+
+    def start(self, total_steps: int, first_step: int) -> None:
+        for s in self.sinks:
+            s.start(total_steps, first_step)
+
+    def write_train(self, steps: np.ndarray, values: dict[str, np.ndarray]) -> None:
+        for s in self.sinks:
+            s.write_train(steps, values)
+
+    def write_eval(self, step: int, loss: float, stderr: float) -> None:
+        for s in self.sinks:
+            s.write_eval(step, loss, stderr)
+
+    def close(self, status: str, step: int, message: str = "") -> None:
+        for s in self.sinks:
+            s.close(status, step, message)
+
+
+def kvstore_spec(url_or_path: str) -> Any:
+    """A TensorStore kvstore for a local path or a URL (file://, gs://, s3://, memory://)."""
+    if "://" in url_or_path:
+        return url_or_path
+    return {"driver": "file", "path": str(url_or_path)}
+
+
+def open_metric(kvstore: Any, path: str, length: int, row: int | None = None, rows: int = 1,
+                create: bool = True) -> ts.TensorStore:
+    """Open (or create) one metric array: shape [length] or [rows, length], float64, NaN fill.
+
+    Chunks are one row wide so concurrent writers of different rows never share a chunk."""
+    shape = [length] if row is None else [rows, length]
+    chunk = [min(length, 8192)] if row is None else [1, min(length, 8192)]
+    spec = {
+        "driver": "zarr3",
+        "kvstore": kvstore,
+        "path": path,
+        "metadata": {"shape": shape, "data_type": "float64", "fill_value": float("nan"),
+                     "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": chunk}}},
+    }
+    if create:
+        return ts.open(spec, create=True, open=True).result()
+    return ts.open({"driver": "zarr3", "kvstore": kvstore, "path": path}, open=True).result()
+
+
+class TensorStoreSink:
+    """Metrics of one run as zarr arrays ``<root>/<field>`` of length steps+1, indexed by step.
+
+    With ``row`` set, arrays are [rows, steps+1] and this run owns one row (the grid store's layout).
+    Writes are asynchronous; they are awaited at the next write and at close, so at most one batch
+    of metrics is in flight when a process dies."""
+
+    def __init__(self, url_or_path: str, total_steps: int, row: int | None = None, rows: int = 1,
+                 prefix: str = ""):
+        self.kvstore = kvstore_spec(url_or_path)
+        self.length = total_steps + 1
+        self.row, self.rows, self.prefix = row, rows, prefix
+        self.arrays = {f: open_metric(self.kvstore, prefix + f, self.length, row, rows)
+                       for f in TRAIN_FIELDS + EVAL_FIELDS}
+        self.pending: list[ts.Future] = []
+
+    def _index(self, arr: ts.TensorStore, lo: int, hi: int) -> ts.TensorStore:
+        return arr[lo:hi] if self.row is None else arr[self.row, lo:hi]
+
+    def _wait(self) -> None:
+        for f in self.pending:
+            f.result()
+        self.pending.clear()
+
+    def start(self, total_steps: int, first_step: int) -> None:
+        pass
+
+    def write_train(self, steps: np.ndarray, values: dict[str, np.ndarray]) -> None:
+        self._wait()
+        steps = np.asarray(steps, dtype=np.int64)
+        lo, hi = int(steps.min()), int(steps.max()) + 1
+        for f in TRAIN_FIELDS:
+            # A dense block over [lo, hi): steps that are not logged stay NaN, so one write suffices.
+            block = np.full(hi - lo, np.nan)
+            block[steps - lo] = values[f]
+            self.pending.append(self._index(self.arrays[f], lo, hi).write(block))
+
+    def write_eval(self, step: int, loss: float, stderr: float) -> None:
+        self._wait()
+        for f, v in (("eval_loss", loss), ("eval_stderr", stderr)):
+            self.pending.append(self._index(self.arrays[f], step, step + 1).write(np.array([v])))
+
+    def close(self, status: str, step: int, message: str = "") -> None:
+        self._wait()
+
+
+def read_metrics(url_or_path: str, row: int | None = None, prefix: str = "") -> dict[str, np.ndarray]:
+    """Read a run's metric arrays (as written by TensorStoreSink) into numpy, NaN where unwritten."""
+    kv = kvstore_spec(url_or_path)
+    out = {}
+    for f in TRAIN_FIELDS + EVAL_FIELDS:
+        arr = ts.open({"driver": "zarr3", "kvstore": kv, "path": prefix + f,
+                       "recheck_cached_data": True}, open=True).result()
+        out[f] = (arr if row is None else arr[row]).read().result()
+    return out
+
+
+class ProgressSink:
+    """A tqdm progress bar over steps showing train loss, eval loss and tokens/s."""
+
+    def __init__(self, tokens_per_step: int, desc: str = "train", position: int = 0, leave: bool = True):
+        self.tokens_per_step, self.desc, self.position, self.leave = tokens_per_step, desc, position, leave
+        self.bar = None
+        self.postfix: dict[str, str] = {}
+        self.t_last = self.step_last = None
+
+    def start(self, total_steps: int, first_step: int) -> None:
+        from tqdm.auto import tqdm
+        self.bar = tqdm(total=total_steps, initial=first_step, desc=self.desc, unit="step",
+                        position=self.position, leave=self.leave, dynamic_ncols=True)
+        self.t_last, self.step_last = time.perf_counter(), first_step
+
+    def write_train(self, steps: np.ndarray, values: dict[str, np.ndarray]) -> None:
+        now, step = time.perf_counter(), int(steps[-1])
+        if step > self.step_last and now > self.t_last:
+            tok_s = (step - self.step_last) * self.tokens_per_step / (now - self.t_last)
+            self.postfix["tok/s"] = f"{tok_s:,.0f}"
+        self.postfix["loss"] = f"{float(values['loss'][-1]):.4f}"
+        self.bar.update(step - self.bar.n)
+        self.bar.set_postfix(self.postfix, refresh=True)
+        self.t_last, self.step_last = now, step
+
+    def write_eval(self, step: int, loss: float, stderr: float) -> None:
+        self.postfix["eval"] = f"{loss:.4f}±{stderr:.4f}" if math.isfinite(loss) else "nan"
+        if self.bar is not None:
+            self.bar.set_postfix(self.postfix, refresh=True)
+
+    def close(self, status: str, step: int, message: str = "") -> None:
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+            self.bar.close()
