@@ -29,6 +29,9 @@ class MetricsSink(Protocol):
     def write_eval(self, step: int, loss: float, stderr: float) -> None:
         """Mean validation loss at `step` and its standard error."""
 
+    def flush(self) -> None:
+        """Make everything written so far durable (called before each checkpoint)."""
+
     def close(self, status: str, step: int, message: str = "") -> None:
         """End of the run: status is done | diverged | preempted | failed."""
 
@@ -50,6 +53,10 @@ class Sinks:
     def write_eval(self, step: int, loss: float, stderr: float) -> None:
         for s in self.sinks:
             s.write_eval(step, loss, stderr)
+
+    def flush(self) -> None:
+        for s in self.sinks:
+            s.flush()
 
     def close(self, status: str, step: int, message: str = "") -> None:
         for s in self.sinks:
@@ -124,6 +131,9 @@ class TensorStoreSink:
         for f, v in (("eval_loss", loss), ("eval_stderr", stderr)):
             self.pending.append(self._index(self.arrays[f], step, step + 1).write(np.array([v])))
 
+    def flush(self) -> None:
+        self._wait()
+
     def close(self, status: str, step: int, message: str = "") -> None:
         self._wait()
 
@@ -168,6 +178,9 @@ class ProgressSink:
         self.postfix["eval"] = f"{loss:.4f}±{stderr:.4f}" if math.isfinite(loss) else "nan"
         if self.bar is not None:
             self.bar.set_postfix(self.postfix, refresh=True)
+
+    def flush(self) -> None:
+        pass
 
     def close(self, status: str, step: int, message: str = "") -> None:
         if self.bar is not None:

@@ -1,0 +1,257 @@
+"""The training loop of one run: data, compiled steps, evals, metrics, checkpoints, preemption.
+
+Between compiled calls Python only dispatches the next chunk of steps; metrics of a chunk are fetched
+after the next chunk is dispatched, so the device never waits on the host. Every k steps (log, eval,
+checkpoint) the loop syncs. A run is resumable from any checkpoint, bit for bit on CPU.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import yaml
+
+from . import data as data_lib
+from .checkpoint import Checkpointer
+from .config import ConfigError, RunConfig
+from .metrics import MetricsSink, ProgressSink, Sinks, TensorStoreSink
+from .model import Arch, make_arch
+from .step import Steps, abstract_state, build, lr_table
+
+
+@dataclass
+class RunResult:
+    status: str          # done | diverged | preempted
+    step: int            # last step completed (for diverged: the first step with a non-finite loss)
+    message: str = ""
+    eval_loss: float = math.nan
+
+
+def compute_dtype(name: str) -> Any:
+    if name == "auto":  # bf16 matmuls pay on accelerators; on CPU they gained nothing (notes/cpu-speed.md)
+        return jnp.bfloat16 if jax.default_backend() in ("gpu", "tpu") else jnp.float32
+    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
+
+
+class Preemption:
+    """SIGTERM sets a flag; the loop finishes its current chunk (or abandons an eval), saves, exits."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator["Preemption"]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        old = signal.signal(signal.SIGTERM, self._handler)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGTERM, old)
+
+
+def _host_rows(batch_size: int) -> slice:
+    """The rows of the global batch this process feeds (all of them on one host)."""
+    n, i = jax.process_count(), jax.process_index()
+    if batch_size % n:
+        raise ConfigError(f"train.batch_size={batch_size}: must be divisible by the {n} processes")
+    per = batch_size // n
+    return slice(i * per, (i + 1) * per)
+
+
+def _to_global(local: np.ndarray, sharding: Any, global_rows: int, axis: int) -> jax.Array:
+    shape = list(local.shape)
+    shape[axis] = global_rows
+    return jax.make_array_from_process_local_data(sharding, local, tuple(shape))
+
+
+def evaluate(steps: Steps, params: Any, val_BT1: np.ndarray, batch_size: int,
+             stop: Callable[[], bool] = lambda: False) -> tuple[float, float] | None:
+    """Mean validation loss over the fixed set and its standard error across sequences.
+    Returns None if `stop()` became true part-way (a preemption landed during eval)."""
+    rows = _host_rows(batch_size)
+    losses = []
+    for lo in range(0, len(val_BT1), batch_size):
+        if stop():
+            return None
+        chunk = val_BT1[lo:lo + batch_size][rows]
+        losses.append(steps.eval(params, _to_global(chunk, steps.eval_sharding, batch_size, 0)))
+    per_seq = np.concatenate([np.asarray(x) for x in jax.device_get(losses)]).astype(np.float64)
+    return float(per_seq.mean()), float(per_seq.std(ddof=1) / math.sqrt(len(per_seq)))
+
+
+def train(cfg: RunConfig, sink: MetricsSink, ckpt_dir: str | Path, *, store: data_lib.TokenStore | None = None,
+          steps: Steps | None = None, warn: Callable[[str], None] | None = None) -> RunResult:
+    """Train one run to its token budget, resuming from the newest readable checkpoint in ckpt_dir."""
+    warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr, flush=True))
+    t_cfg, S = cfg.train, cfg.steps
+    store = store or data_lib.prepare(cfg.data)
+    arch = make_arch(cfg.model, store.vocab_size, compute_dtype(t_cfg.dtype))
+    steps = steps or build(arch, cfg.optim, S, t_cfg.grad_accum)
+    val_BT1 = store.val_set(t_cfg.eval_batches * t_cfg.batch_size, cfg.model.seq_len)
+    lrs = lr_table(cfg.optim, S)
+    tau = np.concatenate([[0.0], np.cumsum(lrs)])  # tau[s] = sum of the lr of updates 1..s
+    tps, k = cfg.tokens_per_step, t_cfg.steps_per_call
+    rows = _host_rows(t_cfg.batch_size)
+
+    ckpt = Checkpointer(ckpt_dir, t_cfg.keep, t_cfg.ckpt_every, t_cfg.ckpt_minutes, warn)
+    preempt = Preemption()
+    try:
+        restored = ckpt.restore_latest(abstract_state(steps))
+        if restored is None:
+            state, start = steps.init(jax.random.key(t_cfg.seed)), 0
+        else:
+            state, start = restored[0], int(restored[1]["step"])
+        meta = {"fingerprint": fingerprint(cfg)}
+        if start >= S:
+            return RunResult("done", S, "already complete")
+        sink.start(S, start)
+
+        pending: list[tuple[int, dict[str, jax.Array]]] = []
+
+        def flush(upto: int | None = None) -> int | None:
+            """Fetch pending chunk metrics (all, or those ending at or before `upto`), write the
+            logged steps, and return the first step whose loss is not finite, if any."""
+            nonlocal pending
+            take = [p for p in pending if upto is None or p[0] <= upto]
+            pending = [p for p in pending if not (upto is None or p[0] <= upto)]
+            if not take:
+                return None
+            host = jax.device_get([m for _, m in take])
+            s_all = np.concatenate([np.arange(end - len(m["loss"]) + 1, end + 1) for (end, _), m in zip(take, host)])
+            loss = np.concatenate([m["loss"] for m in host]).astype(np.float64)
+            gnorm = np.concatenate([m["grad_norm"] for m in host]).astype(np.float64)
+            bad = ~np.isfinite(loss)
+            first_bad = int(s_all[bad][0]) if bad.any() else None
+            keep = (s_all % t_cfg.log_every == 0) | (s_all == S) | (s_all == first_bad)
+            if first_bad is not None:
+                keep &= s_all <= first_bad
+            s = s_all[keep]
+            sink.write_train(s, {"tokens": s * float(tps), "tau": tau[s], "lr": lrs[s - 1],
+                                 "loss": loss[keep], "grad_norm": gnorm[keep]})
+            return first_bad
+
+        def diverged(step: int, what: str) -> RunResult:
+            msg = f"diverged: {what} is not finite at step {step}; no checkpoint saved past step {ckpt_step}"
+            sink.close("diverged", step, msg)
+            return RunResult("diverged", step, msg)
+
+        def eval_at(step: int) -> float | None:
+            out = evaluate(steps, state.params, val_BT1, t_cfg.batch_size, lambda: preempt.requested)
+            if out is not None:
+                sink.write_eval(step, *out)
+                return out[0]
+            return None
+
+        ckpt_step, last_eval = start, math.nan
+        with preempt.installed():
+            if start % t_cfg.eval_every == 0:  # step 0 (init), or a resume that may have lost its eval
+                last_eval = eval_at(start) or math.nan
+            batches = data_lib.batches(store, t_cfg.data_seed, start, S, t_cfg.batch_size,
+                                       cfg.model.seq_len, k, rows)
+            with contextlib.closing(batches):
+                for first, x, y in batches:
+                    n = x.shape[0]
+                    s = first + n
+                    state, metrics = steps.train(state, _to_global(x, steps.batch_sharding, t_cfg.batch_size, 1),
+                                                 _to_global(y, steps.batch_sharding, t_cfg.batch_size, 1))
+                    pending.append((s, metrics))
+                    # Lagged fetch: the previous chunk's metrics, now that this chunk is queued.
+                    if len(pending) >= 2 and pending[-2][0] % t_cfg.log_every == 0:
+                        if (bad := flush(upto=pending[-2][0])) is not None:
+                            return diverged(bad, "train loss")
+                    is_eval = s % t_cfg.eval_every == 0 or s == S
+                    if is_eval or s == S or preempt.requested or ckpt.due(s):
+                        if (bad := flush()) is not None:
+                            return diverged(bad, "train loss")
+                    if is_eval and not preempt.requested:
+                        loss = eval_at(s)
+                        if loss is not None:
+                            if not math.isfinite(loss):
+                                return diverged(s, "eval loss")
+                            last_eval = loss
+                    if s == S or preempt.requested or ckpt.due(s):
+                        sink.flush()  # metrics up to s are durable before checkpoint s exists
+                        ckpt.save(s, state, {**meta, "step": s})
+                        ckpt_step = s
+                    if preempt.requested:
+                        ckpt.wait()
+                        msg = f"preempted: checkpoint saved at step {s}; run again to resume"
+                        sink.close("preempted", s, msg)
+                        return RunResult("preempted", s, msg, last_eval)
+        ckpt.wait()
+        sink.close("done", S)
+        return RunResult("done", S, "", last_eval)
+    finally:
+        ckpt.close()
+
+
+def fingerprint(cfg: RunConfig) -> dict[str, Any]:
+    """The parts of a config that change the loss curve (a resume must match them)."""
+    d = cfg.to_dict()
+    for key in ("log_every", "eval_every", "ckpt_every", "ckpt_minutes", "keep"):
+        d["train"].pop(key)
+    d.pop("out_dir")
+    d["data"].pop("root")
+    return d
+
+
+def train_cli(cfg: RunConfig) -> RunResult:
+    """`scaling-grid train`: a run directory with config.yaml, metrics/ (zarr) and checkpoints/."""
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    saved = out / "config.yaml"
+    if saved.exists():
+        from .config import from_dict
+        old = fingerprint(from_dict(yaml.safe_load(saved.read_text())))
+        new = fingerprint(cfg)
+        if old != new:
+            diff = [f"{s}.{k}: {old[s][k]!r} -> {new[s][k]!r}" for s in new if isinstance(new[s], dict)
+                    for k in new[s] if old.get(s, {}).get(k) != new[s][k]]
+            raise ConfigError(f"out_dir={cfg.out_dir!r} holds a run with a different config ({'; '.join(diff)}); "
+                              "choose a new out_dir or restore the old values")
+    else:
+        saved.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    store = data_lib.prepare(cfg.data)
+    arch = make_arch(cfg.model, store.vocab_size, compute_dtype(cfg.train.dtype))
+    steps = build(arch, cfg.optim, cfg.steps, cfg.train.grad_accum)
+    counts = param_summary(steps, arch)
+    print(f"{cfg.model.variant} width {arch.width} depth {arch.depth} heads {arch.heads}: "
+          f"{counts['non_embedding']:,} non-embedding params, {counts['embedding']:,} embedding, "
+          f"{counts['head']:,} head; {counts['flops_per_token']:,} FLOPs/token; "
+          f"{cfg.steps:,} steps x {cfg.tokens_per_step:,} tokens", flush=True)
+    progress = ProgressSink(cfg.tokens_per_step, desc=Path(cfg.out_dir).name)
+    t0 = time.perf_counter()
+    result = train(cfg, Sinks(TensorStoreSink(str(out / "metrics"), cfg.steps), progress),
+                   out / "checkpoints", store=store, steps=steps)
+    dt = time.perf_counter() - t0
+    if result.status == "done":
+        print(f"done: {cfg.steps:,} steps in {dt:.1f} s; final eval loss {result.eval_loss:.4f} "
+              f"(ln vocab = {math.log(store.vocab_size):.3f}); metrics in {out / 'metrics'}")
+    else:
+        print(result.message, file=sys.stderr)
+    (out / "result.json").write_text(json.dumps({"status": result.status, "step": result.step,
+                                                 "message": result.message, "eval_loss": result.eval_loss}))
+    return result
+
+
+def param_summary(steps: Steps, arch: Arch) -> dict[str, int]:
+    from .model import flops_per_token, param_counts
+    counts = param_counts(abstract_state(steps).params)
+    counts["flops_per_token"] = flops_per_token(arch, counts["non_embedding"])
+    return counts

@@ -1,0 +1,152 @@
+"""Optimizer, schedules and the pure, jit-compiled train and eval steps.
+
+The train step takes a chunk of k steps' batches [k, B, T] and runs k optimizer updates under
+``lax.scan`` in one compiled call: on CPU the per-call dispatch overhead is a large share of a small
+model's step. Metrics come back as arrays of length k and stay on device until the loop fetches them.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from .config import OptimConfig
+from .model import Arch, Transformer
+
+
+class TrainState(NamedTuple):
+    step: jax.Array          # int32 scalar: optimizer updates completed
+    params: Any
+    opt_state: Any
+
+
+def schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
+    """Learning rate as a function of the update index (0-based): warmup then cosine | wsd | constant."""
+    warm, peak = cfg.warmup_steps, cfg.lr
+    rest = max(total_steps - warm, 1)
+    if cfg.schedule == "cosine":
+        after = optax.cosine_decay_schedule(peak, rest, alpha=cfg.final_lr_ratio)
+    elif cfg.schedule == "wsd":
+        decay = max(1, round(cfg.decay_fraction * total_steps))
+        stable = max(rest - decay, 0)
+        after = optax.join_schedules([optax.constant_schedule(peak),
+                                      optax.linear_schedule(peak, 0.0, decay)], [stable])
+    else:
+        after = optax.constant_schedule(peak)
+    if warm == 0:
+        return after
+    # Linear warmup from peak/warm, so the first update already moves (lr 0 would waste a step).
+    return optax.join_schedules([optax.linear_schedule(peak / warm, peak, warm - 1) if warm > 1
+                                 else optax.constant_schedule(peak), after], [warm])
+
+
+def lr_table(cfg: OptimConfig, total_steps: int) -> np.ndarray:
+    """lr used by each update 0..total_steps-1, evaluated exactly as the compiled step does (float32)."""
+    fn = jax.jit(jax.vmap(schedule(cfg, total_steps)))
+    return np.asarray(fn(jnp.arange(total_steps, dtype=jnp.int32)), dtype=np.float64)
+
+
+def decay_mask(params: Any) -> Any:
+    """True for matrices (dense kernels, embeddings). Decided by name, not ndim: under nn.scan a
+    stack of per-layer biases or norm scales is 2-D too."""
+    def is_matrix(path, _):
+        return getattr(path[-1], "key", None) in ("kernel", "embedding", "pos_embed")
+    return jax.tree_util.tree_map_with_path(is_matrix, params)
+
+
+def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
+    """AdamW with weight decay on matrices only and optional global-norm clipping."""
+    adamw = optax.adamw(schedule(cfg, total_steps), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                        weight_decay=cfg.weight_decay, mask=decay_mask)
+    return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), adamw) if cfg.clip_norm > 0 else adamw
+
+
+def loss_fn(params: Any, model: Transformer, x_BT: jax.Array, y_BT: jax.Array) -> jax.Array:
+    logits_BTV = model.apply({"params": params}, x_BT)
+    return optax.softmax_cross_entropy_with_integer_labels(logits_BTV, y_BT).mean()
+
+
+def _grads(params: Any, model: Transformer, x_BT: jax.Array, y_BT: jax.Array, accum: int):
+    if accum == 1:
+        return jax.value_and_grad(loss_fn)(params, model, x_BT, y_BT)
+    # Micro-batches under a scan; the mean of equal-size micro-batch means is the batch mean.
+    xs = x_BT.reshape(accum, -1, x_BT.shape[-1]), y_BT.reshape(accum, -1, y_BT.shape[-1])
+
+    def micro(carry, xy):
+        loss, grads = jax.value_and_grad(loss_fn)(params, model, *xy)
+        return jax.tree_util.tree_map(jnp.add, carry, (loss, grads)), None
+
+    zero = (jnp.zeros((), jnp.float32), jax.tree_util.tree_map(jnp.zeros_like, params))
+    (loss, grads), _ = jax.lax.scan(micro, zero, xs)
+    return loss / accum, jax.tree_util.tree_map(lambda g: g / accum, grads)
+
+
+def train_chunk(state: TrainState, x_KBT: jax.Array, y_KBT: jax.Array, *, model: Transformer,
+                tx: optax.GradientTransformation, accum: int) -> tuple[TrainState, dict[str, jax.Array]]:
+    """k = x_KBT.shape[0] optimizer updates. Pure: same inputs, same outputs, bit for bit."""
+
+    def one(state: TrainState, xy):
+        loss, grads = _grads(state.params, model, *xy, accum)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+        return TrainState(state.step + 1, params, opt_state), metrics
+
+    return jax.lax.scan(one, state, (x_KBT, y_KBT))
+
+
+def eval_losses(params: Any, seqs_BT1: jax.Array, *, model: Transformer) -> jax.Array:
+    """Mean next-token loss of each validation sequence [B, T+1] -> [B]."""
+    logits_BTV = model.apply({"params": params}, seqs_BT1[:, :-1])
+    return optax.softmax_cross_entropy_with_integer_labels(logits_BTV, seqs_BT1[:, 1:]).mean(axis=-1)
+
+
+class Steps(NamedTuple):
+    """Compiled functions for one run's shapes, laid out on a mesh."""
+    init: Any        # key -> TrainState
+    train: Any       # (TrainState, x [k,B,T], y [k,B,T]) -> (TrainState, metrics), donates the state
+    eval: Any        # (params, seqs [B,T+1]) -> per-sequence losses [B]
+    mesh: Mesh
+    batch_sharding: NamedSharding   # for [k, B, T] arrays: rows split over the data axis
+    eval_sharding: NamedSharding    # for [B, T+1]
+
+
+def default_mesh() -> Mesh:
+    """All devices on one data-parallel axis (parameters replicated)."""
+    return Mesh(np.array(jax.devices()), ("data",))
+
+
+def build(arch: Arch, optim: OptimConfig, total_steps: int, accum: int = 1, mesh: Mesh | None = None) -> Steps:
+    mesh = mesh or default_mesh()
+    model, tx = Transformer(arch), make_optimizer(optim, total_steps)
+    replicated = NamedSharding(mesh, P())
+
+    def init(key: jax.Array) -> TrainState:
+        params = model.init(key, jnp.zeros((1, arch.seq_len), jnp.int32))["params"]
+        return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+
+    # Explicit out_shardings for the whole state: jit(tx.init) alone would leave Adam's moments and the
+    # step counter on one device, and the sharded step then fails (see shared/notes/pitfalls.md).
+    abstract = jax.eval_shape(init, jax.random.key(0))
+    state_sharding = jax.tree_util.tree_map(lambda _: replicated, abstract)
+    batch_sharding = NamedSharding(mesh, P(None, "data"))
+    eval_sharding = NamedSharding(mesh, P("data"))
+    return Steps(
+        init=jax.jit(init, out_shardings=state_sharding),
+        train=jax.jit(partial(train_chunk, model=model, tx=tx, accum=accum), donate_argnums=0,
+                      in_shardings=(state_sharding, batch_sharding, batch_sharding),
+                      out_shardings=(state_sharding, replicated)),
+        eval=jax.jit(partial(eval_losses, model=model), in_shardings=(state_sharding.params, eval_sharding),
+                     out_shardings=replicated),
+        mesh=mesh, batch_sharding=batch_sharding, eval_sharding=eval_sharding,
+    )
+
+
+def abstract_state(steps: Steps) -> Any:
+    """Shapes, dtypes and shardings of the train state, for restoring a checkpoint onto this mesh."""
+    return jax.eval_shape(steps.init, jax.random.key(0))
