@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import orbax.checkpoint as ocp
 
@@ -19,23 +19,29 @@ log = logging.getLogger(__name__)
 
 class Checkpointer:
     def __init__(self, directory: str | Path, keep: int, every_steps: int, every_minutes: float,
-                 warn: Callable[[str], None] = print):
+                 keep_steps: Sequence[int] = (), warn: Callable[[str], None] = print):
+        """keep_steps: steps always saved and never deleted (branch points of WSD cooldowns)."""
         self.directory = Path(directory).absolute()
         self.every_steps, self.every_s = every_steps, every_minutes * 60.0
+        self.keep_steps = frozenset(keep_steps)
         self.warn = warn
         stale = sorted(p.name for p in self.directory.glob("*.orbax-checkpoint-tmp*")) if self.directory.exists() else []
         if stale:
             self.warn(f"checkpoint: ignoring partial save(s) {stale} left by an interrupted process")
         self.manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True,
-                                                 enable_async_checkpointing=True),
+            options=ocp.CheckpointManagerOptions(
+                create=True, cleanup_tmp_directories=True, enable_async_checkpointing=True,
+                preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy([
+                    ocp.checkpoint_managers.LatestN(keep),
+                    ocp.checkpoint_managers.CustomSteps(sorted(self.keep_steps))])),
         )
         self.t_last = time.monotonic()
 
     def due(self, step: int) -> bool:
         """Interval policy: every k steps or every t minutes, whichever comes first."""
-        return step % self.every_steps == 0 or time.monotonic() - self.t_last >= self.every_s
+        return (step % self.every_steps == 0 or step in self.keep_steps
+                or time.monotonic() - self.t_last >= self.every_s)
 
     def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
         """Start an asynchronous save of `state` at `step` (a no-op if that step is already saved)."""
@@ -49,6 +55,11 @@ class Checkpointer:
         """Block until pending saves are committed; surfaces async save errors."""
         self.manager.wait_until_finished()
 
+    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
+        out = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+        return out.state, dict(out.meta)
+
     def restore_latest(self, abstract_state: Any) -> tuple[Any, dict[str, Any]] | None:
         """Restore the newest readable checkpoint onto the shardings of `abstract_state`.
 
@@ -57,15 +68,28 @@ class Checkpointer:
         steps = sorted(self.manager.all_steps(), reverse=True)
         for i, step in enumerate(steps):
             try:
-                out = self.manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+                return self.restore(step, abstract_state)
             except Exception as e:  # noqa: BLE001 - any failure to read means: try the previous one
                 nxt = f"falling back to step {steps[i + 1]}" if i + 1 < len(steps) else "starting from scratch"
                 self.warn(f"checkpoint at step {step} is unreadable ({type(e).__name__}: {str(e)[:200]}); {nxt}")
                 continue
-            return out.state, dict(out.meta)
         return None
 
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def restore_from(directory: str | Path, step: int, abstract_state: Any) -> Any:
+    """The train state saved at `step` in another run's checkpoint directory (read-only)."""
+    manager = ocp.CheckpointManager(Path(directory).absolute(),
+                                    options=ocp.CheckpointManagerOptions(read_only=True, create=False,
+                                                                         save_interval_steps=0))
+    try:
+        if step not in manager.all_steps():
+            raise FileNotFoundError(f"no checkpoint at step {step} in {directory} "
+                                    f"(it has {sorted(manager.all_steps())})")
+        out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+        return out.state
+    finally:
+        manager.close()

@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +23,7 @@ import numpy as np
 import yaml
 
 from . import data as data_lib
-from .checkpoint import Checkpointer
+from .checkpoint import Checkpointer, restore_from
 from .config import ConfigError, RunConfig
 from .metrics import MetricsSink, ProgressSink, Sinks, TensorStoreSink
 from .model import Arch, make_arch
@@ -96,8 +96,13 @@ def evaluate(steps: Steps, params: Any, val_BT1: np.ndarray, batch_size: int,
 
 
 def train(cfg: RunConfig, sink: MetricsSink, ckpt_dir: str | Path, *, store: data_lib.TokenStore | None = None,
-          steps: Steps | None = None, warn: Callable[[str], None] | None = None) -> RunResult:
-    """Train one run to its token budget, resuming from the newest readable checkpoint in ckpt_dir."""
+          steps: Steps | None = None, warn: Callable[[str], None] | None = None,
+          init_from: tuple[str | Path, int] | None = None, keep_steps: Sequence[int] = ()) -> RunResult:
+    """Train one run to its token budget, resuming from the newest readable checkpoint in ckpt_dir.
+
+    init_from=(dir, step): a run with no checkpoint of its own starts from another run's state at that
+    step (a WSD cooldown branch starts from its trunk). keep_steps: steps checkpointed and kept forever
+    (the trunk's branch points)."""
     warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr, flush=True))
     t_cfg, S = cfg.train, cfg.steps
     store = store or data_lib.prepare(cfg.data)
@@ -109,11 +114,13 @@ def train(cfg: RunConfig, sink: MetricsSink, ckpt_dir: str | Path, *, store: dat
     tps, k = cfg.tokens_per_step, t_cfg.steps_per_call
     rows = _host_rows(t_cfg.batch_size)
 
-    ckpt = Checkpointer(ckpt_dir, t_cfg.keep, t_cfg.ckpt_every, t_cfg.ckpt_minutes, warn)
+    ckpt = Checkpointer(ckpt_dir, t_cfg.keep, t_cfg.ckpt_every, t_cfg.ckpt_minutes, keep_steps, warn)
     preempt = Preemption()
     try:
         restored = ckpt.restore_latest(abstract_state(steps))
-        if restored is None:
+        if restored is None and init_from is not None:
+            state, start = restore_from(init_from[0], init_from[1], abstract_state(steps)), init_from[1]
+        elif restored is None:
             state, start = steps.init(jax.random.key(t_cfg.seed)), 0
         else:
             state, start = restored[0], int(restored[1]["step"])

