@@ -301,9 +301,17 @@ def validate(cfg: RunConfig, check_paths: bool = True) -> None:
 
 
 def _check_writable(name: str, path: str) -> None:
+    """Try to create a file in the nearest existing ancestor (permission bits lie to root)."""
+    import tempfile
     p = Path(path).expanduser().absolute()
     probe = p
     while not probe.exists():
         probe = probe.parent
-    _check(probe.is_dir() and os.access(probe, os.W_OK | os.X_OK), name, path,
-           f"is not writable (nearest existing ancestor {str(probe)!r} is not a writable directory)")
+    try:
+        if not probe.is_dir():
+            raise NotADirectoryError(str(probe))
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        raise ConfigError(f"{name}={path!r}: is not writable (nearest existing ancestor {str(probe)!r}: "
+                          f"{type(e).__name__}: {e.strerror or e})") from None

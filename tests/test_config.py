@@ -1,0 +1,98 @@
+"""Bad input fails before any compute, naming the field, the value and what is allowed."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scaling_grid.trainer import config as C
+
+
+def _load(tmp_path, *overrides):
+    return C.load(None, [f"out_dir={tmp_path / 'run'}", f"data.root={tmp_path / 'data'}", *overrides])
+
+
+def test_defaults_are_valid(tmp_path):
+    cfg = _load(tmp_path)
+    assert cfg.model.variant == "gpt2" and cfg.steps >= 1
+
+
+def test_overrides_and_counts(tmp_path):
+    cfg = _load(tmp_path, "model.width=256", "model.heads=4", "train.tokens=1.5M", "optim.lr=1e-3")
+    assert (cfg.model.width, cfg.model.heads, cfg.train.tokens, cfg.optim.lr) == (256, 4, 1_500_000, 1e-3)
+    assert C.parse_count("20M") == 20_000_000 and C.parse_count("1.5B") == 1_500_000_000
+    assert C.format_count(20_000_000) == "20M" and C.format_count(1_500_000) == "1.5M"
+
+
+@pytest.mark.parametrize("overrides,needles", [
+    (["model.variant=gpt5"], ["model.variant", "gpt5", "gpt2", "llama"]),
+    (["model.width=100", "model.heads=3"], ["model.width", "100", "divisible", "heads=3"]),
+    (["model.width=0"], ["model.width", "positive"]),
+    (["model.depth=-2"], ["model.depth", "-2", "positive"]),
+    (["model.seq_len=0"], ["model.seq_len", "positive"]),
+    (["train.tokens=100"], ["train.tokens", "100", "below one batch"]),
+    (["train.tokens=lots"], ["train.tokens", "lots", "20M"]),
+    (["train.batch_size=0"], ["train.batch_size", "positive"]),
+    (["train.batch_size=16", "train.grad_accum=3"], ["train.grad_accum", "divide"]),
+    (["train.steps_per_call=4", "train.log_every=10"], ["train.log_every", "multiple", "steps_per_call=4"]),
+    (["train.dtype=fp8"], ["train.dtype", "fp8", "bfloat16"]),
+    (["data.tokenizer=sentencepiece"], ["data.tokenizer", "sentencepiece", "gpt2", "bytes"]),
+    (["data.source=wikipedia"], ["data.source", "wikipedia", "fineweb", "parquet"]),
+    (["data.source=parquet"], ["data.paths", "at least one"]),
+    (["data.source=parquet", "data.paths=[/nonexistent/*.parquet]"], ["data.paths", "/nonexistent/*.parquet", "matches no file"]),
+    (["data.val_fraction=1.5"], ["data.val_fraction", "1.5"]),
+    (["optim.schedule=linear"], ["optim.schedule", "linear", "cosine", "wsd"]),
+    (["optim.lr=-1"], ["optim.lr", "-1", "positive"]),
+    (["optim.decay_fraction=0"], ["optim.decay_fraction", "(0, 1]"]),
+    (["optim.warmup_steps=100000"], ["optim.warmup_steps", "exceeds"]),
+    (["model.widht=128"], ["model.widht", "unknown", "width"]),
+    (["trainer.lr=1"], ["unknown", "trainer"]),
+    (["model.width=wide"], ["model.width", "wide", "integer"]),
+    (["model.qk_norm=maybe"], ["model.qk_norm", "maybe", "true or false"]),
+    (["no_equals_sign"], ["no_equals_sign", "key=value"]),
+])
+def test_bad_fields_are_named(tmp_path, overrides, needles):
+    with pytest.raises(C.ConfigError) as e:
+        _load(tmp_path, *overrides)
+    for needle in needles:
+        assert needle in str(e.value), (needle, str(e.value))
+
+
+def test_unwritable_out_dir(tmp_path):
+    # /proc refuses new files even to root, whose permission bits are never checked.
+    with pytest.raises(C.ConfigError, match="out_dir.*not writable"):
+        C.load(None, ["out_dir=/proc/scaling-grid-run", f"data.root={tmp_path / 'data'}"])
+    with pytest.raises(C.ConfigError, match="data.root.*not writable"):
+        C.load(None, [f"out_dir={tmp_path / 'run'}", "data.root=/proc/scaling-grid-data"])
+
+
+def test_out_dir_that_is_a_file(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(C.ConfigError, match="out_dir.*not writable"):
+        C.load(None, [f"out_dir={f / 'run'}", f"data.root={tmp_path / 'data'}"])
+
+
+def test_missing_and_malformed_config_files(tmp_path):
+    with pytest.raises(C.ConfigError, match="does not exist"):
+        C.load(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [1, 2\n")
+    with pytest.raises(C.ConfigError, match="not valid YAML"):
+        C.load(bad)
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("model: 3\n")
+    with pytest.raises(C.ConfigError, match="model: expected a mapping"):
+        C.load(nested)
+
+
+def test_cli_reports_bad_input_without_compute(tmp_path):
+    """The CLI exits 2 with the message, and creates nothing."""
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "scaling_grid.grid.cli", "train", f"out_dir={out}",
+                           f"data.root={tmp_path / 'data'}", "model.width=100", "model.heads=3"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "model.width=100" in proc.stderr and "divisible" in proc.stderr
+    assert not out.exists() and not (tmp_path / "data").exists()
