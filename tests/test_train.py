@@ -1,0 +1,187 @@
+"""Whole runs: kill-and-resume bit-exactness with real SIGKILLs, SIGTERM saves, corrupt-checkpoint
+fallback, divergence. Every run is a tiny model on the embedded corpus, bytes tokenizer."""
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scaling_grid.trainer import config as C
+from scaling_grid.trainer import loop
+from scaling_grid.trainer.metrics import TensorStoreSink, read_metrics
+
+STEPS = 120
+TINY = ["model.width=32", "model.depth=2", "model.heads=2", "model.seq_len=64", "train.batch_size=8",
+        f"train.tokens={STEPS * 8 * 64}", "train.steps_per_call=2", "train.log_every=2", "train.eval_every=20",
+        "train.ckpt_every=10", "train.eval_batches=2", "train.keep=20", "optim.warmup_steps=10"]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("data")
+
+
+def _overrides(out: Path, data_root: Path, *extra: str) -> list[str]:
+    return [f"out_dir={out}", f"data.root={data_root}", *TINY, *extra]
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "scaling_grid.grid.cli", *args]
+
+
+def _metrics(out: Path) -> dict[str, np.ndarray]:
+    return read_metrics(str(out / "metrics"))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, data_root):
+    """An uninterrupted run through the CLI: the curve every resumed run must reproduce bit for bit."""
+    out = tmp_path_factory.mktemp("ref") / "run"
+    subprocess.run(_cli("prepare", *_overrides(out, data_root)), check=True, timeout=300)
+    proc = subprocess.run(_cli("train", *_overrides(out, data_root)), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, _metrics(out)
+
+
+def _assert_same_curves(a: dict, b: dict) -> None:
+    for field in a:
+        np.testing.assert_array_equal(a[field], b[field], err_msg=field)  # NaN == NaN here: unwritten steps
+
+
+def test_reference_run_learns(reference):
+    _, m = reference
+    logged = np.flatnonzero(~np.isnan(m["loss"]))
+    assert list(logged) == list(range(2, STEPS + 1, 2))  # every logged step recorded, nothing else
+    evals = np.flatnonzero(~np.isnan(m["eval_loss"]))
+    assert list(evals) == list(range(0, STEPS + 1, 20))
+    assert abs(m["eval_loss"][0] - math.log(256)) < 0.1  # ln(vocab) at init
+    assert m["eval_loss"][STEPS] < 3.6  # bytes of Shakespeare: well below ln 256 = 5.55
+    assert m["tokens"][STEPS] == STEPS * 8 * 64
+    assert np.all(np.diff(m["tau"][logged]) > 0) and np.all(np.isfinite(m["grad_norm"][logged]))
+
+
+def _wait_for_checkpoint(out: Path, proc: subprocess.Popen, at_least: int, timeout: float = 300) -> None:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        ck = out / "checkpoints"
+        steps = [int(p.name) for p in ck.iterdir() if p.name.isdigit()] if ck.exists() else []
+        if steps and max(steps) >= at_least:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended (rc {proc.returncode}) before checkpoint {at_least}")
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for a checkpoint")
+
+
+def test_sigkill_anywhere_then_resume_is_bit_exact(reference, tmp_path, data_root):
+    """SIGKILL at three different points (after a checkpoint, mid-chunk, right at start), resume each
+    time: the finished curve equals the uninterrupted one bit for bit, every step recorded once."""
+    ref_out, ref = reference
+    out = tmp_path / "run"
+    rng = np.random.default_rng(0)
+    for at_least in (20, 60, 90):
+        proc = subprocess.Popen(_cli("train", *_overrides(out, data_root)), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        _wait_for_checkpoint(out, proc, at_least)
+        time.sleep(float(rng.uniform(0, 0.3)))  # land somewhere after the checkpoint, not on it
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    proc = subprocess.run(_cli("train", *_overrides(out, data_root)), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _assert_same_curves(ref, _metrics(out))
+
+
+def test_sigterm_saves_and_exits_cleanly(reference, tmp_path, data_root):
+    _, ref = reference
+    out = tmp_path / "run"
+    proc = subprocess.Popen(_cli("train", *_overrides(out, data_root)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    _wait_for_checkpoint(out, proc, 30)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    result = json.loads((out / "result.json").read_text())
+    assert result["status"] == "preempted" and "run again to resume" in err
+    saved = max(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved == result["step"] and saved >= 30  # the save happened at the step it stopped on
+    proc = subprocess.run(_cli("train", *_overrides(out, data_root)), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _assert_same_curves(ref, _metrics(out))
+
+
+def _cfg(out: Path, data_root: Path, *extra: str) -> C.RunConfig:
+    return C.load(None, _overrides(out, data_root, *extra))
+
+
+def test_sigterm_during_eval(reference, tmp_path, data_root):
+    """A SIGTERM that lands while the eval runs: the eval is abandoned, the state saved at that step,
+    and the resumed run redoes that eval; the curve still matches the uninterrupted run."""
+    _, ref = reference
+    out = tmp_path / "run"
+    cfg = _cfg(out, data_root)
+    from scaling_grid.trainer import data, step
+    from scaling_grid.trainer.model import make_arch
+    store = data.prepare(cfg.data, progress=False)
+    steps = step.build(make_arch(cfg.model, store.vocab_size), cfg.optim, cfg.steps)
+    calls = {"n": 0}
+
+    def eval_then_signal(params, seqs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # evals: step 0 uses batches 1-2; step 20's first batch is call 3
+            os.kill(os.getpid(), signal.SIGTERM)
+        return steps.eval(params, seqs)
+
+    sink = TensorStoreSink(str(out / "metrics"), cfg.steps)
+    r = loop.train(cfg, sink, out / "checkpoints", store=store, steps=steps._replace(eval=eval_then_signal))
+    assert (r.status, r.step) == ("preempted", 20)
+    m = _metrics(out)
+    assert math.isnan(m["eval_loss"][20]) and not math.isnan(m["loss"][20])
+    r = loop.train(cfg, TensorStoreSink(str(out / "metrics"), cfg.steps), out / "checkpoints", store=store, steps=steps)
+    assert r.status == "done"
+    _assert_same_curves(ref, _metrics(out))
+
+
+def test_corrupt_latest_checkpoint_falls_back(reference, tmp_path, data_root):
+    """Corrupt the newest checkpoint of a finished run: the next run says so, resumes from the one
+    before, retrains the missing steps and ends with the same curve."""
+    ref_out, ref = reference
+    out = tmp_path / "run"
+    shutil.copytree(ref_out, out)
+    latest = out / "checkpoints" / str(STEPS)
+    for f in (latest / "state").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"\0garbage" * 4)
+    warnings: list[str] = []
+    cfg = _cfg(out, data_root)
+    r = loop.train(cfg, TensorStoreSink(str(out / "metrics"), cfg.steps), out / "checkpoints", warn=warnings.append)
+    assert r.status == "done"
+    assert any(f"checkpoint at step {STEPS} is unreadable" in w and f"falling back to step {STEPS - 10}" in w
+               for w in warnings), warnings
+    _assert_same_curves(ref, _metrics(out))
+
+
+def test_divergence_stops_with_clear_message(tmp_path, data_root):
+    out = tmp_path / "run"
+    proc = subprocess.run(_cli("train", *_overrides(out, data_root, "optim.lr=1e30", "optim.clip_norm=0")),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    result = json.loads((out / "result.json").read_text())
+    assert result["status"] == "diverged" and "not finite at step" in proc.stderr
+    m = _metrics(out)
+    assert np.isnan(m["loss"][result["step"]]) or np.isinf(m["loss"][result["step"]])
+    assert np.all(np.isnan(m["loss"][result["step"] + 1:]))  # nothing recorded past the divergence
+
+
+def test_changed_config_in_same_out_dir_is_refused(reference, tmp_path, data_root):
+    ref_out, _ = reference
+    out = tmp_path / "run"
+    shutil.copytree(ref_out, out)
+    with pytest.raises(C.ConfigError, match="different config.*optim.lr"):
+        loop.train_cli(_cfg(out, data_root, "optim.lr=1e-2"))
