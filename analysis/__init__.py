@@ -1,0 +1,38 @@
+"""scaling_grid.analysis: tables of losses in; fits with honest uncertainty, tables, plots, report out.
+
+Knows nothing of the store, of JAX or of grids: its input is a *table*, a dict of equal-length 1-D
+numpy arrays (columns; the schema is in ``points.py``). The CLI builds it from a store, or
+:func:`load_table` reads a CSV/parquet file.
+
+Public API (what ``grid/cli.py`` calls)::
+
+    load_table(path: str, mapping: dict[str, str] | str | None = None) -> dict[str, np.ndarray]
+        CSV or parquet; mapping = {schema name: file column}, or "N=model_size,D=tokens,loss=loss"
+    parse_mapping(text: str) -> dict[str, str]
+        "k=v,k=v" -> {k: v} (for --map)
+    run_fit(table, law="universality", loss="eval", time=None, *, points="final", min_tau=None,
+            drop_highest=0, exclude_variants=(), exclude_cells=(), variants=None, depth_offset=0.0,
+            nan_policy="raise", huber_delta=1e-3, n_boot=1000, ci=0.95, seed=0, checks=True) -> FitResult
+        law: universality | universality-free | chinchilla (laws.names()); loss: eval | train;
+        time: tau_lr | tokens | steps (None: tokens for chinchilla, tau_lr otherwise);
+        points: final | constant-lr | final+constant-lr | all; min_tau drops points whose time is
+        below it; drop_highest drops the K highest-loss points of each variant; checks=False skips
+        the held-out checks and the exclusion scan.
+        FitResult.to_json() -> str, .to_dict() -> dict, .table_markdown() / .table_csv() /
+        .table_latex() -> str, .variants[v] -> VariantFit (.params, .param_interval(name), ...)
+    write_report(table, out_dir, *, result=None, title=..., **run_fit_options) -> Path (index.html)
+    AnalysisError(ValueError)
+        raised for bad input; the message names the problem (column, coefficient, variant, fix).
+
+Modules: points (schema, loading, point selection, exclusions), laws (registry of laws as short
+formulas), fit (NNLS/IRLS and L-BFGS fits, bootstrap over runs, held-out checks, exclusion scan,
+run_fit), derived (optimal shape, penalty, frontiers), tables (md/csv/tex), plots (png/pdf),
+report (report directory).
+"""
+from .errors import AnalysisError
+from .fit import FitResult, VariantFit, run_fit
+from .points import load_table, parse_mapping, select_points
+from .report import write_report
+
+__all__ = ["AnalysisError", "FitResult", "VariantFit", "load_table", "parse_mapping", "run_fit",
+           "select_points", "write_report"]

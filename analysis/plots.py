@@ -1,0 +1,388 @@
+"""Plots of a fit (matplotlib, Agg backend), each written as PNG and PDF.
+
+Per variant:
+- ``loss_vs_time``: loss against the time variable per cell (panels by depth, colour by width) with
+  the fitted curves;
+- ``collapse``: L minus every non-time term against time, log-log: if the law holds the points of
+  every shape fall on one line of slope -alpha_time (-1/3);
+- ``width_depth``: L minus the time term against width (colour: depth) and against depth (colour:
+  width), with the fitted curves;
+- ``residuals``: relative residuals (L - Lhat)/L against time and against the fitted loss.
+For all variants together:
+- ``frontier``: the compute-optimal loss L*(C) and model size N*(C), closed form (C = 6ND) and
+  numerical (real FLOPs per token), with bootstrap bands, and the runs' (C, L).
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.colors import LogNorm  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
+
+from . import derived as dv  # noqa: E402
+from .laws import PRETTY  # noqa: E402
+
+VAR_LABEL = {"tau": "τ", "D": "D (tokens)", "m": "width m", "l": "depth ℓ", "N": "N (parameters)"}
+TIME_LABEL = {"tau_lr": "τ = Σ lr", "tokens": "tokens D", "steps": "steps"}
+plt.rcParams.update({"figure.dpi": 110, "font.size": 9, "axes.titlesize": 10, "legend.fontsize": 8,
+                     "axes.grid": True, "grid.alpha": 0.3})
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)) or "_"
+
+
+def _save(fig, out_dir: Path, name: str) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
+    fig.savefig(paths[0], dpi=130, bbox_inches="tight")
+    fig.savefig(paths[1], bbox_inches="tight")
+    plt.close(fig)
+    return paths
+
+
+def _time_label(vf) -> str:
+    tv = vf.law.time_var
+    return TIME_LABEL.get(vf.points.time or "", VAR_LABEL.get(tv, tv))
+
+
+def _shape_vars(vf) -> list[str]:
+    return [t.var for t in vf.law.terms if t.var not in ("tau", "D")]
+
+
+def _depth(vf, l_eff):
+    return l_eff + vf.points.depth_offset
+
+
+def _colours(values):
+    """A colour per distinct value (log-spaced viridis) and a legend-or-colorbar decision."""
+    u = np.unique(values)
+    cmap = plt.get_cmap("viridis")
+    if len(u) == 1:
+        return {u[0]: cmap(0.4)}, u
+    z = (np.log(u) - np.log(u[0])) / (np.log(u[-1]) - np.log(u[0]))
+    return {v: cmap(0.9 * zi) for v, zi in zip(u, z)}, u
+
+
+def _legend_or_bar(fig, ax, u, cmap_of, label, handles=None):
+    if len(u) <= 10:
+        ax.legend(handles=handles, title=label, loc="best", frameon=True)
+    else:
+        sm = plt.cm.ScalarMappable(norm=LogNorm(u[0], u[-1]), cmap=plt.get_cmap("viridis"))
+        fig.colorbar(sm, ax=ax, label=label)
+
+
+def _plain_ticks(ax, which: str = "x", values=None):
+    """Plain numbers (64, 0.5) instead of 6x10^1 on a log axis: ticks at the data's values when
+    there are few of them, else at 1-2-5 (or finer, on a short range) steps."""
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    lo, hi = (ax.get_xlim() if which == "x" else ax.get_ylim())
+    if not (lo > 1e-3 and hi < 1e4):
+        return  # powers of ten read better there
+    u = np.unique(values) if values is not None else np.array([])
+    if 1 < len(u) <= 8:
+        axis.set_ticks(u)
+    else:
+        decades = np.log10(hi / lo)
+        subs = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0) if decades < 1.2 else (1.0, 2.0, 5.0) if decades < 3 else (1.0,)
+        axis.set_major_locator(LogLocator(base=10, subs=subs))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _colorbar(fig, mappable, ax, label, values):
+    u = np.unique(values)
+    cb = fig.colorbar(mappable, ax=ax, label=label)
+    if len(u) <= 8:
+        cb.set_ticks(u)
+    cb.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+    cb.ax.yaxis.set_minor_formatter(NullFormatter())
+    return cb
+
+
+def _exp(a: float) -> str:
+    for num, den in ((1, 3), (1, 2), (2, 3), (1, 1), (2, 1)):
+        if abs(a - num / den) < 1e-9:
+            return f"{num}/{den}" if den != 1 else f"{num}"
+    return f"{a:.3g}"
+
+
+def _term(law, theta, j) -> str:
+    """A term as text: c_τ τ^(−1/3), c_m/m, A/N^0.34."""
+    t = law.terms[j]
+    a = float(law.exponents(theta)[j])
+    c, v = PRETTY.get(t.coef, t.coef), {"tau": "τ", "l": "ℓ"}.get(t.var, t.var)
+    return f"{c}/{v}" if a == 1 else f"{c} {v}^(−{_exp(a)})"
+
+
+def _fmt_val(v):
+    return f"{v:g}" if v < 1e5 else f"{v:.3g}"
+
+
+# ------------------------------------------------------------------------------ per variant
+def plot_loss_vs_time(vf, out_dir: Path) -> list[Path]:
+    law, pts = vf.law, vf.points
+    tv = law.time_var
+    if tv is None:
+        return []
+    sv = _shape_vars(vf)
+    t = pts.V[tv]
+    panel_var = "l" if ("l" in sv and "m" in sv) else None
+    colour_var = "m" if panel_var else (sv[0] if sv else None)
+    panels = np.unique(pts.V[panel_var]) if panel_var else [None]
+    nc = min(4, len(panels))
+    nr = int(np.ceil(len(panels) / nc))
+    fig, axes = plt.subplots(nr, nc, figsize=(3.6 * nc + 1.2, 3.0 * nr + 0.6), squeeze=False,
+                             sharex=True, sharey=True)
+    cols, cu = _colours(pts.V[colour_var]) if colour_var else ({None: "C0"}, [None])
+    tg = np.geomspace(t.min() / 1.3, t.max() * 1.3, 100)
+    for ax, pv in zip(axes.flat, panels):
+        sel = np.ones(len(pts), bool) if pv is None else pts.V[panel_var] == pv
+        shapes = np.unique(np.column_stack([pts.V[v][sel] for v in sv]), axis=0) if sv else [[]]
+        for shp in shapes:
+            s2 = sel.copy()
+            for v, x in zip(sv, shp):
+                s2 &= pts.V[v] == x
+            c = cols[pts.V[colour_var][s2][0]] if colour_var else "C0"
+            ax.scatter(t[s2], pts.loss[s2], s=14, color=c, zorder=3, edgecolor="k", linewidth=0.3)
+            V = {tv: tg, **{v: np.full_like(tg, x) for v, x in zip(sv, shp)}}
+            ax.plot(tg, vf.predict(V), color=c, lw=1.1)
+        ax.set_xscale("log")
+        _plain_ticks(ax, "x", t)
+        if pv is not None:
+            ax.set_title(f"depth ℓ = {_fmt_val(_depth(vf, pv))}")
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel(_time_label(vf))
+    for ax in axes[:, 0]:
+        ax.set_ylabel(f"loss ({pts.loss_name})")
+    if colour_var:
+        handles = [plt.Line2D([], [], color=cols[u], marker="o", lw=1.1, label=_fmt_val(u)) for u in cu]
+        if len(cu) <= 10:
+            fig.legend(handles=handles, title=VAR_LABEL[colour_var], loc="center left",
+                       bbox_to_anchor=(1.0, 0.5), frameon=False)
+        else:
+            sm = plt.cm.ScalarMappable(norm=LogNorm(cu[0], cu[-1]), cmap=plt.get_cmap("viridis"))
+            fig.colorbar(sm, ax=axes, label=VAR_LABEL[colour_var])
+    fig.suptitle(f"{vf.variant}: loss against {_time_label(vf)}, points and fitted law ({law.name})")
+    fig.tight_layout()
+    return _save(fig, out_dir, f"loss_vs_time_{slug(vf.variant)}")
+
+
+def plot_collapse(vf, out_dir: Path) -> list[Path]:
+    law, pts, th = vf.law, vf.points, vf.theta
+    tv = law.time_var
+    if tv is None:
+        return []
+    j_t = [i for i, t in enumerate(law.terms) if t.var == tv][0]
+    y = pts.loss - th[len(law.terms)]
+    for j, t in enumerate(law.terms):
+        if j != j_t:
+            y = y - law.term_value(th, j, pts.V[t.var])
+    t = pts.V[tv]
+    pos = y > 0
+    sv = _shape_vars(vf)
+    cv = "m" if "m" in sv else (sv[0] if sv else None)
+    fig, ax = plt.subplots(figsize=(6.2, 4.4))
+    if cv:
+        sc = ax.scatter(t[pos], y[pos], c=pts.V[cv][pos], cmap="viridis", norm=LogNorm(), s=14,
+                        edgecolor="k", linewidth=0.3, zorder=3)
+        _colorbar(fig, sc, ax, VAR_LABEL[cv], pts.V[cv])
+    else:
+        ax.scatter(t[pos], y[pos], s=14, zorder=3)
+    tg = np.geomspace(t.min() / 1.3, t.max() * 1.3, 50)
+    a = float(law.exponents(th)[j_t])
+    ax.plot(tg, law.term_value(th, j_t, tg), "k-", lw=1.5,
+            label=f"{_term(law, th, j_t)}  (slope −{_exp(a)})")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    _plain_ticks(ax, "y")
+    _plain_ticks(ax, "x", t)
+    ax.set_xlabel(_time_label(vf))
+    others = " − ".join(_term(law, th, j) for j in range(len(law.terms)) if j != j_t)
+    const = PRETTY.get(law.constant, law.constant)
+    ax.set_ylabel(f"L − {others} − {const}" if others else f"L − {const}")
+    note = f"; {int((~pos).sum())} point(s) ≤ 0 not shown" if np.any(~pos) else ""
+    ax.set_title(f"{vf.variant}: collapse onto the time term{note}")
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    return _save(fig, out_dir, f"collapse_{slug(vf.variant)}")
+
+
+def plot_width_depth(vf, out_dir: Path) -> list[Path]:
+    law, pts, th = vf.law, vf.points, vf.theta
+    sv = _shape_vars(vf)
+    if not sv:
+        return []
+    tv = law.time_var
+    y = pts.loss.copy()
+    if tv is not None:
+        j_t = [i for i, t in enumerate(law.terms) if t.var == tv][0]
+        y = y - law.term_value(th, j_t, pts.V[tv])
+    fig, axes = plt.subplots(1, len(sv), figsize=(5.2 * len(sv) + 0.8, 4.0), squeeze=False)
+    for ax, xv in zip(axes[0], sv):
+        other = [v for v in sv if v != xv]
+        x = pts.V[xv]
+        xg = np.geomspace(x.min() / 1.2, x.max() * 1.2, 80)
+        if other:
+            ov = other[0]
+            cols, u = _colours(pts.V[ov])
+            handles = []
+            for val in u:
+                s = pts.V[ov] == val
+                ax.scatter(x[s], y[s], s=14, color=cols[val], edgecolor="k", linewidth=0.3, zorder=3)
+                V = {xv: xg, ov: np.full_like(xg, val)}
+                if tv is not None:
+                    V[tv] = np.full_like(xg, np.inf)
+                lbl = _fmt_val(_depth(vf, val) if ov == "l" else val)
+                ax.plot(xg, _no_time(vf, V), color=cols[val], lw=1.1)
+                handles.append(plt.Line2D([], [], color=cols[val], marker="o", lw=1.1, label=lbl))
+            _legend_or_bar(fig, ax, u, cols, VAR_LABEL[ov], handles)
+            ax.set_title(f"against {VAR_LABEL[xv]} at fixed {VAR_LABEL[ov]}")
+        else:
+            ax.scatter(x, y, s=14, zorder=3, edgecolor="k", linewidth=0.3)
+            V = {xv: xg}
+            if tv is not None:
+                V[tv] = np.full_like(xg, np.inf)
+            ax.plot(xg, _no_time(vf, V), "k-", lw=1.1)
+            ax.set_title(f"against {VAR_LABEL[xv]}")
+        ax.set_xscale("log")
+        _plain_ticks(ax, "x", x)
+        if xv == "l" and vf.points.depth_offset:
+            ax.set_xlabel(f"effective depth ℓ − {vf.points.depth_offset:g}")
+        else:
+            ax.set_xlabel(VAR_LABEL[xv])
+    if tv:
+        j_t = [i for i, t in enumerate(law.terms) if t.var == tv][0]
+        axes[0, 0].set_ylabel(f"L − {_term(law, th, j_t)}  (time term removed)")
+    else:
+        axes[0, 0].set_ylabel("L")
+    fig.suptitle(f"{vf.variant}: loss with the time term removed; lines: fitted law")
+    fig.tight_layout()
+    return _save(fig, out_dir, f"width_depth_{slug(vf.variant)}")
+
+
+def _no_time(vf, V):
+    with np.errstate(divide="ignore"):
+        return vf.predict(V)
+
+
+def plot_residuals(vf, out_dir: Path) -> list[Path]:
+    law, pts = vf.law, vf.points
+    r = 100 * vf.residuals
+    pred = pts.loss * (1 - vf.residuals)
+    tv = law.time_var
+    sv = _shape_vars(vf)
+    cv = "m" if "m" in sv else (sv[0] if sv else None)
+    xs = [(pts.V[tv], _time_label(vf), True)] if tv else []
+    if "l" in sv:
+        xs.append((pts.V["l"] + pts.depth_offset, VAR_LABEL["l"], True))
+    xs.append((pred, "fitted loss", False))
+    fig, axes = plt.subplots(1, len(xs), figsize=(4.3 * len(xs) + 0.8, 3.6), squeeze=False, sharey=True)
+    rms = 100 * vf.rms_rel_error
+    for ax, (x, lab, logx) in zip(axes[0], xs):
+        if cv:
+            sc = ax.scatter(x, r, c=pts.V[cv], cmap="viridis", norm=LogNorm(), s=12, edgecolor="k",
+                            linewidth=0.3, zorder=3)
+        else:
+            ax.scatter(x, r, s=12)
+        ax.axhline(0, color="k", lw=0.8)
+        ax.axhspan(-rms, rms, color="C1", alpha=0.15, label=f"± rms = {rms:.2g}%")
+        if logx:
+            ax.set_xscale("log")
+            _plain_ticks(ax, "x", x)
+        ax.set_xlabel(lab)
+    axes[0, 0].set_ylabel("residual (L − fit)/L  [%]")
+    axes[0, 0].legend(loc="upper right")
+    if cv:
+        _colorbar(fig, sc, axes[0, -1], VAR_LABEL[cv], pts.V[cv])
+    fig.suptitle(f"{vf.variant}: relative residuals of the {law.name} fit")
+    fig.tight_layout()
+    return _save(fig, out_dir, f"residuals_{slug(vf.variant)}")
+
+
+# ------------------------------------------------------------------------------ all variants
+def frontier_curves(vf, n_c: int = 25, n_samples: int = 200) -> dict | None:
+    """Closed-form and numerical frontier on a dense compute grid, with bootstrap bands."""
+    ctx = vf.ctx
+    if ctx.C_ref is None or not vf.frontier:
+        return None
+    C = np.geomspace(ctx.C_data[0], ctx.C_ref[-1], n_c)
+    ctx2 = dataclasses.replace(ctx, C_ref=C)
+    _, fr = dv.derived(vf.law, vf.theta, ctx2)
+    samples = vf.samples[:n_samples]
+    band = {}
+    if len(samples) >= 10:
+        _, frb = dv.derived(vf.law, samples, ctx2)
+        q = (1 - vf.ci) / 2
+        for k, v in frb.items():
+            with np.errstate(invalid="ignore"):
+                band[k] = (np.nanquantile(v, q, axis=0), np.nanquantile(v, 1 - q, axis=0))
+    return {"C": C, "value": {k: v[0] for k, v in fr.items()}, "band": band}
+
+
+def plot_frontier(fits: dict, out_dir: Path) -> list[Path]:
+    curves = {v: frontier_curves(vf) for v, vf in fits.items()}
+    curves = {v: c for v, c in curves.items() if c is not None}
+    if not curves:
+        return []
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11.5, 4.4))
+    for i, (v, c) in enumerate(curves.items()):
+        col = f"C{i % 10}"
+        vf = fits[v]
+        C = c["C"]
+        for key, ax in (("L_star", a1), ("N_star", a2)):
+            ax.plot(C, c["value"][key], "--", color=col, lw=1.2, label=f"{v}: closed form, C = 6ND")
+            if key in c["band"]:
+                ax.fill_between(C, *c["band"][key], color=col, alpha=0.12, lw=0)
+            nk = f"numerical_{key}"
+            if nk in c["value"]:
+                ax.plot(C, c["value"][nk], "-", color=col, lw=1.6, label=f"{v}: numerical, real FLOPs")
+                if nk in c["band"]:
+                    ax.fill_between(C, *c["band"][nk], color=col, alpha=0.2, lw=0)
+        X = vf.points.extra
+        if "tokens" in X:
+            Nd = 12 * X["m"] ** 2 * X["l"] if "m" in X and "l" in X else X.get("N")
+            if Nd is not None:
+                fpt = X.get("flops_per_token", 6 * Nd)
+                Cd = np.where(np.isfinite(fpt), fpt, 6 * Nd) * X["tokens"]
+                a1.scatter(Cd, vf.points.loss, s=8, color=col, alpha=0.45, edgecolor="none",
+                           label=f"{v}: runs")
+    a1.set_xscale("log")
+    a1.set_xlabel("training compute C (FLOPs)")
+    a1.set_ylabel("loss")
+    a1.set_title("compute-optimal loss L*(C)")
+    a2.set_xscale("log")
+    a2.set_yscale("log")
+    a2.set_xlabel("training compute C (FLOPs)")
+    a2.set_ylabel("N* (non-embedding params)")
+    a2.set_title("compute-optimal model size N*(C)")
+    a1.legend(loc="upper right", fontsize=7)
+    a2.legend(loc="upper left", fontsize=7)
+    fig.suptitle("compute frontier per variant (bands: bootstrap intervals)")
+    fig.tight_layout()
+    return _save(fig, out_dir, "frontier")
+
+
+def plot_all(result, out_dir: str | Path) -> dict[str, list[Path]]:
+    """Every plot of ``result`` into out_dir: {name: [png, pdf]}."""
+    out = Path(out_dir)
+    made: dict[str, list[Path]] = {}
+    for v, vf in result.variants.items():
+        for name, f in (("loss_vs_time", plot_loss_vs_time), ("collapse", plot_collapse),
+                        ("width_depth", plot_width_depth), ("residuals", plot_residuals)):
+            p = f(vf, out)
+            if p:
+                made[f"{name}_{slug(v)}"] = p
+    p = plot_frontier(result.variants, out)
+    if p:
+        made["frontier"] = p
+    return made

@@ -1,0 +1,57 @@
+"""Synthetic tables drawn from known coefficients, for tests, benchmarks and demos.
+
+``universality_table`` looks like a store export (final points of separate runs, one cell per
+(width, depth, budget)); ``chinchilla_table`` like a published (N, D, loss) file.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+# Realistic for byte-level small models: L ~ 1.0-2.0 nats/byte on the default grid.
+UNIVERSALITY_TRUTH = {"c_tau": 0.6, "c_m": 20.0, "c_l": 0.4, "L0": 0.8}
+CHINCHILLA_TRUTH = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
+
+
+def universality_loss(m, l, tau, c_tau, c_m, c_l, L0, a_tau=1 / 3, a_m=1.0, a_l=1.0):
+    return L0 + c_tau * np.asarray(tau, float) ** -a_tau + c_m * np.asarray(m, float) ** -a_m \
+        + c_l * np.asarray(l, float) ** -a_l
+
+
+def universality_table(seed: int = 0, widths=(64, 128, 256, 512), depths=(2, 4, 8, 16),
+                       taus=(1.0, 2.0, 4.0, 8.0, 16.0), noise: float = 0.005, truth: dict | None = None,
+                       exponents=(1 / 3, 1.0, 1.0), variant: str = "gpt2", peak_lr: float = 3e-3,
+                       tokens_per_step: int = 4096, f_bar: float = 0.6, vocab: int = 256,
+                       seq_len: int = 256) -> dict[str, np.ndarray]:
+    """Final points of separate runs, one per (width, depth, tau), with multiplicative log-normal
+    noise. tau_lr = peak_lr * f_bar * steps, tokens = tokens_per_step * steps; flops_per_token is
+    72 m^2 l (6N) + 12 l T m (attention) + 6 V m (head)."""
+    truth = dict(UNIVERSALITY_TRUTH if truth is None else truth)
+    rng = np.random.default_rng(seed)
+    m, l, t = (a.ravel() for a in np.meshgrid(np.asarray(widths, float), np.asarray(depths, float),
+                                              np.asarray(taus, float), indexing="ij"))
+    L = universality_loss(m, l, t, **truth, a_tau=exponents[0], a_m=exponents[1], a_l=exponents[2])
+    L = L * np.exp(noise * rng.standard_normal(len(L)))
+    steps = t / (peak_lr * f_bar)
+    n = len(L)
+    return {
+        "variant": np.full(n, variant),
+        "cell": np.array([f"{variant}-m{int(a)}-l{int(b)}-tau{c:g}" for a, b, c in zip(m, l, t)]),
+        "m": m, "l": l, "N": 12 * m * m * l, "seed": np.zeros(n), "step": steps,
+        "tokens": steps * tokens_per_step, "tau_lr": t, "lr": np.full(n, 0.1 * peak_lr),
+        "peak_lr": np.full(n, peak_lr), "train_loss": L * 0.98, "eval_loss": L,
+        "eval_stderr": np.full(n, 0.002), "schedule": np.full(n, "cosine"), "is_final": np.ones(n, bool),
+        "flops_per_token": 72 * m * m * l + 12 * l * seq_len * m + 6 * vocab * m, "total_steps": steps,
+    }
+
+
+def chinchilla_table(seed: int = 0, Ns=None, Ds=None, noise: float = 0.003,
+                     truth: dict | None = None) -> dict[str, np.ndarray]:
+    """(N, D, loss) on a grid of model sizes and token counts, one row per run (column ``run``)."""
+    truth = dict(CHINCHILLA_TRUTH if truth is None else truth)
+    rng = np.random.default_rng(seed)
+    Ns = np.geomspace(1e7, 1e9, 8) if Ns is None else np.asarray(Ns, float)
+    Ds = np.geomspace(1e8, 1e10, 8) if Ds is None else np.asarray(Ds, float)
+    N, D = (a.ravel() for a in np.meshgrid(Ns, Ds, indexing="ij"))
+    L = truth["E"] + truth["A"] / N ** truth["alpha"] + truth["B"] / D ** truth["beta"]
+    L = L * np.exp(noise * rng.standard_normal(len(L)))
+    return {"N": N, "D": D, "loss": L, "run": np.arange(len(L)).astype(str)}
