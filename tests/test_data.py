@@ -1,0 +1,320 @@
+"""Token stores: real TensorStore, real `datasets`, real tokenizers; corpora generated in tmp_path."""
+from __future__ import annotations
+
+import gc
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from scaling_grid.trainer import data
+from scaling_grid.trainer.config import ConfigError, DataConfig
+
+datasets = pytest.importorskip("datasets")
+datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN = 0  # no 5 s sleep when a stream is closed early
+
+FINEWEB_COLUMNS = ["text", "id", "dump", "url", "date", "file_path", "language", "language_score", "token_count"]
+
+
+def write_fineweb_parquet(path: Path, docs: list[str], row_group_size: int = 64) -> Path:
+    """A parquet file in FineWeb's schema (all nine columns) holding ``docs``."""
+    n = len(docs)
+    table = pa.table({
+        "text": docs,
+        "id": [f"<urn:uuid:{random.getrandbits(64):016x}>" for _ in docs],
+        "dump": ["CC-MAIN-2024-10"] * n,
+        "url": [f"https://example.com/{i}" for i in range(n)],
+        "date": ["2024-02-21T08:15:04Z"] * n,
+        "file_path": ["s3://commoncrawl/crawl-data/x.warc.gz"] * n,
+        "language": ["en"] * n,
+        "language_score": pa.array([0.93] * n, pa.float64()),
+        "token_count": pa.array([len(d) // 4 for d in docs], pa.int64()),
+    })
+    assert table.column_names == FINEWEB_COLUMNS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path, row_group_size=row_group_size)
+    return path
+
+
+@pytest.fixture(scope="module")
+def docs() -> list[str]:
+    return data.shakespeare_documents()
+
+
+@pytest.fixture(scope="module")
+def gpt2():
+    return data.get_tokenizer("gpt2")
+
+
+@pytest.fixture(scope="module")
+def bytes_store(tmp_path_factory) -> data.TokenStore:
+    return data.prepare(DataConfig(root=str(tmp_path_factory.mktemp("stores"))), progress=False)
+
+
+def _split_docs(store: data.TokenStore, split: str) -> list[np.ndarray]:
+    """A split's documents, cut at the EOT that precedes each one."""
+    tokens = store.read(split)
+    cuts = np.flatnonzero(tokens == store.eot)
+    assert len(cuts) and cuts[0] == 0, "every document starts after an EOT"
+    return np.split(tokens, cuts[1:])
+
+
+# ------------------------------------------------------------------------------------ tokenizers
+
+def test_gpt2_offline(gpt2, docs):
+    assert gpt2.encode_batch(["Hello world"]) == [[15496, 995]]
+    assert (gpt2.vocab_size, gpt2.eot) == (50257, 50256)
+    text = "Hello world! <|endoftext|> is plain text here; café ☃\n\n  spaces"
+    assert gpt2.decode(gpt2.encode_batch([text])[0]) == text
+    # The pipeline's numpy fast path equals tiktoken's encode_ordinary.
+    sample = docs[:20] + [text]
+    assert [a.tolist() for a in gpt2.encode_arrays(sample)] == gpt2.encode_batch(sample)
+
+
+def test_shakespeare_documents(docs):
+    assert 700 <= len(docs) <= 900  # 38 plays split at scene and prologue headers
+    assert sum(d.count("### SCENE") + d.count("#### SCENE") for d in docs) >= 750
+    assert len(set(docs)) == len(docs)
+
+
+# ----------------------------------------------------------------------------------- parquet
+
+def test_parquet_store_matches_direct_tokenization(tmp_path, docs, gpt2):
+    corpus = docs[:240]
+    write_fineweb_parquet(tmp_path / "in" / "a.parquet", corpus[:100])
+    write_fineweb_parquet(tmp_path / "in" / "b.parquet", corpus[100:])
+    cfg = DataConfig(source="parquet", paths=(str(tmp_path / "in" / "*.parquet"),), tokenizer="gpt2",
+                     val_fraction=0.1, root=str(tmp_path / "stores"))
+    store = data.prepare(cfg, progress=False)
+    assert store.path == data.store_path(cfg) and store.path.name.startswith("parquet-gpt2-")
+    assert (store.vocab_size, store.eot, store.meta["dtype"]) == (50257, 50256, "uint16")
+
+    is_val = [data.is_val(d, 0.1) for d in corpus]
+    expect = {False: [], True: []}
+    for d, v, ids in zip(corpus, is_val, gpt2.encode_batch(corpus)):
+        expect[v] += [50256] + ids
+    assert 0 < sum(is_val) < len(corpus)
+    assert (store.meta["docs_train"], store.meta["docs_val"]) == (len(corpus) - sum(is_val), sum(is_val))
+    assert (store.n_train, store.n_val) == (len(expect[False]), len(expect[True]))
+    assert store.read("train").tolist() == expect[False]
+    assert store.read("val").tolist() == expect[True]
+
+
+def test_val_split_is_independent_of_sharding(tmp_path, docs, gpt2):
+    corpus = docs[:150]
+    write_fineweb_parquet(tmp_path / "one" / "all.parquet", corpus)
+    shuffled = corpus[:]
+    random.Random(1).shuffle(shuffled)
+    for i, name in enumerate(["z", "m", "a"]):  # sorted file order differs from the shuffled order too
+        write_fineweb_parquet(tmp_path / "three" / f"{name}.parquet", shuffled[i::3], row_group_size=7)
+
+    stores = [data.prepare(DataConfig(source="parquet", paths=(str(tmp_path / d),), tokenizer="gpt2",
+                                      val_fraction=0.15, root=str(tmp_path / "stores")), progress=False)
+              for d in ("one", "three")]
+    assert stores[0].path != stores[1].path
+    for split in ("train", "val"):
+        docs_of = [{gpt2.decode(d[1:].tolist()) for d in _split_docs(s, split)} for s in stores]
+        assert docs_of[0] == docs_of[1] == {d for d in corpus if data.is_val(d, 0.15) == (split == "val")}
+        counts = [np.bincount(s.read(split), minlength=s.vocab_size) for s in stores]
+        assert (counts[0] == counts[1]).all()
+    assert stores[0].meta["docs_val"] == stores[1].meta["docs_val"] > 0
+
+
+def test_bad_parquet_inputs(tmp_path):
+    with pytest.raises(ConfigError, match=r"data\.paths.*nowhere/\*\.parquet.*matches no file"):
+        data.prepare(DataConfig(source="parquet", paths=(str(tmp_path / "nowhere" / "*.parquet"),),
+                                root=str(tmp_path / "stores")), progress=False)
+    pq.write_table(pa.table({"content": ["a document"], "id": ["x"]}), tmp_path / "bad.parquet")
+    with pytest.raises(ConfigError, match=r"bad\.parquet.* no 'text' column.*content"):
+        data.prepare(DataConfig(source="parquet", paths=(str(tmp_path / "bad.parquet"),),
+                                root=str(tmp_path / "stores")), progress=False)
+    (tmp_path / "junk.parquet").write_text("not parquet")
+    with pytest.raises(ConfigError, match="not a readable parquet file"):
+        data.prepare(DataConfig(source="parquet", paths=(str(tmp_path / "junk.parquet"),),
+                                root=str(tmp_path / "stores")), progress=False)
+    assert not (tmp_path / "stores").exists()  # failed before writing anything
+
+
+def test_fineweb_offline_fails_fast_with_help(tmp_path):
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError) as e:
+        data.prepare(DataConfig(source="fineweb", max_docs=100, root=str(tmp_path / "stores")), progress=False)
+    assert time.perf_counter() - t0 < 10
+    msg = str(e.value)
+    assert "HF_HUB_OFFLINE" in msg and "data.source=parquet" in msg and "download" in msg
+    assert not (tmp_path / "stores").exists()
+
+
+# ------------------------------------------------------------------------------------- batches
+
+def test_batch_is_a_pure_function_of_seed_and_step(bytes_store):
+    s = bytes_store
+    x, y = s.batch(seed=3, step=7, batch_size=8, seq_len=64)
+    assert x.shape == y.shape == (8, 64) and x.dtype == y.dtype == np.int32
+    x2, y2 = s.batch(3, 7, 8, 64)
+    assert (x == x2).all() and (y == y2).all()
+    assert not (s.batch(3, 8, 8, 64)[0] == x).all()
+    assert not (s.batch(4, 7, 8, 64)[0] == x).all()
+    assert (x[:, 1:] == y[:, :-1]).all()
+    # Rows are the tokens at the drawn offsets, within the train split.
+    starts = s.starts(3, 7, 8, 64)
+    assert ((starts >= 0) & (starts + 65 <= s.n_train)).all()
+    train = s.read("train")
+    for r, st in enumerate(starts):
+        assert (x[r] == train[st:st + 64]).all() and (y[r] == train[st + 1:st + 65]).all()
+    # A host's rows are exactly those rows of the global batch.
+    for rows in (slice(0, 4), slice(4, 8), slice(1, 8, 3), [6, 2]):
+        xr, yr = s.batch(3, 7, 8, 64, rows=rows)
+        assert (xr == x[rows]).all() and (yr == y[rows]).all()
+
+
+def test_val_set(bytes_store):
+    s = bytes_store
+    v = s.val_set(5, 32)
+    assert v.shape == (5, 33) and v.dtype == np.int32
+    assert (v == s.val_set(5, 32)).all()
+    assert (v[:-1, -1] == v[1:, 0]).all()  # stride seq_len: consecutive, each target scored once
+    assert (v.reshape(-1)[:33] == s.read("val", 0, 33)).all()
+    can = (s.n_val - 1) // 1024
+    with pytest.raises(ConfigError, match=rf"enough for {can} sequences"):
+        s.val_set(can + 1, 1024)
+
+
+def test_prefetched_batches_match_batch(bytes_store):
+    s = bytes_store
+    with data.batches(s, seed=1, start_step=5, stop_step=12, batch_size=4, seq_len=16,
+                      steps_per_call=3, rows=slice(2, 4)) as it:
+        chunks = list(it)
+    assert [(c[0], c[1].shape) for c in chunks] == [(5, (3, 2, 16)), (8, (3, 2, 16)), (11, (1, 2, 16))]
+    for first, xs, ys in chunks:
+        for k in range(len(xs)):
+            x, y = s.batch(1, first + k, 4, 16, rows=slice(2, 4))
+            assert (xs[k] == x).all() and (ys[k] == y).all()
+    # Closing early (consumer stops, producer blocked on a full queue) does not hang.
+    it = data.batches(s, 0, 0, 10_000, 8, 32, steps_per_call=2)
+    next(it)
+    time.sleep(0.2)
+    t0 = time.perf_counter()
+    it.close()
+    assert time.perf_counter() - t0 < 5 and not it._thread.is_alive()
+    with pytest.raises(StopIteration):
+        next(it)
+    # An abandoned iterator stops its thread; a producer error reaches the consumer.
+    it = data.batches(s, 0, 0, 10_000, 8, 32)
+    next(it)
+    thread = it._thread
+    del it
+    gc.collect()
+    thread.join(5)
+    assert not thread.is_alive()
+    with pytest.raises(ConfigError, match="model.seq_len"):
+        next(data.batches(s, 0, 0, 5, 2, s.n_train + 10))
+
+
+# ------------------------------------------------------------------------------ prepare semantics
+
+def test_store_path_is_stable_and_content_keyed(tmp_path):
+    a = DataConfig(tokenizer="gpt2", root=str(tmp_path / "r1"))
+    assert data.store_path(a) == data.store_path(DataConfig(tokenizer="gpt2", root=str(tmp_path / "r1")))
+    assert data.store_path(a).name == data.store_path(DataConfig(tokenizer="gpt2", root="elsewhere")).name
+    assert data.store_path(a) == data.store_path(DataConfig(tokenizer="gpt2", bpe_vocab=999, root=str(tmp_path / "r1")))
+    assert data.store_path(a) != data.store_path(DataConfig(tokenizer="gpt2", val_fraction=0.05, root=str(tmp_path / "r1")))
+    assert data.store_path(a) != data.store_path(DataConfig(tokenizer="gpt2", max_docs=10, root=str(tmp_path / "r1")))
+    assert data.store_path(a).name.startswith("shakespeare-gpt2-")
+
+
+def test_prepare_is_idempotent(bytes_store, capsys):
+    meta = bytes_store.path / "meta.json"
+    before = meta.stat().st_mtime_ns
+    again = data.prepare(DataConfig(root=str(bytes_store.path.parent)), progress=True)
+    assert again.path == bytes_store.path and meta.stat().st_mtime_ns == before
+    assert capsys.readouterr().err == ""  # no bar, no throughput line: nothing was prepared
+    assert sorted(p.name for p in bytes_store.path.parent.iterdir()) == [bytes_store.path.name]
+
+
+_KILL_CHILD = """
+import sys
+from scaling_grid.trainer import data
+from scaling_grid.trainer.config import DataConfig
+data.prepare(DataConfig(source="parquet", paths=(sys.argv[1],), tokenizer="gpt2", root=sys.argv[2]), progress=False)
+"""
+
+
+def test_sigkill_mid_prepare_leaves_no_complete_store(tmp_path, docs):
+    # ~6M tokens, so the kill lands after the first shard write (every 4M tokens) and before the end.
+    big = [f"{d}\n[copy {i}]" for i in range(3) for d in docs] + docs[:400]
+    write_fineweb_parquet(tmp_path / "in" / "big.parquet", big, row_group_size=256)
+    root = tmp_path / "stores"
+    cfg = DataConfig(source="parquet", paths=(str(tmp_path / "in" / "big.parquet"),), tokenizer="gpt2", root=str(root))
+    proc = subprocess.Popen([sys.executable, "-c", _KILL_CHILD, cfg.paths[0], str(root)])
+    try:
+        deadline = time.time() + 60
+        while not list(root.glob("*.tmp-*/train/c")) and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        assert proc.poll() is None, "prepare finished (or failed) before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    path = data.store_path(cfg)
+    assert not path.exists() and list(root.glob("*.tmp-*"))  # only the partial temp folder is left
+    with pytest.raises(ConfigError, match="not a complete token store"):
+        data.TokenStore.open(path)
+    store = data.prepare(cfg, progress=False)  # a fresh prepare succeeds
+    assert store.path == path and store.meta["docs_train"] + store.meta["docs_val"] == len(big)
+    assert sum(int((store.read(split) == store.eot).sum()) for split in ("train", "val")) == len(big)
+    assert not list(root.glob("*.tmp-*"))  # the stale temp folder was cleaned
+
+
+# ------------------------------------------------------------------------ other sources/tokenizers
+
+def test_bytes_tokenizer_on_shakespeare(bytes_store, docs):
+    s = bytes_store
+    assert (s.vocab_size, s.eot, s.meta["dtype"]) == (256, None, "uint16")
+    assert s.n_train + s.n_val == sum(len(d.encode()) for d in docs)
+    assert s.meta["docs_train"] + s.meta["docs_val"] == len(docs) and s.meta["docs_val"] > 0
+    tok = s.tokenizer()
+    first_val = next(d for d in docs if data.is_val(d, 0.02))
+    assert tok.decode(s.read("val", 0, len(first_val.encode())).tolist()) == first_val
+
+
+def test_bpe_trained_saved_and_reloaded(tmp_path, docs):
+    cfg = DataConfig(tokenizer="bpe", bpe_vocab=1024, max_docs=120, val_fraction=0.1, root=str(tmp_path))
+    store = data.prepare(cfg, progress=False)
+    assert (store.path / "tokenizer.json").is_file() and store.vocab_size == 1024 and store.eot is not None
+    tok = data.get_tokenizer("bpe", store.path)  # reloaded from the store
+    used = docs[:120]
+    val_docs = [d for d in used if data.is_val(d, 0.1)]
+    assert val_docs and store.meta["docs_val"] == len(val_docs)
+    expect = [t for ids in tok.encode_batch(val_docs) for t in [tok.eot] + ids]
+    assert store.read("val").tolist() == expect
+    assert tok.decode(tok.encode_batch([used[0]])[0]) == used[0]
+    assert store.n_train < sum(len(d.encode()) for d in used) / 2  # it does compress
+
+
+def test_text_source(tmp_path, docs):
+    for i, d in enumerate(docs[:60]):
+        (tmp_path / "corpus" / f"{i % 3}").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "corpus" / f"{i % 3}" / f"scene{i:03d}.txt").write_text(d)
+    (tmp_path / "corpus" / "empty.txt").write_text("  \n")
+    cfg = DataConfig(source="text", paths=(str(tmp_path / "corpus" / "**" / "*.txt"),), val_fraction=0.2,
+                     root=str(tmp_path / "stores"))
+    store = data.prepare(cfg, progress=False)
+    assert store.meta["docs_train"] + store.meta["docs_val"] == 60  # one file = one document; blank skipped
+    assert store.n_train + store.n_val == sum(len(d.encode()) for d in docs[:60])
+    with pytest.raises(ConfigError, match=r"data\.paths='.*missing\.txt': matches no file"):
+        data.store_path(DataConfig(source="text", paths=(str(tmp_path / "missing.txt"),)))
+    # One document cannot be split by content: a clear error, and no store left behind.
+    one = DataConfig(source="text", paths=(str(tmp_path / "corpus" / "0" / "scene000.txt"),), root=str(tmp_path / "one"))
+    with pytest.raises(ConfigError, match=r"split is empty \(.*one file is one document"):
+        data.prepare(one, progress=False)
+    assert not data.store_path(one).exists() and not list((tmp_path / "one").glob("*.tmp-*"))
