@@ -5,6 +5,8 @@ import argparse
 import sys
 from typing import Callable
 
+from scaling_grid.trainer.config import ConfigError
+
 # Exit codes a launcher or a job scheduler can act on.
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_PREEMPTED = 0, 1, 2, 3, 143
 
@@ -39,9 +41,87 @@ def cmd_train(args: argparse.Namespace) -> int:
     return {"done": EXIT_OK, "diverged": EXIT_DIVERGED, "preempted": EXIT_PREEMPTED}.get(result.status, EXIT_FAILED)
 
 
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="YAML grid spec, e.g. configs/demo.yaml")
+    p.add_argument("--store", help="grid store: a folder or a TensorStore kvstore URL (gs://bucket/path, "
+                   "s3://...); default: stores/<spec name>")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (cells, sizes, FLOPs, estimated time, "
+                   "what is done, compute of each token mode) and exit; writes nothing")
+    p.add_argument("--shard", metavar="i/n", help="run only the cells assigned to host i of n (0-based)")
+    p.add_argument("--checkpoints", metavar="DIR", help="checkpoint root (default <store>/checkpoints; needed "
+                   "for URL stores)")
+    p.add_argument("--status-every", type=float, default=15.0, metavar="S",
+                   help="seconds between status heartbeats of a running cell (default 15)")
+    p.add_argument("--stale-after", type=float, default=600.0, metavar="S",
+                   help="take over a cell another host marked running if its heartbeat is older (default 600)")
+    p.add_argument("--no-memory-check", action="store_true",
+                   help="skip the ahead-of-time compile of the largest cells against device memory")
+    p.add_argument("--no-measure", action="store_true", help="dry run: do not time a few steps for the estimate")
+    p.add_argument("--no-retry-failed", action="store_true", help="leave cells that failed before alone")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (one line per cell)")
+    p.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize(): every process "
+                   "of a multi-host slice runs each cell together (TPU pod slices)")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from scaling_grid.grid import launch
+    from scaling_grid.grid.spec import parse_shard
+    shard = parse_shard(args.shard)
+    store = args.store or str(Path("stores") / Path(args.spec).stem)
+    opts = launch.Options(store=store, shard=shard, checkpoints=args.checkpoints, status_every=args.status_every,
+                          stale_after=args.stale_after, memory_check=not args.no_memory_check,
+                          measure=not args.no_measure, progress=not args.no_progress,
+                          retry_failed=not args.no_retry_failed, distributed=args.distributed)
+    if args.dry_run:
+        print(launch.plan_text(args.spec, opts))
+        return EXIT_OK
+    try:
+        return launch.run(args.spec, opts)
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+def _add_store_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("store", help="grid store: a folder or a kvstore URL")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from scaling_grid.grid import store
+    print(store.format_status(store.status_rows(args.store)))
+    return EXIT_OK
+
+
+def _add_export_args(p: argparse.ArgumentParser) -> None:
+    _add_store_arg(p)
+    p.add_argument("--out", help="output file, .csv or .parquet (default: <store>/export.csv for a local store)")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from scaling_grid.grid import store
+    out = args.out
+    if out is None:
+        if store.is_url(args.store):
+            raise ConfigError(f"store {args.store!r} is a URL: give --out FILE.csv or FILE.parquet")
+        out = str(Path(args.store) / "export.csv")
+    table = store.export_table(args.store)
+    path = store.write_table(table, out)
+    n = len(table["step"])
+    print(f"{n:,} rows x {len(table)} columns ({int(table['is_final'].sum())} final points, "
+          f"{len(set(table['cell']))} cells) -> {path}")
+    return EXIT_OK
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argparse.ArgumentParser], None], str]] = {
     "prepare": (cmd_prepare, _add_config_args, "tokenize a corpus once into a token store"),
     "train": (cmd_train, _add_config_args, "train one model (resumes from its checkpoints)"),
+    "run": (cmd_run, _add_run_args, "run a grid spec into a store: every cell not done (resumable, shardable)"),
+    "status": (cmd_status, _add_store_arg, "table of a grid store's cells (works while the grid runs)"),
+    "export": (cmd_export, _add_export_args, "write all points of a grid store as one tidy CSV/parquet table"),
 }
 
 
@@ -55,7 +135,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from scaling_grid.trainer.config import ConfigError
     try:
         return COMMANDS[args.command][0](args)
     except ConfigError as e:

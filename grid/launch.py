@@ -1,0 +1,744 @@
+"""Run a grid: every cell that is not done, in one process, resumable, shardable across hosts.
+
+``run(spec, options)`` validates the spec (and, where JAX can tell, that the largest cells fit in
+device memory) before any compute, prepares each distinct data config once, records the spec and
+every cell's resolved config in the store, then trains this shard's cells one after another:
+
+- done and diverged cells are skipped (a changed config is a new cell, so nothing is ever mixed);
+- partial cells resume from their checkpoints (the trainer picks the newest readable one);
+- a cell is claimed with a conditional write of its status, so two launchers never run one cell;
+- an exception marks the cell failed (with the error) and the grid goes on; failed cells are
+  retried by the next launch;
+- SIGTERM: the running cell saves a checkpoint (the trainer does it), the launcher records it as
+  preempted and exits with 143 so a requeue loop runs it again.
+
+``plan_text(spec, options)`` is ``--dry-run``: the cells, their sizes and FLOPs, an estimate of the
+time at a measured throughput, what is already done, and what each token mode would cost.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from scaling_grid.trainer.config import ConfigError, format_count
+
+from . import spec as S
+from .store import FINAL_STATES, Store, check_writable, host_id, is_stale, now
+
+EXIT_OK, EXIT_FAILED, EXIT_PREEMPTED, EXIT_INTERRUPTED = 0, 1, 143, 130
+
+
+@dataclass
+class Options:
+    store: str
+    shard: tuple[int, int] = (0, 1)
+    checkpoints: str | None = None     # checkpoint root (default: <store>/checkpoints; required for URL stores)
+    status_every: float = 15.0         # seconds between heartbeats of a running cell's status.json
+    stale_after: float = 600.0         # a 'running' cell of another host with no heartbeat this long is taken over
+    memory_check: bool = True          # AOT-compile the largest cells against device memory before launch
+    measure: bool = True               # dry run: time a few steps for the estimate
+    progress: bool = True
+    retry_failed: bool = True
+    distributed: bool = False          # jax.distributed.initialize(): all processes run every cell together
+    out: Callable[[str], None] = field(default=lambda s: print(s, flush=True))
+
+
+# --------------------------------------------------------------------------------------- helpers
+
+def setup_jax(distributed: bool = False) -> None:
+    """A persistent compilation cache (cells of one shape share compiles across cells and launches),
+    unless the user configured one; jax.distributed for multi-host slices."""
+    import logging
+
+    import jax
+    # orbax logs a warning each time a branch opens its trunk's checkpoints read-only (as intended).
+    logging.getLogger("absl").addFilter(lambda r: "Given directory is read only" not in r.getMessage())
+    if not os.environ.get("JAX_COMPILATION_CACHE_DIR") and not jax.config.jax_compilation_cache_dir:
+        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "scaling-grid" / "jax"
+        jax.config.update("jax_compilation_cache_dir", str(cache))
+        if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    if distributed:
+        jax.distributed.initialize()
+
+
+def _load(spec_path: str, opts: Options, check_paths: bool = True) -> tuple[S.GridSpec, list[S.Cell]]:
+    spec = S.load_spec(spec_path)
+    cells = S.expand(spec, check_paths=check_paths)
+    check_writable(opts.store)
+    return spec, cells
+
+
+def _mine(cells: Sequence[S.Cell], shard: tuple[int, int], cost: dict[str, float] | None = None) -> list[S.Cell]:
+    i, n = shard
+    where = S.shard_of(cells, n, cost)
+    return [c for c in cells if where[c.id] == i]
+
+
+def _records(cells: Sequence[S.Cell], vocab: dict[Any, int]) -> dict[str, dict[str, Any]]:
+    return {c.id: S.derived(c, vocab.get(c.config.data, S.expected_vocab(c.config))) for c in cells}
+
+
+def _costs(records: dict[str, dict[str, Any]], cells: Sequence[S.Cell]) -> dict[str, float]:
+    return {c.id: float(c.train_tokens) * records[c.id]["flops_per_token"] for c in cells}
+
+
+def _fmt_tokens(n: float) -> str:
+    for suffix, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.4g}{suffix}"
+    return f"{n:.0f}"
+
+
+def _fmt_flops(x: float) -> str:
+    return f"{x:.2e}"
+
+
+def _fmt_time(s: float) -> str:
+    if not math.isfinite(s):
+        return "?"
+    if s < 120:
+        return f"{s:.0f}s"
+    if s < 7200:
+        return f"{s / 60:.1f}min"
+    return f"{s / 3600:.1f}h"
+
+
+def _device_memory() -> tuple[int, str]:
+    """Bytes one device can hold and how that was found."""
+    import jax
+    dev = jax.local_devices()[0]
+    try:
+        stats = dev.memory_stats()
+    except Exception:  # noqa: BLE001 - some backends raise instead of returning None
+        stats = None
+    if stats and stats.get("bytes_limit"):
+        return int(stats["bytes_limit"]), f"{dev.platform} device memory"
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return int(ram), f"{dev.platform}: physical RAM"
+
+
+class SharedSteps:
+    """Compiled steps shared by every cell of one shape, whatever its budget and schedule.
+
+    The trainer's ``step.build`` bakes the lr schedule (and so the run length) into the compiled
+    train step, so each (shape, budget) pair would trace and compile its own; on a CPU that costs
+    more than training a small cell. Here the schedule is an input instead: the train step reads
+    the lr of update ``count`` from a table (the trainer's own ``lr_table``, zero-padded to the
+    longest run of that shape in the grid), so all budgets, seeds and the wsd trunk and branches
+    of a shape share one traced and compiled function. Init and eval come from ``step.build``; the
+    optimizer is ``step.make_optimizer``'s, with the table as its schedule (tests check both paths
+    give the same updates). The train state has the same structure, so checkpoints are the
+    trainer's. Replace this by a trainer option when the trainer grows one."""
+
+    def __init__(self) -> None:
+        self.cache: dict[Any, tuple[Any, Any]] = {}
+
+    @staticmethod
+    def _key(cell: S.Cell, vocab: int, table_len: int):
+        from scaling_grid.trainer.loop import compute_dtype
+        from scaling_grid.trainer.model import make_arch
+        cfg = cell.config
+        o = cfg.optim
+        arch = make_arch(cfg.model, vocab, compute_dtype(cfg.train.dtype))
+        return arch, (o.b1, o.b2, o.eps, o.weight_decay, o.clip_norm), cfg.train.grad_accum, table_len
+
+    def _compiled(self, cell: S.Cell, vocab: int, table_len: int):
+        key = self._key(cell, vocab, table_len)
+        if key not in self.cache:
+            import jax
+            import optax
+            from jax.sharding import NamedSharding, PartitionSpec as P
+            from scaling_grid.trainer.model import Transformer
+            from scaling_grid.trainer.step import abstract_state, build, decay_mask, train_chunk
+            arch, _, accum, _ = key
+            o = cell.config.optim
+            base = build(arch, o, max(cell.steps, 1), accum)  # init, eval, mesh, shardings
+            model = Transformer(arch)
+            replicated = NamedSharding(base.mesh, P())
+            state_sharding = jax.tree_util.tree_map(lambda _: replicated, abstract_state(base))
+
+            def train(state, x_KBT, y_KBT, lrs_S):
+                # make_optimizer(o, S) with the lr table as its schedule
+                adamw = optax.adamw(lambda count: lrs_S[count], b1=o.b1, b2=o.b2, eps=o.eps,
+                                    weight_decay=o.weight_decay, mask=decay_mask)
+                tx = optax.chain(optax.clip_by_global_norm(o.clip_norm), adamw) if o.clip_norm > 0 else adamw
+                return train_chunk(state, x_KBT, y_KBT, model=model, tx=tx, accum=accum)
+
+            jitted = jax.jit(train, donate_argnums=0,
+                             in_shardings=(state_sharding, base.batch_sharding, base.batch_sharding, replicated),
+                             out_shardings=(state_sharding, replicated))
+            self.cache[key] = (base, jitted)
+        return self.cache[key]
+
+    def table(self, cell: S.Cell, table_len: int) -> np.ndarray:
+        from scaling_grid.trainer.step import lr_table
+        t = np.zeros(table_len, np.float32)
+        t[:cell.steps] = lr_table(cell.config.optim, cell.steps)
+        return t
+
+    def get(self, cell: S.Cell, vocab: int, table_len: int):
+        """The trainer's Steps for this cell, with the shared train step bound to its lr table."""
+        import jax
+        base, jitted = self._compiled(cell, vocab, table_len)
+        lrs = jax.device_put(self.table(cell, table_len), jax.sharding.NamedSharding(base.mesh,
+                                                                                     jax.sharding.PartitionSpec()))
+        return base._replace(train=lambda state, x, y: jitted(state, x, y, lrs))
+
+    def lower(self, cell: S.Cell, vocab: int, table_len: int):
+        """(compiled train step, base Steps, lr table) for ahead-of-time analysis and timing."""
+        import jax
+        import jax.numpy as jnp
+        from scaling_grid.trainer.step import abstract_state
+        base, jitted = self._compiled(cell, vocab, table_len)
+        t = cell.config.train
+        x = jax.ShapeDtypeStruct((t.steps_per_call, t.batch_size, cell.config.model.seq_len), jnp.int32,
+                                 sharding=base.batch_sharding)
+        lrs = jax.ShapeDtypeStruct((table_len,), jnp.float32,
+                                   sharding=jax.sharding.NamedSharding(base.mesh, jax.sharding.PartitionSpec()))
+        return jitted.lower(abstract_state(base), x, x, lrs).compile(), base, self.table(cell, table_len)
+
+
+_SHARED = SharedSteps()
+
+
+def table_lengths(cells: Sequence[S.Cell], vocab: dict[Any, int] | None = None) -> dict[str, int]:
+    """Per cell, the lr-table length of its shape: the longest run of that shape in the grid."""
+    longest: dict[Any, int] = {}
+    keys = {}
+    for c in cells:
+        k = SharedSteps._key(c, (vocab or {}).get(c.config.data, S.expected_vocab(c.config)), 0)[:3]
+        keys[c.id] = k
+        longest[k] = max(longest.get(k, 0), c.steps)
+    return {c.id: longest[keys[c.id]] for c in cells}
+
+
+_COMPILED: dict[str, tuple[Any, Any, Any, float]] = {}
+
+
+def _compile(cell: S.Cell, vocab: int, table_len: int):
+    """AOT-compile the cell's (shared) train chunk: (compiled, steps, lr table, seconds); memoized."""
+    if cell.id not in _COMPILED:
+        t0 = time.perf_counter()
+        compiled, base, table = _SHARED.lower(cell, vocab, table_len)
+        _COMPILED[cell.id] = (compiled, base, table, time.perf_counter() - t0)
+    return _COMPILED[cell.id]
+
+
+def _memory_candidates(cells: Sequence[S.Cell], records: dict[str, dict[str, Any]]) -> list[S.Cell]:
+    """The cells most likely to need the most memory: most parameters, largest activations."""
+    def params(c):
+        return records[c.id]["N"] + 2 * records[c.id]["vocab"] * c.m
+
+    def acts(c):
+        t = c.config.train
+        rows = t.batch_size // t.grad_accum * c.config.model.seq_len
+        return rows * (c.m * c.l * 16 + records[c.id]["vocab"] + c.l * c.config.model.heads * c.config.model.seq_len)
+    out = []
+    for key in (params, acts):
+        best = max(cells, key=lambda c: (key(c), c.id))
+        if all(not _same_shape(best, o) for o in out):
+            out.append(best)
+    return out
+
+
+def _same_shape(a: S.Cell, b: S.Cell) -> bool:
+    return (a.config.model, a.config.train.batch_size, a.config.train.grad_accum,
+            a.config.train.steps_per_call) == (b.config.model, b.config.train.batch_size,
+                                               b.config.train.grad_accum, b.config.train.steps_per_call)
+
+
+def memory_check(cells: Sequence[S.Cell], records: dict[str, dict[str, Any]], tables: dict[str, int],
+                 headroom: float = 0.9) -> list[tuple[S.Cell, int, float]]:
+    """Compile the largest cells ahead of time and compare XLA's memory analysis with what one
+    device holds. Raises ConfigError for a cell that cannot fit. Returns (cell, bytes, compile s)."""
+    avail, what = _device_memory()
+    out = []
+    for c in _memory_candidates(cells, records):
+        compiled, _, _, dt = _compile(c, records[c.id]["vocab"], tables[c.id])
+        ma = compiled.memory_analysis()
+        if ma is None:
+            continue
+        need = int(ma.argument_size_in_bytes + ma.output_size_in_bytes - ma.alias_size_in_bytes
+                   + ma.temp_size_in_bytes)
+        if need > headroom * avail:
+            t = c.config.train
+            raise ConfigError(
+                f"cell {c.name}: needs {need / 2**30:.1f} GiB per device (XLA memory analysis of its train "
+                f"step: batch_size {t.batch_size}, grad_accum {t.grad_accum}, steps_per_call {t.steps_per_call}) "
+                f"but {what} is {avail / 2**30:.1f} GiB; raise train.grad_accum, lower train.batch_size or "
+                f"model.seq_len, or drop the largest widths/depths")
+        out.append((c, need, dt))
+    return out
+
+
+def _measure(cell: S.Cell, vocab: int, flops_per_token: int, table_len: int, calls: int = 2
+             ) -> tuple[float, float]:
+    """(FLOP/s of the train step, compile seconds) from timing `calls` chunks after a warm call."""
+    import jax
+    import jax.numpy as jnp
+    compiled, steps, table, dt_compile = _compile(cell, vocab, table_len)
+    t = cell.config.train
+    shape = (t.steps_per_call, t.batch_size, cell.config.model.seq_len)
+    x = jax.device_put(jnp.zeros(shape, jnp.int32), steps.batch_sharding)
+    lrs = jax.device_put(table, jax.sharding.NamedSharding(steps.mesh, jax.sharding.PartitionSpec()))
+    state = steps.init(jax.random.key(0))
+    state, m = compiled(state, x, x, lrs)
+    jax.block_until_ready(m)
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        state, m = compiled(state, x, x, lrs)
+    jax.block_until_ready(m)
+    dt = time.perf_counter() - t0
+    return calls * math.prod(shape) * flops_per_token / dt, dt_compile
+
+
+def _prepare_data(cells: Sequence[S.Cell]) -> dict[Any, Any]:
+    """One token store per distinct data config (shared by every cell that uses it), then the checks
+    that need the data: the validation split holds each cell's eval set, the train split a window."""
+    from scaling_grid.trainer import data
+    stores = {}
+    for c in cells:
+        d = c.config.data
+        if d not in stores:
+            stores[d] = data.prepare(d)
+    check_data(cells, stores)
+    return stores
+
+
+def check_data(cells: Sequence[S.Cell], stores: dict[Any, Any]) -> None:
+    for c in cells:
+        st, t, T = stores.get(c.config.data), c.config.train, c.config.model.seq_len
+        if st is None:
+            continue
+        need = t.eval_batches * t.batch_size * T + 1
+        if need > st.n_val:
+            raise ConfigError(f"cell {c.name}: train.eval_batches={t.eval_batches}: its eval set needs {need:,} "
+                              f"validation tokens (eval_batches x batch_size x seq_len) but {st.path} has "
+                              f"{st.n_val:,}; lower train.eval_batches or raise data.val_fraction")
+        if st.n_train <= T:
+            raise ConfigError(f"cell {c.name}: model.seq_len={T}: the train split has only {st.n_train:,} tokens")
+
+
+# ------------------------------------------------------------------------------------------ plan
+
+def _state_of(store: Store | None, cid: str) -> dict[str, Any]:
+    if store is None:
+        return {"state": "pending"}
+    return store.status(cid)[0]
+
+
+def plan_text(spec_path: str, opts: Options) -> str:
+    """The --dry-run report. Writes nothing to the store."""
+    spec, cells = _load(spec_path, opts)
+    shard = opts.shard
+    setup_jax()
+    from scaling_grid.trainer import data
+    prepared: dict[Any, Any] = {}
+    for c in cells:  # exact vocabulary (and data checks) where the data is already prepared
+        p = data.store_path(c.config.data)
+        if c.config.data not in prepared and (p / "meta.json").is_file():
+            prepared[c.config.data] = data.TokenStore.open(p)
+    check_data(cells, prepared)
+    vocab = {d: s.vocab_size for d, s in prepared.items()}
+    records = _records(cells, vocab)
+    costs = _costs(records, cells)
+    shard_costs = _costs(_records(cells, {}), cells)  # as `run` computes it: from the spec alone
+    mine = _mine(cells, shard, shard_costs)
+    store = Store(opts.store) if Store(opts.store).exists() else None
+    states = {c.id: _state_of(store, c.id) for c in cells}
+    todo = [c for c in mine if states[c.id].get("state") not in FINAL_STATES]
+
+    lines = [f"grid {spec.name!r} from {spec.source}: {len(cells)} cells, tokens mode {spec.tokens_mode}; "
+             f"store {opts.store} ({'exists' if store else 'new'})"
+             + (f"; shard {shard[0]}/{shard[1]}: {len(mine)} cells" if shard[1] > 1 else "")]
+
+    # Throughput: finished cells in the store, else timing a few steps of the smallest and largest cell.
+    points: list[tuple[float, float, float]] = []  # (flops/token, flop/s, setup s)
+    how = ""
+    if store is not None:
+        for c in cells:
+            st = states[c.id]
+            if st.get("state") == "done" and st.get("train_s") and st.get("trained_steps"):
+                fl = st["trained_steps"] * c.config.tokens_per_step * records[c.id]["flops_per_token"]
+                points.append((records[c.id]["flops_per_token"], fl / st["train_s"], st.get("setup_s", 0.0)))
+        if points:
+            how = f"measured on {len(points)} finished cell(s) in the store"
+    mem_lines = []
+    tables = table_lengths(cells, vocab)
+    if opts.memory_check and todo:
+        for c, need, _ in memory_check(todo, records, tables):
+            avail, what = _device_memory()
+            mem_lines.append(f"memory: {c.name} needs {need / 2**20:,.0f} MiB per device of {avail / 2**30:.1f} GiB "
+                             f"({what}; XLA memory analysis)")
+    if opts.measure and todo and len(points) < 2:
+        by_f = sorted(todo, key=lambda c: records[c.id]["flops_per_token"])
+        picks = [by_f[-1]] if by_f[0] is by_f[-1] else [by_f[0], by_f[-1]]
+        for c in picks:
+            r = records[c.id]
+            rate, dt_c = _measure(c, r["vocab"], r["flops_per_token"], tables[c.id])
+            points.append((r["flops_per_token"], rate, 2.0 * dt_c))
+        how = "measured by timing " + " and ".join(c.name for c in picks) + " on " + _backend()
+
+    def estimate(c: S.Cell) -> float:
+        if not points:
+            return math.nan
+        f = records[c.id]["flops_per_token"]
+        lf = math.log(f)
+        pts = sorted(points)
+        if len(pts) == 1 or lf <= math.log(pts[0][0]):
+            rate, setup = pts[0][1], pts[0][2]
+        elif lf >= math.log(pts[-1][0]):
+            rate, setup = pts[-1][1], pts[-1][2]
+        else:  # log-linear interpolation of FLOP/s in log FLOPs/token (small models run less efficiently)
+            j = next(i for i in range(1, len(pts)) if math.log(pts[i][0]) >= lf)
+            (f0, r0, s0), (f1, r1, s1) = pts[j - 1], pts[j]
+            w = (lf - math.log(f0)) / max(math.log(f1) - math.log(f0), 1e-12)
+            rate = math.exp((1 - w) * math.log(r0) + w * math.log(r1))
+            setup = (1 - w) * s0 + w * s1
+        return setup + c.train_tokens * f / rate
+
+    head = ("cell", "role", "m", "l", "N", "tokens", "steps", "FLOPs", "est", "state", "shard")
+    odd = [c.name for c in cells if (c.steps - (c.init_step or 0)) % c.config.train.steps_per_call]
+    if odd:
+        lines.append(f"note: {len(odd)} cell(s) (e.g. {odd[0]}) run a number of steps that is not a multiple of "
+                     f"train.steps_per_call: their last chunk compiles a second train step; budgets that are "
+                     f"multiples of batch_size x seq_len x steps_per_call avoid it")
+    where = S.shard_of(cells, shard[1], shard_costs)
+    rows = []
+    for c in cells:
+        r = records[c.id]
+        st = states[c.id]
+        state = st.get("state", "pending")
+        if state not in ("pending",) and st.get("step") is not None:
+            state += f" {st['step']}/{r['total_steps']}"
+        toks = format_count(c.tokens) + (f" (from step {c.init_step})" if c.init_step else "")
+        rows.append((c.id, c.role, str(c.m), str(c.l), f"{r['N']:,}", toks, str(c.train_steps),
+                     _fmt_flops(costs[c.id]), _fmt_time(estimate(c)), state, str(where[c.id])))
+    widths = [max(len(h), *(len(x[i]) for x in rows)) for i, h in enumerate(head)]
+    lines.append("  ".join(h.ljust(w) for h, w in zip(head, widths)))
+    lines += ["  ".join(v.ljust(w) for v, w in zip(x, widths)).rstrip() for x in rows]
+
+    tot_tok = sum(c.train_tokens for c in todo)
+    tot_fl = sum(costs[c.id] for c in todo)
+    tot_t = sum(estimate(c) for c in todo)
+    done = sum(1 for c in mine if states[c.id].get("state") == "done")
+    div = sum(1 for c in mine if states[c.id].get("state") == "diverged")
+    lines.append(f"already: {done} done, {div} diverged; to run: {len(todo)} cells, {_fmt_tokens(tot_tok)} tokens, "
+                 f"{_fmt_flops(tot_fl)} FLOPs, estimated {_fmt_time(tot_t)}"
+                 + (f" ({how})" if how else " (no throughput measured: --no-measure)"))
+    lines += mem_lines
+    lines.append("compute by token mode (whole grid, all shards):")
+    for mode in S.TOKEN_MODES:
+        try:
+            mc = cells if mode == spec.tokens_mode else S.expand(S.with_mode(spec, mode), check_paths=False,
+                                                                 lenient_wsd=True)
+        except ConfigError as e:
+            lines.append(f"  {mode:9s} not possible for this spec: {e}")
+            continue
+        mr = records if mc is cells else _records(mc, vocab)
+        tok = sum(c.train_tokens for c in mc)
+        fl = sum(c.train_tokens * mr[c.id]["flops_per_token"] for c in mc)
+        single = sum(1 for c in mc if c.role == "separate") if mode == "wsd" else 0
+        lines.append(f"  {mode:9s} {len(mc):4d} runs  {_fmt_tokens(tok):>8s} tokens  {_fmt_flops(fl)} FLOPs"
+                     + ("   <- this spec" if mode == spec.tokens_mode else "")
+                     + (f"   ({single} single-budget shape(s) counted as separate runs)" if single else ""))
+    return "\n".join(lines)
+
+
+def _backend() -> str:
+    import jax
+    return f"{jax.default_backend()} ({jax.device_count()} device{'s' if jax.device_count() > 1 else ''})"
+
+
+# ------------------------------------------------------------------------------------------- run
+
+class _Signals:
+    """SIGTERM before or between cells: stop after the current cell; during a cell the trainer's own
+    handler saves a checkpoint. A SIGTERM that lands while the trainer's handler is not installed
+    (compile, restore) is re-sent from the first metrics write, when it is."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.forwarded = False
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    @contextlib.contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        old = signal.signal(signal.SIGTERM, self._handler)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGTERM, old)
+
+    def forward(self) -> None:
+        if self.requested and not self.forwarded:
+            self.forwarded = True
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+class _LiveSink:
+    """Tracks a running cell for the heartbeat and the overall bar; forwards a pending SIGTERM."""
+
+    def __init__(self, cell: S.Cell, signals: _Signals, bar: Any) -> None:
+        self.cell, self.signals, self.bar = cell, signals, bar
+        self.step = cell.init_step or 0
+        self.first_step = None
+        self.loss = self.eval_loss = None
+        self.t_start = None
+        self.lock = threading.Lock()
+
+    def start(self, total_steps: int, first_step: int) -> None:
+        self.t_start = time.perf_counter()
+        if self.bar is not None:  # a resumed cell: the steps before its checkpoint are already done
+            self.bar.update((first_step - self.step) * self.cell.config.tokens_per_step)
+        self.first_step = self.step = first_step
+
+    def write_train(self, steps: np.ndarray, values: dict[str, np.ndarray]) -> None:
+        new = int(steps[-1])
+        if self.bar is not None:
+            self.bar.update((new - self.step) * self.cell.config.tokens_per_step)
+        with self.lock:
+            self.step, self.loss = new, float(values["loss"][-1])
+        self.signals.forward()
+
+    def write_eval(self, step: int, loss: float, stderr: float) -> None:
+        with self.lock:
+            self.eval_loss = float(loss)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self, status: str, step: int, message: str = "") -> None:
+        pass
+
+    def tokens_per_s(self) -> float | None:
+        if self.t_start is None or self.first_step is None:
+            return None
+        dt = time.perf_counter() - self.t_start
+        return (self.step - self.first_step) * self.cell.config.tokens_per_step / dt if dt > 0 else None
+
+
+class _Heartbeat:
+    """Rewrites a running cell's status.json every `every` seconds from a background thread."""
+
+    def __init__(self, store: Store, base: dict[str, Any], live: _LiveSink, every: float) -> None:
+        self.store, self.base, self.live, self.every = store, base, live, every
+        self.stop_ev = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.live.lock:
+            return {**self.base, "step": self.live.step, "loss": self.live.loss, "eval_loss": self.live.eval_loss,
+                    "tokens_per_s": self.live.tokens_per_s()}
+
+    def _run(self) -> None:
+        while not self.stop_ev.wait(self.every):
+            try:
+                self.store.set_status(self.base["id"], self.snapshot())
+            except Exception:  # noqa: BLE001 - a missed heartbeat must not kill training
+                pass
+
+    def __enter__(self) -> "_Heartbeat":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop_ev.set()
+        self.thread.join()
+
+
+def _checkpoint_steps(directory: Path) -> list[int]:
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+
+def _run_order(cells: Sequence[S.Cell]) -> list[S.Cell]:
+    """Groups (a trunk and its branches, or one separate run) by shape, budget, lr and seed, so cells
+    that share compiled steps (seeds of one shape and budget) run back to back; in-group order kept."""
+    groups: dict[str, list[S.Cell]] = {}
+    for c in cells:
+        groups.setdefault(c.group, []).append(c)
+
+    def key(g: list[S.Cell]):
+        c = g[0].config
+        return (c.model.variant, c.model.width, c.model.depth, c.train.tokens, c.optim.lr, c.train.seed, g[0].id)
+    return [c for g in sorted(groups.values(), key=key) for c in g]
+
+
+def run(spec_path: str, opts: Options) -> int:
+    """Train every cell of this shard that is not done. Returns a process exit code."""
+    spec, cells = _load(spec_path, opts)
+    out = opts.out
+    setup_jax(opts.distributed)
+    import jax
+    writer = jax.process_index() == 0
+    multi = jax.process_count() > 1
+    store = Store(opts.store)
+    if opts.checkpoints is None:
+        store.checkpoint_dir("x")  # a URL store without --checkpoints fails here, before any compute
+    records = _records(cells, {})
+    mine = _mine(cells, opts.shard, _costs(records, cells))
+    states = {c.id: store.status(c.id)[0] for c in mine}
+    todo = [c for c in mine if states[c.id].get("state") not in FINAL_STATES
+            and (opts.retry_failed or states[c.id].get("state") != "failed")]
+    todo = _run_order(todo)
+    if opts.memory_check and todo:
+        memory_check(todo, records, table_lengths(cells))
+
+    tok_stores = _prepare_data(cells)
+    vocab = {d: s.vocab_size for d, s in tok_stores.items()}
+    records = _records(cells, vocab)
+    tables = table_lengths(cells, vocab)
+    if writer:
+        store.init(spec.text, spec.hash, spec.name)
+        for c in cells:
+            rec = dict(records[c.id])
+            rec["config"] = c.config.to_dict()
+            rec["config"]["out_dir"] = f"{store.root}/cells/{c.id}"
+            rec["spec"] = spec.hash
+            store.put_config(rec)
+
+    n_done = sum(1 for c in mine if states[c.id].get("state") == "done")
+    out(f"grid {spec.name!r}: {len(cells)} cells" + (f", shard {opts.shard[0]}/{opts.shard[1]}: {len(mine)}" if opts.shard[1] > 1 else "")
+        + f"; {n_done} done, {len(mine) - n_done - len(todo)} diverged/final, {len(todo)} to run; store {opts.store}")
+    if not todo:
+        return EXIT_OK
+
+    from tqdm.auto import tqdm
+    bar = tqdm(total=sum(c.train_tokens for c in todo), desc=f"grid {spec.name}", unit="tok", unit_scale=True,
+               position=0, dynamic_ncols=True, disable=not opts.progress or not writer)
+    say = (lambda s: tqdm.write(s)) if opts.progress else out
+    signals = _Signals()
+    results: dict[str, str] = {}
+    code = EXIT_OK
+    with signals.installed():
+        for idx, cell in enumerate(todo):
+            if signals.requested:
+                code = EXIT_PREEMPTED
+                break
+            bar.set_postfix_str(f"cells {idx}/{len(todo)}")
+            status = _run_cell(cell, store, tok_stores[cell.config.data], tables[cell.id], opts, signals, bar,
+                               say, writer, multi)
+            results[cell.id] = status
+            if status == "preempted":
+                code = EXIT_PREEMPTED
+                break
+    bar.close()
+    counts: dict[str, int] = {}
+    for s in results.values():
+        counts[s] = counts.get(s, 0) + 1
+    out(f"grid {spec.name!r}: ran {len(results)} of {len(todo)} cells: "
+        + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    if code == EXIT_PREEMPTED:
+        out("preempted: run the same command again to resume")
+        return code
+    if counts.get("failed") or counts.get("skipped"):
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _run_cell(cell: S.Cell, store: Store, tok_store: Any, table_len: int, opts: Options, signals: _Signals,
+              bar: Any, say: Callable[[str], None], writer: bool, multi: bool) -> str:
+    from scaling_grid.trainer import loop
+    from scaling_grid.trainer.metrics import ProgressSink, Sinks, TensorStoreSink
+
+    st, gen = store.status(cell.id)
+    if st.get("state") in FINAL_STATES:  # finished meanwhile by another launcher
+        return st["state"]
+    if not multi and st.get("state") == "running" and not is_stale(st, opts.stale_after):
+        say(f"{cell.id}: running on {st.get('host')} (pid {st.get('pid')}, heartbeat {st.get('updated')}); skipped")
+        return "running elsewhere"
+    ckpt_dir = store.checkpoint_dir(cell.id, opts.checkpoints)
+    init_from = None
+    if cell.role == "branch":
+        parent_dir = store.checkpoint_dir(cell.parent, opts.checkpoints)
+        pst, _ = store.status(cell.parent)
+        have_own = bool(_checkpoint_steps(ckpt_dir))
+        if not have_own and cell.init_step not in _checkpoint_steps(parent_dir):
+            if pst.get("state") == "diverged":
+                msg = (f"trunk {cell.parent} diverged at step {pst.get('step')}, before this branch's start step "
+                       f"{cell.init_step}")
+                if writer:
+                    store.set_status(cell.id, {"id": cell.id, "state": "diverged", "step": cell.init_step,
+                                               "total": cell.steps, "message": msg, "host": host_id()})
+                say(f"{cell.id}: diverged ({msg})")
+                return "diverged"
+            say(f"{cell.id}: skipped: its trunk {cell.parent} is {pst.get('state')} and has no checkpoint at step "
+                f"{cell.init_step} yet")
+            return "skipped"
+        init_from = (str(parent_dir), cell.init_step)
+
+    attempt = int(st.get("attempt", 0)) + 1
+    base = {"id": cell.id, "state": "running", "total": cell.steps, "host": host_id(), "pid": os.getpid(),
+            "shard": f"{opts.shard[0]}/{opts.shard[1]}", "attempt": attempt, "started": now(),
+            "message": ""}
+    if writer and not multi:
+        if not store.set_status(cell.id, {**base, "step": st.get("step")}, if_equal=gen):
+            say(f"{cell.id}: claimed by another launcher meanwhile; skipped")
+            return "running elsewhere"
+    elif writer:
+        store.set_status(cell.id, {**base, "step": st.get("step")})
+
+    t0 = time.perf_counter()
+    live = _LiveSink(cell, signals, bar)
+    heartbeat = _Heartbeat(store, base, live, opts.status_every)
+    result = None
+    try:
+        steps = _SHARED.get(cell, tok_store.vocab_size, table_len)
+        sinks: list[Any] = [live]
+        if writer:
+            sinks.append(TensorStoreSink(store.root, cell.steps, prefix=store.metrics_prefix(cell.id)))
+            if opts.progress:
+                sinks.append(ProgressSink(cell.config.tokens_per_step, desc=cell.name, position=1, leave=False))
+        ctx = heartbeat if writer else contextlib.nullcontext()
+        with ctx:
+            result = loop.train(cell.config, Sinks(*sinks), ckpt_dir, store=tok_store, steps=steps,
+                                warn=lambda m: say(f"{cell.id}: warning: {m}"), init_from=init_from,
+                                keep_steps=cell.keep_steps)
+    except KeyboardInterrupt:
+        if writer:
+            store.set_status(cell.id, {**heartbeat.snapshot(), "state": "preempted",
+                                       "message": "interrupted (Ctrl-C); run again to resume"})
+        raise
+    except Exception as e:  # noqa: BLE001 - record and go on to the next cell
+        tb = traceback.format_exc()
+        msg = f"{type(e).__name__}: {e}"
+        if writer:
+            store.set_status(cell.id, {**heartbeat.snapshot(), "state": "failed", "message": msg,
+                                       "traceback": tb[-4000:], "elapsed_s": time.perf_counter() - t0})
+        say(f"{cell.id}: FAILED: {msg}")
+        return "failed"
+    elapsed = time.perf_counter() - t0
+    setup_s = (live.t_start - t0) if live.t_start is not None else elapsed
+    final = {**heartbeat.snapshot(), "state": result.status, "step": result.step, "message": result.message,
+             "elapsed_s": elapsed, "setup_s": setup_s, "train_s": elapsed - setup_s,
+             "trained_steps": (live.step - live.first_step) if live.first_step is not None else 0}
+    if math.isfinite(result.eval_loss):
+        final["eval_loss"] = result.eval_loss
+    if writer:
+        store.set_status(cell.id, final)
+    if result.status == "done":
+        tps = final.get("tokens_per_s")
+        say(f"{cell.id}: done in {elapsed:.1f}s, eval loss {final.get('eval_loss', float('nan')):.4f}"
+            + (f", {tps:,.0f} tok/s" if tps else ""))
+    else:
+        msg = result.message
+        say(f"{cell.id}: {msg}" if msg.startswith(result.status) else f"{cell.id}: {result.status}: {msg}")
+    return result.status

@@ -1,0 +1,585 @@
+"""Grid specs: a YAML base run config plus axes and rules, expanded into cells with stable ids.
+
+A spec (see configs/demo.yaml and docs/grid.md)::
+
+    name: demo
+    tokens_mode: separate          # separate | wsd
+    base:                          # a run config (model / data / optim / train sections)
+      model: {variant: gpt2, seq_len: 64}
+      train: {batch_size: 16, steps_per_call: 10, log_every: 10, eval_every: 50}
+    rules:                         # derived fields, each {rule: <kind>, ...}
+      heads: {rule: head_dim, head_dim: 16}
+      warmup: {rule: fraction, fraction: 0.05}
+      lr: {rule: fixed}
+      batch_size: {rule: fixed}
+    axes:                          # full factorial over these
+      width: [32, 64, 128]
+      depth: [1, 2, 4]
+      tokens: [100k, 200k, 400k]
+      seed: [0]
+    cells:                         # explicit extra cells (or the whole grid, without axes)
+      - {width: 64, depth: 2, tokens: 400k, seed: 1}
+
+Expansion gives :class:`Cell` objects. A cell's id is a readable name plus a short hash of everything
+that changes its loss curve (its resolved run config, and for a wsd branch its trunk and start step),
+so the same spec always gives the same ids and a changed config gives a new id: results of two
+different configs never land in one cell.
+
+Token modes:
+
+- ``separate``: one run per (shape, budget), each with the base schedule (cosine by default) over
+  its own length.
+- ``wsd``: per shape, one *trunk* at constant lr (after warmup) up to the last branch point, and one
+  *branch* per budget: a run with ``schedule: wsd`` over that budget, started from the trunk's
+  checkpoint at the step where its linear decay begins (``init_from``). Warmup, peak lr, batch and
+  data order are the trunk's, so a branch's lr (and tau = sum of lr) continues the trunk's exactly.
+  The decay length of a branch is ``optim.decay_fraction`` of its steps, adjusted by at most
+  ``train.steps_per_call - 1`` steps so that its start step is a multiple of steps_per_call (the
+  trunk can only checkpoint at chunk boundaries); the resolved config records the exact value.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from scaling_grid.trainer.config import ConfigError, RunConfig, format_count, from_dict, parse_count
+
+TOP_KEYS = ("name", "description", "tokens_mode", "base", "rules", "axes", "cells")
+AXES = ("variant", "width", "depth", "tokens", "seed", "lr")
+TOKEN_MODES = ("separate", "wsd")
+# rule name -> kind -> required parameters
+RULES: dict[str, dict[str, tuple[str, ...]]] = {
+    "heads": {"fixed": (), "head_dim": ("head_dim",)},
+    "warmup": {"fixed": (), "fraction": ("fraction",)},
+    "lr": {"fixed": (), "width_scaled": ("base_width",)},
+    "batch_size": {"fixed": (), "by_tokens": ("table",)},
+}
+RULE_OPTIONAL = {("lr", "width_scaled"): ("exponent",)}
+# Fields that do not change a cell's loss curve or what is recorded: not part of its id.
+_ID_EXCLUDE = {"out_dir": None, "data": ("root",), "train": ("ckpt_every", "ckpt_minutes", "keep")}
+ROLES = ("separate", "trunk", "branch")
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    name: str
+    tokens_mode: str
+    base: dict[str, Any]
+    rules: dict[str, dict[str, Any]]
+    axes: dict[str, list[Any]]
+    cells: list[dict[str, Any]]
+    text: str = ""               # the spec as given (stored verbatim in the store)
+    source: str = "<spec>"
+
+    @property
+    def hash(self) -> str:
+        return hashlib.blake2b(self.text.encode(), digest_size=4).hexdigest()
+
+
+@dataclass(frozen=True)
+class Cell:
+    id: str                      # name-hash, unique and stable
+    name: str                    # readable: gpt2-w128-d4-t20M-s0 (+ -trunk / -wsd)
+    config: RunConfig            # resolved run config (out_dir is set by the launcher)
+    role: str                    # separate | trunk | branch
+    variant: str
+    m: int
+    l: int
+    seed: int
+    tokens: int                  # the budget this cell stands for (trunk: its own length)
+    parent: str | None = None    # branch: the trunk's cell id
+    init_step: int | None = None  # branch: the trunk step it starts from
+    keep_steps: tuple[int, ...] = ()  # trunk: its branch points, checkpointed and kept
+    group: str = ""              # cells that must run on one host, in order (a trunk and its branches)
+
+    @property
+    def steps(self) -> int:
+        return self.config.steps
+
+    @property
+    def train_steps(self) -> int:
+        """Optimizer updates this cell itself runs (a branch starts at init_step)."""
+        return self.config.steps - (self.init_step or 0)
+
+    @property
+    def train_tokens(self) -> int:
+        return self.train_steps * self.config.tokens_per_step
+
+
+# ----------------------------------------------------------------------------------------- loading
+
+def _err(where: str, value: Any, allowed: str) -> ConfigError:
+    return ConfigError(f"{where}={value!r}: {allowed}")
+
+
+def load_spec(path: str | os.PathLike) -> GridSpec:
+    """Read and structurally check a YAML grid spec (cells are checked by :func:`expand`)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"grid spec {str(p)!r} does not exist (give the path of a YAML file, e.g. configs/demo.yaml)")
+    text = p.read_text()
+    return parse_spec(text, source=str(p), default_name=p.stem)
+
+
+def parse_spec(text: str, source: str = "<spec>", default_name: str = "grid") -> GridSpec:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"grid spec {source!r} is not valid YAML: {e}") from None
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"grid spec {source!r}: expected a mapping with keys {list(TOP_KEYS)}, "
+                          f"got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(TOP_KEYS))
+    if unknown:
+        raise ConfigError(f"grid spec: unknown top-level key(s) {unknown}; allowed: {list(TOP_KEYS)}")
+    name = str(raw.get("name") or default_name)
+    mode = raw.get("tokens_mode", "separate")
+    if mode not in TOKEN_MODES:
+        raise _err("tokens_mode", mode, f"allowed: {list(TOKEN_MODES)}")
+
+    base = raw.get("base") or {}
+    if not isinstance(base, Mapping):
+        raise _err("base", base, "expected a run config mapping with sections model/data/optim/train")
+    if "out_dir" in base:
+        raise _err("base.out_dir", base["out_dir"], "cells write into the grid store; remove out_dir "
+                   "(choose the store with --store)")
+    try:
+        from_dict(base)  # unknown sections / keys / types, named as base.<section>.<key>
+    except ConfigError as e:
+        raise ConfigError(f"base: {e}") from None
+    base = copy.deepcopy(dict(base))
+
+    rules = _parse_rules(raw.get("rules") or {})
+    axes = _parse_axes(raw.get("axes"))
+    cells = _parse_cells(raw.get("cells"))
+    if not axes and not cells:
+        raise ConfigError("grid spec: no cells: give axes (a full factorial) and/or an explicit cells list")
+    for ax in ("width", "depth", "tokens"):
+        if ax in axes or any(ax in c for c in cells):
+            continue
+        sect = "train" if ax == "tokens" else "model"
+        if ax not in (base.get(sect) or {}):
+            raise ConfigError(f"axes.{ax}: missing; give axes.{ax} (a list) or base.{sect}.{ax}")
+    return GridSpec(name, mode, base, rules, axes, cells, text, source)
+
+
+def _parse_rules(raw: Any) -> dict[str, dict[str, Any]]:
+    if not isinstance(raw, Mapping):
+        raise _err("rules", raw, f"expected a mapping of rules {list(RULES)}")
+    out = {}
+    for name, r in raw.items():
+        if name not in RULES:
+            raise ConfigError(f"rules.{name}: unknown rule; allowed: {list(RULES)}")
+        kinds = RULES[name]
+        if not isinstance(r, Mapping) or "rule" not in r:
+            raise _err(f"rules.{name}", r, f"expected a mapping {{rule: <kind>, ...}} with kind one of {list(kinds)}")
+        kind = r["rule"]
+        if kind not in kinds:
+            raise _err(f"rules.{name}.rule", kind, f"unknown rule; allowed: {list(kinds)}")
+        allowed = {"rule", *kinds[kind], *RULE_OPTIONAL.get((name, kind), ())}
+        extra = sorted(set(r) - allowed)
+        if extra:
+            raise ConfigError(f"rules.{name}: unknown key(s) {extra} for rule {kind!r}; allowed: {sorted(allowed)}")
+        for k in kinds[kind]:
+            if k not in r:
+                raise ConfigError(f"rules.{name}: rule {kind!r} needs {k!r}")
+        r = dict(r)
+        if name == "heads" and kind == "head_dim":
+            r["head_dim"] = _pos_int(f"rules.heads.head_dim", r["head_dim"])
+        if name == "warmup" and kind == "fraction":
+            f = _number("rules.warmup.fraction", r["fraction"])
+            if not 0 <= f < 1:
+                raise _err("rules.warmup.fraction", f, "must be in [0, 1): warmup steps = fraction * run steps")
+            r["fraction"] = f
+        if name == "lr" and kind == "width_scaled":
+            r["base_width"] = _pos_int("rules.lr.base_width", r["base_width"])
+            r["exponent"] = _number("rules.lr.exponent", r.get("exponent", 1.0))
+        if name == "batch_size" and kind == "by_tokens":
+            table = r["table"]
+            if not isinstance(table, Mapping) or not table:
+                raise _err("rules.batch_size.table", table, "expected a mapping {token budget: batch size}, e.g. {20M: 32}")
+            r["table"] = {parse_count(k, f"rules.batch_size.table key {k!r}"):
+                          _pos_int(f"rules.batch_size.table[{k}]", v) for k, v in table.items()}
+        out[name] = r
+    return out
+
+
+def _pos_int(where: str, v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        raise _err(where, v, "must be a positive integer")
+    return v
+
+
+def _number(where: str, v: Any) -> float:
+    if isinstance(v, bool):
+        raise _err(where, v, "expected a number")
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise _err(where, v, "expected a number") from None
+    if not math.isfinite(f):
+        raise _err(where, v, "must be finite")
+    return f
+
+
+def _axis_value(axis: str, v: Any, where: str) -> Any:
+    if axis == "variant":
+        from scaling_grid.trainer.model import VARIANTS
+        if not isinstance(v, str) or v not in VARIANTS:
+            raise _err(where, v, f"unknown variant; allowed: {sorted(VARIANTS)}")
+        return v
+    if axis in ("width", "depth"):
+        return _pos_int(where, v)
+    if axis == "tokens":
+        n = parse_count(v, where)
+        if n <= 0:
+            raise _err(where, v, "must be a positive token count such as 20M")
+        return n
+    if axis == "seed":
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise _err(where, v, "must be a non-negative integer")
+        return v
+    if axis == "lr":
+        f = _number(where, v)
+        if f <= 0:
+            raise _err(where, v, "must be a positive learning rate")
+        return f
+    raise AssertionError(axis)
+
+
+def _parse_axes(raw: Any) -> dict[str, list[Any]]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise _err("axes", raw, f"expected a mapping of axis -> list of values; axes: {list(AXES)}")
+    out = {}
+    for axis, values in raw.items():
+        if axis not in AXES:
+            raise ConfigError(f"axes.{axis}: unknown axis; allowed: {list(AXES)} (other fields go in base)")
+        if not isinstance(values, list):
+            raise _err(f"axes.{axis}", values, "expected a list of values, e.g. [64, 128]")
+        if not values:
+            raise ConfigError(f"axes.{axis}: empty list; give at least one value or remove the axis")
+        parsed = [_axis_value(axis, v, f"axes.{axis}[{i}]") for i, v in enumerate(values)]
+        dup = sorted({repr(v) for v in parsed if parsed.count(v) > 1})
+        if dup:
+            raise ConfigError(f"axes.{axis}: duplicate value(s) {', '.join(dup)}; each value must appear once")
+        out[axis] = parsed
+    return out
+
+
+def _parse_cells(raw: Any) -> list[dict[str, Any]]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise _err("cells", raw, "expected a list of mappings such as {width: 64, depth: 2, tokens: 20M}")
+    out = []
+    for i, c in enumerate(raw):
+        if not isinstance(c, Mapping):
+            raise _err(f"cells[{i}]", c, f"expected a mapping with keys from {list(AXES)}")
+        bad = sorted(set(c) - set(AXES))
+        if bad:
+            raise ConfigError(f"cells[{i}]: unknown key(s) {bad}; allowed: {list(AXES)}")
+        out.append({k: _axis_value(k, v, f"cells[{i}].{k}") for k, v in c.items()})
+    return out
+
+
+# --------------------------------------------------------------------------------------- expansion
+
+def _points(spec: GridSpec) -> list[tuple[str, dict[str, Any]]]:
+    """(where, point) for every factorial and explicit cell; a point maps axes to values."""
+    pts = []
+    if spec.axes:
+        names = [a for a in AXES if a in spec.axes]
+        for combo in itertools.product(*(spec.axes[a] for a in names)):
+            pts.append(("axes", dict(zip(names, combo))))
+    for i, c in enumerate(spec.cells):
+        p = {}
+        for a in AXES:
+            if a in c:
+                p[a] = c[a]
+            elif a in spec.axes:
+                if len(spec.axes[a]) > 1:
+                    raise ConfigError(f"cells[{i}].{a}: missing, and axes.{a} has several values "
+                                      f"{spec.axes[a]}; give {a} for this cell")
+                p[a] = spec.axes[a][0]
+        pts.append((f"cells[{i}]", p))
+    return pts
+
+
+def _resolve(spec: GridSpec, where: str, p: Mapping[str, Any], *, schedule: str | None = None,
+             tokens: int | None = None, warmup_steps: int | None = None,
+             decay_fraction: float | None = None) -> dict[str, Any]:
+    """The run config (as plain data) of one point; rules applied."""
+    d = copy.deepcopy(spec.base)
+    for s in ("model", "data", "optim", "train"):
+        d[s] = dict(d.get(s) or {})
+    m, t, o = d["model"], d["train"], d["optim"]
+    for axis, sect, key in (("variant", "model", "variant"), ("width", "model", "width"),
+                            ("depth", "model", "depth"), ("tokens", "train", "tokens")):
+        if axis in p:
+            d[sect][key] = p[axis]
+    if "seed" in p:  # a seed is a whole replicate: init and data order
+        t["seed"] = t["data_seed"] = p["seed"]
+    if "lr" in p:
+        o["lr"] = p["lr"]
+    if tokens is not None:
+        t["tokens"] = tokens
+    cfg0 = from_dict(d)  # typed defaults for what the rules read
+    width, budget = cfg0.model.width, cfg0.train.tokens
+
+    r = spec.rules.get("heads")
+    if r and r["rule"] == "head_dim":
+        if "heads" in (spec.base.get("model") or {}):
+            raise ConfigError("base.model.heads and rules.heads (head_dim) are both set; remove one")
+        if width % r["head_dim"]:
+            raise ConfigError(f"{where}: width={width} is not divisible by rules.heads.head_dim="
+                              f"{r['head_dim']} (heads = width / head_dim); use widths that are multiples "
+                              f"of {r['head_dim']} or change head_dim")
+        m["heads"] = width // r["head_dim"]
+    r = spec.rules.get("lr")
+    if r and r["rule"] == "width_scaled":
+        o["lr"] = cfg0.optim.lr * (r["base_width"] / width) ** r["exponent"]
+    r = spec.rules.get("batch_size")
+    if r and r["rule"] == "by_tokens":
+        key = p.get("tokens", budget)
+        if key not in r["table"]:
+            raise ConfigError(f"{where}: rules.batch_size.table has no entry for tokens={format_count(key)}; "
+                              f"it has {[format_count(k) for k in r['table']]}")
+        t["batch_size"] = r["table"][key]
+    if schedule is not None:
+        o["schedule"] = schedule
+    if decay_fraction is not None:
+        o["decay_fraction"] = decay_fraction
+    if warmup_steps is not None:
+        o["warmup_steps"] = warmup_steps
+    else:
+        r = spec.rules.get("warmup")
+        if r and r["rule"] == "fraction":
+            cfg1 = from_dict(d)
+            o["warmup_steps"] = int(round(r["fraction"] * cfg1.steps))
+    return d
+
+
+def _identity(cfg: RunConfig) -> dict[str, Any]:
+    d = cfg.to_dict()
+    for sect, keys in _ID_EXCLUDE.items():
+        if keys is None:
+            d.pop(sect, None)
+        else:
+            for k in keys:
+                d[sect].pop(k, None)
+    return d
+
+
+def _short_hash(obj: Any) -> str:
+    return hashlib.blake2b(json.dumps(obj, sort_keys=True).encode(), digest_size=3).hexdigest()
+
+
+def _name(p: Mapping[str, Any], cfg: RunConfig, with_lr: bool, tokens: int | None, suffix: str = "") -> str:
+    parts = [cfg.model.variant, f"w{cfg.model.width}", f"d{cfg.model.depth}"]
+    if tokens is not None:
+        parts.append(f"t{format_count(tokens)}")
+    parts.append(f"s{cfg.train.seed}")
+    if with_lr:
+        lr = f"{p.get('lr', cfg.optim.lr):g}".replace("e+0", "e").replace("e+", "e").replace("e-0", "e-")
+        parts.append(f"lr{lr}")
+    return "-".join(parts) + suffix
+
+
+def _check_cell(where: str, cfg: RunConfig, check_paths: bool) -> None:
+    if cfg.steps < 1:
+        raise ConfigError(f"{where}: tokens={format_count(cfg.train.tokens)} is below one batch "
+                          f"(batch_size {cfg.train.batch_size} x seq_len {cfg.model.seq_len} = "
+                          f"{cfg.tokens_per_step} tokens per step); raise the budget or shrink the batch")
+    try:
+        from scaling_grid.trainer import config as C
+        C.validate(cfg, check_paths=False)
+        if check_paths and cfg.data.source in ("text", "parquet"):
+            import glob
+            for path in cfg.data.paths:
+                if not glob.glob(os.path.expanduser(path)):
+                    raise ConfigError(f"data.paths={path!r}: matches no file")
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def expand(spec: GridSpec, check_paths: bool = True, lenient_wsd: bool = False) -> list[Cell]:
+    """All cells of a spec, validated, in run order (a trunk before its branches). Raises ConfigError.
+
+    lenient_wsd: a wsd shape with a single budget becomes a separate run instead of an error (used
+    only to report what the wsd mode would cost)."""
+    pts = _points(spec)
+    with_lr = "lr" in spec.axes or any("lr" in c for c in spec.cells)
+    cells: list[Cell] = []
+    if spec.tokens_mode == "separate":
+        for where, p in pts:
+            wh = _where(where, p)
+            cfg = from_dict(_resolve(spec, wh, p))
+            _check_cell(wh, cfg, check_paths)
+            name = _name(p, cfg, with_lr, cfg.train.tokens)
+            cid = f"{name}-{_short_hash({'config': _identity(cfg), 'role': 'separate'})}"
+            cells.append(Cell(cid, name, cfg, "separate", cfg.model.variant, cfg.model.width,
+                              cfg.model.depth, cfg.train.seed, cfg.train.tokens, group=cid))
+    else:
+        cells = _expand_wsd(spec, pts, with_lr, check_paths, lenient_wsd)
+    seen: dict[str, str] = {}
+    for c in cells:
+        if c.id in seen:
+            raise ConfigError(f"duplicate cell {c.name}: the same cell is given twice (check cells: against "
+                              f"axes:, or duplicate entries in cells:)")
+        seen[c.id] = c.name
+    return cells
+
+
+def _where(where: str, p: Mapping[str, Any]) -> str:
+    vals = ", ".join(f"{k}={format_count(v) if k == 'tokens' else v}" for k, v in p.items())
+    return f"{where} ({vals})"
+
+
+def _expand_wsd(spec: GridSpec, pts: list[tuple[str, dict[str, Any]]], with_lr: bool,
+                check_paths: bool, lenient: bool = False) -> list[Cell]:
+    groups: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for where, p in pts:
+        key = json.dumps({k: v for k, v in p.items() if k != "tokens"}, sort_keys=True)
+        groups.setdefault(key, []).append((where, p))
+    cells: list[Cell] = []
+    for members in groups.values():
+        wh0 = _where(*members[0])
+        probe = [from_dict(_resolve(spec, _where(w, p), p)) for w, p in members]
+        budgets = [c.train.tokens for c in probe]
+        dup = sorted({b for b in budgets if budgets.count(b) > 1})
+        if dup:
+            raise ConfigError(f"{wh0}: token budget(s) {[format_count(b) for b in dup]} given twice for one shape")
+        if len(budgets) < 2 and lenient:
+            sep = expand(GridSpec(spec.name, "separate", spec.base, spec.rules, {}, [members[0][1]], spec.text,
+                                  spec.source), check_paths)
+            cells += sep
+            continue
+        if len(budgets) < 2:
+            raise ConfigError(f"{wh0}: tokens_mode=wsd needs at least 2 token budgets per shape (got "
+                              f"{[format_count(b) for b in budgets]}): one trunk serves several budgets; "
+                              f"add budgets or use tokens_mode: separate")
+        tps = {c.tokens_per_step for c in probe}
+        if len(tps) > 1:
+            raise ConfigError(f"{wh0}: tokens_mode=wsd needs one batch size per shape (branches continue "
+                              f"the trunk), but rules.batch_size gives {sorted(tps)} tokens per step")
+        order = sorted(range(len(members)), key=lambda i: budgets[i])
+        members, probe = [members[i] for i in order], [probe[i] for i in order]
+        big = probe[-1]
+        d_frac, k = big.optim.decay_fraction, big.train.steps_per_call
+        if not 0 < d_frac < 1:
+            raise ConfigError(f"base.optim.decay_fraction={d_frac}: tokens_mode=wsd needs a decay fraction "
+                              f"in (0, 1) (the share of each branch spent in its linear cooldown), e.g. 0.2")
+        if (spec.base.get("optim") or {}).get("schedule", "wsd") != "wsd":
+            raise ConfigError(f"base.optim.schedule={big.optim.schedule!r}: tokens_mode=wsd sets the schedules "
+                              f"itself (trunk constant, branches wsd); remove it or set it to wsd")
+        warm = big.optim.warmup_steps  # rule fraction: of the largest budget's run
+        plan = []
+        for (w, p), c in zip(members, probe):
+            wh = _where(w, p)
+            S = c.steps
+            if S < 1:
+                _check_cell(wh, c, False)
+            decay0 = max(1, round(d_frac * S))
+            bp = (S - decay0) // k * k
+            if bp < max(warm, 1):
+                raise ConfigError(f"{wh}: its cooldown would start at step {bp}, before the end of warmup "
+                                  f"({warm} steps) or at step 0 (run of {S} steps, decay_fraction {d_frac}, "
+                                  f"steps_per_call {k}); raise this budget, lower optim.decay_fraction or the "
+                                  f"warmup")
+            plan.append((wh, p, S, bp))
+        trunk_steps = max(bp for *_, bp in plan)
+        p_big = members[-1][1]
+        trunk_d = _resolve(spec, wh0, p_big, schedule="constant", tokens=trunk_steps * big.tokens_per_step,
+                           warmup_steps=warm)
+        trunk_cfg = from_dict(trunk_d)
+        _check_cell(f"{wh0} trunk", trunk_cfg, check_paths)
+        keep = tuple(sorted({bp for *_, bp in plan}))
+        tname = _name(p_big, trunk_cfg, with_lr, None, "-trunk")
+        tid = f"{tname}-{_short_hash({'config': _identity(trunk_cfg), 'role': 'trunk', 'keep': list(keep)})}"
+        cells.append(Cell(tid, tname, trunk_cfg, "trunk", trunk_cfg.model.variant, trunk_cfg.model.width,
+                          trunk_cfg.model.depth, trunk_cfg.train.seed, trunk_cfg.train.tokens,
+                          keep_steps=keep, group=tid))
+        for wh, p, S, bp in plan:
+            frac = (S - bp) / S
+            bd = _resolve(spec, wh, p, schedule="wsd", warmup_steps=warm, decay_fraction=frac)
+            bcfg = from_dict(bd)
+            assert max(1, round(bcfg.optim.decay_fraction * S)) == S - bp
+            _check_cell(wh, bcfg, check_paths)
+            bname = _name(p, bcfg, with_lr, bcfg.train.tokens, "-wsd")
+            bid = f"{bname}-{_short_hash({'config': _identity(bcfg), 'role': 'branch', 'parent': tid, 'init_step': bp})}"
+            cells.append(Cell(bid, bname, bcfg, "branch", bcfg.model.variant, bcfg.model.width,
+                              bcfg.model.depth, bcfg.train.seed, bcfg.train.tokens, parent=tid,
+                              init_step=bp, group=tid))
+    return cells
+
+
+def with_mode(spec: GridSpec, mode: str) -> GridSpec:
+    """The same spec in another token mode (to report what each mode costs)."""
+    return GridSpec(spec.name, mode, spec.base, spec.rules, spec.axes, spec.cells, spec.text, spec.source)
+
+
+# ------------------------------------------------------------------------------------ cell records
+
+def expected_vocab(cfg: RunConfig) -> int:
+    """Vocabulary size a data config will have (exact for bytes and gpt2; bpe: the requested size)."""
+    return {"bytes": 256, "gpt2": 50257}.get(cfg.data.tokenizer, cfg.data.bpe_vocab)
+
+
+def derived(cell: Cell, vocab: int) -> dict[str, Any]:
+    """The fields the store keeps beside a cell's config (and the export carries per row)."""
+    from scaling_grid.trainer.model import flops_per_token, make_arch, non_embedding_formula
+    cfg = cell.config
+    arch = make_arch(cfg.model, vocab)
+    n = non_embedding_formula(arch)
+    return {
+        "id": cell.id, "name": cell.name, "role": cell.role, "parent": cell.parent,
+        "init_step": cell.init_step, "keep_steps": list(cell.keep_steps), "group": cell.group,
+        "variant": cell.variant, "m": cell.m, "l": cell.l, "heads": cfg.model.heads, "seed": cell.seed,
+        "tokens": cell.tokens, "total_steps": cfg.steps, "tokens_per_step": cfg.tokens_per_step,
+        "schedule": cfg.optim.schedule, "peak_lr": cfg.optim.lr, "warmup_steps": cfg.optim.warmup_steps,
+        "decay_steps": (max(1, round(cfg.optim.decay_fraction * cfg.steps)) if cfg.optim.schedule == "wsd" else 0),
+        "vocab": vocab, "N": n, "flops_per_token": flops_per_token(arch, n),
+    }
+
+
+def shard_of(cells: Sequence[Cell], n: int, cost: Mapping[str, float] | None = None) -> dict[str, int]:
+    """Deterministic, balanced assignment of cell groups to n shards: groups sorted by cost (then id)
+    go one by one to the least-loaded shard. Every host computes the same map from the same spec; a
+    trunk and its branches share a shard. Returns cell id -> shard."""
+    groups: dict[str, float] = {}
+    for c in cells:
+        w = (cost or {}).get(c.id, float(c.train_tokens * c.m * c.m * c.l + 1))
+        groups[c.group] = groups.get(c.group, 0.0) + w
+    load = [0.0] * n
+    where: dict[str, int] = {}
+    for g in sorted(groups, key=lambda g: (-groups[g], g)):
+        i = min(range(n), key=lambda j: (load[j], j))
+        where[g] = i
+        load[i] += groups[g]
+    return {c.id: where[c.group] for c in cells}
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """'i/n' -> (i, n) with 0 <= i < n."""
+    if text is None:
+        return 0, 1
+    parts = str(text).split("/")
+    try:
+        i, n = (int(x) for x in parts)
+        ok = len(parts) == 2 and n >= 1 and 0 <= i < n
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError(f"--shard={text!r}: expected i/n with 0 <= i < n, e.g. 0/4 for the first of 4 hosts")
+    return i, n

@@ -1,0 +1,358 @@
+"""Whole grids with real `scaling-grid run` processes and real TensorStore stores: rerun trains nothing,
+SIGKILL / SIGTERM mid-cell and relaunch reproduce the uninterrupted curves exactly, two shards share one
+store, status reads a store while it is written, divergence and failures are recorded and the grid
+goes on, export gives the tidy table. Tiny models on the embedded corpus, bytes tokenizer."""
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scaling_grid.grid import launch, store as G
+from scaling_grid.trainer.metrics import EVAL_FIELDS, TRAIN_FIELDS
+
+SPEC = """\
+name: t
+base:
+  model: {variant: gpt2, seq_len: 16}
+  data: {source: shakespeare, tokenizer: bytes, root: DATA}
+  optim: {lr: 3e-3}
+  train: {batch_size: 4, steps_per_call: 4, log_every: 4, eval_every: 32, eval_batches: 1, ckpt_every: 16, keep: 50}
+rules:
+  heads: {rule: head_dim, head_dim: 8}
+  warmup: {rule: fraction, fraction: 0.1}
+axes:
+  width: [16, 32]
+  depth: [1]
+  tokens: [10240, 20480]
+"""
+N_CELLS = 4
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    root = tmp_path_factory.mktemp("grid")
+    spec = root / "t.yaml"
+    spec.write_text(SPEC.replace("DATA", str(root / "data")))
+    return root, spec
+
+
+def _cmd(*args):
+    return [sys.executable, "-m", "scaling_grid.grid.cli", *args]
+
+
+def _run(spec, store, *extra, check_rc=0, timeout=300):
+    p = subprocess.run(_cmd("run", str(spec), "--store", str(store), "--no-progress", "--no-memory-check", *extra),
+                       capture_output=True, text=True, timeout=timeout)
+    if check_rc is not None:
+        assert p.returncode == check_rc, p.stdout[-3000:] + p.stderr[-3000:]
+    return p
+
+
+def _popen(spec, store, *extra):
+    return subprocess.Popen(_cmd("run", str(spec), "--store", str(store), "--no-progress", "--no-memory-check",
+                                 "--status-every", "0.2", *extra),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _all_metrics(store):
+    s = G.Store(str(store))
+    return {cid: s.read_metrics(cid) for cid in s.cell_ids()}
+
+
+def _states(store):
+    s = G.Store(str(store))
+    return {cid: s.status(cid)[0] for cid in s.cell_ids()}
+
+
+def _assert_same(a, b):
+    assert sorted(a) == sorted(b)
+    for cid in a:
+        for f in TRAIN_FIELDS + EVAL_FIELDS:
+            np.testing.assert_array_equal(a[cid][f], b[cid][f], err_msg=f"{cid} {f}")
+
+
+@pytest.fixture(scope="module")
+def reference(grid):
+    root, spec = grid
+    store = root / "ref"
+    p = _run(spec, store)
+    assert "4 to run" in p.stdout and "4 done" in p.stdout
+    return store, _all_metrics(store)
+
+
+def test_reference_grid_complete(reference):
+    store, m = reference
+    assert len(m) == N_CELLS
+    cfgs = {c["config"]["id"]: c["config"] for c in G.Store(str(store)).records()}
+    for cid, arr in m.items():
+        S = cfgs[cid]["total_steps"]
+        assert list(np.flatnonzero(np.isfinite(arr["loss"]))) == list(range(4, S + 1, 4))  # every logged step once
+        assert list(np.flatnonzero(np.isfinite(arr["eval_loss"]))) == sorted({*range(0, S + 1, 32), S})
+        assert arr["eval_loss"][S] < arr["eval_loss"][0] - 1.0
+    assert all(st["state"] == "done" and st["attempt"] == 1 for st in _states(store).values())
+    spec_text = (store / "spec.yaml").read_text()
+    assert "width: [16, 32]" in spec_text and json.loads((store / "store.json").read_text())["version"] == 1
+
+
+def test_rerun_trains_nothing(grid, reference):
+    root, spec = grid
+    store, before = reference
+    files = {p: p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file()}
+    p = _run(spec, store)
+    assert f"{N_CELLS} done" in p.stdout and "0 to run" in p.stdout
+    after = {p: p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file()}
+    assert after == files  # not a byte rewritten
+    _assert_same(before, _all_metrics(store))
+    plan = launch.plan_text(str(spec), launch.Options(store=str(store), memory_check=False))
+    assert f"already: {N_CELLS} done, 0 diverged; to run: 0 cells" in plan and "done 320/320" in plan
+    assert "wsd" in plan and "separate" in plan  # the compute of both token modes
+    assert {p: p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file()} == files  # dry run writes nothing
+
+
+def _wait(pred, proc, timeout=240, what="condition"):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        got = pred()
+        if got:
+            return got
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended (rc {proc.returncode}) before {what}: {proc.stdout.read()[-3000:]}")
+        time.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _mid_cell(store, exclude=()):
+    """A cell that is running and has a checkpoint (so a kill lands mid-cell, after some progress)."""
+    ck = Path(store) / "checkpoints"
+    if not ck.exists():
+        return None
+    for d in ck.iterdir():
+        if d.name in exclude or not any(p.name.isdigit() for p in d.iterdir()):
+            continue
+        st = json.loads((Path(store) / "cells" / d.name / "status.json").read_text())
+        if st["state"] == "running":
+            return d.name
+    return None
+
+
+def test_sigkill_and_sigterm_mid_cell_then_relaunch(grid, reference):
+    root, spec = grid
+    store = root / "killed"
+    proc = _popen(spec, store)
+    victim = _wait(lambda: _mid_cell(store), proc, what="a checkpoint mid-cell")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    st = _states(store)
+    assert st[victim]["state"] == "running"  # killed mid-cell: nothing had a chance to record it
+    assert sum(s["state"] == "done" for s in st.values()) < N_CELLS
+
+    proc = _popen(spec, store)  # resume; SIGTERM it in another cell
+    victim2 = _wait(lambda: _mid_cell(store, exclude={victim}), proc, what="a second cell mid-run")
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 143, out
+    st = _states(store)
+    assert st[victim]["state"] == "done" and st[victim]["attempt"] == 2
+    assert st[victim2]["state"] == "preempted" and "checkpoint saved" in st[victim2]["message"]
+
+    p = _run(spec, store)
+    assert "done" in p.stdout
+    st = _states(store)
+    assert all(s["state"] == "done" for s in st.values())
+    _assert_same(reference[1], _all_metrics(store))  # every step once, bit for bit the uninterrupted curves
+
+
+def test_two_shards_share_one_store_and_status_reads_it_live(grid, reference):
+    root, spec = grid
+    store = root / "sharded"
+    procs = [_popen(spec, store, "--shard", f"{i}/2") for i in range(2)]
+    live_states = set()
+    cli_outputs = []
+    while any(p.poll() is None for p in procs):
+        if (store / "store.json").exists():
+            rows = G.status_rows(str(store))
+            live_states |= {r["state"] for r in rows}
+            if not cli_outputs and "running" in live_states:
+                q = subprocess.run(_cmd("status", str(store)), capture_output=True, text=True, timeout=60)
+                assert q.returncode == 0, q.stderr
+                cli_outputs.append(q.stdout)
+        time.sleep(0.25)
+    for p in procs:
+        assert p.returncode == 0, p.stdout.read()
+    assert "running" in live_states
+    assert cli_outputs and "step/total" in cli_outputs[0] and f"{N_CELLS} cells" in cli_outputs[0]
+    st = _states(store)
+    assert len(st) == N_CELLS and all(s["state"] == "done" and s["attempt"] == 1 for s in st.values())
+    assert {s["shard"] for s in st.values()} == {"0/2", "1/2"}  # both hosts worked, no cell ran twice
+    _assert_same(reference[1], _all_metrics(store))
+    out = subprocess.run(_cmd("status", str(store)), capture_output=True, text=True, timeout=60).stdout
+    assert f"{N_CELLS} cells: {N_CELLS} done" in out
+
+
+def test_export_table(grid, reference, tmp_path):
+    store, m = reference
+    t = G.export_table(str(store))
+    assert tuple(t) == G.EXPORT_COLUMNS
+    n = sum(int((np.isfinite(a["loss"]) | np.isfinite(a["eval_loss"])).sum()) for a in m.values())
+    assert len(t["step"]) == n
+    assert t["is_final"].sum() == N_CELLS
+    fin = {c: s for c, s, f in zip(t["cell"], t["step"], t["is_final"]) if f}
+    assert all(fin[c] == t["total_steps"][t["cell"] == c][0] for c in fin)
+    assert set(t["role"]) == {"separate"} and set(t["schedule"]) == {"cosine"}
+    assert np.all(t["N"] == 12 * t["m"] ** 2 * t["l"] + 13 * t["m"] * t["l"] + 2 * t["m"])  # gpt2: 12m^2l + biases, norms
+    assert np.all(t["tokens"] == t["step"] * 64)
+    p = subprocess.run(_cmd("export", str(store), "--out", str(tmp_path / "x.parquet")), capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    import pyarrow.parquet as pq
+    back = pq.read_table(tmp_path / "x.parquet").to_pydict()
+    assert list(back) == list(G.EXPORT_COLUMNS)
+    np.testing.assert_array_equal(np.array(back["eval_loss"], dtype=float), t["eval_loss"])
+    G.write_table(t, tmp_path / "x.csv")
+    lines = (tmp_path / "x.csv").read_text().splitlines()
+    assert lines[0] == ",".join(G.EXPORT_COLUMNS) and len(lines) == n + 1
+
+
+DIV = """\
+name: div
+base:
+  model: {variant: gpt2, seq_len: 16, width: 16, depth: 1}
+  data: {source: shakespeare, tokenizer: bytes, root: DATA}
+  train: {batch_size: 4, steps_per_call: 4, log_every: 4, eval_every: 32, eval_batches: 1, ckpt_every: 16}
+rules:
+  heads: {rule: head_dim, head_dim: 8}
+  warmup: {rule: fraction, fraction: 0.1}
+axes:
+  lr: [1e4, 3e-3]
+  tokens: [5120]
+"""
+
+
+def test_diverged_cell_is_recorded_and_grid_goes_on(grid):
+    root, _ = grid
+    spec = root / "div.yaml"
+    spec.write_text(DIV.replace("DATA", str(root / "data")))
+    store = root / "div"
+    p = _run(spec, store)  # diverged cells are results, not errors: exit 0
+    st = {c["config"]["peak_lr"]: c["status"] for c in G.Store(str(store)).records()}
+    assert st[1e4]["state"] == "diverged" and "not finite" in st[1e4]["message"]
+    assert st[3e-3]["state"] == "done"
+    p = _run(spec, store)
+    assert "0 to run" in p.stdout  # a diverged cell is final: not retried
+
+
+def test_failed_cell_is_recorded_grid_goes_on_and_retried(grid, monkeypatch):
+    from scaling_grid.trainer import loop
+    root, _ = grid
+    spec = root / "fail.yaml"
+    spec.write_text(SPEC.replace("DATA", str(root / "data")).replace("width: [16, 32]", "width: [16]").replace(
+        "tokens: [10240, 20480]", "tokens: [2560, 5120]"))
+    store = root / "failing"
+    real = loop.train
+
+    def flaky(cfg, *a, **k):
+        if cfg.train.tokens == 2560:
+            raise RuntimeError("disk on fire")
+        return real(cfg, *a, **k)
+    monkeypatch.setattr(loop, "train", flaky)
+    opts = launch.Options(store=str(store), memory_check=False, progress=False)
+    assert launch.run(str(spec), opts) == launch.EXIT_FAILED
+    st = {c["config"]["name"]: c["status"] for c in G.Store(str(store)).records()}
+    bad = st.pop("gpt2-w16-d1-t2.56k-s0")
+    assert bad["state"] == "failed" and "RuntimeError: disk on fire" in bad["message"]
+    assert "Traceback" in bad["traceback"]
+    assert [s["state"] for s in st.values()] == ["done"]  # the grid went on
+    assert "failed" in G.format_status(G.status_rows(str(store)))
+    monkeypatch.setattr(loop, "train", real)
+    assert launch.run(str(spec), opts) == launch.EXIT_OK  # retried by the next launch
+    st = {c["config"]["name"]: c["status"] for c in G.Store(str(store)).records()}
+    assert st["gpt2-w16-d1-t2.56k-s0"]["state"] == "done" and st["gpt2-w16-d1-t2.56k-s0"]["attempt"] == 2
+
+
+WSD = """\
+name: w
+tokens_mode: wsd
+base:
+  model: {variant: gpt2, seq_len: 16, width: 16, depth: 1}
+  data: {source: shakespeare, tokenizer: bytes, root: DATA}
+  optim: {lr: 3e-3, decay_fraction: 0.2}
+  train: {batch_size: 4, steps_per_call: 4, log_every: 4, eval_every: 16, eval_batches: 1, ckpt_every: 32}
+rules:
+  heads: {rule: head_dim, head_dim: 8}
+  warmup: {rule: fraction, fraction: 0.1}
+axes:
+  tokens: [5120, 10240]
+"""
+
+
+def test_wsd_branches_start_from_trunk_and_continue_its_tau(grid):
+    from scaling_grid.trainer.step import lr_table
+    root, _ = grid
+    spec = root / "wsd.yaml"
+    spec.write_text(WSD.replace("DATA", str(root / "data")))
+    store = root / "wsd"
+    _run(spec, store)
+    s = G.Store(str(store))
+    recs = {r["config"]["role"] + str(r["config"]["tokens"]): r for r in s.records()}
+    trunk = recs.pop(next(k for k in recs if k.startswith("trunk")))["config"]
+    assert trunk["schedule"] == "constant" and trunk["keep_steps"] == [64, 128] and trunk["total_steps"] == 128
+    tm = s.read_metrics(trunk["id"])
+    ck = store / "checkpoints" / trunk["id"]
+    assert {64, 128} <= {int(p.name) for p in ck.iterdir() if p.name.isdigit()}  # branch points kept
+    for r in recs.values():
+        b, st = r["config"], r["status"]
+        assert b["role"] == "branch" and b["parent"] == trunk["id"] and st["state"] == "done"
+        bp, S = b["init_step"], b["total_steps"]
+        bm = s.read_metrics(b["id"])
+        assert np.all(np.isnan(bm["loss"][:bp + 1]))  # the branch records only its own steps
+        # started from the trunk's state: the same eval loss at the branch point, bit for bit
+        assert bm["eval_loss"][bp] == tm["eval_loss"][bp]
+        # tau continues the trunk's: trunk tau at the branch point + the branch's own lrs
+        lrs = lr_table(_optim(b), S)
+        steps = np.flatnonzero(np.isfinite(bm["tau"]))
+        np.testing.assert_allclose(bm["tau"][steps], tm["tau"][bp] + np.cumsum(lrs[bp:])[steps - bp - 1], rtol=1e-12)
+        np.testing.assert_allclose(tm["tau"][bp], np.cumsum(lrs)[bp - 1], rtol=1e-12)
+        assert bm["lr"][S] < bm["lr"][bp + 4] <= b["peak_lr"]
+    t = G.export_table(str(store))
+    assert set(t["role"][t["is_final"]]) == {"branch"} and t["is_final"].sum() == 2
+
+
+def _optim(record):
+    from scaling_grid.trainer.config import from_dict
+    return from_dict(record["config"]).optim
+
+
+def test_shared_steps_match_the_trainers():
+    """The launcher's shared train step (lr from a table, one compile per shape) makes bit for bit the
+    same updates as the trainer's own (schedule compiled in), and one function serves every budget
+    and schedule of a shape."""
+    import jax
+    from scaling_grid.grid.spec import expand, parse_spec
+    from scaling_grid.trainer.model import make_arch
+    from scaling_grid.trainer.step import build
+    cells = []
+    for schedule, budgets in (("cosine", "[1024, 2048]"), ("wsd", "[2048]")):  # 16 and 32 steps
+        text = SPEC.replace("DATA", "/tmp/unused").replace("tokens: [10240, 20480]", f"tokens: {budgets}")
+        text = text.replace("optim: {lr: 3e-3}", f"optim: {{lr: 3e-3, schedule: {schedule}}}")
+        cells += [c for c in expand(parse_spec(text), check_paths=False) if c.m == 16]
+    shared = launch.SharedSteps()
+    tables = launch.table_lengths(cells)
+    assert len(cells) == 3 and set(tables.values()) == {32}
+    rng = np.random.default_rng(0)
+    for cell in cells:
+        S, k = cell.steps, cell.config.train.steps_per_call
+        ref = build(make_arch(cell.config.model, 256), cell.config.optim, S, 1)
+        mine = shared.get(cell, 256, tables[cell.id])
+        a, b = ref.init(jax.random.key(1)), mine.init(jax.random.key(1))
+        for first in range(0, S, k):  # the whole run: warmup, decay and the last steps
+            x = jax.device_put(rng.integers(0, 256, (k, 4, 16)).astype(np.int32), ref.batch_sharding)
+            a, ma = ref.train(a, x, x)
+            b, mb = mine.train(b, x, x)
+            np.testing.assert_array_equal(np.asarray(ma["loss"]), np.asarray(mb["loss"]))
+        for la, lb in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+            np.testing.assert_array_equal(np.asarray(la), np.asarray(lb))
+    assert len(shared.cache) == 1  # one traced and compiled train step for all three runs

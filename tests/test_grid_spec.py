@@ -1,0 +1,132 @@
+"""Grid specs expand to stable cell ids; wsd trunks and branches line up; shards are deterministic.
+No training here: expansion is pure."""
+import textwrap
+
+import numpy as np
+import pytest
+
+from scaling_grid.grid import spec as S
+from scaling_grid.trainer.config import ConfigError
+
+SPEC = textwrap.dedent("""\
+    name: unit
+    base:
+      model: {variant: gpt2, seq_len: 16}
+      data: {source: shakespeare, tokenizer: bytes}
+      optim: {lr: 3e-3}
+      train: {batch_size: 4, steps_per_call: 4, log_every: 4, eval_every: 16, eval_batches: 1, ckpt_every: 16}
+    rules:
+      heads: {rule: head_dim, head_dim: 8}
+      warmup: {rule: fraction, fraction: 0.1}
+    axes:
+      width: [16, 32]
+      depth: [1, 2]
+      tokens: [2560, 5120]
+    cells:
+      - {width: 32, depth: 2, tokens: 5120, seed: 1}
+    """)
+
+# The ids this spec must always give. If a deliberate change to the hashed config (a new trainer
+# field, a changed default) moves them, old stores will not find their cells again: say so in the
+# change's notes, then update this list.
+EXPECTED_IDS = [
+    "gpt2-w16-d1-t2.56k-s0-136ab0",
+    "gpt2-w16-d1-t5.12k-s0-52db47",
+    "gpt2-w16-d2-t2.56k-s0-f2ed29",
+    "gpt2-w16-d2-t5.12k-s0-00cecb",
+    "gpt2-w32-d1-t2.56k-s0-a854fd",
+    "gpt2-w32-d1-t5.12k-s0-83cfe5",
+    "gpt2-w32-d2-t2.56k-s0-564d81",
+    "gpt2-w32-d2-t5.12k-s0-c7135f",
+    "gpt2-w32-d2-t5.12k-s1-3f0b9f",
+]
+
+
+def _cells(text=SPEC):
+    return S.expand(S.parse_spec(text), check_paths=False)
+
+
+def test_expected_stable_ids():
+    cells = _cells()
+    assert [c.id for c in cells] == EXPECTED_IDS
+    assert [c.id for c in _cells()] == EXPECTED_IDS  # same spec, same ids
+    c = cells[0]
+    assert (c.m, c.l, c.config.model.heads, c.steps, c.config.optim.warmup_steps) == (16, 1, 2, 40, 4)
+    assert cells[-1].config.train.seed == cells[-1].config.train.data_seed == 1
+
+
+def test_config_change_makes_new_ids_and_bookkeeping_does_not():
+    base = {c.id for c in _cells()}
+    wd = _cells(SPEC.replace("optim: {lr: 3e-3}", "optim: {lr: 3e-3, weight_decay: 0.05}"))
+    assert not base & {c.id for c in wd}  # every cell's curve changes: every id is new
+    names = [c.name for c in wd]
+    assert names == [i.rsplit("-", 1)[0] for i in EXPECTED_IDS]  # readable names stay
+    ck = _cells(SPEC.replace("ckpt_every: 16", "ckpt_every: 32, keep: 5"))
+    assert [c.id for c in ck] == EXPECTED_IDS  # checkpoint cadence does not change a curve
+    more = _cells(SPEC.replace("width: [16, 32]", "width: [16, 32, 48]"))
+    assert base < {c.id for c in more} and len(more) == len(base) + 4
+    # key order and formatting in the YAML do not matter
+    reordered = SPEC.replace("tokens: [2560, 5120]", "tokens: [5120, 2560]")
+    assert sorted(c.id for c in _cells(reordered)) == sorted(EXPECTED_IDS)
+
+
+def test_rules():
+    cells = _cells(SPEC.replace("  warmup: {rule: fraction, fraction: 0.1}",
+                                "  warmup: {rule: fraction, fraction: 0.1}\n"
+                                "  lr: {rule: width_scaled, base_width: 16}\n"
+                                "  batch_size: {rule: by_tokens, table: {2560: 4, 5120: 8}}"))
+    by = {(c.m, c.l, c.tokens, c.seed): c for c in cells}
+    assert by[(16, 1, 2560, 0)].config.optim.lr == pytest.approx(3e-3)
+    assert by[(32, 1, 2560, 0)].config.optim.lr == pytest.approx(1.5e-3)
+    assert by[(32, 1, 5120, 0)].config.train.batch_size == 8
+    assert by[(32, 1, 5120, 0)].steps == 40
+
+
+WSD = SPEC.replace("name: unit", "name: unit\ntokens_mode: wsd").replace(
+    "tokens: [2560, 5120]", "tokens: [2560, 5120, 10240]").replace(
+    "  - {width: 32, depth: 2, tokens: 5120, seed: 1}\n",
+    "  - {width: 32, depth: 2, tokens: 5120, seed: 1}\n  - {width: 32, depth: 2, tokens: 10240, seed: 1}\n")
+
+
+def test_wsd_trunks_and_branches():
+    from scaling_grid.trainer.step import lr_table
+    cells = _cells(WSD)
+    trunks = [c for c in cells if c.role == "trunk"]
+    assert len(trunks) == 5 and len(cells) == 5 + 4 * 3 + 2
+    for t in trunks:
+        branches = [c for c in cells if c.parent == t.id]
+        assert cells.index(t) < min(cells.index(b) for b in branches)  # a trunk runs before its branches
+        assert t.config.optim.schedule == "constant" and set(t.keep_steps) == {b.init_step for b in branches}
+        assert t.steps == max(b.init_step for b in branches)
+        t_lr = lr_table(t.config.optim, t.steps)
+        for b in branches:
+            k = b.config.train.steps_per_call
+            assert b.config.optim.schedule == "wsd" and b.init_step % k == 0 and b.group == t.group
+            decay = b.steps - b.init_step
+            assert decay == max(1, round(b.config.optim.decay_fraction * b.steps))
+            assert abs(decay - 0.2 * b.steps) < k  # decay_fraction honoured up to one chunk
+            assert b.config.optim.warmup_steps == t.config.optim.warmup_steps == round(0.1 * 160)
+            b_lr = lr_table(b.config.optim, b.steps)
+            # the branch's lr (and so tau) equals the trunk's up to the branch point, then decays to 0
+            np.testing.assert_array_equal(b_lr[:b.init_step], t_lr[:b.init_step])
+            peak = b.config.optim.lr
+            np.testing.assert_allclose(b_lr[b.init_step:], peak * (1 - np.arange(decay) / decay), rtol=1e-6)
+
+
+def test_shards_are_deterministic_balanced_and_keep_groups_together():
+    cells = _cells(WSD)
+    for n in (1, 2, 3, 7):
+        a, b = S.shard_of(cells, n), S.shard_of(list(reversed(cells)), n)
+        assert a == b and set(a.values()) <= set(range(n))
+        for c in cells:
+            assert a[c.id] == a[c.group]
+    sep = _cells()
+    two = S.shard_of(sep, 2)
+    assert sorted(two.values()).count(0) in (4, 5)
+
+
+@pytest.mark.parametrize("bad", ["2/2", "1", "a/b", "-1/2", "0/0", "1/2/3"])
+def test_bad_shard(bad):
+    with pytest.raises(ConfigError, match="--shard"):
+        S.parse_shard(bad)
+    assert S.parse_shard("1/3") == (1, 3)
