@@ -116,12 +116,86 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_fit_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", help="a grid store (folder or URL) or a table file (.csv, .tsv, .parquet)")
+    p.add_argument("--law", default="universality",
+                   help="universality (exponents 1/3, 1, 1) | universality-free | chinchilla (default universality)")
+    p.add_argument("--loss", default="eval", choices=["eval", "train"], help="which loss to fit (default eval)")
+    p.add_argument("--time", choices=["tau_lr", "tokens", "steps"],
+                   help="time variable (default tau_lr = sum of lr; tokens for chinchilla)")
+    p.add_argument("--points", default="final", choices=["final", "constant-lr", "final+constant-lr", "all"],
+                   help="which points are valid: run endpoints / post-cooldown points (default), points "
+                        "where the lr was constant, both, or every point")
+    p.add_argument("--map", metavar="K=COL,...", help="for a file: map the law's variables to its columns, "
+                   "e.g. N=model_size,D=tokens,loss=loss or m=d_model,l=n_layers,tau=tokens,loss=loss")
+    p.add_argument("--min-tau", type=float, metavar="T", help="drop points whose time is below T")
+    p.add_argument("--drop-highest", type=int, default=0, metavar="K", help="drop the K highest-loss points per variant")
+    p.add_argument("--exclude-variant", action="append", default=[], metavar="V", help="leave variant V out (repeatable)")
+    p.add_argument("--exclude-cell", action="append", default=[], metavar="ID", help="leave cell ID out (repeatable)")
+    p.add_argument("--depth-offset", type=float, default=0.0, metavar="L0", help="effective depth l - L0 (default 0)")
+    p.add_argument("--boot", type=int, default=1000, metavar="B", help="bootstrap resamples over runs (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+
+
+def _fit_options(args: argparse.Namespace) -> dict:
+    return dict(law=args.law, loss=args.loss, time=args.time, points=args.points, min_tau=args.min_tau,
+                drop_highest=args.drop_highest, exclude_variants=tuple(args.exclude_variant),
+                exclude_cells=tuple(args.exclude_cell), depth_offset=args.depth_offset, n_boot=args.boot,
+                seed=args.seed)
+
+
+def _points_table(args: argparse.Namespace) -> dict:
+    """A store is exported to the analysis table; a file is read with the column mapping."""
+    from pathlib import Path
+
+    from scaling_grid import analysis
+    from scaling_grid.grid import store
+    src = args.source
+    if Path(src).is_file():
+        return analysis.load_table(src, args.map)
+    if args.map:
+        raise ConfigError(f"--map={args.map!r}: column mappings apply to table files, and {src!r} is a store")
+    if not store.is_url(src) and not (Path(src) / "spec.yaml").is_file():
+        raise ConfigError(f"source {src!r}: neither a table file (.csv/.parquet) nor a grid store (no spec.yaml)")
+    return store.export_table(src)
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from scaling_grid import analysis
+    result = analysis.run_fit(_points_table(args), **_fit_options(args))
+    print(result.table_markdown())
+    if args.json:
+        from pathlib import Path
+        Path(args.json).write_text(result.to_json())
+        print(f"every coefficient, exponent and derived quantity with its interval -> {args.json}")
+    return EXIT_OK
+
+
+def _add_fit_cmd_args(p: argparse.ArgumentParser) -> None:
+    _add_fit_args(p)
+    p.add_argument("--json", metavar="FILE", help="write the full fit (intervals, derived quantities, exclusions) as JSON")
+
+
+def _add_report_args(p: argparse.ArgumentParser) -> None:
+    _add_fit_args(p)
+    p.add_argument("--out", required=True, metavar="DIR", help="report folder (index.html, tables, plots)")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from scaling_grid import analysis
+    path = analysis.write_report(_points_table(args), args.out, **_fit_options(args))
+    print(f"report: {path}")
+    return EXIT_OK
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argparse.ArgumentParser], None], str]] = {
     "prepare": (cmd_prepare, _add_config_args, "tokenize a corpus once into a token store"),
     "train": (cmd_train, _add_config_args, "train one model (resumes from its checkpoints)"),
     "run": (cmd_run, _add_run_args, "run a grid spec into a store: every cell not done (resumable, shardable)"),
     "status": (cmd_status, _add_store_arg, "table of a grid store's cells (works while the grid runs)"),
     "export": (cmd_export, _add_export_args, "write all points of a grid store as one tidy CSV/parquet table"),
+    "fit": (cmd_fit, _add_fit_cmd_args, "fit a scaling law to a store or a table file; print the coefficient table"),
+    "report": (cmd_report, _add_report_args, "fit and write a self-contained report (HTML, tables, plots)"),
 }
 
 
@@ -138,6 +212,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command][0](args)
     except ConfigError as e:
+        print(f"scaling-grid {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except ValueError as e:  # AnalysisError (bad tables, unidentifiable coefficients) is a ValueError
+        from scaling_grid.analysis import AnalysisError
+        if not isinstance(e, AnalysisError):
+            raise
         print(f"scaling-grid {args.command}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
