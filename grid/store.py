@@ -37,9 +37,10 @@ FORMAT, VERSION = "scaling-grid-store", 1
 STATES = ("pending", "running", "preempted", "done", "diverged", "failed")
 FINAL_STATES = ("done", "diverged")   # never run again (a changed config is a new cell)
 EXPORT_COLUMNS = ("variant", "cell", "m", "l", "N", "seed", "step", "tokens", "tau_lr", "lr", "peak_lr",
-                  "train_loss", "eval_loss", "eval_stderr", "schedule", "role", "is_final",
+                  "train_loss", "eval_loss", "eval_stderr", "schedule", "role", "parent", "is_final",
                   "flops_per_token", "total_steps")
-_STR_COLUMNS = ("variant", "cell", "schedule", "role")
+# parent: a wsd branch's trunk id (empty otherwise), so a bootstrap resamples a trunk with its branches.
+_STR_COLUMNS = ("variant", "cell", "schedule", "role", "parent")
 _INT_COLUMNS = ("m", "l", "N", "seed", "step", "flops_per_token", "total_steps")
 _NO_VALUE = b"\x02"  # TensorStore's storage generation of a missing key: write-if-absent
 
@@ -275,7 +276,8 @@ def export_table(url: str) -> dict[str, np.ndarray]:
             "peak_lr": np.full(n, float(cfg["peak_lr"])), "train_loss": m["loss"][steps],
             "eval_loss": m["eval_loss"][steps], "eval_stderr": m["eval_stderr"][steps],
             "schedule": np.full(n, cfg["schedule"], dtype=object), "role": np.full(n, cfg["role"], dtype=object),
-            "is_final": final, "flops_per_token": np.full(n, cfg["flops_per_token"]),
+            "parent": np.full(n, cfg.get("parent") or "", dtype=object), "is_final": final,
+            "flops_per_token": np.full(n, cfg["flops_per_token"]),
             "total_steps": np.full(n, total),
         }
         for c in EXPORT_COLUMNS:
