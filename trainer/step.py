@@ -94,7 +94,7 @@ def train_chunk(state: TrainState, x_KBT: jax.Array, y_KBT: jax.Array, *, model:
         loss, grads = _grads(state.params, model, *xy, accum)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
         return TrainState(state.step + 1, params, opt_state), metrics
 
     return jax.lax.scan(one, state, (x_KBT, y_KBT))
@@ -150,3 +150,12 @@ def build(arch: Arch, optim: OptimConfig, total_steps: int, accum: int = 1, mesh
 def abstract_state(steps: Steps) -> Any:
     """Shapes, dtypes and shardings of the train state, for restoring a checkpoint onto this mesh."""
     return jax.eval_shape(steps.init, jax.random.key(0))
+
+
+def default_steps_per_call(arch: Arch, batch_size: int) -> int:
+    """Optimizer steps per compiled call. On CPU a small model's step is short enough that per-call
+    dispatch costs 15-40% (shared/notes/cpu-speed.md: best near 8 at width 64, 2-4 at width 256);
+    accelerators dispatch asynchronously, so one step per call suffices there."""
+    if jax.default_backend() != "cpu":
+        return 1
+    return 8 if arch.width <= 64 else 4 if arch.width <= 128 else 2
