@@ -31,6 +31,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from scaling_grid.trainer.config import ConfigError, format_count
+from scaling_grid.trainer.preemption import Preemption
 
 from . import spec as S
 from .store import FINAL_STATES, Store, check_writable, host_id, is_stale, now
@@ -463,28 +464,14 @@ def _backend() -> str:
 
 # ------------------------------------------------------------------------------------------- run
 
-class _Signals:
+class _Signals(Preemption):
     """SIGTERM before or between cells: stop after the current cell; during a cell the trainer's own
     handler saves a checkpoint. A SIGTERM that lands while the trainer's handler is not installed
     (compile, restore) is re-sent from the first metrics write, when it is."""
 
     def __init__(self) -> None:
-        self.requested = False
+        super().__init__()
         self.forwarded = False
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        self.requested = True
-
-    @contextlib.contextmanager
-    def installed(self):
-        if threading.current_thread() is not threading.main_thread():
-            yield self
-            return
-        old = signal.signal(signal.SIGTERM, self._handler)
-        try:
-            yield self
-        finally:
-            signal.signal(signal.SIGTERM, old)
 
     def forward(self) -> None:
         if self.requested and not self.forwarded:

@@ -9,13 +9,11 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +25,7 @@ from .checkpoint import Checkpointer, restore_from
 from .config import ConfigError, RunConfig
 from .metrics import MetricsSink, ProgressSink, Sinks, TensorStoreSink
 from .model import Arch, make_arch
+from .preemption import Preemption
 from .step import Steps, abstract_state, build, lr_table
 
 
@@ -42,27 +41,6 @@ def compute_dtype(name: str) -> Any:
     if name == "auto":  # bf16 matmuls pay on accelerators; on CPU they gained nothing (notes/cpu-speed.md)
         return jnp.bfloat16 if jax.default_backend() in ("gpu", "tpu") else jnp.float32
     return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
-
-
-class Preemption:
-    """SIGTERM sets a flag; the loop finishes its current chunk (or abandons an eval), saves, exits."""
-
-    def __init__(self) -> None:
-        self.requested = False
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        self.requested = True
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator["Preemption"]:
-        if threading.current_thread() is not threading.main_thread():
-            yield self
-            return
-        old = signal.signal(signal.SIGTERM, self._handler)
-        try:
-            yield self
-        finally:
-            signal.signal(signal.SIGTERM, old)
 
 
 def _host_rows(batch_size: int) -> slice:

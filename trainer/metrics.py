@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import tensorstore as ts
