@@ -52,8 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="compute dtype; auto = bf16 on GPU/TPU, fp32 on CPU (as the training loop)")
     ap.add_argument("--peak-tflops", type=float, default=None,
                     help="peak for MFU; default: vendor peak for known accelerators, measured on CPU")
-    ap.add_argument("--scan-layers", default="auto", choices=["auto", "true", "false"],
-                    help="lax.scan over blocks (the config default) or a Python loop; auto = config default")
+    ap.add_argument("--unroll", type=int, default=0,
+                    help="blocks per scan iteration (model.unroll); 0 = auto: all on CPU, 1 on GPU/TPU")
     return ap.parse_args(argv)
 
 
@@ -80,9 +80,8 @@ def main(argv=None) -> None:
     for width in map(int, a.widths.split(",")):
         for depth in map(int, a.depths.split(",")):
             heads = max(1, width // a.head_dim)
-            scan = ModelConfig.scan_layers if a.scan_layers == "auto" else a.scan_layers == "true"
             mcfg = ModelConfig(variant=a.variant, width=width, depth=depth, heads=heads, seq_len=a.seq,
-                               scan_layers=scan)
+                               unroll=a.unroll)
             arch = model_lib.make_arch(mcfg, a.vocab, dtype)
             k = (step_lib.default_steps_per_call(arch, a.batch) if a.steps_per_call == "auto"
                  else int(a.steps_per_call))
@@ -90,7 +89,7 @@ def main(argv=None) -> None:
             out.update(
                 framework=f"jax-{jax.__version__}", vocab=a.vocab, width=width, depth=depth, seq=a.seq,
                 batch=a.batch, heads=heads, variant=a.variant, backend=backend, device=device,
-                dtype=jnp.dtype(dtype).name, steps_per_call=k, scan_layers=scan,
+                dtype=jnp.dtype(dtype).name, steps_per_call=k, unroll=arch.unroll,
                 peak_tflops=peak, peak_source=peak_source,
                 mfu=out["flops_per_token"] * out["tokens_per_s"] / (peak * 1e12) if peak else None)
             print(json.dumps(out), flush=True)
@@ -105,7 +104,9 @@ def measure(arch, batch: int, k: int, seconds: float) -> dict:
 
     # The reference's optimizer settings (lr 3e-4, betas 0.9/0.95, wd 0.1) plus the tool's defaults
     # (warmup + cosine, clip 1.0). A long horizon keeps the schedule from mattering.
-    steps = step_lib.build(arch, OptimConfig(lr=3e-4), total_steps=1_000_000)
+    optim = OptimConfig(lr=3e-4)
+    steps = step_lib.build(arch, optim)
+    lrs = jax.device_put(step_lib.lr_table(optim, 1_000_000), jax.sharding.NamedSharding(steps.mesh, jax.sharding.PartitionSpec()))
     t0 = time.perf_counter()
     state = jax.block_until_ready(steps.init(jax.random.key(0)))
     init_s = time.perf_counter() - t0
@@ -115,18 +116,18 @@ def measure(arch, batch: int, k: int, seconds: float) -> dict:
                              steps.batch_sharding) for _ in range(2))
 
     t0 = time.perf_counter()
-    train = steps.train.lower(state, xs, ys).compile()
+    train = steps.train.lower(state, xs, ys, lrs).compile()
     compile_s = time.perf_counter() - t0
 
     # Warm-up calls (first-touch allocations, thread-pool spin-up), then the steady state with the
     # training loop's pattern: dispatch call i+1, then wait for call i's metrics.
     for _ in range(2):
-        state, metrics = train(state, xs, ys)
+        state, metrics = train(state, xs, ys, lrs)
     jax.block_until_ready(metrics)
     calls, cpu0, t0 = 0, _cpu_times(), time.perf_counter()
     prev = None
     while calls < 3 or time.perf_counter() - t0 < seconds:
-        state, metrics = train(state, xs, ys)
+        state, metrics = train(state, xs, ys, lrs)
         if prev is not None:
             jax.block_until_ready(prev)
         prev = metrics

@@ -130,84 +130,44 @@ def _device_memory() -> tuple[int, str]:
 
 
 class SharedSteps:
-    """Compiled steps shared by every cell of one shape, whatever its budget and schedule.
-
-    The trainer's ``step.build`` bakes the lr schedule (and so the run length) into the compiled
-    train step, so each (shape, budget) pair would trace and compile its own; on a CPU that costs
-    more than training a small cell. Here the schedule is an input instead: the train step reads
-    the lr of update ``count`` from a table (the trainer's own ``lr_table``, zero-padded to the
-    longest run of that shape in the grid), so all budgets, seeds and the wsd trunk and branches
-    of a shape share one traced and compiled function. Init and eval come from ``step.build``; the
-    optimizer is ``step.make_optimizer``'s, with the table as its schedule (tests check both paths
-    give the same updates). The train state has the same structure, so checkpoints are the
-    trainer's. Replace this by a trainer option when the trainer grows one."""
+    """One ``step.build`` per shape, shared by every cell of that shape whatever its budget, seed or
+    schedule (wsd trunks and branches included): the trainer's train step takes the lr as a table, and
+    each cell's table is padded to the longest run of its shape in the grid (``table_lengths``), so on
+    a CPU, where compiling costs more than training a small cell, a shape compiles once."""
 
     def __init__(self) -> None:
-        self.cache: dict[Any, tuple[Any, Any]] = {}
+        self.cache: dict[Any, Any] = {}
 
     @staticmethod
-    def _key(cell: S.Cell, vocab: int, table_len: int):
+    def _key(cell: S.Cell, vocab: int):
         from scaling_grid.trainer.loop import compute_dtype
         from scaling_grid.trainer.model import make_arch
         cfg = cell.config
         o = cfg.optim
         arch = make_arch(cfg.model, vocab, compute_dtype(cfg.train.dtype))
-        return arch, (o.b1, o.b2, o.eps, o.weight_decay, o.clip_norm), cfg.train.grad_accum, table_len
+        return arch, (o.b1, o.b2, o.eps, o.weight_decay, o.clip_norm), cfg.train.grad_accum
 
-    def _compiled(self, cell: S.Cell, vocab: int, table_len: int):
-        key = self._key(cell, vocab, table_len)
+    def get(self, cell: S.Cell, vocab: int):
+        """The trainer's Steps for this cell's shape."""
+        key = self._key(cell, vocab)
         if key not in self.cache:
-            import jax
-            import optax
-            from jax.sharding import NamedSharding, PartitionSpec as P
-            from scaling_grid.trainer.model import Transformer
-            from scaling_grid.trainer.step import abstract_state, build, decay_mask, train_chunk
-            arch, _, accum, _ = key
-            o = cell.config.optim
-            base = build(arch, o, max(cell.steps, 1), accum)  # init, eval, mesh, shardings
-            model = Transformer(arch)
-            replicated = NamedSharding(base.mesh, P())
-            state_sharding = jax.tree_util.tree_map(lambda _: replicated, abstract_state(base))
-
-            def train(state, x_KBT, y_KBT, lrs_S):
-                # make_optimizer(o, S) with the lr table as its schedule
-                adamw = optax.adamw(lambda count: lrs_S[count], b1=o.b1, b2=o.b2, eps=o.eps,
-                                    weight_decay=o.weight_decay, mask=decay_mask)
-                tx = optax.chain(optax.clip_by_global_norm(o.clip_norm), adamw) if o.clip_norm > 0 else adamw
-                return train_chunk(state, x_KBT, y_KBT, model=model, tx=tx, accum=accum)
-
-            jitted = jax.jit(train, donate_argnums=0,
-                             in_shardings=(state_sharding, base.batch_sharding, base.batch_sharding, replicated),
-                             out_shardings=(state_sharding, replicated))
-            self.cache[key] = (base, jitted)
+            from scaling_grid.trainer.step import build
+            self.cache[key] = build(key[0], cell.config.optim, key[2])
         return self.cache[key]
 
-    def table(self, cell: S.Cell, table_len: int) -> np.ndarray:
-        from scaling_grid.trainer.step import lr_table
-        t = np.zeros(table_len, np.float32)
-        t[:cell.steps] = lr_table(cell.config.optim, cell.steps)
-        return t
-
-    def get(self, cell: S.Cell, vocab: int, table_len: int):
-        """The trainer's Steps for this cell, with the shared train step bound to its lr table."""
-        import jax
-        base, jitted = self._compiled(cell, vocab, table_len)
-        lrs = jax.device_put(self.table(cell, table_len), jax.sharding.NamedSharding(base.mesh,
-                                                                                     jax.sharding.PartitionSpec()))
-        return base._replace(train=lambda state, x, y: jitted(state, x, y, lrs))
-
     def lower(self, cell: S.Cell, vocab: int, table_len: int):
-        """(compiled train step, base Steps, lr table) for ahead-of-time analysis and timing."""
+        """(compiled train step, Steps, lr table) for ahead-of-time analysis and timing."""
         import jax
         import jax.numpy as jnp
-        from scaling_grid.trainer.step import abstract_state
-        base, jitted = self._compiled(cell, vocab, table_len)
+        from scaling_grid.trainer.step import abstract_state, lr_table
+        steps = self.get(cell, vocab)
         t = cell.config.train
+        replicated = jax.sharding.NamedSharding(steps.mesh, jax.sharding.PartitionSpec())
         x = jax.ShapeDtypeStruct((t.steps_per_call, t.batch_size, cell.config.model.seq_len), jnp.int32,
-                                 sharding=base.batch_sharding)
-        lrs = jax.ShapeDtypeStruct((table_len,), jnp.float32,
-                                   sharding=jax.sharding.NamedSharding(base.mesh, jax.sharding.PartitionSpec()))
-        return jitted.lower(abstract_state(base), x, x, lrs).compile(), base, self.table(cell, table_len)
+                                 sharding=steps.batch_sharding)
+        lrs = jax.ShapeDtypeStruct((table_len,), jnp.float32, sharding=replicated)
+        compiled = steps.train.lower(abstract_state(steps), x, x, lrs).compile()
+        return compiled, steps, lr_table(cell.config.optim, cell.steps, table_len)
 
 
 _SHARED = SharedSteps()
@@ -218,7 +178,7 @@ def table_lengths(cells: Sequence[S.Cell], vocab: dict[Any, int] | None = None) 
     longest: dict[Any, int] = {}
     keys = {}
     for c in cells:
-        k = SharedSteps._key(c, (vocab or {}).get(c.config.data, S.expected_vocab(c.config)), 0)[:3]
+        k = SharedSteps._key(c, (vocab or {}).get(c.config.data, S.expected_vocab(c.config)))
         keys[c.id] = k
         longest[k] = max(longest.get(k, 0), c.steps)
     return {c.id: longest[keys[c.id]] for c in cells}
@@ -688,7 +648,7 @@ def _run_cell(cell: S.Cell, store: Store, tok_store: Any, table_len: int, opts: 
     heartbeat = _Heartbeat(store, base, live, opts.status_every)
     result = None
     try:
-        steps = _SHARED.get(cell, tok_store.vocab_size, table_len)
+        steps = _SHARED.get(cell, tok_store.vocab_size)
         sinks: list[Any] = [live]
         if writer:
             sinks.append(TensorStoreSink(store.root, cell.steps, prefix=store.metrics_prefix(cell.id)))
@@ -698,7 +658,7 @@ def _run_cell(cell: S.Cell, store: Store, tok_store: Any, table_len: int, opts: 
         with ctx:
             result = loop.train(cell.config, Sinks(*sinks), ckpt_dir, store=tok_store, steps=steps,
                                 warn=lambda m: say(f"{cell.id}: warning: {m}"), init_from=init_from,
-                                keep_steps=cell.keep_steps)
+                                keep_steps=cell.keep_steps, table_len=table_len)
     except KeyboardInterrupt:
         if writer:
             store.set_status(cell.id, {**heartbeat.snapshot(), "state": "preempted",

@@ -312,7 +312,7 @@ def test_wsd_branches_start_from_trunk_and_continue_its_tau(grid):
         # started from the trunk's state: the same eval loss at the branch point, bit for bit
         assert bm["eval_loss"][bp] == tm["eval_loss"][bp]
         # tau continues the trunk's: trunk tau at the branch point + the branch's own lrs
-        lrs = lr_table(_optim(b), S)
+        lrs = lr_table(_optim(b), S).astype(np.float64)  # the trainer sums tau in float64
         steps = np.flatnonzero(np.isfinite(bm["tau"]))
         np.testing.assert_allclose(bm["tau"][steps], tm["tau"][bp] + np.cumsum(lrs[bp:])[steps - bp - 1], rtol=1e-12)
         np.testing.assert_allclose(tm["tau"][bp], np.cumsum(lrs)[bp - 1], rtol=1e-12)
@@ -326,14 +326,13 @@ def _optim(record):
     return from_dict(record["config"]).optim
 
 
-def test_shared_steps_match_the_trainers():
-    """The launcher's shared train step (lr from a table, one compile per shape) makes bit for bit the
-    same updates as the trainer's own (schedule compiled in), and one function serves every budget
-    and schedule of a shape."""
+def test_shared_steps_padded_tables_change_nothing():
+    """The launcher shares one Steps per shape and pads each cell's lr table to the longest run of its
+    shape: one function serves every budget and schedule, and padding leaves every update bit for
+    bit as with the cell's own exact-length table."""
     import jax
     from scaling_grid.grid.spec import expand, parse_spec
-    from scaling_grid.trainer.model import make_arch
-    from scaling_grid.trainer.step import build
+    from scaling_grid.trainer.step import lr_table
     cells = []
     for schedule, budgets in (("cosine", "[1024, 2048]"), ("wsd", "[2048]")):  # 16 and 32 steps
         text = SPEC.replace("DATA", "/tmp/unused").replace("tokens: [10240, 20480]", f"tokens: {budgets}")
@@ -344,15 +343,15 @@ def test_shared_steps_match_the_trainers():
     assert len(cells) == 3 and set(tables.values()) == {32}
     rng = np.random.default_rng(0)
     for cell in cells:
-        S, k = cell.steps, cell.config.train.steps_per_call
-        ref = build(make_arch(cell.config.model, 256), cell.config.optim, S, 1)
-        mine = shared.get(cell, 256, tables[cell.id])
-        a, b = ref.init(jax.random.key(1)), mine.init(jax.random.key(1))
+        S, k, o = cell.steps, cell.config.train.steps_per_call, cell.config.optim
+        steps = shared.get(cell, 256)
+        own, padded = lr_table(o, S), lr_table(o, S, tables[cell.id])
+        a, b = steps.init(jax.random.key(1)), steps.init(jax.random.key(1))
         for first in range(0, S, k):  # the whole run: warmup, decay and the last steps
-            x = jax.device_put(rng.integers(0, 256, (k, 4, 16)).astype(np.int32), ref.batch_sharding)
-            a, ma = ref.train(a, x, x)
-            b, mb = mine.train(b, x, x)
+            x = jax.device_put(rng.integers(0, 256, (k, 4, 16)).astype(np.int32), steps.batch_sharding)
+            a, ma = steps.train(a, x, x, own)
+            b, mb = steps.train(b, x, x, padded)
             np.testing.assert_array_equal(np.asarray(ma["loss"]), np.asarray(mb["loss"]))
         for la, lb in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
             np.testing.assert_array_equal(np.asarray(la), np.asarray(lb))
-    assert len(shared.cache) == 1  # one traced and compiled train step for all three runs
+    assert len(shared.cache) == 1  # one Steps (one traced train step per table length) for all three

@@ -11,12 +11,13 @@ from scaling_grid.trainer.config import OptimConfig
 from scaling_grid.trainer.model import (VARIANTS, Arch, Transformer, flops_per_token, non_embedding_formula,
                                         param_counts, resolve_variant)
 from scaling_grid.trainer.step import TrainState, decay_mask, lr_table, make_optimizer, train_chunk
+from scaling_grid.trainer.step import schedule as schedule_fn
 
 V, T = 256, 32
 
 
-def _arch(variant: str, width: int = 64, depth: int = 2, heads: int = 2, scan: bool = True) -> Arch:
-    return Arch(resolve_variant(variant), V, width, depth, heads, T, scan_layers=scan)
+def _arch(variant: str, width: int = 64, depth: int = 2, heads: int = 2, unroll: int = 1) -> Arch:
+    return Arch(resolve_variant(variant), V, width, depth, heads, T, unroll=unroll)
 
 
 def _init(arch: Arch, seed: int = 0):
@@ -52,7 +53,7 @@ def test_overfits_one_batch(variant):
     arch = _arch(variant)
     model, params = _init(arch)
     cfg = OptimConfig(lr=3e-3, warmup_steps=5, schedule="constant")
-    tx = make_optimizer(cfg, 100)
+    tx = make_optimizer(cfg, schedule_fn(cfg, 100))
     x = np.random.default_rng(2).integers(0, V, (1, 4, T + 1))
     xs, ys = np.repeat(x[:, :, :-1], 60, 0), np.repeat(x[:, :, 1:], 60, 0)  # 60 updates on one batch
     state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
@@ -83,16 +84,22 @@ def test_flops_formula_matches_reference_convention():
     assert flops_per_token(arch, n) == 6 * n + 6 * V * 128 + 12 * 4 * T * 128
 
 
-def test_scan_and_loop_layers_agree():
-    """nn.scan over blocks computes the same function as an explicit layer loop."""
-    scanned, params = _init(_arch("llama", scan=True))
-    looped = Transformer(_arch("llama", scan=False))
-    unstacked = {k: v for k, v in params.items() if k != "blocks"}
-    for i in range(2):
-        unstacked[f"block_{i}"] = jax.tree_util.tree_map(lambda p: p[i], params["blocks"])
+@pytest.mark.parametrize("unroll", [2, 3])
+def test_unrolled_scan_computes_the_same_function(unroll):
+    """Unrolling blocks inside the scan (all of them, or with a remainder) is a speed choice only: same
+    parameter layout, same logits as the rolled loop, for the forward and the gradient."""
+    rolled, params = _init(_arch("llama", depth=3))
+    unrolled = Transformer(_arch("llama", depth=3, unroll=unroll))
     x = np.random.default_rng(3).integers(0, V, (2, T))
-    np.testing.assert_allclose(np.asarray(looped.apply({"params": unstacked}, x)),
-                               np.asarray(scanned.apply({"params": params}, x)), rtol=1e-5, atol=1e-5)
+
+    def loss(model, p):
+        return model.apply({"params": p}, x).astype(jnp.float32).std()
+
+    np.testing.assert_allclose(np.asarray(unrolled.apply({"params": params}, x)),
+                               np.asarray(rolled.apply({"params": params}, x)), rtol=1e-5, atol=1e-5)
+    for g1, g2 in zip(jax.tree.leaves(jax.grad(lambda p: loss(rolled, p))(params)),
+                      jax.tree.leaves(jax.grad(lambda p: loss(unrolled, p))(params))):
+        np.testing.assert_allclose(g1, g2, rtol=1e-4, atol=1e-6)
 
 
 def test_weight_decay_only_on_matrices():
@@ -108,7 +115,12 @@ def test_weight_decay_only_on_matrices():
 def test_schedules(schedule):
     cfg = OptimConfig(lr=1e-3, warmup_steps=10, schedule=schedule, decay_fraction=0.2, final_lr_ratio=0.1)
     lr = lr_table(cfg, 100)
-    assert lr.shape == (100,) and np.all(lr > 0)
+    assert lr.shape == (100,) and lr.dtype == np.float32 and np.all(lr > 0)
+    # the table the train step reads is the optax schedule, and padding only appends zeros
+    np.testing.assert_allclose(lr, [float(schedule_fn(cfg, 100)(i)) for i in range(100)], rtol=1e-6)
+    padded = lr_table(cfg, 100, 130)
+    np.testing.assert_array_equal(padded[:100], lr)
+    assert padded.shape == (130,) and not padded[100:].any()
     assert lr[0] == pytest.approx(1e-4, rel=1e-5) and lr[9] == pytest.approx(1e-3, rel=1e-5)
     assert np.all(np.diff(lr[:10]) > 0)  # warmup rises
     if schedule == "constant":

@@ -129,7 +129,7 @@ def test_sigterm_during_eval(reference, tmp_path, data_root):
     from scaling_grid.trainer import data, step
     from scaling_grid.trainer.model import make_arch
     store = data.prepare(cfg.data, progress=False)
-    steps = step.build(make_arch(cfg.model, store.vocab_size), cfg.optim, cfg.steps)
+    steps = step.build(make_arch(cfg.model, store.vocab_size), cfg.optim)
     calls = {"n": 0}
 
     def eval_then_signal(params, seqs):

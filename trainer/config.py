@@ -58,7 +58,7 @@ class ModelConfig:
     heads: int = 2               # width must be divisible by heads
     seq_len: int = 256
     qk_norm: bool = False        # normalise q and k per head (on top of any variant)
-    scan_layers: bool = True     # lax.scan over blocks: compile time independent of depth
+    unroll: int = 0              # blocks per scan iteration; 0 = auto: all on CPU, 1 on GPU/TPU
 
 
 @dataclass(frozen=True)
@@ -244,6 +244,7 @@ def validate(cfg: RunConfig, check_paths: bool = True) -> None:
 
     m, d, o, t = cfg.model, cfg.data, cfg.optim, cfg.train
     _check(m.variant in VARIANTS, "model.variant", m.variant, f"allowed: {sorted(VARIANTS)}")
+    _check(m.unroll >= 0, "model.unroll", m.unroll, "must be >= 0 (0 = auto)")
     for name in ("width", "depth", "heads", "seq_len"):
         v = getattr(m, name)
         _check(v > 0, f"model.{name}", v, "must be a positive integer")

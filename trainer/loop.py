@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import yaml
+from jax.sharding import NamedSharding, PartitionSpec
 
 from . import data as data_lib
 from .checkpoint import Checkpointer, restore_from
@@ -75,19 +76,23 @@ def evaluate(steps: Steps, params: Any, val_BT1: np.ndarray, batch_size: int,
 
 def train(cfg: RunConfig, sink: MetricsSink, ckpt_dir: str | Path, *, store: data_lib.TokenStore | None = None,
           steps: Steps | None = None, warn: Callable[[str], None] | None = None,
-          init_from: tuple[str | Path, int] | None = None, keep_steps: Sequence[int] = ()) -> RunResult:
+          init_from: tuple[str | Path, int] | None = None, keep_steps: Sequence[int] = (),
+          table_len: int | None = None) -> RunResult:
     """Train one run to its token budget, resuming from the newest readable checkpoint in ckpt_dir.
 
     init_from=(dir, step): a run with no checkpoint of its own starts from another run's state at that
     step (a WSD cooldown branch starts from its trunk). keep_steps: steps checkpointed and kept forever
-    (the trunk's branch points)."""
+    (the trunk's branch points). table_len: pad the lr table to this length, so runs of one shape with
+    different budgets share ``steps``' compiled train step (a grid passes its longest run's steps)."""
     warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr, flush=True))
     t_cfg, S = cfg.train, cfg.steps
     store = store or data_lib.prepare(cfg.data)
     arch = make_arch(cfg.model, store.vocab_size, compute_dtype(t_cfg.dtype))
-    steps = steps or build(arch, cfg.optim, S, t_cfg.grad_accum)
+    steps = steps or build(arch, cfg.optim, t_cfg.grad_accum)
     val_BT1 = store.val_set(t_cfg.eval_batches * t_cfg.batch_size, cfg.model.seq_len)
-    lrs = lr_table(cfg.optim, S)
+    lrs = lr_table(cfg.optim, S, table_len)
+    lrs_dev = jax.device_put(lrs, NamedSharding(steps.mesh, PartitionSpec()))
+    lrs = lrs[:S].astype(np.float64)
     tau = np.concatenate([[0.0], np.cumsum(lrs)])  # tau[s] = sum of the lr of updates 1..s
     tps, k = cfg.tokens_per_step, t_cfg.steps_per_call
     rows = _host_rows(t_cfg.batch_size)
@@ -154,7 +159,7 @@ def train(cfg: RunConfig, sink: MetricsSink, ckpt_dir: str | Path, *, store: dat
                     n = x.shape[0]
                     s = first + n
                     state, metrics = steps.train(state, _to_global(x, steps.batch_sharding, t_cfg.batch_size, 1),
-                                                 _to_global(y, steps.batch_sharding, t_cfg.batch_size, 1))
+                                                 _to_global(y, steps.batch_sharding, t_cfg.batch_size, 1), lrs_dev)
                     pending.append((s, metrics))
                     # Lagged fetch: the previous chunk's metrics, now that this chunk is queued.
                     if len(pending) >= 2 and pending[-2][0] % t_cfg.log_every == 0:
@@ -214,7 +219,7 @@ def train_cli(cfg: RunConfig) -> RunResult:
         saved.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     store = data_lib.prepare(cfg.data)
     arch = make_arch(cfg.model, store.vocab_size, compute_dtype(cfg.train.dtype))
-    steps = build(arch, cfg.optim, cfg.steps, cfg.train.grad_accum)
+    steps = build(arch, cfg.optim, cfg.train.grad_accum)
     counts = param_summary(steps, arch)
     print(f"{cfg.model.variant} width {arch.width} depth {arch.depth} heads {arch.heads}: "
           f"{counts['non_embedding']:,} non-embedding params, {counts['embedding']:,} embedding, "

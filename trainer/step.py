@@ -3,6 +3,10 @@
 The train step takes a chunk of k steps' batches [k, B, T] and runs k optimizer updates under
 ``lax.scan`` in one compiled call: on CPU the per-call dispatch overhead is a large share of a small
 model's step. Metrics come back as arrays of length k and stay on device until the loop fetches them.
+
+The learning rate is an input, not a constant: the step reads the lr of update i from a float32 table
+(``lr_table``), so one compiled step serves every budget and schedule of a shape (a grid pads the
+tables to its longest run), and tau = sum of lr is summed from exactly the values the step used.
 """
 from __future__ import annotations
 
@@ -45,10 +49,13 @@ def schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
                                  else optax.constant_schedule(peak), after], [warm])
 
 
-def lr_table(cfg: OptimConfig, total_steps: int) -> np.ndarray:
-    """lr used by each update 0..total_steps-1, evaluated exactly as the compiled step does (float32)."""
+def lr_table(cfg: OptimConfig, total_steps: int, length: int | None = None) -> np.ndarray:
+    """float32 lr of each update 0..total_steps-1, the table the train step reads; zero-padded to
+    ``length`` (a grid pads every run of a shape to its longest, so they share one compiled step)."""
     fn = jax.jit(jax.vmap(schedule(cfg, total_steps)))
-    return np.asarray(fn(jnp.arange(total_steps, dtype=jnp.int32)), dtype=np.float64)
+    table = np.zeros(max(length or 0, total_steps), np.float32)
+    table[:total_steps] = np.asarray(fn(jnp.arange(total_steps, dtype=jnp.int32)))
+    return table
 
 
 def decay_mask(params: Any) -> Any:
@@ -59,10 +66,11 @@ def decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(is_matrix, params)
 
 
-def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
-    """AdamW with weight decay on matrices only and optional global-norm clipping."""
-    adamw = optax.adamw(schedule(cfg, total_steps), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                        weight_decay=cfg.weight_decay, mask=decay_mask)
+def make_optimizer(cfg: OptimConfig, lr: optax.Schedule) -> optax.GradientTransformation:
+    """AdamW with weight decay on matrices only and optional global-norm clipping. The lr must be a
+    schedule (a function of the update count), so the optimizer state is the same for any lr."""
+    adamw = optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
+                        mask=decay_mask)
     return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), adamw) if cfg.clip_norm > 0 else adamw
 
 
@@ -107,9 +115,10 @@ def eval_losses(params: Any, seqs_BT1: jax.Array, *, model: Transformer) -> jax.
 
 
 class Steps(NamedTuple):
-    """Compiled functions for one run's shapes, laid out on a mesh."""
+    """Compiled functions for one shape (any budget or schedule), laid out on a mesh."""
     init: Any        # key -> TrainState
-    train: Any       # (TrainState, x [k,B,T], y [k,B,T]) -> (TrainState, metrics), donates the state
+    train: Any       # (TrainState, x [k,B,T], y [k,B,T], lrs [S]) -> (TrainState, metrics), donates
+                     # the state; update i uses lrs[i]
     eval: Any        # (params, seqs [B,T+1]) -> per-sequence losses [B]
     mesh: Mesh
     batch_sharding: NamedSharding   # for [k, B, T] arrays: rows split over the data axis
@@ -121,14 +130,20 @@ def default_mesh() -> Mesh:
     return Mesh(np.array(jax.devices()), ("data",))
 
 
-def build(arch: Arch, optim: OptimConfig, total_steps: int, accum: int = 1, mesh: Mesh | None = None) -> Steps:
+def build(arch: Arch, optim: OptimConfig, accum: int = 1, mesh: Mesh | None = None) -> Steps:
+    """Init, train and eval for one shape. Of ``optim`` only the optimizer's constants are used (betas,
+    eps, weight decay, clipping); the lr schedule arrives as a table with each train call."""
     mesh = mesh or default_mesh()
-    model, tx = Transformer(arch), make_optimizer(optim, total_steps)
+    model, tx0 = Transformer(arch), make_optimizer(optim, optax.constant_schedule(0.0))
     replicated = NamedSharding(mesh, P())
 
     def init(key: jax.Array) -> TrainState:
         params = model.init(key, jnp.zeros((1, arch.seq_len), jnp.int32))["params"]
-        return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+        return TrainState(jnp.zeros((), jnp.int32), params, tx0.init(params))
+
+    def train(state: TrainState, x_KBT: jax.Array, y_KBT: jax.Array, lrs_S: jax.Array):
+        tx = make_optimizer(optim, lambda count: lrs_S[count])
+        return train_chunk(state, x_KBT, y_KBT, model=model, tx=tx, accum=accum)
 
     # Explicit out_shardings for the whole state: jit(tx.init) alone would leave Adam's moments and the
     # step counter on one device, and the sharded step then fails (see shared/notes/pitfalls.md).
@@ -138,8 +153,8 @@ def build(arch: Arch, optim: OptimConfig, total_steps: int, accum: int = 1, mesh
     eval_sharding = NamedSharding(mesh, P("data"))
     return Steps(
         init=jax.jit(init, out_shardings=state_sharding),
-        train=jax.jit(partial(train_chunk, model=model, tx=tx, accum=accum), donate_argnums=0,
-                      in_shardings=(state_sharding, batch_sharding, batch_sharding),
+        train=jax.jit(train, donate_argnums=0,
+                      in_shardings=(state_sharding, batch_sharding, batch_sharding, replicated),
                       out_shardings=(state_sharding, replicated)),
         eval=jax.jit(partial(eval_losses, model=model), in_shardings=(state_sharding.params, eval_sharding),
                      out_shardings=replicated),
