@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -324,7 +325,8 @@ def frontier_curves(vf, n_c: int = 25, n_samples: int = 200) -> dict | None:
         _, frb = dv.derived(vf.law, samples, ctx2)
         q = (1 - vf.ci) / 2
         for k, v in frb.items():
-            with np.errstate(invalid="ignore"):
+            with warnings.catch_warnings():  # a compute where no sample has a frontier: no band there
+                warnings.simplefilter("ignore", RuntimeWarning)
                 band[k] = (np.nanquantile(v, q, axis=0), np.nanquantile(v, 1 - q, axis=0))
     return {"C": C, "value": {k: v[0] for k, v in fr.items()}, "band": band}
 
