@@ -66,10 +66,9 @@ def main(argv=None) -> None:
 
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
     from scaling_grid.trainer import model as model_lib, step as step_lib
-    from scaling_grid.trainer.config import ModelConfig, OptimConfig
+    from scaling_grid.trainer.config import ModelConfig
     from scaling_grid.trainer.loop import compute_dtype
 
     backend, dev = jax.default_backend(), jax.devices()[0]
@@ -89,7 +88,7 @@ def main(argv=None) -> None:
             out.update(
                 framework=f"jax-{jax.__version__}", vocab=a.vocab, width=width, depth=depth, seq=a.seq,
                 batch=a.batch, heads=heads, variant=a.variant, backend=backend, device=device,
-                dtype=jnp.dtype(dtype).name, steps_per_call=k, unroll=arch.unroll,
+                dtype=jnp.dtype(dtype).name, steps_per_call=k, unroll=model_lib.resolve_unroll(arch.unroll, depth),
                 peak_tflops=peak, peak_source=peak_source,
                 mfu=out["flops_per_token"] * out["tokens_per_s"] / (peak * 1e12) if peak else None)
             print(json.dumps(out), flush=True)
@@ -106,7 +105,7 @@ def measure(arch, batch: int, k: int, seconds: float) -> dict:
     # (warmup + cosine, clip 1.0). A long horizon keeps the schedule from mattering.
     optim = OptimConfig(lr=3e-4)
     steps = step_lib.build(arch, optim)
-    lrs = jax.device_put(step_lib.lr_table(optim, 1_000_000), jax.sharding.NamedSharding(steps.mesh, jax.sharding.PartitionSpec()))
+    lrs = jax.device_put(step_lib.lr_table(optim, 1_000_000), steps.lr_sharding)
     t0 = time.perf_counter()
     state = jax.block_until_ready(steps.init(jax.random.key(0)))
     init_s = time.perf_counter() - t0
@@ -160,7 +159,6 @@ def _cpu_times() -> tuple[float, float] | None:
 
 
 def peak_tflops(given: float | None, backend: str, device: str, dtype) -> tuple[float | None, str]:
-    import jax
     import jax.numpy as jnp
 
     if given:

@@ -162,10 +162,9 @@ class SharedSteps:
         from scaling_grid.trainer.step import abstract_state, lr_table
         steps = self.get(cell, vocab)
         t = cell.config.train
-        replicated = jax.sharding.NamedSharding(steps.mesh, jax.sharding.PartitionSpec())
         x = jax.ShapeDtypeStruct((t.steps_per_call, t.batch_size, cell.config.model.seq_len), jnp.int32,
                                  sharding=steps.batch_sharding)
-        lrs = jax.ShapeDtypeStruct((table_len,), jnp.float32, sharding=replicated)
+        lrs = jax.ShapeDtypeStruct((table_len,), jnp.float32, sharding=steps.lr_sharding)
         compiled = steps.train.lower(abstract_state(steps), x, x, lrs).compile()
         return compiled, steps, lr_table(cell.config.optim, cell.steps, table_len)
 
@@ -252,7 +251,7 @@ def _measure(cell: S.Cell, vocab: int, flops_per_token: int, table_len: int, cal
     t = cell.config.train
     shape = (t.steps_per_call, t.batch_size, cell.config.model.seq_len)
     x = jax.device_put(jnp.zeros(shape, jnp.int32), steps.batch_sharding)
-    lrs = jax.device_put(table, jax.sharding.NamedSharding(steps.mesh, jax.sharding.PartitionSpec()))
+    lrs = jax.device_put(table, steps.lr_sharding)
     state = steps.init(jax.random.key(0))
     state, m = compiled(state, x, x, lrs)
     jax.block_until_ready(m)

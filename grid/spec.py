@@ -194,7 +194,7 @@ def _parse_rules(raw: Any) -> dict[str, dict[str, Any]]:
                 raise ConfigError(f"rules.{name}: rule {kind!r} needs {k!r}")
         r = dict(r)
         if name == "heads" and kind == "head_dim":
-            r["head_dim"] = _pos_int(f"rules.heads.head_dim", r["head_dim"])
+            r["head_dim"] = _pos_int("rules.heads.head_dim", r["head_dim"])
         if name == "warmup" and kind == "fraction":
             f = _number("rules.warmup.fraction", r["fraction"])
             if not 0 <= f < 1:

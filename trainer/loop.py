@@ -19,7 +19,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import yaml
-from jax.sharding import NamedSharding, PartitionSpec
 
 from . import data as data_lib
 from .checkpoint import Checkpointer, restore_from
@@ -91,7 +90,7 @@ def train(cfg: RunConfig, sink: MetricsSink, ckpt_dir: str | Path, *, store: dat
     steps = steps or build(arch, cfg.optim, t_cfg.grad_accum)
     val_BT1 = store.val_set(t_cfg.eval_batches * t_cfg.batch_size, cfg.model.seq_len)
     lrs = lr_table(cfg.optim, S, table_len)
-    lrs_dev = jax.device_put(lrs, NamedSharding(steps.mesh, PartitionSpec()))
+    lrs_dev = jax.device_put(lrs, steps.lr_sharding)
     lrs = lrs[:S].astype(np.float64)
     tau = np.concatenate([[0.0], np.cumsum(lrs)])  # tau[s] = sum of the lr of updates 1..s
     tps, k = cfg.tokens_per_step, t_cfg.steps_per_call

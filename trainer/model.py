@@ -60,7 +60,7 @@ class Arch:
     heads: int
     seq_len: int
     dtype: Any = jnp.float32        # compute dtype; parameters are always float32
-    unroll: int = 1                 # blocks per scan iteration (depth = a plain unrolled stack)
+    unroll: int = 0                 # blocks per scan iteration; 0 = auto (resolve_unroll, at trace time)
 
     @property
     def head_dim(self) -> int:
@@ -69,15 +69,16 @@ class Arch:
 
 def make_arch(model_cfg, vocab: int, dtype: Any = jnp.float32) -> Arch:
     return Arch(resolve_variant(model_cfg.variant, model_cfg.qk_norm), vocab, model_cfg.width,
-                model_cfg.depth, model_cfg.heads, model_cfg.seq_len, dtype,
-                resolve_unroll(model_cfg.unroll, model_cfg.depth))
+                model_cfg.depth, model_cfg.heads, model_cfg.seq_len, dtype, model_cfg.unroll)
 
 
 def resolve_unroll(unroll: int, depth: int) -> int:
     """0 = auto. On CPU, unroll every block: a rolled scan slices each layer's weights out of the stack
     and writes its activations back into stacked buffers, copies that cost 20-50% of the step there
     (benchmarks/throughput.py, w64-256 x d4-16), while compiling 16 unrolled blocks still takes ~7 s.
-    On GPU/TPU keep the loop rolled, so compile time stays flat in depth."""
+    On GPU/TPU keep the loop rolled, so compile time stays flat in depth. Resolved when the model is
+    traced, not in make_arch: describing a cell (dry runs, store records) must not start a JAX backend,
+    which would also be too early for jax.distributed.initialize."""
     if unroll:
         return min(unroll, depth)
     return depth if jax.default_backend() == "cpu" else 1
@@ -172,7 +173,7 @@ class Transformer(nn.Module):
             pos_TD = self.param("pos_embed", nn.initializers.normal(INIT_STD), (a.seq_len, a.width))
             x_BTD = x_BTD + pos_TD[:T].astype(a.dtype)
         blocks = nn.scan(Block, variable_axes={"params": 0}, split_rngs={"params": True},
-                         length=a.depth, unroll=a.unroll)(a, name="blocks")
+                         length=a.depth, unroll=resolve_unroll(a.unroll, a.depth))(a, name="blocks")
         x_BTD, _ = blocks(x_BTD, None)
         x_BTD = _norm(a, "norm_f")(x_BTD)
         if a.variant.tied_embeddings:

@@ -123,6 +123,7 @@ class Steps(NamedTuple):
     mesh: Mesh
     batch_sharding: NamedSharding   # for [k, B, T] arrays: rows split over the data axis
     eval_sharding: NamedSharding    # for [B, T+1]
+    lr_sharding: NamedSharding      # for the lr table: replicated
 
 
 def default_mesh() -> Mesh:
@@ -158,7 +159,7 @@ def build(arch: Arch, optim: OptimConfig, accum: int = 1, mesh: Mesh | None = No
                       out_shardings=(state_sharding, replicated)),
         eval=jax.jit(partial(eval_losses, model=model), in_shardings=(state_sharding.params, eval_sharding),
                      out_shardings=replicated),
-        mesh=mesh, batch_sharding=batch_sharding, eval_sharding=eval_sharding,
+        mesh=mesh, batch_sharding=batch_sharding, eval_sharding=eval_sharding, lr_sharding=replicated,
     )
 
 
