@@ -31,6 +31,7 @@ def test_overrides_and_counts(tmp_path):
     (["model.width=0"], ["model.width", "positive"]),
     (["model.depth=-2"], ["model.depth", "-2", "positive"]),
     (["model.seq_len=0"], ["model.seq_len", "positive"]),
+    (["model.unroll=-1"], ["model.unroll", "-1", "0 = auto"]),
     (["train.tokens=100"], ["train.tokens", "100", "below one batch"]),
     (["train.tokens=lots"], ["train.tokens", "lots", "20M"]),
     (["train.batch_size=0"], ["train.batch_size", "positive"]),
