@@ -19,8 +19,17 @@ Public API (what ``grid/cli.py`` calls)::
         below it; drop_highest drops the K highest-loss points of each variant; checks=False skips
         the held-out checks and the exclusion scan.
         FitResult.to_json() -> str, .to_dict() -> dict, .table_markdown() / .table_csv() /
-        .table_latex() -> str, .variants[v] -> VariantFit (.params, .param_interval(name), ...)
+        .table_latex() -> str, .variants[v] -> VariantFit (.params, .param_interval(name), .flags, ...)
+        huber_delta=None is plain (1/L-weighted) least squares. A loss that does not vary, or a law
+        whose every term stays below 1e-6 of the loss, is an AnalysisError; a parameter on its bound
+        ("at_bound") or not determined ("unidentified") is flagged in .flags, the intervals, the
+        tables and the warnings. Rows whose time variable is 0 are dropped and recorded.
     write_report(table, out_dir, *, result=None, title=..., **run_fit_options) -> Path (index.html)
+    check_output(path, what, folder=False) -> None
+        raise AnalysisError naming ``what`` (e.g. "--json") if path (a file, or a folder to create)
+        cannot be written; call it before a fit
+    echo(result) -> (stdout lines, stderr lines)
+        every exclusion and the universality verdict; every warning, prefixed with its variant
     AnalysisError(ValueError)
         raised for bad input; the message names the problem (column, coefficient, variant, fix).
 
@@ -32,7 +41,8 @@ report (report directory).
 from .errors import AnalysisError
 from .fit import FitResult, VariantFit, run_fit
 from .points import load_table, parse_mapping, select_points
-from .report import write_report
+from .report import check_output, write_report
+from .tables import echo
 
-__all__ = ["AnalysisError", "FitResult", "VariantFit", "load_table", "parse_mapping", "run_fit",
-           "select_points", "write_report"]
+__all__ = ["AnalysisError", "FitResult", "VariantFit", "check_output", "echo", "load_table", "parse_mapping",
+           "run_fit", "select_points", "write_report"]

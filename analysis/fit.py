@@ -69,6 +69,13 @@ def check_identifiable(law: Law, pts: Points, label: str = "") -> list[str]:
     if n <= n_par:
         raise AnalysisError(f"too few points{where}: {n} point(s) for the {n_par} parameters of law "
                             f"{law.name!r} ({', '.join(law.param_names)}); need at least {n_par + 1}")
+    if np.ptp(np.log(pts.loss)) <= 1e-9:
+        # a flat loss fits any law exactly: the optimiser stops wherever it starts and the bootstrap,
+        # resampling identical values, returns zero-width intervals that look confident
+        raise AnalysisError(f"the loss is the same at every point{where} ({pts.loss_name} = {pts.loss[0]:g} "
+                            f"at all {n} points): it does not vary with {', '.join(law.variables)}, so "
+                            f"{', '.join(p for p in law.param_names if p != law.constant)} cannot be "
+                            f"determined; check the loss column")
     for t in law.terms:
         x = pts.V[t.var]
         nd = len(np.unique(x))
@@ -113,6 +120,57 @@ def check_identifiable(law: Law, pts: Points, label: str = "") -> list[str]:
             warns.append(f"the design is ill-conditioned (condition number {s[0] / s[-1]:.3g}): "
                          f"expect wide intervals")
     return warns
+
+
+BOUND_REL = 1e-6     # a term below this fraction of the loss at every point is at its bound 0
+
+
+def _term_text(t) -> str:
+    """c_m/m, c_tau/tau^0.333, A/N^alpha."""
+    if t.exponent == 1:
+        return f"{t.coef}/{t.var}"
+    return f"{t.coef}/{t.var}^{t.exp_name or format(t.exponent, '.3g')}"
+
+
+def parameter_flags(law: Law, theta: np.ndarray, pts: Points, samples: np.ndarray) -> dict[str, dict]:
+    """Parameters whose value is not an estimate: {name: {"flag", "meaning"}}.
+
+    - ``at_bound``: a coefficient (or the constant) whose term is below BOUND_REL of the loss at every
+      point. NNLS puts it at exactly 0; the free fit's log-parameterisation drives it towards 0
+      (L0 = 1e-12) without reaching it. Its interval is the bound, not an uncertainty.
+    - ``unidentified``: the exponent of a term at its bound (it no longer changes the fit), or a
+      parameter whose bootstrap interval has zero width (the fit does not move with the data:
+      the optimiser stops where it starts, which is not an exact value)."""
+    flags: dict[str, dict] = {}
+    Lmin = float(np.min(pts.loss))
+    const = float(theta[law.param_names.index(law.constant)])
+    if const < BOUND_REL * Lmin:
+        flags[law.constant] = {"flag": "at_bound", "meaning": (
+            f"{law.constant} = {const:.3g} sits on its lower bound 0: the data show no measurable constant; "
+            f"its value is the bound, not an estimate (read the interval's upper end as an upper limit)")}
+    for j, t in enumerate(law.terms):
+        with np.errstate(all="ignore"):
+            share = np.max(law.term_value(theta, j, pts.V[t.var]) / pts.loss)
+        if not share >= BOUND_REL:
+            flags[t.coef] = {"flag": "at_bound", "meaning": (
+                f"{t.coef} = {theta[law.param_names.index(t.coef)]:.3g} sits on its lower bound 0: its term "
+                f"{_term_text(t)} is below {BOUND_REL:g} of the loss at every point, so the data show "
+                f"no measurable {t.var} term; its value is the bound, not an estimate (read the interval's "
+                f"upper end as an upper limit), and quantities that divide by it are unbounded")}
+            if t.exp_name is not None:
+                flags[t.exp_name] = {"flag": "unidentified", "meaning": (
+                    f"{t.exp_name} is not determined: its term's coefficient {t.coef} is at its bound 0, "
+                    f"so {t.exp_name} has no effect on the fit")}
+    if len(samples) >= 10:
+        for i, name in enumerate(law.param_names):
+            s = samples[:, i]
+            s = s[np.isfinite(s)]
+            if name not in flags and len(s) >= 10 and np.ptp(s) <= 1e-9 * max(abs(theta[i]), 1e-300):
+                flags[name] = {"flag": "unidentified", "meaning": (
+                    f"{name} is not determined by the data: every bootstrap resample returned "
+                    f"{theta[i]:.4g} (an interval of zero width), i.e. the fit does not move with the "
+                    f"data; the value is where the optimiser stopped, not an exact estimate")}
+    return flags
 
 
 # ------------------------------------------------------------------------------ fixed exponents
@@ -466,6 +524,7 @@ class VariantFit:
     scan: list = field(default_factory=list)
     warnings: list = field(default_factory=list)
     ci: float = 0.95
+    flags: dict = field(default_factory=dict)  # parameter -> {"flag", "meaning"} (parameter_flags)
 
     @property
     def params(self) -> dict[str, float]:
@@ -473,7 +532,11 @@ class VariantFit:
 
     def param_interval(self, name: str) -> dict:
         i = self.law.param_names.index(name)
-        return interval(self.theta[i], self.samples[:, i], self.ci)
+        out = interval(self.theta[i], self.samples[:, i], self.ci)
+        if name in self.flags:  # travels with the interval into the JSON and the tables
+            out["flag"] = self.flags[name]["flag"]
+            out["flag_meaning"] = self.flags[name]["meaning"]
+        return out
 
     def derived_interval(self, name: str) -> dict:
         return interval(self.derived[name][0], self.derived_samples[name], self.ci)
@@ -512,7 +575,12 @@ class VariantFit:
                          "data_max_penalty": float(np.max(dv.shape_penalty(x)))})
         if self.frontier:
             C = self.ctx.C_ref
+            factor = [float(c / self.ctx.C_data[1]) for c in C]
             out["frontier"] = {"C": [float(c) for c in C], "C_data_range": list(self.ctx.C_data or ()),
+                               "extrapolation_factor": factor,
+                               "extrapolated": [f > 1 + 1e-9 for f in factor],
+                               "extrapolation": "C / the largest compute of the runs; above 1 the frontier "
+                                                "is the fitted law extrapolated beyond every measurement",
                                "closed_form_assumes": "C = 6 N D, N = 12 m^2 l",
                                "quantities": {k: [interval(self.frontier[k][0, i], self.frontier_samples[k][:, i],
                                                            self.ci) for i in range(len(C))]
@@ -538,15 +606,25 @@ class VariantFit:
 def universality_test(vf: VariantFit) -> dict:
     """Whether the universality exponents (time 1/3, width 1, depth 1) lie inside the intervals."""
     target = {"tau": 1 / 3, "D": 1 / 3, "m": 1.0, "l": 1.0}
-    res, all_in = {}, True
+    res, found = {}, []
     for t in vf.law.terms:
         if t.exp_name is None or t.var not in target:
             continue
         iv = vf.param_interval(t.exp_name)
-        inside = bool(iv["lo"] <= target[t.var] <= iv["hi"])
-        res[t.exp_name] = {"universal": target[t.var], "inside_interval": inside}
-        all_in &= inside
-    res["all_inside"] = bool(all_in) if res else None
+        # an unidentified exponent, or no interval (n_boot = 0), cannot confirm or reject the value
+        inside = None if t.exp_name in vf.flags or not np.isfinite(iv["lo"]) else bool(
+            iv["lo"] <= target[t.var] <= iv["hi"])
+        res[t.exp_name] = {"universal": target[t.var], "inside_interval": inside,
+                           "value": iv["value"], "lo": iv["lo"], "hi": iv["hi"]}
+        found.append(inside)
+    if not found:
+        res["all_inside"] = res["verdict"] = None
+    elif False in found:
+        res["all_inside"], res["verdict"] = False, "not consistent"
+    elif None in found:
+        res["all_inside"], res["verdict"] = None, "undetermined"
+    else:
+        res["all_inside"], res["verdict"] = True, "consistent"
     return res
 
 
@@ -665,10 +743,16 @@ def fit_variant(law: Law, pts: Points, label: str, n_boot: int, rng: np.random.G
                 delta: float | None = HUBER_DELTA, ci: float = 0.95, checks: bool = True) -> VariantFit:
     warn = check_identifiable(law, pts, label)
     theta, info = fit_law(law, pts, delta)
-    for name, v in zip(law.param_names, theta):
-        if name in law.coef_names + [law.constant] and v <= 0:
-            warn.append(f"{name} = 0 at the non-negativity bound: the data show no measurable "
-                        f"{name} term; quantities that divide by it are unbounded")
+    # nothing but the constant measurable: every other parameter would be reported from where the
+    # optimiser stopped, so this is an error rather than a table of flags
+    at_start = parameter_flags(law, theta, pts, np.empty((0, len(theta))))
+    if all(at_start.get(t.coef, {}).get("flag") == "at_bound" for t in law.terms):
+        raise AnalysisError(f"every term of law {law.name!r} is at its bound 0"
+                            f"{' (variant ' + label + ')' if label else ''}: "
+                            f"{', '.join(map(_term_text, law.terms))} stay below {BOUND_REL:g} of the loss at "
+                            f"every point, so the loss does not vary measurably with {', '.join(law.variables)} "
+                            f"and {', '.join(p for p in law.param_names if p != law.constant)} cannot be "
+                            f"determined")
     if not info.get("converged", True):
         warn.append("the optimiser did not converge: " + str(info.get("message", "")))
     ctx = dv.make_context(law, pts, pts.time or "tau_lr")
@@ -720,10 +804,12 @@ def fit_variant(law: Law, pts: Points, label: str, n_boot: int, rng: np.random.G
     for k, v in sc.items():
         if not np.all(np.isfinite(v)):
             warn.append(f"{k} is undefined or unbounded for the fitted coefficients")
+    flags = parameter_flags(law, theta, pts, samples)
+    warn += [f"{name} {f['flag'].replace('_', ' ')}: {f['meaning']}" for name, f in flags.items()]
     res = rel_residuals(law, theta, pts)
     vf = VariantFit(variant=label, law=law, points=pts, theta=theta, info=info, samples=samples,
                     n_boot_invalid=n_bad, ctx=ctx, derived=sc, frontier=fr, derived_samples=sc_b,
-                    frontier_samples=fr_b, residuals=res, warnings=warn, ci=ci)
+                    frontier_samples=fr_b, residuals=res, warnings=warn, ci=ci, flags=flags)
     if checks:
         vf.holdout = holdout_checks(law, pts, theta, delta, rng)
         vf.scan = exclusion_scan(law, pts, theta, delta, ctx)

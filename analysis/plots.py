@@ -328,7 +328,8 @@ def frontier_curves(vf, n_c: int = 25, n_samples: int = 200) -> dict | None:
             with warnings.catch_warnings():  # a compute where no sample has a frontier: no band there
                 warnings.simplefilter("ignore", RuntimeWarning)
                 band[k] = (np.nanquantile(v, q, axis=0), np.nanquantile(v, 1 - q, axis=0))
-    return {"C": C, "value": {k: v[0] for k, v in fr.items()}, "band": band}
+    return {"C": C, "value": {k: v[0] for k, v in fr.items()}, "band": band, "C_max_data": ctx.C_data[1],
+            "extrapolation_factor": C / ctx.C_data[1]}
 
 
 def plot_frontier(fits: dict, out_dir: Path) -> list[Path]:
@@ -358,6 +359,14 @@ def plot_frontier(fits: dict, out_dir: Path) -> list[Path]:
                 Cd = np.where(np.isfinite(fpt), fpt, 6 * Nd) * X["tokens"]
                 a1.scatter(Cd, vf.points.loss, s=8, color=col, alpha=0.45, edgecolor="none",
                            label=f"{v}: runs")
+    # beyond the largest run's compute the curves are the fitted law extrapolated, not measured
+    c_max = min(c["C_max_data"] for c in curves.values())
+    c_end = max(c["C"][-1] for c in curves.values())
+    factor = max(c["extrapolation_factor"][-1] for c in curves.values())
+    for ax in (a1, a2):
+        ax.axvspan(c_max, c_end, color="0.55", alpha=0.13, lw=0, zorder=0,
+                   label=f"extrapolated: C beyond the largest run (up to x{factor:.4g})")
+        ax.axvline(c_max, color="0.4", lw=0.8, ls=":")
     a1.set_xscale("log")
     a1.set_xlabel("training compute C (FLOPs)")
     a1.set_ylabel("loss")
@@ -369,7 +378,7 @@ def plot_frontier(fits: dict, out_dir: Path) -> list[Path]:
     a2.set_title("compute-optimal model size N*(C)")
     a1.legend(loc="upper right", fontsize=7)
     a2.legend(loc="upper left", fontsize=7)
-    fig.suptitle("compute frontier per variant (bands: bootstrap intervals)")
+    fig.suptitle("compute frontier per variant (bands: bootstrap intervals; grey: extrapolation)")
     fig.tight_layout()
     return _save(fig, out_dir, "frontier")
 

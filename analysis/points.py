@@ -44,11 +44,14 @@ Which points are valid (``points=``):
 - ``all``: every row, unfiltered (unsafe on a store export; for a curated file).
 
 A table without ``is_final`` (a published file) is taken as it is: every row is a point.
+Rows whose time variable is 0 (the step-0 row of every run in a store) are not points of a power law
+in time: they are dropped and recorded (rule ``zero time``), not an error.
 Every row dropped, and why, is recorded in ``Points.exclusions``; what was chosen in ``Points.notes``.
 """
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -101,6 +104,24 @@ def _column(values: list[str]) -> np.ndarray:
         return np.array(vals, dtype=str)
 
 
+def _read_text_rows(p: Path, delimiter: str) -> list[list[str]]:
+    """The rows of a delimited UTF-8 text file (a byte-order mark is allowed). Another encoding or a
+    binary file is an AnalysisError naming the file, not a UnicodeDecodeError traceback."""
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise AnalysisError(f"table file {str(p)!r} is not UTF-8 text: byte 0x{e.object[e.start]:02x} at "
+                            f"offset {e.start} cannot be decoded ({e.reason}); a binary file, or text in "
+                            f"another encoding (re-save it as UTF-8, e.g. iconv -f latin1 -t utf-8)") from None
+    if "\x00" in text:  # csv accepts NUL bytes since Python 3.11: they would end up inside values
+        raise AnalysisError(f"table file {str(p)!r} contains NUL bytes at offset {text.index(chr(0))}: a "
+                            f"binary file, not UTF-8 CSV text")
+    try:
+        return list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter))
+    except csv.Error as e:
+        raise AnalysisError(f"table file {str(p)!r} is not valid CSV text: {e}") from None
+
+
 def load_table(path: str, mapping: Mapping[str, str] | str | None = None) -> dict[str, np.ndarray]:
     """Read a CSV or parquet file into a table (dict of 1-D numpy arrays).
 
@@ -116,9 +137,7 @@ def load_table(path: str, mapping: Mapping[str, str] | str | None = None) -> dic
         raise AnalysisError(f"table file {str(p)!r} does not exist")
     suffix = p.suffix.lower()
     if suffix in (".csv", ".tsv", ".txt"):
-        with open(p, newline="") as f:
-            reader = csv.reader(f, delimiter="\t" if suffix == ".tsv" else ",")
-            rows = list(reader)
+        rows = _read_text_rows(p, "\t" if suffix == ".tsv" else ",")
         if not rows:
             raise AnalysisError(f"table file {str(p)!r} is empty")
         header, body = [h.strip() for h in rows[0]], rows[1:]
@@ -130,7 +149,11 @@ def load_table(path: str, mapping: Mapping[str, str] | str | None = None) -> dic
     elif suffix in (".parquet", ".pq"):
         import pyarrow as pa
         import pyarrow.parquet as pq
-        t = pq.read_table(p)
+        try:
+            t = pq.read_table(p)
+        except (pa.ArrowException, OSError) as e:  # a truncated or non-parquet file
+            raise AnalysisError(f"table file {str(p)!r} is not a readable parquet file: "
+                                f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
         cols = {}
         for name in t.column_names:
             c = t.column(name)
@@ -432,6 +455,12 @@ def select_points(table: Mapping[str, Iterable], law: Law, loss: str = "eval", t
         if unknown:
             raise AnalysisError(f"exclude_cells: {sorted(unknown)} are not cells of the table")
         drop(np.isin(cell, list(cex)), "exclude_cells", sorted(cex), "excluded by request")
+
+    if time_var is not None:
+        # every store has step-0 rows (tau = tokens = 0): not points of a power law in time, so they
+        # are dropped and recorded, not fatal; a negative or NaN time is still an error below
+        drop(V[time_var] == 0, "zero time", 0.0,
+             f"time variable ({time_col}) is 0 (step-0 rows): not a point of a power law in time")
 
     bad_loss = ~np.isfinite(L)
     drop(bad_loss & along, "no evaluation", None,

@@ -6,12 +6,14 @@ the coefficient tables (md/csv/tex), the fit as JSON, and every plot as PNG and 
 from __future__ import annotations
 
 import html
+import os
 from pathlib import Path
 
 
 from . import plots as P
+from .errors import AnalysisError
 from .fit import FitResult, run_fit
-from .tables import coefficient_table, fmt, write_tables
+from .tables import FLAG_TEXT, coefficient_table, fmt, write_tables
 
 DESCRIPTIONS = {
     "m_over_l_star": "optimal aspect ratio at fixed N: c_m/(2 c_ℓ) (general exponents: at N_ref)",
@@ -33,7 +35,7 @@ PLOT_TEXT = {
     "residuals": "Relative residuals (L − L̂)/L against time, depth and the fitted loss; the band is ±rms.",
     "frontier": "Compute-optimal loss and model size: closed form with C = 6ND (dashed) and numerical "
                 "with the grid's real FLOPs per token (solid); bands are bootstrap intervals; dots "
-                "are the runs.",
+                "are the runs; the grey region, beyond the largest run's compute, is extrapolation.",
 }
 
 
@@ -90,6 +92,28 @@ def _iv(iv: dict) -> list[str]:
     return [fmt(iv.get("value")), fmt(iv.get("lo")), fmt(iv.get("hi"))]
 
 
+def check_output(path: str | Path, what: str, folder: bool = False) -> None:
+    """Raise AnalysisError, naming ``what`` (e.g. "--json"), if ``path`` cannot be written: checked
+    before a fit, so a bad path costs nothing and writes nothing. A file needs an existing writable
+    folder; a folder (created with its parents) needs its nearest existing ancestor to be one."""
+    p = Path(path)
+    if folder and p.exists() and not p.is_dir():
+        raise AnalysisError(f"{what} {str(p)!r}: is a file, not a folder")
+    if not folder and p.is_dir():
+        raise AnalysisError(f"{what} {str(p)!r}: is a folder; give a file name")
+    parent = p.parent if not folder or not p.exists() else p
+    while folder and not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.exists():
+        raise AnalysisError(f"{what} {str(p)!r}: the folder {str(parent)!r} does not exist")
+    if not parent.is_dir():
+        raise AnalysisError(f"{what} {str(p)!r}: {str(parent)!r} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise AnalysisError(f"{what} {str(p)!r}: the folder {str(parent)!r} is not writable")
+    if not folder and p.exists() and not os.access(p, os.W_OK):
+        raise AnalysisError(f"{what} {str(p)!r}: the file exists and is not writable")
+
+
 def write_report(table, out_dir: str | Path, *, result: FitResult | None = None,
                  title: str = "scaling-grid fit report", **fit_options) -> Path:
     """Fit (unless ``result`` is given; ``fit_options`` go to :func:`run_fit`) and write the report
@@ -141,14 +165,16 @@ def write_report(table, out_dir: str | Path, *, result: FitResult | None = None,
         if vd.get("warnings"):
             d.h(3, "Warnings")
             d.ul(vd["warnings"])
-        rows = [[k, *_iv(iv)] for k, iv in {**vd["params"], **vd.get("exponents", {})}.items()]
+        rows = [[k, *_iv(iv), f"{FLAG_TEXT[iv['flag']][0]}: {iv['flag_meaning']}" if "flag" in iv else ""]
+                for k, iv in {**vd["params"], **vd.get("exponents", {})}.items()]
         d.h(3, "Parameters")
-        d.table(["parameter", "value", "lo", "hi"], rows)
+        d.table(["parameter", "value", "lo", "hi", "flag"], rows)
         if "universality_test" in vd:
             ut = vd["universality_test"]
             d.p("Universality exponents (τ 1/3, m 1, ℓ 1) inside the intervals: "
-                + ", ".join(f"{k}: {'yes' if x['inside_interval'] else 'NO'}" for k, x in ut.items()
-                            if isinstance(x, dict)) + f"; all: {'yes' if ut.get('all_inside') else 'no'}.")
+                + ", ".join(f"{k}: {({True: 'yes', False: 'NO'}).get(x['inside_interval'], 'undetermined')}"
+                            for k, x in ut.items() if isinstance(x, dict))
+                + f"; verdict: {ut.get('verdict') or 'n/a'}.")
         der = vd["derived"]
         rows = [[k, *_iv(iv), DESCRIPTIONS.get(k, "")] for k, iv in der.items()
                 if isinstance(iv, dict) and "value" in iv]
@@ -175,12 +201,15 @@ def write_report(table, out_dir: str | Path, *, result: FitResult | None = None,
             keys = [k for k in ("N_star", "D_star", "L_star", "numerical_N_star", "numerical_D_star",
                                 "numerical_L_star", "numerical_m_star", "numerical_l_star") if k in q]
             d.h(3, "Compute frontier")
-            d.table(["C (FLOPs)"] + keys,
-                    [[fmt(c, 3)] + [f"{fmt(q[k][i]['value'])} [{fmt(q[k][i]['lo'])}, {fmt(q[k][i]['hi'])}]"
-                                     for k in keys] for i, c in enumerate(fr["C"])])
+            d.table(["C (FLOPs)", "C / largest run's C"] + keys,
+                    [[fmt(c, 3), f"x{fr['extrapolation_factor'][i]:.4g} "
+                      + ("extrapolated" if fr["extrapolated"][i] else "(measured)")]
+                     + [f"{fmt(q[k][i]['value'])} [{fmt(q[k][i]['lo'])}, {fmt(q[k][i]['hi'])}]"
+                        for k in keys] for i, c in enumerate(fr["C"])])
             d.ul([f"closed form assumes {fr['closed_form_assumes']}; numerical_* use the real FLOPs per token"
                   + (f": {fr['flops_model']}" if "flops_model" in fr else ""),
-                  f"compute of the runs: {fmt(fr['C_data_range'][0], 3)} to {fmt(fr['C_data_range'][1], 3)}"
+                  f"compute of the runs: {fmt(fr['C_data_range'][0], 3)} to {fmt(fr['C_data_range'][1], 3)}; "
+                  "rows beyond it extrapolate the fitted law by the factor shown"
                   if fr.get("C_data_range") else "compute of the runs unknown"])
         if vd["holdout"]:
             d.h(3, "Held-out validation")

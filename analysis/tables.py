@@ -16,6 +16,16 @@ DERIVED_COLUMNS = {  # key: (markdown header, LaTeX header)
 }
 
 
+FLAG_TEXT = {  # parameter flags (fit.parameter_flags): cell suffix, and what it means
+    "at_bound": ("at bound", "the parameter sits on its lower bound 0: the data show no measurable term; "
+                             "its value is the bound, not an estimate (read the interval's upper end as "
+                             "an upper limit)"),
+    "unidentified": ("unidentified", "the data do not determine the parameter (a bootstrap interval of "
+                                     "zero width, or the exponent of a term at its bound): its value is "
+                                     "not an estimate"),
+}
+
+
 def fmt(x: float, digits: int = 4) -> str:
     """A number with ``digits`` significant digits; inf and NaN spelled out."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
@@ -76,7 +86,14 @@ def _notes(result) -> list[str]:
     if "D_over_N_star" in present:
         notes.append("D*/N* at the largest compute of the data, C = 6 N D, tokens from the fit's time "
                      "variable as stated in the JSON (tau_to_tokens)")
+    flagged = {f["flag"] for vf in result.variants.values() for f in vf.flags.values()}
+    notes += [f"({FLAG_TEXT[k][0]}): {FLAG_TEXT[k][1]}" for k in FLAG_TEXT if k in flagged]
     return notes
+
+
+def _flag(iv: dict | None) -> str:
+    """" (at bound)" for a flagged interval, else ""."""
+    return f" ({FLAG_TEXT[iv['flag']][0]})" if iv and "flag" in iv else ""
 
 
 def coefficient_table(result, fmt_: str = "markdown") -> str:
@@ -92,7 +109,7 @@ def coefficient_table(result, fmt_: str = "markdown") -> str:
                 if iv is None:
                     cells.append("n/a")
                 elif "lo" in iv:
-                    cells.append(f"{fmt(iv['value'])} [{fmt(iv['lo'])}, {fmt(iv['hi'])}]")
+                    cells.append(f"{fmt(iv['value'])} [{fmt(iv['lo'])}, {fmt(iv['hi'])}]{_flag(iv)}")
                 else:
                     cells.append(fmt(iv["value"], 3))
             lines.append("| " + " | ".join(cells) + " |")
@@ -103,14 +120,15 @@ def coefficient_table(result, fmt_: str = "markdown") -> str:
         head = ["variant", "n_points", "n_runs"]
         for key, kind, _, _ in cols:
             head += [key] if kind == "fit" else [key, f"{key}_lo", f"{key}_hi"]
-        w.writerow(head)
+        w.writerow(head + ["flags"])
         for r in rs:
             row = [r["variant"], r["n_points"], r["n_runs"]]
             for key, kind, _, _ in cols:
                 iv = r[key] or {}
                 vals = [iv.get("value")] if kind == "fit" else [iv.get("value"), iv.get("lo"), iv.get("hi")]
                 row += ["" if v is None else repr(float(v)) for v in vals]
-            w.writerow(row)
+            flags = [f"{key}={r[key]['flag']}" for key, kind, _, _ in cols if r[key] and "flag" in r[key]]
+            w.writerow(row + [";".join(flags)])
         return buf.getvalue()
     if fmt_ == "latex":
         def tex(iv):
@@ -120,8 +138,8 @@ def coefficient_table(result, fmt_: str = "markdown") -> str:
                 return f"${fmt(iv['value'], 3)}$"
             v, lo, hi = iv["value"], iv["lo"], iv["hi"]
             if not all(map(math.isfinite, (v, lo, hi))):
-                return f"${fmt(v)}$ [{fmt(lo)}, {fmt(hi)}]".replace("inf", r"\infty")
-            return f"${fmt(v)}^{{+{fmt(hi - v, 2)}}}_{{-{fmt(v - lo, 2)}}}$"
+                return f"${fmt(v)}$ [{fmt(lo)}, {fmt(hi)}]".replace("inf", r"\infty") + _flag(iv)
+            return f"${fmt(v)}^{{+{fmt(hi - v, 2)}}}_{{-{fmt(v - lo, 2)}}}$" + _flag(iv)
         head = ["variant", "points"] + [c[3] for c in cols]
         lines = [r"\begin{tabular}{l" + "r" * (len(head) - 1) + "}", r"\toprule",
                  " & ".join(head) + r" \\", r"\midrule"]
@@ -143,3 +161,32 @@ def write_tables(result, out_dir: str | Path, stem: str = "coefficients") -> lis
         p.write_text(coefficient_table(result, f))
         paths.append(p)
     return paths
+
+
+def echo(result) -> tuple[list[str], list[str]]:
+    """What a terminal must show beside the table: (lines for stdout: every exclusion and the
+    universality verdict; lines for stderr: every warning, prefixed with its variant)."""
+    out = []
+    for e in result.exclusions:
+        value = "" if e["value"] is None else f" ({e['value']})"
+        out.append(f"excluded {e['n_points']} point(s): {e['rule']}{value}: {e['detail']}; cells "
+                   + ", ".join(map(str, e["cells"])))
+    if not result.exclusions:
+        out.append("no point was excluded")
+    ci = f"{100 * result.options['ci']:g}%"
+    from .fit import universality_test
+    for v, vf in result.variants.items():
+        ut = universality_test(vf)
+        if ut.get("verdict") is None:
+            continue
+        parts = [f"{k} = {fmt(x['value'])} [{fmt(x['lo'])}, {fmt(x['hi'])}] vs {_frac(x['universal'])}: "
+                 + {True: "inside", False: "OUTSIDE", None: "undetermined"}[x["inside_interval"]]
+                 for k, x in ut.items() if isinstance(x, dict)]
+        out.append(f"universality test ({v}): the exponents (1/3, 1, 1) are {ut['verdict'].upper()} with the "
+                   f"{ci} intervals: " + "; ".join(parts))
+    err = [f"warning ({v}): {w}" for v, vf in result.variants.items() for w in vf.warnings + vf.ctx.warnings]
+    return out, err
+
+
+def _frac(x: float) -> str:
+    return "1/3" if abs(x - 1 / 3) < 1e-12 else f"{x:g}"

@@ -135,13 +135,24 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--depth-offset", type=float, default=0.0, metavar="L0", help="effective depth l - L0 (default 0)")
     p.add_argument("--boot", type=int, default=1000, metavar="B", help="bootstrap resamples over runs (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--huber-delta", default="1e-3", metavar="none|D",
+                   help="Huber threshold of the robust fit (default 1e-3); none = plain weighted least squares")
 
 
 def _fit_options(args: argparse.Namespace) -> dict:
+    # parsed here, not by argparse, so a bad value exits 2 with a message instead of a usage dump
+    text = args.huber_delta.strip().lower()
+    try:
+        delta = None if text == "none" else float(text)
+    except ValueError:
+        delta = float("nan")
+    if delta is not None and not 0 < delta < float("inf"):
+        raise ConfigError(f"--huber-delta={args.huber_delta!r}: expected none (plain weighted least squares) "
+                          f"or a positive number, e.g. 1e-3")
     return dict(law=args.law, loss=args.loss, time=args.time, points=args.points, min_tau=args.min_tau,
                 drop_highest=args.drop_highest, exclude_variants=tuple(args.exclude_variant),
                 exclude_cells=tuple(args.exclude_cell), depth_offset=args.depth_offset, n_boot=args.boot,
-                seed=args.seed)
+                seed=args.seed, huber_delta=delta)
 
 
 def _points_table(args: argparse.Namespace) -> dict:
@@ -162,8 +173,15 @@ def _points_table(args: argparse.Namespace) -> dict:
 
 def cmd_fit(args: argparse.Namespace) -> int:
     from scaling_grid import analysis
-    result = analysis.run_fit(_points_table(args), **_fit_options(args))
+    options = _fit_options(args)
+    if args.json:  # before the fit: a bad path must not cost a fit, nor leave half an output
+        analysis.check_output(args.json, "--json")
+    result = analysis.run_fit(_points_table(args), **options)
     print(result.table_markdown())
+    out, err = analysis.echo(result)  # exclusions, the universality verdict, warnings: not only in the JSON
+    print("\n".join(out))
+    if err:
+        print("\n".join(err), file=sys.stderr)
     if args.json:
         from pathlib import Path
         Path(args.json).write_text(result.to_json())
@@ -183,7 +201,15 @@ def _add_report_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from scaling_grid import analysis
-    path = analysis.write_report(_points_table(args), args.out, **_fit_options(args))
+    options = _fit_options(args)
+    analysis.check_output(args.out, "--out", folder=True)  # before the fit
+    table = _points_table(args)
+    result = analysis.run_fit(table, **options)
+    out, err = analysis.echo(result)
+    print("\n".join(out))
+    if err:
+        print("\n".join(err), file=sys.stderr)
+    path = analysis.write_report(table, args.out, result=result)
     print(f"report: {path}")
     return EXIT_OK
 

@@ -1,10 +1,16 @@
-"""`scaling-grid fit` on a published-style table: column mapping, exclusions, JSON, bad input."""
+"""`scaling-grid fit` / `report` on tables: column mapping, exclusions and warnings echoed, --huber-delta,
+JSON, bad input (exit 2, one line, nothing written)."""
 import csv
 import json
 import subprocess
 import sys
 
+import numpy as np
+import pytest
+
+from scaling_grid import analysis
 from scaling_grid.analysis import synthetic
+from scaling_grid.grid.cli import main
 
 
 def _csv(path, rows, header):
@@ -45,3 +51,114 @@ def test_fit_bad_inputs_exit_2_with_a_message(tmp_path):
     assert proc.returncode == 2 and "error:" in proc.stderr, proc.stderr  # far too few points
     proc = _fit(str(tmp_path / "nothing-here"))
     assert proc.returncode == 2 and "neither a table file" in proc.stderr, proc.stderr
+
+
+# ---------------------------------------------------------------- issue 10: every point kept, every doubt shown
+def _table_csv(path, t):
+    cols = list(t)
+    _csv(path, zip(*(t[c] for c in cols)), cols)
+    return str(path)
+
+
+def _no_run(*a, **k):
+    raise AssertionError("the fit ran before the bad input was caught")
+
+
+def test_fit_of_a_constant_loss_exits_2_naming_the_parameters(tmp_path, capsys):
+    t = synthetic.chinchilla_table(seed=0)
+    t["loss"] = np.full(len(t["loss"]), 3.0)
+    path = _table_csv(tmp_path / "flat.csv", t)
+    assert main(["fit", path, "--law", "chinchilla", "--boot", "20"]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "alpha" in err and "same at every point" in err and "Traceback" not in err
+
+
+def test_fit_echoes_exclusions_warnings_and_the_universality_verdict(tmp_path, capsys):
+    t = synthetic.universality_table(seed=0, truth=dict(synthetic.UNIVERSALITY_TRUTH, L0=0.0))
+    path = _table_csv(tmp_path / "t.csv", t)
+    assert main(["fit", path, "--law", "universality-free", "--boot", "40", "--drop-highest", "3"]) == 0
+    out, err = capsys.readouterr()
+    assert "excluded 3 point(s): drop_highest" in out
+    assert "universality test (gpt2)" in out and "1/3" in out
+    assert any(ln.startswith("warning (gpt2): L0 ") and "bound" in ln for ln in err.splitlines()), err
+    assert "(at bound)" in out
+    assert main(["report", path, "--law", "universality-free", "--boot", "20", "--drop-highest", "3",
+                 "--out", str(tmp_path / "rep")]) == 0
+    out, err = capsys.readouterr()
+    assert "excluded 3 point(s): drop_highest" in out and "universality test (gpt2)" in out
+    assert "warning (gpt2): L0 " in err and (tmp_path / "rep" / "index.html").is_file()
+
+
+def test_fit_of_a_store_export_with_all_points_drops_zero_time_rows_and_says_so(tmp_path, capsys):
+    t = synthetic.universality_table(seed=0)
+    n = len(t["cell"])
+    step0 = {k: v[:8].copy() for k, v in t.items()}
+    step0.update(step=np.zeros(8), tokens=np.zeros(8), tau_lr=np.zeros(8), is_final=np.zeros(8, bool))
+    t = {k: np.concatenate([t[k], step0[k]]) for k in t}
+    path = _table_csv(tmp_path / "t.csv", t)
+    assert main(["fit", path, "--points", "all", "--boot", "20", "--json", str(tmp_path / "f.json")]) == 0
+    out = capsys.readouterr().out
+    assert "excluded 8 point(s): zero time" in out
+    d = json.loads((tmp_path / "f.json").read_text())
+    assert d["variants"]["gpt2"]["n_points"] == n
+    assert [e["n_points"] for e in d["selection"]["exclusions"] if e["rule"] == "zero time"] == [8]
+
+
+def test_huber_delta_none_is_plain_weighted_least_squares(tmp_path, capsys):
+    path = _table_csv(tmp_path / "c.csv", synthetic.chinchilla_table(seed=2))
+    out = tmp_path / "ls.json"
+    assert main(["fit", path, "--law", "chinchilla", "--boot", "10", "--huber-delta", "none",
+                 "--json", str(out)]) == 0
+    got = json.loads(out.read_text())
+    assert got["options"]["huber_delta"] is None
+    table = analysis.load_table(path)
+    ref = analysis.run_fit(table, law="chinchilla", n_boot=10, huber_delta=None).variants["all"]
+    robust = analysis.run_fit(table, law="chinchilla", n_boot=10).variants["all"]
+    for name, iv in got["variants"]["all"]["params"].items():
+        assert iv["value"] == ref.params[name], name
+        assert iv["lo"] == ref.param_interval(name)["lo"], name
+    assert any(got["variants"]["all"]["params"][n]["value"] != robust.params[n] for n in ref.params)
+    assert main(["fit", path, "--law", "chinchilla", "--boot", "10", "--huber-delta", "0.01"]) == 0
+    capsys.readouterr()
+    for bad in ("abc", "-1", "0", "nan"):
+        assert main(["fit", path, "--law", "chinchilla", f"--huber-delta={bad}"]) == 2, bad
+        err = capsys.readouterr().err
+        assert "--huber-delta" in err and "none" in err and "Traceback" not in err, err
+        assert main(["report", path, "--out", str(tmp_path / "r"), f"--huber-delta={bad}"]) == 2, bad
+        assert "--huber-delta" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_unwritable_json_and_report_folder_exit_2_before_the_fit(tmp_path, capsys, monkeypatch):
+    path = _table_csv(tmp_path / "c.csv", synthetic.chinchilla_table(seed=0))
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.setattr(analysis, "run_fit", _no_run)
+    monkeypatch.setattr(analysis, "write_report", _no_run)
+    bad_json = str(tmp_path / "afile" / "fit.json")
+    assert main(["fit", path, "--law", "chinchilla", "--json", bad_json]) == 2
+    out, err = capsys.readouterr()
+    assert "--json" in err and bad_json in err and "afile" in err and out == ""
+    assert main(["fit", path, "--law", "chinchilla", "--json", str(tmp_path)]) == 2   # a folder
+    assert "--json" in capsys.readouterr().err
+    bad_dir = str(tmp_path / "afile" / "sub" / "rep")
+    assert main(["report", path, "--law", "chinchilla", "--out", bad_dir]) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and bad_dir in err and "afile" in err
+    assert main(["report", path, "--law", "chinchilla", "--out", str(tmp_path / "afile")]) == 2
+    assert "--out" in capsys.readouterr().err
+    assert (tmp_path / "afile").read_text() == "x"
+
+
+@pytest.mark.parametrize("content", [
+    "model_size,n_tokens,final_loss,note\n1e6,1e9,3.0,mod\xe8le\n".encode("latin-1"),
+    b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x01\x00\xff\xfe",
+    b"N,D,loss\n1e6,1e9,3\x00.0\n"])
+def test_a_csv_that_is_not_utf8_text_exits_2_naming_the_file(tmp_path, capsys, content):
+    path = tmp_path / "latin.csv"
+    path.write_bytes(content)
+    for cmd in (["fit", str(path)], ["report", str(path), "--out", str(tmp_path / "rep")]):
+        assert main(cmd) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "latin.csv" in err and "Traceback" not in err, err
+        assert "UTF-8" in err or "NUL" in err, err
+    assert not (tmp_path / "rep").exists()
