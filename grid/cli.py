@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import logging
+import re
 import sys
-from typing import Callable
+from typing import Any, Callable
 
 from scaling_grid.trainer.config import ConfigError
 
@@ -69,6 +72,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from scaling_grid.grid import launch
     from scaling_grid.grid.spec import parse_shard
     shard = parse_shard(args.shard)
+    for flag, value in (("--status-every", args.status_every), ("--stale-after", args.stale_after)):
+        if not 0 < value < float("inf"):
+            raise ConfigError(f"{flag}={value:g}: must be a positive number of seconds")
     store = args.store or str(Path("stores") / Path(args.spec).stem)
     opts = launch.Options(store=store, shard=shard, checkpoints=args.checkpoints, status_every=args.status_every,
                           stale_after=args.stale_after, memory_check=not args.no_memory_check,
@@ -90,8 +96,9 @@ def _add_store_arg(p: argparse.ArgumentParser) -> None:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from scaling_grid.grid import store
-    print(store.format_status(store.status_rows(args.store)))
-    return EXIT_OK
+    rows = store.status_rows(args.store)
+    print(store.format_status(rows, args.store))
+    return EXIT_FAILED if any(r["state"] == "damaged" for r in rows) else EXIT_OK
 
 
 def _add_export_args(p: argparse.ArgumentParser) -> None:
@@ -103,11 +110,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from scaling_grid.grid import store
+    from scaling_grid import analysis
     out = args.out
     if out is None:
         if store.is_url(args.store):
             raise ConfigError(f"store {args.store!r} is a URL: give --out FILE.csv or FILE.parquet")
         out = str(Path(args.store) / "export.csv")
+    if Path(out).suffix not in (".csv", ".parquet"):
+        raise ConfigError(f"--out={out!r}: expected a .csv or .parquet file name")
+    if Path(out).is_dir():
+        raise ConfigError(f"--out={out!r}: is a folder; give a file name")
+    analysis.check_output(Path(out).parent, "--out", folder=True)  # before reading the store
     table = store.export_table(args.store)
     path = store.write_table(table, out)
     n = len(table["step"])
@@ -233,18 +246,63 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _disk_full(e: BaseException) -> str | None:
+    """The path of a 'no space left' error anywhere in an exception's chain (orbax and TensorStore
+    wrap the OSError in their own exceptions), else None."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return e.filename or "?"
+        if "No space left on device" in str(e):
+            path = re.search(r'"(/[^"]+)"', str(e))
+            return path.group(1) if path else "?"
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _one_line_library_errors(record: logging.LogRecord) -> bool:
+    """orbax logs a full traceback from its save thread before the same error reaches us (hundreds of
+    lines for a full disk); the command's own message says what happened, so keep one line."""
+    record.exc_info, record.exc_text = None, None
+    return True
+
+
+def _quiet_closed_loop_callbacks() -> None:
+    """TensorStore's callbacks hand orbax's results to an asyncio loop that a failed save (or a
+    restore that fell back) has already closed; each prints a 'RuntimeError: Event loop is closed'
+    traceback through sys.excepthook, dozens after one failure. The failure itself is reported (or
+    was harmless); these echoes are dropped."""
+    default = sys.excepthook
+
+    def hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        if not (kind is RuntimeError and str(value) == "Event loop is closed"):
+            default(kind, value, tb)
+    sys.excepthook = hook
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    for name in ("absl", "asyncio"):
+        logging.getLogger(name).addFilter(_one_line_library_errors)
+    _quiet_closed_loop_callbacks()
     try:
         return COMMANDS[args.command][0](args)
     except ConfigError as e:
         print(f"scaling-grid {args.command}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except ValueError as e:  # AnalysisError (bad tables, unidentifiable coefficients) is a ValueError
-        from scaling_grid.analysis import AnalysisError
-        if not isinstance(e, AnalysisError):
+    except Exception as e:
+        from scaling_grid.analysis import AnalysisError  # bad tables, unidentifiable coefficients
+        if isinstance(e, AnalysisError):
+            print(f"scaling-grid {args.command}: error: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        where = _disk_full(e)
+        if where is None:
             raise
-        print(f"scaling-grid {args.command}: error: {e}", file=sys.stderr)
+        print(f"scaling-grid {args.command}: error: no space left on the device"
+              + ("" if where == "?" else f" writing {where}")
+              + f" ({type(e).__name__}); free some space and run the same command again: it resumes from the last "
+              "complete checkpoint, and what was written before is kept", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 

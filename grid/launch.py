@@ -30,11 +30,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from scaling_grid.trainer.checkpoint import UnreadableCheckpoint, set_aside
 from scaling_grid.trainer.config import ConfigError, format_count
 from scaling_grid.trainer.preemption import Preemption
+from scaling_grid.trainer.step import device_memory
 
 from . import spec as S
-from .store import FINAL_STATES, Store, check_writable, host_id, is_stale, now
+from .store import FINAL_STATES, Store, check_writable, host_id, is_stale, lost, now
 
 EXIT_OK, EXIT_FAILED, EXIT_PREEMPTED, EXIT_INTERRUPTED = 0, 1, 143, 130
 
@@ -113,20 +115,6 @@ def _fmt_time(s: float) -> str:
     if s < 7200:
         return f"{s / 60:.1f}min"
     return f"{s / 3600:.1f}h"
-
-
-def _device_memory() -> tuple[int, str]:
-    """Bytes one device can hold and how that was found."""
-    import jax
-    dev = jax.local_devices()[0]
-    try:
-        stats = dev.memory_stats()
-    except Exception:  # noqa: BLE001 - some backends raise instead of returning None
-        stats = None
-    if stats and stats.get("bytes_limit"):
-        return int(stats["bytes_limit"]), f"{dev.platform} device memory"
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return int(ram), f"{dev.platform}: physical RAM"
 
 
 class SharedSteps:
@@ -222,7 +210,7 @@ def memory_check(cells: Sequence[S.Cell], records: dict[str, dict[str, Any]], ta
                  headroom: float = 0.9) -> list[tuple[S.Cell, int, float]]:
     """Compile the largest cells ahead of time and compare XLA's memory analysis with what one
     device holds. Raises ConfigError for a cell that cannot fit. Returns (cell, bytes, compile s)."""
-    avail, what = _device_memory()
+    avail, what = device_memory()
     out = []
     for c in _memory_candidates(cells, records):
         compiled, _, _, dt = _compile(c, records[c.id]["vocab"], tables[c.id])
@@ -338,7 +326,7 @@ def plan_text(spec_path: str, opts: Options) -> str:
     tables = table_lengths(cells, vocab)
     if opts.memory_check and todo:
         for c, need, _ in memory_check(todo, records, tables):
-            avail, what = _device_memory()
+            avail, what = device_memory()
             mem_lines.append(f"memory: {c.name} needs {need / 2**20:,.0f} MiB per device of {avail / 2**30:.1f} GiB "
                              f"({what}; XLA memory analysis)")
     if opts.measure and todo and len(points) < 2:
@@ -515,6 +503,9 @@ def _checkpoint_steps(directory: Path) -> list[int]:
     return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
 
 
+RERUN_TRUNK = "rerun trunk"
+
+
 def _run_order(cells: Sequence[S.Cell]) -> list[S.Cell]:
     """Groups (a trunk and its branches, or one separate run) by shape, budget, lr and seed, so cells
     that share compiled steps (seeds of one shape and budget) run back to back; in-group order kept."""
@@ -542,7 +533,12 @@ def run(spec_path: str, opts: Options) -> int:
     records = _records(cells, {})
     mine = _mine(cells, opts.shard, _costs(records, cells))
     states = {c.id: store.status(c.id)[0] for c in mine}
-    todo = [c for c in mine if states[c.id].get("state") not in FINAL_STATES
+    redo = _damaged_done_cells(store, mine, states, writer, out)
+    if multi:  # every process must run the same cells: process 0's view decides
+        from jax.experimental import multihost_utils
+        flags = multihost_utils.broadcast_one_to_all(np.array([c.id in redo for c in mine], np.int32))
+        redo = {c.id for c, f in zip(mine, np.asarray(flags)) if f}
+    todo = [c for c in mine if (states[c.id].get("state") not in FINAL_STATES or c.id in redo)
             and (opts.retry_failed or states[c.id].get("state") != "failed")]
     todo = _run_order(todo)
     if opts.memory_check and todo:
@@ -559,7 +555,8 @@ def run(spec_path: str, opts: Options) -> int:
             rec["config"] = c.config.to_dict()
             rec["config"]["out_dir"] = f"{store.root}/cells/{c.id}"
             rec["spec"] = spec.hash
-            store.put_config(rec)
+            if store.put_config(rec):
+                out(f"{c.id}: its config.json was damaged; rewrote it from the spec")
 
     n_done = sum(1 for c in mine if states[c.id].get("state") == "done")
     out(f"grid {spec.name!r}: {len(cells)} cells" + (f", shard {opts.shard[0]}/{opts.shard[1]}: {len(mine)}" if opts.shard[1] > 1 else "")
@@ -580,8 +577,15 @@ def run(spec_path: str, opts: Options) -> int:
                 code = EXIT_PREEMPTED
                 break
             bar.set_postfix_str(f"cells {idx}/{len(todo)}")
-            status = _run_cell(cell, store, tok_stores[cell.config.data], tables[cell.id], opts, signals, bar,
-                               say, writer, multi)
+
+            def run_one(c: S.Cell, rerun_done: bool = False) -> str:
+                return _run_cell(c, store, tok_stores[c.config.data], tables[c.id], opts, signals, bar, say, writer,
+                                 multi, rerun_done=rerun_done)
+            status = run_one(cell, cell.id in redo)
+            if status == RERUN_TRUNK:  # its start checkpoint was unreadable and has been moved aside
+                trunk = next(c for c in cells if c.id == cell.parent)
+                results[trunk.id] = run_one(trunk, rerun_done=True)
+                status = run_one(cell) if results[trunk.id] == "done" else "skipped"
             results[cell.id] = status
             if status == "preempted":
                 code = EXIT_PREEMPTED
@@ -600,13 +604,35 @@ def run(spec_path: str, opts: Options) -> int:
     return EXIT_OK
 
 
+def _damaged_done_cells(store: Store, cells: Sequence[S.Cell], states: dict[str, dict[str, Any]], writer: bool,
+                        out: Callable[[str], None]) -> set[str]:
+    """Repair what a finished cell's records lost: damaged metric metadata is rewritten (it is a
+    function of the cell's length), and a done cell whose final point is missing is returned, to be
+    run again: it resumes from its last checkpoint and re-evaluates. Values lost with a damaged data
+    chunk cannot be repaired here; that is said, with the way out."""
+    redo = set()
+    for c in cells:
+        if states[c.id].get("state") != "done":
+            continue
+        _, problems, fixable = store.checked_metrics(c.id, c.steps, "done")
+        if problems and fixable and writer and store.repair_metadata(c.id, c.steps):
+            out(f"{c.id}: rewrote damaged metric metadata ({problems[0]})")
+            _, problems, fixable = store.checked_metrics(c.id, c.steps, "done")
+        if problems and fixable:
+            out(f"{c.id}: {problems[0]}; running it again (it resumes from its last checkpoint)")
+            redo.add(c.id)
+        elif problems:
+            out(f"{c.id}: DAMAGED: {'; '.join(problems)}; {lost(store, c.id)}")
+    return redo
+
+
 def _run_cell(cell: S.Cell, store: Store, tok_store: Any, table_len: int, opts: Options, signals: _Signals,
-              bar: Any, say: Callable[[str], None], writer: bool, multi: bool) -> str:
+              bar: Any, say: Callable[[str], None], writer: bool, multi: bool, rerun_done: bool = False) -> str:
     from scaling_grid.trainer import loop
     from scaling_grid.trainer.metrics import ProgressSink, Sinks, TensorStoreSink
 
     st, gen = store.status(cell.id)
-    if st.get("state") in FINAL_STATES:  # finished meanwhile by another launcher
+    if st.get("state") in FINAL_STATES and not rerun_done:  # finished meanwhile by another launcher
         return st["state"]
     if not multi and st.get("state") == "running" and not is_stale(st, opts.stale_after):
         say(f"{cell.id}: running on {st.get('host')} (pid {st.get('pid')}, heartbeat {st.get('updated')}); skipped")
@@ -663,6 +689,26 @@ def _run_cell(cell: S.Cell, store: Store, tok_store: Any, table_len: int, opts: 
             store.set_status(cell.id, {**heartbeat.snapshot(), "state": "preempted",
                                        "message": "interrupted (Ctrl-C); run again to resume"})
         raise
+    except UnreadableCheckpoint as e:
+        if init_from is None or e.directory != Path(init_from[0]):
+            raise
+        where = f"its trunk {cell.parent}'s checkpoint at step {e.step}, where this branch starts, is unreadable"
+        if multi:  # moving shared checkpoints is a decision for one process; left to the user here
+            msg = (f"{where} ({e}); move {e.directory}/{e.step} and the trunk's later checkpoints aside, then run "
+                   "again: the trunk reruns from its previous checkpoint")
+            say(f"{cell.id}: FAILED: {msg}")
+            if writer:
+                store.set_status(cell.id, {**base, "state": "failed", "message": msg})
+            return "failed"
+        moved = [s for s in _checkpoint_steps(e.directory) if s >= e.step]
+        dest = set_aside(e.directory, moved)
+        say(f"{cell.id}: {where}; moved the trunk's checkpoints {moved} to {dest} and rerunning the trunk from its "
+            "previous checkpoint")
+        if writer:
+            store.set_status(cell.id, {**base, "state": "pending", "message": f"{where}; waiting for the trunk"})
+            store.set_status(cell.parent, {**store.status(cell.parent)[0], "state": "preempted",
+                                           "message": f"checkpoint {e.step} unreadable; rerunning from the one before"})
+        return RERUN_TRUNK
     except Exception as e:  # noqa: BLE001 - record and go on to the next cell
         tb = traceback.format_exc()
         msg = f"{type(e).__name__}: {e}"
@@ -676,13 +722,13 @@ def _run_cell(cell: S.Cell, store: Store, tok_store: Any, table_len: int, opts: 
     final = {**heartbeat.snapshot(), "state": result.status, "step": result.step, "message": result.message,
              "elapsed_s": elapsed, "setup_s": setup_s, "train_s": elapsed - setup_s,
              "trained_steps": (live.step - live.first_step) if live.first_step is not None else 0}
-    if math.isfinite(result.eval_loss):
-        final["eval_loss"] = result.eval_loss
+    final["eval_loss"] = result.eval_loss if math.isfinite(result.eval_loss) else None
     if writer:
         store.set_status(cell.id, final)
     if result.status == "done":
         tps = final.get("tokens_per_s")
-        say(f"{cell.id}: done in {elapsed:.1f}s, eval loss {final.get('eval_loss', float('nan')):.4f}"
+        loss = final["eval_loss"]
+        say(f"{cell.id}: done in {elapsed:.1f}s, " + (f"eval loss {loss:.4f}" if loss is not None else "no final eval")
             + (f", {tps:,.0f} tok/s" if tps else ""))
     else:
         msg = result.message

@@ -34,7 +34,7 @@ import tensorstore as ts
 from scaling_grid.trainer.config import ConfigError
 
 FORMAT, VERSION = "scaling-grid-store", 1
-STATES = ("pending", "running", "preempted", "done", "diverged", "failed")
+STATES = ("pending", "running", "preempted", "done", "diverged", "failed", "damaged")  # damaged: status only
 FINAL_STATES = ("done", "diverged")   # never run again (a changed config is a new cell)
 EXPORT_COLUMNS = ("variant", "cell", "m", "l", "N", "seed", "step", "tokens", "tau_lr", "lr", "peak_lr",
                   "train_loss", "eval_loss", "eval_stderr", "schedule", "role", "parent", "is_final",
@@ -43,6 +43,10 @@ EXPORT_COLUMNS = ("variant", "cell", "m", "l", "N", "seed", "step", "tokens", "t
 _STR_COLUMNS = ("variant", "cell", "schedule", "role", "parent")
 _INT_COLUMNS = ("m", "l", "N", "seed", "step", "flops_per_token", "total_steps")
 _NO_VALUE = b"\x02"  # TensorStore's storage generation of a missing key: write-if-absent
+
+
+class StoreDamaged(ConfigError):
+    """A record of the store that exists but cannot be read; the message names it and the way out."""
 
 
 def now() -> str:
@@ -89,13 +93,18 @@ class Store:
         return (r.value if r.state == "value" else None), r.stamp.generation
 
     def read_json(self, key: str) -> dict[str, Any] | None:
+        """The object at `key`, None if absent; StoreDamaged if present but not a JSON object."""
         value, _ = self.read_bytes(key)
-        if value is None:
-            return None
+        return None if value is None else self._parse(key, value)
+
+    def _parse(self, key: str, value: bytes) -> dict[str, Any]:
         try:
-            return json.loads(value)
-        except ValueError:
-            return None  # a torn write on a filesystem without atomic rename: treat as absent
+            obj = json.loads(value)
+        except ValueError as e:  # UnicodeDecodeError included
+            raise StoreDamaged(f"{self.root}/{key} is damaged (not valid JSON: {e})") from None
+        if not isinstance(obj, dict):
+            raise StoreDamaged(f"{self.root}/{key} is damaged (a JSON {type(obj).__name__}, not an object)")
+        return obj
 
     def write(self, key: str, value: bytes | str, if_equal: bytes | None = None) -> bool:
         """Write (atomically on local disk and object stores). With if_equal, only if the key's
@@ -116,13 +125,22 @@ class Store:
 
     # ---- grid-level records
     def init(self, spec_text: str, spec_hash: str, name: str) -> None:
-        self.write_if_absent("store.json", json.dumps({"format": FORMAT, "version": VERSION, "name": name,
-                                                       "created": now()}, indent=1) + "\n")
+        """Record the store's format and the spec; a damaged store.json is rewritten."""
+        record = json.dumps({"format": FORMAT, "version": VERSION, "name": name, "created": now()}, indent=1) + "\n"
+        try:
+            self.read_json("store.json")
+        except StoreDamaged:
+            self.write("store.json", record)
+        self.write_if_absent("store.json", record)
         self.write_if_absent("spec.yaml", spec_text)
         self.write_if_absent(f"specs/{spec_hash}.yaml", spec_text)
 
     def check_format(self) -> None:
-        meta = self.read_json("store.json")
+        try:
+            meta = self.read_json("store.json")
+        except StoreDamaged as e:
+            raise StoreDamaged(f"store {self.url!r}: {e}; `scaling-grid run SPEC --store {self.url}` rewrites it "
+                               "(the cells' records are separate and unaffected)") from None
         if meta is None:
             raise ConfigError(f"store {self.url!r}: not a grid store (no store.json); run `scaling-grid run SPEC "
                               f"--store {self.url}` first")
@@ -137,23 +155,32 @@ class Store:
     def metrics_prefix(self, cell_id: str) -> str:
         return f"cells/{cell_id}/metrics/"
 
-    def put_config(self, record: Mapping[str, Any]) -> None:
-        self.write_if_absent(self.cell_key(record["id"], "config.json"),
-                             json.dumps(record, indent=1, default=_json_default) + "\n")
+    def put_config(self, record: Mapping[str, Any]) -> bool:
+        """Write a cell's config.json unless a readable one exists (a damaged one is replaced: the
+        record is a function of the spec). Returns whether it replaced a damaged one."""
+        key, text = self.cell_key(record["id"], "config.json"), json.dumps(record, indent=1, default=_json_default)
+        try:
+            self.read_json(key)
+        except StoreDamaged:
+            self.write(key, text + "\n")
+            return True
+        self.write_if_absent(key, text + "\n")
+        return False
 
     def config(self, cell_id: str) -> dict[str, Any] | None:
         return self.read_json(self.cell_key(cell_id, "config.json"))
 
     def status(self, cell_id: str) -> tuple[dict[str, Any], bytes]:
-        """(status, generation); a cell never started reads as {"state": "pending"}."""
+        """(status, generation); a cell never started reads as {"state": "pending"}, and so does one
+        whose status.json is damaged, with the damage under "problem" (a launcher resumes it from its
+        checkpoints, which rewrites the status)."""
         value, gen = self.read_bytes(self.cell_key(cell_id, "status.json"))
-        st = None
-        if value is not None:
-            try:
-                st = json.loads(value)
-            except ValueError:
-                st = None
-        return (st or {"state": "pending"}), gen
+        if value is None:
+            return {"state": "pending"}, gen
+        try:
+            return self._parse(self.cell_key(cell_id, "status.json"), value), gen
+        except StoreDamaged as e:
+            return {"state": "pending", "problem": str(e)}, gen
 
     def set_status(self, cell_id: str, status: Mapping[str, Any], if_equal: bytes | None = None) -> bool:
         return self.write_json(self.cell_key(cell_id, "status.json"), {**status, "updated": now()}, if_equal)
@@ -168,11 +195,16 @@ class Store:
                 out.add(parts[1])
         return sorted(out)
 
-    def records(self) -> list[dict[str, Any]]:
-        """config + status of every cell, in a stable order (shape, seed, role, budget)."""
-        out = []
+    def records(self) -> tuple[list[dict[str, Any]], list[str]]:
+        """(config + status of every readable cell in a stable order (shape, seed, role, budget),
+        the damage found: one line per cell whose config.json is unreadable)."""
+        out, damage = [], []
         for cid in self.cell_ids():
-            cfg = self.config(cid)
+            try:
+                cfg = self.config(cid)
+            except StoreDamaged as e:
+                damage.append(f"cell {cid}: {e}")
+                continue
             if cfg is None:
                 continue
             st, _ = self.status(cid)
@@ -181,16 +213,58 @@ class Store:
         out.sort(key=lambda r: (r["config"]["variant"], r["config"]["m"], r["config"]["l"], r["config"]["seed"],
                                 r["config"].get("peak_lr", 0), role_order.get(r["config"]["role"], 2),
                                 r["config"]["tokens"], r["config"]["id"]))
-        return out
+        return out, damage
 
     def read_metrics(self, cell_id: str) -> dict[str, np.ndarray] | None:
         """The cell's metric arrays (NaN where unwritten), or None if it has none yet. Re-reads data
-        from storage on every call, so it sees a writer's progress."""
+        from storage on every call, so it sees a writer's progress. MetricsDamaged for an array that
+        exists but does not read."""
         from scaling_grid.trainer.metrics import read_metrics
         try:
             return read_metrics(self.root, prefix=self.metrics_prefix(cell_id))
-        except ValueError:  # arrays not created yet (NOT_FOUND) or mid-creation
-            return None
+        except ValueError as e:
+            if "NOT_FOUND" in str(e):  # arrays not created yet
+                return None
+            raise
+
+    def checked_metrics(self, cell_id: str, total_steps: int, state: str
+                        ) -> tuple[dict[str, np.ndarray] | None, list[str], bool]:
+        """(the cell's metrics or None, what is wrong with them, whether `run` can repair all of it).
+        A done cell must have its final train and eval points: every fit of its budget needs them."""
+        from scaling_grid.trainer.metrics import MetricsDamaged
+        try:
+            m = self.read_metrics(cell_id)
+        except MetricsDamaged as e:
+            return None, [str(e)], e.in_metadata
+        if state != "done":
+            return m, [], True
+        if m is None:
+            return m, [f"done, but its metric arrays ({self.root}/{self.metrics_prefix(cell_id)}) are missing"], False
+        missing = [f for f in ("loss", "eval_loss") if not np.isfinite(m[f][total_steps])]
+        if missing:
+            return m, [f"done, but its final point (step {total_steps}) has no {' or '.join(missing)}"], \
+                "loss" not in missing
+        return m, [], True
+
+    def repair_metadata(self, cell_id: str, total_steps: int) -> list[str]:
+        """Rewrite every unreadable metric metadata file of a cell (a function of its length); returns
+        the fields repaired. Data chunks are separate objects and stay as they are."""
+        from scaling_grid.trainer.metrics import EVAL_FIELDS, TRAIN_FIELDS, MetricsDamaged, metric_metadata, open_metric
+        fixed = []
+        for f in TRAIN_FIELDS + EVAL_FIELDS:
+            key = self.metrics_prefix(cell_id) + f
+            try:
+                open_metric(self.root_kvstore(), key, total_steps + 1, create=False)
+            except MetricsDamaged:
+                self.write(f"{key}/zarr.json", metric_metadata(total_steps + 1))
+                fixed.append(f)
+            except ValueError:  # not created yet
+                pass
+        return fixed
+
+    def root_kvstore(self) -> Any:
+        from scaling_grid.trainer.metrics import kvstore_spec
+        return kvstore_spec(self.root)
 
     def checkpoint_dir(self, cell_id: str, root: str | None = None) -> Path:
         if root is not None:
@@ -254,9 +328,20 @@ def export_table(url: str) -> dict[str, np.ndarray]:
     store = Store(url)
     store.check_format()
     cols: dict[str, list[np.ndarray]] = {c: [] for c in EXPORT_COLUMNS}
-    for rec in store.records():
+    records, damage = store.records()
+    data: dict[str, dict[str, np.ndarray] | None] = {}
+    for rec in records:
         cfg, st = rec["config"], rec["status"]
-        m = store.read_metrics(cfg["id"])
+        m, problems, fixable = store.checked_metrics(cfg["id"], int(cfg["total_steps"]), st.get("state", "pending"))
+        problems = ([st["problem"]] if "problem" in st else []) + problems  # unknown state: is it final?
+        damage += [f"cell {cfg['id']}: {p}" + ("" if fixable else f"; {lost(store, cfg['id'])}") for p in problems]
+        data[cfg["id"]] = m
+    if damage:  # a fit must never silently lose a cell: stop and say what to do
+        raise StoreDamaged(f"store {url!r} is damaged; no table written:\n  " + "\n  ".join(damage)
+                           + f"\n{repair_hint(url)}")
+    for rec in records:
+        cfg, st = rec["config"], rec["status"]
+        m = data[cfg["id"]]
         if m is None:
             continue
         has = np.isfinite(m["tokens"]) | np.isfinite(m["eval_loss"]) | np.isfinite(m["loss"])
@@ -294,6 +379,16 @@ def export_table(url: str) -> dict[str, np.ndarray]:
             dtype = np.float64
         out[c] = np.concatenate(cols[c]).astype(dtype) if cols[c] else np.zeros(0, dtype)
     return out
+
+
+def repair_hint(url: str) -> str:
+    return (f"`scaling-grid run SPEC --store {url}` repairs what is repairable: it rewrites damaged records from "
+            "the spec and re-evaluates missing final points from each cell's last checkpoint")
+
+
+def lost(store: Store, cell_id: str) -> str:
+    return (f"these values are lost: delete {store.root}/cells/{cell_id}/ and the cell's checkpoints, then "
+            "`scaling-grid run SPEC` retrains it")
 
 
 def write_table(table: Mapping[str, np.ndarray], path: str | os.PathLike) -> Path:
@@ -334,15 +429,25 @@ def status_rows(url: str) -> list[dict[str, Any]]:
     store = Store(url)
     store.check_format()
     rows = []
-    for rec in store.records():
+    records, damage = store.records()
+    for line in damage:
+        cid, what = line.split(": ", 1)
+        rows.append({"cell": cid.removeprefix("cell "), "role": "?", "state": "damaged", "step": None, "total": "?",
+                     "loss": None, "eval_loss": None, "tokens_per_s": None, "age_s": None, "host": "",
+                     "message": what})
+    for rec in records:
         cfg, st = rec["config"], rec["status"]
         state = st.get("state", "pending")
         row = {"cell": cfg["id"], "role": cfg["role"], "state": state, "step": st.get("step"),
                "total": cfg["total_steps"], "loss": st.get("loss"), "eval_loss": st.get("eval_loss"),
                "tokens_per_s": st.get("tokens_per_s"), "age_s": age_s(st) if state == "running" else None,
                "host": st.get("host", ""), "message": st.get("message", "")}
-        if state in ("running", "preempted", "failed") or (state == "done" and row["loss"] is None):
-            m = store.read_metrics(cfg["id"])
+        m, problems, fixable = store.checked_metrics(cfg["id"], int(cfg["total_steps"]), state)
+        problems = ([st["problem"]] if "problem" in st else []) + problems
+        if problems:
+            row["state"] = "damaged"
+            row["message"] = "; ".join(problems) + ("" if fixable else f"; {lost(store, cfg['id'])}")
+        if state != "pending":
             if m is not None:
                 logged = np.flatnonzero(np.isfinite(m["tokens"]))
                 if len(logged):
@@ -355,7 +460,7 @@ def status_rows(url: str) -> list[dict[str, Any]]:
     return rows
 
 
-def format_status(rows: Iterable[Mapping[str, Any]]) -> str:
+def format_status(rows: Iterable[Mapping[str, Any]], url: str = "STORE") -> str:
     rows = list(rows)
     head = ("cell", "role", "state", "step/total", "loss", "eval", "tok/s", "note")
     table = []
@@ -365,6 +470,8 @@ def format_status(rows: Iterable[Mapping[str, Any]]) -> str:
             note += f" ({r['age_s']:.0f}s ago)"
         if r["state"] in ("failed", "diverged", "preempted") and r["message"]:
             note = r["message"].splitlines()[0][:70]
+        if r["state"] == "damaged":
+            note = "see below"
         table.append((r["cell"], r["role"], r["state"], f"{r['step'] or 0}/{r['total']}", _num(r["loss"]),
                       _num(r["eval_loss"]), _num(r["tokens_per_s"], "{:,.0f}"), note))
     widths = [max(len(h), *(len(t[i]) for t in table)) if table else len(h) for i, h in enumerate(head)]
@@ -374,6 +481,11 @@ def format_status(rows: Iterable[Mapping[str, Any]]) -> str:
     for r in rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
     lines.append(f"{len(rows)} cells: " + ", ".join(f"{counts[s]} {s}" for s in STATES if s in counts))
+    damaged = [r for r in rows if r["state"] == "damaged"]
+    if damaged:
+        lines.append(f"DAMAGED ({len(damaged)} cells; `export`, `fit` and `report` refuse this store until repaired):")
+        lines += [f"  {r['cell']}: {r['message']}" for r in damaged]
+        lines.append(repair_hint(url))
     return "\n".join(lines)
 
 

@@ -88,7 +88,7 @@ def reference(grid):
 def test_reference_grid_complete(reference):
     store, m = reference
     assert len(m) == N_CELLS
-    cfgs = {c["config"]["id"]: c["config"] for c in G.Store(str(store)).records()}
+    cfgs = {c["config"]["id"]: c["config"] for c in G.Store(str(store)).records()[0]}
     for cid, arr in m.items():
         S = cfgs[cid]["total_steps"]
         assert list(np.flatnonzero(np.isfinite(arr["loss"]))) == list(range(4, S + 1, 4))  # every logged step once
@@ -238,7 +238,7 @@ def test_diverged_cell_is_recorded_and_grid_goes_on(grid):
     spec.write_text(DIV.replace("DATA", str(root / "data")))
     store = root / "div"
     p = _run(spec, store)  # diverged cells are results, not errors: exit 0
-    st = {c["config"]["peak_lr"]: c["status"] for c in G.Store(str(store)).records()}
+    st = {c["config"]["peak_lr"]: c["status"] for c in G.Store(str(store)).records()[0]}
     assert st[1e4]["state"] == "diverged" and "not finite" in st[1e4]["message"]
     assert st[3e-3]["state"] == "done"
     p = _run(spec, store)
@@ -261,7 +261,7 @@ def test_failed_cell_is_recorded_grid_goes_on_and_retried(grid, monkeypatch):
     monkeypatch.setattr(loop, "train", flaky)
     opts = launch.Options(store=str(store), memory_check=False, progress=False)
     assert launch.run(str(spec), opts) == launch.EXIT_FAILED
-    st = {c["config"]["name"]: c["status"] for c in G.Store(str(store)).records()}
+    st = {c["config"]["name"]: c["status"] for c in G.Store(str(store)).records()[0]}
     bad = st.pop("gpt2-w16-d1-t2.56k-s0")
     assert bad["state"] == "failed" and "RuntimeError: disk on fire" in bad["message"]
     assert "Traceback" in bad["traceback"]
@@ -269,7 +269,7 @@ def test_failed_cell_is_recorded_grid_goes_on_and_retried(grid, monkeypatch):
     assert "failed" in G.format_status(G.status_rows(str(store)))
     monkeypatch.setattr(loop, "train", real)
     assert launch.run(str(spec), opts) == launch.EXIT_OK  # retried by the next launch
-    st = {c["config"]["name"]: c["status"] for c in G.Store(str(store)).records()}
+    st = {c["config"]["name"]: c["status"] for c in G.Store(str(store)).records()[0]}
     assert st["gpt2-w16-d1-t2.56k-s0"]["state"] == "done" and st["gpt2-w16-d1-t2.56k-s0"]["attempt"] == 2
 
 
@@ -297,7 +297,7 @@ def test_wsd_branches_start_from_trunk_and_continue_its_tau(grid):
     store = root / "wsd"
     _run(spec, store)
     s = G.Store(str(store))
-    recs = {r["config"]["role"] + str(r["config"]["tokens"]): r for r in s.records()}
+    recs = {r["config"]["role"] + str(r["config"]["tokens"]): r for r in s.records()[0]}
     trunk = recs.pop(next(k for k in recs if k.startswith("trunk")))["config"]
     assert trunk["schedule"] == "constant" and trunk["keep_steps"] == [64, 128] and trunk["total_steps"] == 128
     tm = s.read_metrics(trunk["id"])
@@ -355,3 +355,119 @@ def test_shared_steps_padded_tables_change_nothing():
         for la, lb in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
             np.testing.assert_array_equal(np.asarray(la), np.asarray(lb))
     assert len(shared.cache) == 1  # one Steps (one traced train step per table length) for all three
+
+
+ONE_CHUNK = """\
+name: last
+base:
+  model: {variant: gpt2, seq_len: 16, width: 16, depth: 1}
+  data: {source: shakespeare, tokenizer: bytes, root: DATA}
+  optim: {lr: 3e-3}
+  train: {batch_size: 4, steps_per_call: 4000, log_every: 4000, eval_every: 4000, eval_batches: 1, ckpt_every: 4000}
+rules:
+  heads: {rule: head_dim, head_dim: 8}
+  warmup: {rule: fraction, fraction: 0.1}
+axes:
+  tokens: [256000]
+"""
+
+
+def test_preempted_in_the_last_chunk_then_relaunch_evaluates_the_end(grid):
+    """A one-chunk cell SIGTERMed while it trains saves its last step without its eval. The relaunch
+    must evaluate it (before: the cell was 'done' with no final eval, and the launcher crashed)."""
+    root, _ = grid
+    spec = root / "last.yaml"
+    spec.write_text(ONE_CHUNK.replace("DATA", str(root / "data")))
+    store, S = root / "last", 4000
+    s = G.Store(str(store))
+
+    def in_chunk():
+        ids = s.cell_ids() if s.exists() else []
+        m = s.read_metrics(ids[0]) if ids else None
+        return ids[0] if m is not None and np.isfinite(m["eval_loss"][0]) else None
+    proc = _popen(spec, store)
+    cid = _wait(in_chunk, proc, what="the step-0 eval")
+    proc.send_signal(signal.SIGTERM)
+    log, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 143, log[-3000:]
+    assert np.isnan(s.read_metrics(cid)["eval_loss"][S]) and s.status(cid)[0]["state"] == "preempted"
+    p = _run(spec, store)
+    assert "1 done" in p.stdout and "eval loss" in p.stdout
+    final = s.read_metrics(cid)["eval_loss"][S]
+    assert s.status(cid)[0]["eval_loss"] == final and G.status_rows(str(store))[0]["eval_loss"] == final
+    t = G.export_table(str(store))
+    assert t["is_final"].sum() == 1 and t["eval_loss"][t["is_final"]][0] == final
+    ref = root / "last-ref"
+    _run(spec, ref)
+    assert G.Store(str(ref)).read_metrics(cid)["eval_loss"][S] == final  # as if never interrupted
+
+
+def test_damaged_store_is_reported_by_name_and_repaired_by_run(grid, reference, tmp_path):
+    """Damaged records are named by `status`, `export` refuses to drop them silently, and `run`
+    repairs what can be repaired: the store then exports every cell with its reference final point."""
+    import shutil
+    root, spec = grid
+    ref_store, ref = reference
+    store = tmp_path / "store"
+    shutil.copytree(ref_store, store)
+    (store / "store.json").write_text("{garbled")
+    p = subprocess.run(_cmd("status", str(store)), capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "store.json is damaged" in p.stderr and "rewrites it" in p.stderr, p.stderr
+    a, b, c, d = sorted(ref)
+    (store / "cells" / a / "config.json").write_text("{garbled")
+    (store / "cells" / b / "metrics" / "eval_loss" / "zarr.json").write_text("not json")
+    next((store / "cells" / c / "metrics" / "eval_loss" / "c").iterdir()).unlink()  # the final eval's chunk
+    (store / "cells" / d / "status.json").write_bytes(b"\xff\xfe")
+    _run(spec, store, "--dry-run", check_rc=None)  # a dry run writes nothing, repairs nothing
+    p = subprocess.run(_cmd("status", str(store)), capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "store.json" in p.stderr  # store.json comes first
+    (store / "store.json").write_text((ref_store / "store.json").read_text())
+    p = subprocess.run(_cmd("status", str(store)), capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1, p.stdout + p.stderr
+    damaged = p.stdout[p.stdout.index("DAMAGED"):]
+    assert f"{a}: cells/{a}/config.json is damaged" in damaged.replace(str(store) + "/", "")
+    assert f"{b}: metric array" in damaged and "eval_loss: its metadata (zarr.json) is damaged" in damaged
+    assert f"{c}: done, but its final point" in damaged and "has no eval_loss" in damaged
+    assert f"{d}: " in damaged and "status.json is damaged" in damaged and "repairs" in damaged
+    p = subprocess.run(_cmd("export", str(store), "--out", str(tmp_path / "x.csv")), capture_output=True, text=True)
+    assert p.returncode == 2 and not (tmp_path / "x.csv").exists(), p.stderr
+    assert all(cid in p.stderr for cid in (a, b, c, d)) and "Traceback" not in p.stderr
+    (store / "store.json").write_text("{garbled")
+    p = _run(spec, store)
+    assert f"{a}: its config.json was damaged; rewrote it" in p.stdout and f"{b}: rewrote damaged metric" in p.stdout
+    assert f"{c}: done, but its final point" in p.stdout and "running it again" in p.stdout
+    got, want = G.export_table(str(store)), G.export_table(str(ref_store))
+    fin, ref_fin = got["is_final"], want["is_final"]
+    assert list(got["cell"][fin]) == list(want["cell"][ref_fin]) and fin.sum() == N_CELLS
+    np.testing.assert_array_equal(got["eval_loss"][fin], want["eval_loss"][ref_fin])  # bit for bit
+    assert subprocess.run(_cmd("status", str(store)), capture_output=True, timeout=120).returncode == 0
+
+
+def test_wsd_branch_whose_trunk_checkpoint_is_unreadable_reruns_the_trunk(grid, tmp_path):
+    """A branch whose start checkpoint (in its trunk) does not restore: `run` says which, moves the
+    trunk's checkpoints from there on aside, reruns the trunk from the one before, then the branch,
+    and every curve equals the undamaged grid's."""
+    import shutil
+    root, _ = grid
+    spec = root / "wsd2.yaml"
+    spec.write_text(WSD.replace("DATA", str(root / "data")).replace("name: w", "name: w2"))
+    ref_store, store = tmp_path / "ref", tmp_path / "store"
+    _run(spec, ref_store)
+    ref = _all_metrics(ref_store)
+    shutil.copytree(ref_store, store)
+    recs = {r["config"]["role"] + str(r["config"]["tokens"]): r["config"] for r in G.Store(str(store)).records()[0]}
+    trunk = next(v for k, v in recs.items() if k.startswith("trunk"))
+    branch = min((v for v in recs.values() if v["role"] == "branch"), key=lambda v: v["init_step"])
+    bp = branch["init_step"]
+    for path in (store / "cells" / branch["id"] / "metrics", store / "checkpoints" / branch["id"]):
+        shutil.rmtree(path)
+    (store / "cells" / branch["id"] / "status.json").unlink()
+    for f in (store / "checkpoints" / trunk["id"] / str(bp)).rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"\0garbage")
+    p = _run(spec, store)
+    assert f"its trunk {trunk['id']}'s checkpoint at step {bp}, where this branch starts, is unreadable" in p.stdout
+    assert "rerunning the trunk from its previous checkpoint" in p.stdout
+    assert (store / "checkpoints" / f"{trunk['id']}.unreadable" / str(bp)).is_dir()
+    _assert_same(ref, _all_metrics(store))
+    assert {st["state"] for st in _states(store).values()} == {"done"}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import orbax.checkpoint as ocp
 
@@ -66,18 +66,33 @@ class Checkpointer:
         A checkpoint that fails to restore (corrupt or truncated files) is reported and skipped in
         favour of the one before it. Returns None when no checkpoint is readable."""
         steps = sorted(self.manager.all_steps(), reverse=True)
+        bad: list[int] = []
+        out = None
         for i, step in enumerate(steps):
             try:
-                return self.restore(step, abstract_state)
+                out = self.restore(step, abstract_state)
+                break
             except Exception as e:  # noqa: BLE001 - any failure to read means: try the previous one
                 nxt = f"falling back to step {steps[i + 1]}" if i + 1 < len(steps) else "starting from scratch"
                 self.warn(f"checkpoint at step {step} is unreadable ({type(e).__name__}: {str(e)[:200]}); {nxt}")
-                continue
-        return None
+                bad.append(step)
+        if bad:  # out of the way, so the retrained steps are saved anew (a save skips an existing step)
+            where = set_aside(self.directory, bad)
+            self.manager.reload()
+            self.warn(f"moved the unreadable checkpoint(s) {bad} to {where}")
+        return out
 
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+class UnreadableCheckpoint(RuntimeError):
+    """Another run's checkpoint that exists but does not restore (corrupt or truncated files)."""
+
+    def __init__(self, directory: str | Path, step: int, cause: Exception):
+        super().__init__(f"checkpoint {directory}/{step} is unreadable ({type(cause).__name__}: {str(cause)[:200]})")
+        self.directory, self.step = Path(directory), step
 
 
 def restore_from(directory: str | Path, step: int, abstract_state: Any) -> Any:
@@ -89,7 +104,24 @@ def restore_from(directory: str | Path, step: int, abstract_state: Any) -> Any:
         if step not in manager.all_steps():
             raise FileNotFoundError(f"no checkpoint at step {step} in {directory} "
                                     f"(it has {sorted(manager.all_steps())})")
-        out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+        try:
+            out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+        except Exception as e:  # noqa: BLE001 - any failure to read: the caller decides what to rerun
+            raise UnreadableCheckpoint(directory, step, e) from e
         return out.state
     finally:
         manager.close()
+
+
+def set_aside(directory: str | Path, steps: Iterable[int]) -> Path:
+    """Move checkpoint steps into ``<directory>.unreadable/`` (kept for inspection, never listed as
+    steps), so the run resumes from an earlier one and saves these steps anew. Returns the folder."""
+    directory = Path(directory)
+    dest = directory.with_name(directory.name + ".unreadable")
+    dest.mkdir(exist_ok=True)
+    for s in steps:
+        target, n = dest / str(s), 1
+        while target.exists():
+            target, n = dest / f"{s}.{n}", n + 1
+        (directory / str(s)).rename(target)
+    return dest

@@ -7,13 +7,16 @@ checkpoint) the loop syncs. A run is resumable from any checkpoint, bit for bit 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import math
+import os
+import socket
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +29,7 @@ from .config import ConfigError, RunConfig
 from .metrics import MetricsSink, ProgressSink, Sinks, TensorStoreSink
 from .model import Arch, make_arch
 from .preemption import Preemption
-from .step import Steps, abstract_state, build, lr_table
+from .step import Steps, abstract_state, build, check_state_fits, lr_table
 
 
 @dataclass
@@ -107,8 +110,6 @@ def train(cfg: RunConfig, sink: MetricsSink, ckpt_dir: str | Path, *, store: dat
         else:
             state, start = restored[0], int(restored[1]["step"])
         meta = {"fingerprint": fingerprint(cfg)}
-        if start >= S:
-            return RunResult("done", S, "already complete")
         sink.start(S, start)
 
         pending: list[tuple[int, dict[str, jax.Array]]] = []
@@ -149,8 +150,18 @@ def train(cfg: RunConfig, sink: MetricsSink, ckpt_dir: str | Path, *, store: dat
 
         ckpt_step, last_eval = start, math.nan
         with preempt.installed():
-            if start % t_cfg.eval_every == 0:  # step 0 (init), or a resume that may have lost its eval
-                last_eval = eval_at(start) or math.nan
+            # Step 0 (init), or a resume at a step that owes an eval: a preemption may have skipped or
+            # abandoned it (at the last step too: the state is saved there, the eval is not).
+            if start % t_cfg.eval_every == 0 or start == S:
+                loss = eval_at(start)
+                if loss is None:  # preempted during this eval: checkpoint `start` holds the state
+                    msg = f"preempted: checkpoint saved at step {start}; run again to resume"
+                    sink.close("preempted", start, msg)
+                    return RunResult("preempted", start, msg)
+                last_eval = loss
+            if start >= S:
+                sink.close("done", S)
+                return RunResult("done", S, "already complete", last_eval)
             batches = data_lib.batches(store, t_cfg.data_seed, start, S, t_cfg.batch_size,
                                        cfg.model.seq_len, k, rows)
             with contextlib.closing(batches):
@@ -201,24 +212,59 @@ def fingerprint(cfg: RunConfig) -> dict[str, Any]:
 
 
 def train_cli(cfg: RunConfig) -> RunResult:
-    """`scaling-grid train`: a run directory with config.yaml, metrics/ (zarr) and checkpoints/."""
+    """`scaling-grid train`: a run directory with config.yaml, metrics/ (zarr) and checkpoints/.
+    Every check (config against the folder's, memory) runs before anything is written there."""
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     saved = out / "config.yaml"
     if saved.exists():
-        from .config import from_dict
-        old = fingerprint(from_dict(yaml.safe_load(saved.read_text())))
+        old = fingerprint(_saved_config(saved))
         new = fingerprint(cfg)
         if old != new:
             diff = [f"{s}.{k}: {old[s][k]!r} -> {new[s][k]!r}" for s in new if isinstance(new[s], dict)
                     for k in new[s] if old.get(s, {}).get(k) != new[s][k]]
             raise ConfigError(f"out_dir={cfg.out_dir!r} holds a run with a different config ({'; '.join(diff)}); "
                               "choose a new out_dir or restore the old values")
-    else:
-        saved.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     store = data_lib.prepare(cfg.data)
     arch = make_arch(cfg.model, store.vocab_size, compute_dtype(cfg.train.dtype))
     steps = build(arch, cfg.optim, cfg.train.grad_accum)
+    check_state_fits(steps)
+    out.mkdir(parents=True, exist_ok=True)
+    with _exclusive(out):
+        if not saved.exists():
+            saved.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        return _train_in(out, cfg, store, arch, steps)
+
+
+@contextlib.contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on a run folder for the whole run: a second `train` on the same out_dir
+    would write checkpoints and metrics over the first. The kernel drops the lock when the process
+    dies, so a crash never leaves it held. (flock: one machine; a grid's claim covers shared stores.)"""
+    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise ConfigError(f"out_dir={str(out)!r} is in use by {holder}: wait for it to finish, stop it, or "
+                              "choose another out_dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _saved_config(path: Path) -> RunConfig:
+    from .config import from_dict
+    try:
+        return from_dict(yaml.safe_load(path.read_text()))
+    except (yaml.YAMLError, UnicodeDecodeError, ConfigError, TypeError, AttributeError) as e:
+        raise ConfigError(f"{path} (the config this run folder was started with) is unreadable: "
+                          f"{str(e).splitlines()[0][:200]}; restore it, or choose a new out_dir") from None
+
+
+def _train_in(out: Path, cfg: RunConfig, store: data_lib.TokenStore, arch: Arch, steps: Steps) -> RunResult:
     counts = param_summary(steps, arch)
     print(f"{cfg.model.variant} width {arch.width} depth {arch.depth} heads {arch.heads}: "
           f"{counts['non_embedding']:,} non-embedding params, {counts['embedding']:,} embedding, "
@@ -230,12 +276,14 @@ def train_cli(cfg: RunConfig) -> RunResult:
                    out / "checkpoints", store=store, steps=steps)
     dt = time.perf_counter() - t0
     if result.status == "done":
-        print(f"done: {cfg.steps:,} steps in {dt:.1f} s; final eval loss {result.eval_loss:.4f} "
+        what = "already complete" if result.message else f"{cfg.steps:,} steps in {dt:.1f} s"
+        print(f"done: {what}; final eval loss {result.eval_loss:.4f} "
               f"(ln vocab = {math.log(store.vocab_size):.3f}); metrics in {out / 'metrics'}")
     else:
         print(result.message, file=sys.stderr)
+    loss = result.eval_loss if math.isfinite(result.eval_loss) else None  # JSON has no NaN
     (out / "result.json").write_text(json.dumps({"status": result.status, "step": result.step,
-                                                 "message": result.message, "eval_loss": result.eval_loss}))
+                                                 "message": result.message, "eval_loss": loss}, allow_nan=False))
     return result
 
 

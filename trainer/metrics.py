@@ -7,11 +7,14 @@ bar). ``Sinks`` fans out to several.
 from __future__ import annotations
 
 import math
+import sys
 import time
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import tensorstore as ts
+
+from .config import ConfigError
 
 # Per logged step. `step` counts completed optimizer updates (1..steps); it is the array index.
 TRAIN_FIELDS = ("tokens", "tau", "lr", "loss", "grad_norm")
@@ -70,23 +73,56 @@ def kvstore_spec(url_or_path: str) -> Any:
     return {"driver": "file", "path": str(url_or_path)}
 
 
-def open_metric(kvstore: Any, path: str, length: int, row: int | None = None, rows: int = 1,
-                create: bool = True) -> ts.TensorStore:
-    """Open (or create) one metric array: shape [length] or [rows, length], float64, NaN fill.
+class MetricsDamaged(ConfigError):
+    """A metric array that exists but cannot be read: its metadata (``in_metadata``: repairable, it is
+    a function of the shape) or a data chunk (the values in it are lost)."""
 
-    Chunks are one row wide so concurrent writers of different rows never share a chunk."""
+    def __init__(self, message: str, in_metadata: bool):
+        super().__init__(message)
+        self.in_metadata = in_metadata
+
+
+def _where(kvstore: Any, path: str) -> str:
+    base = kvstore if isinstance(kvstore, str) else kvstore.get("path", "")
+    return f"{str(base).rstrip('/')}/{path}"
+
+
+def _metric_spec(kvstore: Any, path: str, length: int, row: int | None, rows: int) -> dict[str, Any]:
+    """Shape [length] or [rows, length], float64, NaN fill; chunks one row wide so concurrent writers
+    of different rows never share a chunk."""
     shape = [length] if row is None else [rows, length]
     chunk = [min(length, 8192)] if row is None else [1, min(length, 8192)]
-    spec = {
-        "driver": "zarr3",
-        "kvstore": kvstore,
-        "path": path,
-        "metadata": {"shape": shape, "data_type": "float64", "fill_value": float("nan"),
-                     "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": chunk}}},
-    }
-    if create:
-        return ts.open(spec, create=True, open=True).result()
-    return ts.open({"driver": "zarr3", "kvstore": kvstore, "path": path}, open=True).result()
+    return {"driver": "zarr3", "kvstore": kvstore, "path": path,
+            "metadata": {"shape": shape, "data_type": "float64", "fill_value": float("nan"),
+                         "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": chunk}}}}
+
+
+def open_metric(kvstore: Any, path: str, length: int, row: int | None = None, rows: int = 1,
+                create: bool = True) -> ts.TensorStore:
+    """Open (or create) one metric array. Raises MetricsDamaged for an array whose metadata is
+    unreadable; without `create`, ValueError (NOT_FOUND) for one not created yet."""
+    spec = _metric_spec(kvstore, path, length, row, rows)
+    try:
+        if create:
+            return ts.open(spec, create=True, open=True).result()
+        return ts.open({"driver": "zarr3", "kvstore": kvstore, "path": path}, open=True).result()
+    except ValueError as e:
+        if "NOT_FOUND" in str(e):
+            raise
+        raise damaged(kvstore, path, e) from None
+
+
+def damaged(kvstore: Any, path: str, e: Exception, in_metadata: bool = True) -> MetricsDamaged:
+    what = str(e).split(" [tensorstore_spec", 1)[0][:300]
+    part = "its metadata (zarr.json)" if in_metadata else "a data chunk"
+    return MetricsDamaged(f"metric array {_where(kvstore, path)}: {part} is damaged ({what})", in_metadata)
+
+
+def metric_metadata(length: int, row: int | None = None, rows: int = 1) -> bytes:
+    """The exact zarr.json `open_metric` writes for such an array (to repair a damaged one: the
+    metadata is a function of the shape alone, and the data chunks are separate objects)."""
+    arr = ts.open(_metric_spec({"driver": "memory"}, "a", length, row, rows), create=True, open=True).result()
+    return arr.kvstore.read("zarr.json").result().value
 
 
 class TensorStoreSink:
@@ -97,21 +133,36 @@ class TensorStoreSink:
     of metrics is in flight when a process dies."""
 
     def __init__(self, url_or_path: str, total_steps: int, row: int | None = None, rows: int = 1,
-                 prefix: str = ""):
+                 prefix: str = "", warn: Callable[[str], None] | None = None):
         self.kvstore = kvstore_spec(url_or_path)
         self.length = total_steps + 1
         self.row, self.rows, self.prefix = row, rows, prefix
-        self.arrays = {f: open_metric(self.kvstore, prefix + f, self.length, row, rows)
-                       for f in TRAIN_FIELDS + EVAL_FIELDS}
-        self.pending: list[ts.Future] = []
+        self.warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr, flush=True))
+        self.arrays = {f: self._open(prefix + f) for f in TRAIN_FIELDS + EVAL_FIELDS}
+        self.pending: list[tuple[str, ts.Future]] = []
+
+    def _open(self, path: str) -> ts.TensorStore:
+        """Open or create an array; damaged metadata is rewritten (it is a function of the shape
+        alone, which the run's config fixes), so the data chunks beside it become readable again."""
+        try:
+            return open_metric(self.kvstore, path, self.length, self.row, self.rows)
+        except MetricsDamaged as e:
+            kv = ts.KvStore.open(self.kvstore).result()
+            kv.path = kv.path.rstrip("/") + "/" if kv.path else ""  # a folder: keys go inside it
+            kv.write(f"{path}/zarr.json", metric_metadata(self.length, self.row, self.rows)).result()
+            self.warn(f"{e}; rewrote its metadata (zarr.json) from the run's config, its data chunks are kept")
+            return open_metric(self.kvstore, path, self.length, self.row, self.rows)
 
     def _index(self, arr: ts.TensorStore, lo: int, hi: int) -> ts.TensorStore:
         return arr[lo:hi] if self.row is None else arr[self.row, lo:hi]
 
     def _wait(self) -> None:
-        for f in self.pending:
-            f.result()
-        self.pending.clear()
+        pending, self.pending = self.pending, []
+        for path, f in pending:
+            try:
+                f.result()
+            except ValueError as e:  # a partial-chunk write re-reads the chunk, which may not decode
+                raise damaged(self.kvstore, path, e, in_metadata=False) from None
 
     def start(self, total_steps: int, first_step: int) -> None:
         pass
@@ -124,12 +175,12 @@ class TensorStoreSink:
             # A dense block over [lo, hi): steps that are not logged stay NaN, so one write suffices.
             block = np.full(hi - lo, np.nan)
             block[steps - lo] = values[f]
-            self.pending.append(self._index(self.arrays[f], lo, hi).write(block))
+            self.pending.append((self.prefix + f, self._index(self.arrays[f], lo, hi).write(block)))
 
     def write_eval(self, step: int, loss: float, stderr: float) -> None:
         self._wait()
         for f, v in (("eval_loss", loss), ("eval_stderr", stderr)):
-            self.pending.append(self._index(self.arrays[f], step, step + 1).write(np.array([v])))
+            self.pending.append((self.prefix + f, self._index(self.arrays[f], step, step + 1).write(np.array([v]))))
 
     def flush(self) -> None:
         self._wait()
@@ -143,9 +194,17 @@ def read_metrics(url_or_path: str, row: int | None = None, prefix: str = "") -> 
     kv = kvstore_spec(url_or_path)
     out = {}
     for f in TRAIN_FIELDS + EVAL_FIELDS:
-        arr = ts.open({"driver": "zarr3", "kvstore": kv, "path": prefix + f,
-                       "recheck_cached_data": True}, open=True).result()
-        out[f] = (arr if row is None else arr[row]).read().result()
+        try:
+            arr = ts.open({"driver": "zarr3", "kvstore": kv, "path": prefix + f,
+                           "recheck_cached_data": True}, open=True).result()
+        except ValueError as e:
+            if "NOT_FOUND" in str(e):
+                raise
+            raise damaged(kv, prefix + f, e) from None
+        try:
+            out[f] = (arr if row is None else arr[row]).read().result()
+        except ValueError as e:  # a data chunk that does not decode
+            raise damaged(kv, prefix + f, e, in_metadata=False) from None
     return out
 
 

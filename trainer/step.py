@@ -10,6 +10,8 @@ tables to its longest run), and tau = sum of lr is summed from exactly the value
 """
 from __future__ import annotations
 
+import math
+import os
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -19,7 +21,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from .config import OptimConfig
+from .config import ConfigError, OptimConfig
 from .model import Arch, Transformer
 
 
@@ -175,3 +177,30 @@ def default_steps_per_call(arch: Arch, batch_size: int) -> int:
     if jax.default_backend() != "cpu":
         return 1
     return 8 if arch.width <= 64 else 4 if arch.width <= 128 else 2
+
+
+def device_memory() -> tuple[int, str]:
+    """Bytes one device can hold and how that was found (physical RAM where the backend says nothing)."""
+    dev = jax.local_devices()[0]
+    try:
+        stats = dev.memory_stats()
+    except Exception:  # noqa: BLE001 - some backends raise instead of returning None
+        stats = None
+    if stats and stats.get("bytes_limit"):
+        return int(stats["bytes_limit"]), f"{dev.platform} device memory"
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return int(ram), f"{dev.platform}: physical RAM"
+
+
+def check_state_fits(steps: Steps, headroom: float = 0.9) -> None:
+    """Refuse, before anything is allocated, a model whose training state cannot fit on a device:
+    parameters, gradients and Adam's two moments, each a copy of the parameters (a lower bound;
+    a grid's launcher also compiles the step and checks XLA's full memory analysis)."""
+    leaves = jax.tree.leaves(abstract_state(steps).params)
+    n = sum(math.prod(x.shape) for x in leaves)
+    need = 4 * sum(math.prod(x.shape) * x.dtype.itemsize for x in leaves)  # replicated: whole on each device
+    avail, what = device_memory()
+    if need > headroom * avail:
+        raise ConfigError(f"{n:,} parameters need at least {need / 2**30:.1f} GiB per device (parameters, gradients "
+                          f"and Adam's two moments) but {what} is {avail / 2**30:.1f} GiB; lower model.width or "
+                          "model.depth")

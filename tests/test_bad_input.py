@@ -1,0 +1,71 @@
+"""Bad input to `train`, `run` and `export` (the command-line contract): exit 2, one message that names
+the thing and the way out, no traceback, nothing written. Spec, config and fit cases live beside
+their modules' tests (test_grid_validation, test_config, test_cli_fit, test_analysis_doubts)."""
+from pathlib import Path
+
+import pytest
+
+from scaling_grid.grid import cli
+
+TINY = ["model.width=16", "model.depth=1", "model.heads=2", "model.seq_len=16", "train.batch_size=4",
+        "train.tokens=2560", "train.steps_per_call=4", "train.log_every=4", "train.eval_every=20",
+        "train.eval_batches=1", "optim.warmup_steps=4"]
+
+
+def _files(root: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in root.rglob("*")} if root.exists() else {}
+
+
+def _run_dir_with_bad_yaml(tmp: Path) -> Path:
+    out = tmp / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text("model: {width: [16\n")
+    return out
+
+
+def _folder(tmp: Path, name: str) -> Path:
+    (tmp / name).mkdir()
+    return tmp / name
+
+
+def _regular_file(tmp: Path) -> Path:
+    f = tmp / "afile"
+    f.write_text("x")
+    return f
+
+
+# (name, argv as a function of tmp_path, fragments the message must contain)
+CASES = [
+    ("train: invalid YAML in out_dir/config.yaml",
+     lambda t: ["train", f"out_dir={_run_dir_with_bad_yaml(t)}", f"data.root={t}/data", *TINY],
+     ["run/config.yaml (the config this run folder was started with) is unreadable", "restore it"]),
+    ("train: a model far beyond memory",
+     lambda t: ["train", f"out_dir={t}/run", f"data.root={t}/data", *TINY, "model.width=16384", "model.depth=64",
+                "model.heads=128"],
+     ["parameters need at least", "GiB per device", "lower model.width or model.depth"]),
+    ("run: --status-every 0", lambda t: ["run", "configs/demo.yaml", "--store", f"{t}/s", "--status-every", "0"],
+     ["--status-every=0: must be a positive number of seconds"]),
+    ("run: negative --stale-after", lambda t: ["run", "configs/demo.yaml", "--store", f"{t}/s", "--stale-after", "-5"],
+     ["--stale-after=-5: must be a positive number of seconds"]),
+    ("export: --out under a regular file",
+     lambda t: ["export", f"{t}/store", "--out", f"{_regular_file(t)}/x.csv"], ["--out", "is a file, not a folder"]),
+    ("export: --out with an unknown suffix", lambda t: ["export", f"{t}/store", "--out", f"{t}/x.txt"],
+     ["--out=", "expected a .csv or .parquet file name"]),
+    ("export: --out is a folder", lambda t: ["export", f"{t}/store", "--out", str(_folder(t, "x.csv"))],
+     ["is a folder"]),
+]
+
+
+@pytest.mark.parametrize("name,argv,fragments", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_exits_2_with_a_message_and_writes_nothing(name, argv, fragments, tmp_path, capsys,
+                                                              monkeypatch):
+    monkeypatch.chdir(Path(__file__).resolve().parent.parent)
+    args = argv(tmp_path)
+    before = _files(tmp_path)
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert f"scaling-grid {args[0]}: error: " in err and "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in err, err
+    assert {p: t for p, t in _files(tmp_path).items() if "data" not in p.parts} == \
+        {p: t for p, t in before.items() if "data" not in p.parts}  # a token store may be prepared, nothing else
