@@ -51,7 +51,8 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from scaling_grid.trainer.config import ConfigError, RunConfig, format_count, from_dict, parse_count
+from scaling_grid.trainer.config import (ConfigError, RunConfig, check_data_paths, format_count, from_dict,
+                                         parse_count, read_yaml_text)
 
 TOP_KEYS = ("name", "description", "tokens_mode", "base", "rules", "axes", "cells")
 AXES = ("variant", "width", "depth", "tokens", "seed", "lr")
@@ -126,7 +127,7 @@ def load_spec(path: str | os.PathLike) -> GridSpec:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"grid spec {str(p)!r} does not exist (give the path of a YAML file, e.g. configs/demo.yaml)")
-    text = p.read_text()
+    text = read_yaml_text(p, "grid spec")
     return parse_spec(text, source=str(p), default_name=p.stem)
 
 
@@ -396,19 +397,14 @@ def _name(p: Mapping[str, Any], cfg: RunConfig, with_lr: bool, tokens: int | Non
     return "-".join(parts) + suffix
 
 
-def _check_cell(where: str, cfg: RunConfig, check_paths: bool) -> None:
+def _check_cell(where: str, cfg: RunConfig) -> None:
     if cfg.steps < 1:
         raise ConfigError(f"{where}: tokens={format_count(cfg.train.tokens)} is below one batch "
                           f"(batch_size {cfg.train.batch_size} x seq_len {cfg.model.seq_len} = "
                           f"{cfg.tokens_per_step} tokens per step); raise the budget or shrink the batch")
     try:
         from scaling_grid.trainer import config as C
-        C.validate(cfg, check_paths=False)
-        if check_paths and cfg.data.source in ("text", "parquet"):
-            import glob
-            for path in cfg.data.paths:
-                if not glob.glob(os.path.expanduser(path)):
-                    raise ConfigError(f"data.paths={path!r}: matches no file")
+        C.validate(cfg, check_paths=False)  # data files and root: once per spec, in expand
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
 
@@ -418,6 +414,11 @@ def expand(spec: GridSpec, check_paths: bool = True, lenient_wsd: bool = False) 
 
     lenient_wsd: a wsd shape with a single budget becomes a separate run instead of an error (used
     only to report what the wsd mode would cost)."""
+    if check_paths:  # axes and rules never change data: one check for all cells, before any compute
+        try:
+            check_data_paths(from_dict(spec.base).data)
+        except ConfigError as e:
+            raise ConfigError(f"base: {e}") from None
     pts = _points(spec)
     with_lr = "lr" in spec.axes or any("lr" in c for c in spec.cells)
     cells: list[Cell] = []
@@ -425,7 +426,7 @@ def expand(spec: GridSpec, check_paths: bool = True, lenient_wsd: bool = False) 
         for where, p in pts:
             wh = _where(where, p)
             cfg = from_dict(_resolve(spec, wh, p))
-            _check_cell(wh, cfg, check_paths)
+            _check_cell(wh, cfg)
             name = _name(p, cfg, with_lr, cfg.train.tokens)
             cid = f"{name}-{_short_hash({'config': _identity(cfg), 'role': 'separate'})}"
             cells.append(Cell(cid, name, cfg, "separate", cfg.model.variant, cfg.model.width,
@@ -489,7 +490,7 @@ def _expand_wsd(spec: GridSpec, pts: list[tuple[str, dict[str, Any]]], with_lr: 
             wh = _where(w, p)
             S = c.steps
             if S < 1:
-                _check_cell(wh, c, False)
+                _check_cell(wh, c)
             decay0 = max(1, round(d_frac * S))
             bp = (S - decay0) // k * k
             if bp < max(warm, 1):
@@ -503,7 +504,7 @@ def _expand_wsd(spec: GridSpec, pts: list[tuple[str, dict[str, Any]]], with_lr: 
         trunk_d = _resolve(spec, wh0, p_big, schedule="constant", tokens=trunk_steps * big.tokens_per_step,
                            warmup_steps=warm)
         trunk_cfg = from_dict(trunk_d)
-        _check_cell(f"{wh0} trunk", trunk_cfg, check_paths)
+        _check_cell(f"{wh0} trunk", trunk_cfg)
         keep = tuple(sorted({bp for *_, bp in plan}))
         tname = _name(p_big, trunk_cfg, with_lr, None, "-trunk")
         tid = f"{tname}-{_short_hash({'config': _identity(trunk_cfg), 'role': 'trunk', 'keep': list(keep)})}"
@@ -515,7 +516,7 @@ def _expand_wsd(spec: GridSpec, pts: list[tuple[str, dict[str, Any]]], with_lr: 
             bd = _resolve(spec, wh, p, schedule="wsd", warmup_steps=warm, decay_fraction=frac)
             bcfg = from_dict(bd)
             assert max(1, round(bcfg.optim.decay_fraction * S)) == S - bp
-            _check_cell(wh, bcfg, check_paths)
+            _check_cell(wh, bcfg)
             bname = _name(p, bcfg, with_lr, bcfg.train.tokens, "-wsd")
             bid = f"{bname}-{_short_hash({'config': _identity(bcfg), 'role': 'branch', 'parent': tid, 'init_step': bp})}"
             cells.append(Cell(bid, bname, bcfg, "branch", bcfg.model.variant, bcfg.model.width,

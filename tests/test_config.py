@@ -1,5 +1,6 @@
 """Bad input fails before any compute, naming the field, the value and what is allowed."""
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -97,3 +98,39 @@ def test_cli_reports_bad_input_without_compute(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "model.width=100" in proc.stderr and "divisible" in proc.stderr
     assert not out.exists() and not (tmp_path / "data").exists()
+
+
+PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x02\x00\x00\x00\x90wS\xde"
+
+# (case, config file bytes with TMP for the test's folder (None: no file), overrides, message fragments)
+BAD_RUN_CONFIGS = [
+    ("top-level list", b"- model: {width: 64}\n- train: {tokens: 1M}\n", [], ["cfg.yaml", "expected a mapping", "list"]),
+    ("top-level scalar", b"width 64\n", [], ["cfg.yaml", "expected a mapping", "str"]),
+    ("latin-1 file", "model: {variant: gpt2}  # caf\xe9\n".encode("latin-1"), [],
+     ["cfg.yaml", "not UTF-8 text", "byte 29"]),
+    ("png file", PNG, [], ["cfg.yaml", "not UTF-8 text", "byte 0"]),
+    ("random bytes", bytes(random.Random(0).randrange(256) for _ in range(512)), [], ["cfg.yaml", "not UTF-8 text"]),
+    ("data.root under a file", b"data: {root: TMP/afile/data}\nout_dir: TMP/run\n", [],
+     ["data.root=", "afile/data", "is a file, not a folder"]),
+    ("empty out_dir in the file", b"out_dir: ''\ndata: {root: TMP/data}\n", [], ["out_dir='': must be a folder path"]),
+    ("empty out_dir override", b"data: {root: TMP/data}\n", ["out_dir="], ["out_dir='': must be a folder path"]),
+]
+
+
+@pytest.mark.parametrize("command", ["train", "prepare"])
+@pytest.mark.parametrize("case,content,overrides,needles", BAD_RUN_CONFIGS, ids=[c[0] for c in BAD_RUN_CONFIGS])
+def test_cli_rejects_bad_run_config_files(tmp_path, monkeypatch, capsys, command, case, content, overrides, needles):
+    """`scaling-grid train/prepare CONFIG` exits 2 with a message naming the problem: no traceback,
+    and nothing written (run in tmp_path, so default out_dir and data.root would land there)."""
+    from scaling_grid.grid import cli
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_bytes(content.replace(b"TMP", str(tmp_path).encode()))
+    rc = cli.main([command, str(cfg), *overrides])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert err.startswith(f"scaling-grid {command}: error: "), err
+    for needle in needles:
+        assert needle in err, (needle, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "cfg.yaml"]  # no run folder, no store

@@ -4,6 +4,7 @@ from __future__ import annotations
 import gc
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -318,3 +319,98 @@ def test_text_source(tmp_path, docs):
     with pytest.raises(ConfigError, match=r"split is empty \(.*one file is one document"):
         data.prepare(one, progress=False)
     assert not data.store_path(one).exists() and not list((tmp_path / "one").glob("*.tmp-*"))
+
+
+# ------------------------------------------------------------------- store keying and bad corpora
+
+def _text_corpus(folder: Path, docs: list[str]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, d in enumerate(docs):
+        (folder / f"scene{i:03d}.txt").write_text(d)
+    return folder
+
+
+def _all_bytes(store: data.TokenStore) -> bytes:
+    return store.read("train").astype(np.uint8).tobytes() + store.read("val").astype(np.uint8).tobytes()
+
+
+def test_rewritten_file_of_the_same_size_makes_a_new_store(tmp_path, docs):
+    """The key is the files' content: a file rewritten with the same size (and, as `cp -p` or
+    rsync would leave it, the same mtime) is tokenized again, not served from the old store."""
+    corpus = _text_corpus(tmp_path / "corpus", docs[:40])
+    cfg = DataConfig(source="text", paths=(str(corpus),), val_fraction=0.2, root=str(tmp_path / "stores"))
+    old = data.prepare(cfg, progress=False)
+    f = corpus / "scene007.txt"
+    st = f.stat()
+    edited = docs[7][::-1]  # same characters, so the same number of bytes
+    assert edited != docs[7] and len(edited.encode()) == st.st_size
+    f.write_text(edited)
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (f.stat().st_size, f.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+
+    new = data.prepare(cfg, progress=False)
+    assert new.path != old.path and data.store_path(cfg) == new.path
+    assert edited.encode() in _all_bytes(new) and docs[7].encode() not in _all_bytes(new)
+    assert docs[7].encode() in _all_bytes(old)  # the old store is left as it was
+
+
+def test_same_files_elsewhere_find_the_same_store(tmp_path, docs):
+    """A copied corpus folder (another absolute path) finds the store already prepared: no new store,
+    nothing tokenized again. Text and parquet alike."""
+    root = tmp_path / "stores"
+    text = _text_corpus(tmp_path / "a" / "corpus", docs[:30])
+    write_fineweb_parquet(tmp_path / "a" / "pq" / "x.parquet", docs[30:90])
+    write_fineweb_parquet(tmp_path / "a" / "pq" / "y.parquet", docs[90:150])
+    for source, folder in (("text", text), ("parquet", tmp_path / "a" / "pq")):
+        cfg = DataConfig(source=source, paths=(str(folder),), val_fraction=0.2, root=str(root))
+        store = data.prepare(cfg, progress=False)
+        meta_mtime = (store.path / "meta.json").stat().st_mtime_ns
+        before = sorted(p.name for p in root.iterdir())
+
+        copy = tmp_path / "b" / source
+        shutil.copytree(folder, copy)  # new mtimes, new inodes, new paths: same bytes
+        moved = DataConfig(source=source, paths=(str(copy / ("*.txt" if source == "text" else "*.parquet")),),
+                           val_fraction=0.2, root=str(root))
+        assert data.store_path(moved) == store.path
+        again = data.prepare(moved, progress=False)
+        assert again.path == store.path and (again.path / "meta.json").stat().st_mtime_ns == meta_mtime
+        assert sorted(p.name for p in root.iterdir()) == before
+
+
+@pytest.mark.parametrize("case", ["empty text file", "whitespace text files", "parquet without rows",
+                                  "parquet of whitespace rows"])
+def test_empty_corpus_is_named_as_such(tmp_path, case):
+    """An empty corpus is reported as empty, naming its files, not as a val_fraction problem."""
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    if case == "empty text file":
+        (folder / "only.txt").write_text("")
+        source = "text"
+    elif case == "whitespace text files":
+        for i in range(5):
+            (folder / f"blank{i}.txt").write_text(" \n\t\n" * (i + 1))
+        source = "text"
+    elif case == "parquet without rows":
+        pq.write_table(pa.table({"text": pa.array([], pa.string())}), folder / "only.parquet")
+        source = "parquet"
+    else:
+        write_fineweb_parquet(folder / "only.parquet", ["   ", "\n\n", "\t \r\n"] * 30)
+        source = "parquet"
+    cfg = DataConfig(source=source, paths=(str(folder),), root=str(tmp_path / "stores"))
+    with pytest.raises(ConfigError) as e:
+        data.prepare(cfg, progress=False)
+    msg = str(e.value)
+    assert "corpus is empty" in msg and "val_fraction" not in msg, msg
+    assert ("only." in msg) if case != "whitespace text files" else ("blank0.txt" in msg), msg
+    assert not list(tmp_path.glob("stores/*/meta.json")) and not list(tmp_path.glob("stores/*.tmp-*"))
+
+
+def test_latin1_text_file_is_decoded_with_a_warning(tmp_path, docs):
+    """A text file that is not UTF-8 is decoded with U+FFFD for the bad bytes (one stray byte must
+    not stop a corpus) and a warning names the file and the first bad byte's offset."""
+    corpus = _text_corpus(tmp_path / "corpus", docs[:30])
+    (corpus / "latin.txt").write_bytes("Caf\xe9 au lait, cr\xe8me br\xfbl\xe9e.\n".encode("latin-1"))
+    cfg = DataConfig(source="text", paths=(str(corpus),), val_fraction=0.2, root=str(tmp_path / "stores"))
+    with pytest.warns(UnicodeWarning, match=r"latin\.txt.*not UTF-8.*byte 3\b.*4 undecodable bytes"):
+        store = data.prepare(cfg, progress=False)
+    assert "Caf\ufffd au lait, cr\ufffdme br\ufffdl\ufffde.\n".encode() in _all_bytes(store)

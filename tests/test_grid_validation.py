@@ -22,7 +22,7 @@ axes:
   tokens: [2560, 5120]
 """
 
-# (name, spec text or a function of the good text, fragment the error message must contain)
+# (name, spec text (or bytes, written as they are), fragment(s) the error message must contain)
 BAD = [
     ("non-mapping YAML", "- width: 16\n- depth: 2\n", "expected a mapping"),
     ("invalid YAML", "axes: {width: [16, 32\n", "not valid YAML"),
@@ -61,18 +61,31 @@ BAD = [
     ("cooldown inside warmup", GOOD.replace("name: v", "name: v\ntokens_mode: wsd").replace(
         "fraction: 0.1", "fraction: 0.9"), "before the end of warmup"),
 ]
+BAD += [
+    ("scalar YAML", "just words\n", "expected a mapping"),
+    ("latin-1 file", ("# caf\xe9\n" + GOOD).encode("latin-1"), "spec.yaml' is not UTF-8 text (byte 5"),
+    ("png file", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00", "spec.yaml' is not UTF-8 text (byte 0"),
+    ("data.root under a file", GOOD.replace("root: DATA", "root: AFILE/data"),
+     ("base: data.root='", "afile/data': is not writable", "afile' is a file, not a folder")),
+    ("data.root is a file", GOOD.replace("root: DATA", "root: AFILE"), "afile' is a file, not a folder"),
+]
 BAD[13] = ("unknown rule name", GOOD.replace("rules:", "rules:\n  dropout: {rule: fixed}"), "rules.dropout: unknown rule")
 
 
 @pytest.fixture
 def workdir(tmp_path):
     data = tmp_path / "data"
+    (tmp_path / "afile").write_text("x")  # a regular file, for paths that run through it
     return tmp_path, data
 
 
 def _run(capsys, spec_text, tmp, data, *extra, name="spec.yaml"):
+    """Run `scaling-grid run` on a spec: text (DATA and AFILE replaced by paths under tmp) or raw bytes."""
     spec = tmp / name
-    spec.write_text(spec_text.replace("DATA", str(data)))
+    if isinstance(spec_text, bytes):
+        spec.write_bytes(spec_text)
+    else:
+        spec.write_text(spec_text.replace("DATA", str(data)).replace("AFILE", str(tmp / "afile")))
     store = tmp / "store"
     t0 = time.perf_counter()
     rc = cli.main(["run", str(spec), "--store", str(store), "--no-memory-check", "--no-progress", *extra])
@@ -98,7 +111,8 @@ def test_malformed_spec_rejected(capsys, workdir, name, text, fragment):
     capsys.readouterr()
     rc, err, dt, store = _run(capsys, text, tmp, data)
     assert rc == 2, err
-    assert fragment in err, err
+    for f in fragment if isinstance(fragment, tuple) else (fragment,):
+        assert f in err, (f, err)
     assert err.startswith("scaling-grid run: error: ") and len(err.splitlines()) <= 10
     assert dt < 1.0, f"validation took {dt:.2f}s"
     assert not store.exists() and not data.exists()  # nothing written: no store, no data prepared

@@ -190,7 +190,9 @@ def from_dict(d: Mapping[str, Any]) -> RunConfig:
                               f"{section} allows: {sorted(by_name)}")
         kwargs[section] = cls(**{k: _coerce(section, by_name[k], v) for k, v in raw.items()})
     if "out_dir" in d:
-        kwargs["out_dir"] = str(d["out_dir"])
+        if not isinstance(d["out_dir"], str):  # str(None) would train into a folder named "None"
+            raise ConfigError(f"out_dir={d['out_dir']!r}: must be a folder path")
+        kwargs["out_dir"] = d["out_dir"]
     return RunConfig(**kwargs)
 
 
@@ -215,17 +217,34 @@ def apply_overrides(d: dict[str, Any], overrides: Sequence[str]) -> dict[str, An
     return d
 
 
+def read_yaml_text(path: Path, what: str) -> str:
+    """The text of a YAML file, or a ConfigError naming it if it is not UTF-8 (a binary file, or
+    Latin-1 text) or cannot be read. ``what`` names the file's role, e.g. "config file"."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{what} {str(path)!r} is not UTF-8 text (byte {e.start}: "
+                          f"{e.object[e.start:e.start + 1]!r}): expected a YAML file") from None
+    except OSError as e:
+        raise ConfigError(f"{what} {str(path)!r} cannot be read: {e.strerror or e}") from None
+
+
 def load(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> RunConfig:
     """Load a YAML run config (or the defaults when path is None), apply overrides, validate."""
-    raw: dict[str, Any] = {}
+    raw: Any = {}
     if path is not None:
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r} does not exist")
         try:
-            raw = yaml.safe_load(p.read_text()) or {}
+            raw = yaml.safe_load(read_yaml_text(p, "config file"))
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from None
+        if raw is None:  # empty, or only comments: the defaults
+            raw = {}
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"config file {str(p)!r}: expected a mapping of sections "
+                              f"{sorted(_SECTIONS)} and out_dir, got a {type(raw).__name__}")
     cfg = from_dict(apply_overrides(raw, overrides))
     validate(cfg)
     return cfg
@@ -253,6 +272,8 @@ def validate(cfg: RunConfig, check_paths: bool = True) -> None:
     _check((m.width // m.heads) % 2 == 0, "model.heads", m.heads,
            f"head dim width/heads = {m.width / m.heads:g} must be even (rotary embeddings pair dims)")
 
+    # "" would be the current folder: checkpoints and metrics would land among the user's files.
+    _check(cfg.out_dir != "", "out_dir", cfg.out_dir, "must be a folder path")
     _check(d.source in SOURCES, "data.source", d.source, f"allowed: {sorted(SOURCES)}")
     _check(d.tokenizer in TOKENIZERS, "data.tokenizer", d.tokenizer, f"allowed: {sorted(TOKENIZERS)}")
     _check(0 < d.val_fraction < 1, "data.val_fraction", d.val_fraction, "must be in (0, 1)")
@@ -260,10 +281,6 @@ def validate(cfg: RunConfig, check_paths: bool = True) -> None:
     _check(256 < d.bpe_vocab <= 2**20, "data.bpe_vocab", d.bpe_vocab, "must be in (256, 1048576]")
     if d.source in ("text", "parquet"):
         _check(len(d.paths) > 0, "data.paths", list(d.paths), f"source {d.source!r} needs at least one file or glob")
-        if check_paths:
-            import glob
-            for p in d.paths:
-                _check(bool(glob.glob(os.path.expanduser(p), recursive=True)), "data.paths", p, "matches no file")
 
     _check(o.schedule in ("cosine", "wsd", "constant"), "optim.schedule", o.schedule,
            "allowed: ['constant', 'cosine', 'wsd']")
@@ -298,7 +315,17 @@ def validate(cfg: RunConfig, check_paths: bool = True) -> None:
 
     if check_paths:
         _check_writable("out_dir", cfg.out_dir)
-        _check_writable("data.root", d.root)
+        check_data_paths(d)
+
+
+def check_data_paths(d: DataConfig) -> None:
+    """The file system side of a data config, before any compute: its input files exist and its
+    token store root can be created (not under a regular file, not read-only)."""
+    if d.source in ("text", "parquet"):
+        import glob
+        for p in d.paths:
+            _check(bool(glob.glob(os.path.expanduser(p), recursive=True)), "data.paths", p, "matches no file")
+    _check_writable("data.root", d.root)
 
 
 def _check_writable(name: str, path: str) -> None:
@@ -308,9 +335,9 @@ def _check_writable(name: str, path: str) -> None:
     probe = p
     while not probe.exists():
         probe = probe.parent
+    if not probe.is_dir():  # mkdir would fail later, after compute, with a bare NotADirectoryError
+        raise ConfigError(f"{name}={path!r}: is not writable: {str(probe)!r} is a file, not a folder")
     try:
-        if not probe.is_dir():
-            raise NotADirectoryError(str(probe))
         with tempfile.TemporaryFile(dir=probe):
             pass
     except OSError as e:

