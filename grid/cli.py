@@ -263,22 +263,29 @@ def _disk_full(e: BaseException) -> str | None:
 
 def _one_line_library_errors(record: logging.LogRecord) -> bool:
     """orbax logs a full traceback from its save thread before the same error reaches us (hundreds of
-    lines for a full disk); the command's own message says what happened, so keep one line."""
+    lines for a full disk); the command's own message says what happened, so keep one line, and drop
+    asyncio's exit-time echoes of orbax's tasks that failed with it ('... was never retrieved')."""
     record.exc_info, record.exc_text = None, None
-    return True
+    return not (record.name == "asyncio" and "exception was never retrieved" in str(record.msg))
 
 
 def _quiet_closed_loop_callbacks() -> None:
     """TensorStore's callbacks hand orbax's results to an asyncio loop that a failed save (or a
     restore that fell back) has already closed; each prints a 'RuntimeError: Event loop is closed'
-    traceback through sys.excepthook, dozens after one failure. The failure itself is reported (or
+    traceback (as an 'unraisable' exception), dozens after one failure. The failure itself is reported (or
     was harmless); these echoes are dropped."""
-    default = sys.excepthook
+    def closed_loop(value: BaseException | None) -> bool:
+        return isinstance(value, RuntimeError) and str(value) == "Event loop is closed"
+    default_except, default_unraisable = sys.excepthook, sys.unraisablehook
 
-    def hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
-        if not (kind is RuntimeError and str(value) == "Event loop is closed"):
-            default(kind, value, tb)
-    sys.excepthook = hook
+    def except_hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        if not closed_loop(value):
+            default_except(kind, value, tb)
+
+    def unraisable_hook(u: Any) -> None:  # TensorStore's callbacks report here, as 'unraisable'
+        if not closed_loop(u.exc_value):
+            default_unraisable(u)
+    sys.excepthook, sys.unraisablehook = except_hook, unraisable_hook
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -242,11 +242,12 @@ def test_unreadable_checkpoint_is_set_aside_and_saved_anew(reference, tmp_path, 
     out = tmp_path / "run"
     shutil.copytree(ref_out, out)
     for f in (out / "checkpoints" / str(STEPS) / "state").rglob("*"):
-        if f.is_file():
-            f.write_bytes(b"\0garbage" * 4)
+        if f.is_file() and f.parent.name == "d":  # data files gone: orbax's restore fails mid-flight, which
+            f.unlink()                            # printed dozens of 'Event loop is closed' tracebacks
     proc = subprocess.run(_cli("train", *_overrides(out, data_root)), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (out / "checkpoints.unreadable" / str(STEPS)).is_dir() and "Event loop is closed" not in proc.stderr
+    assert f"checkpoint at step {STEPS} is unreadable" in proc.stderr and "Traceback" not in proc.stderr
+    assert (out / "checkpoints.unreadable" / str(STEPS)).is_dir()
     warnings: list[str] = []
     cfg = _cfg(out, data_root)
     r = loop.train(cfg, TensorStoreSink(str(out / "metrics"), cfg.steps), out / "checkpoints", warn=warnings.append)
@@ -289,11 +290,7 @@ def test_full_disk_is_a_message_and_the_run_resumes_after(reference, tmp_path, d
         proc = subprocess.run(_cli("train", *_overrides(out, data_root)), capture_output=True, text=True, timeout=300)
         assert proc.returncode == 2, proc.stderr[-3000:]
         assert "error: no space left on the device writing " + str(out) in proc.stderr
-        # TensorStore's C++ callbacks sometimes print 'Event loop is closed' echoes of the failed save past
-        # sys.excepthook (1 run in 3 here); no other traceback may appear
-        echoes = proc.stderr.count("RuntimeError: Event loop is closed")
-        assert proc.stderr.count("Traceback (most recent call last)") == echoes, proc.stderr[-3000:]
-        assert len(proc.stderr.splitlines()) - 6 * echoes < 15, proc.stderr[-3000:]
+        assert "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) < 15, proc.stderr[-3000:]
         shutil.copytree(out, tmp_path / "run", symlinks=True)  # "free some space": move the folder
     finally:
         subprocess.run(["umount", str(mnt)])
