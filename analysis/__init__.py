@@ -24,25 +24,33 @@ Public API (what ``grid/cli.py`` calls)::
         whose every term stays below 1e-6 of the loss, is an AnalysisError; a parameter on its bound
         ("at_bound") or not determined ("unidentified") is flagged in .flags, the intervals, the
         tables and the warnings. Rows whose time variable is 0 are dropped and recorded.
-    write_report(table, out_dir, *, result=None, title=..., **run_fit_options) -> Path (index.html)
+    write_report(table, out_dir, *, result=None, title=..., provenance=None, **run_fit_options) -> Path
+        index.html: one self-contained file (plots inline); provenance {label: text} (source, spec,
+        spec hash) is listed before the environment (versions, date, hardware, command line)
+    terminal_table(result, width=100) -> str
+        the coefficient table for a terminal: one row per quantity, one column per variant, numbers
+        at their intervals' precision (fmt_interval), notes wrapped at width
+    fmt_interval(value, lo, hi) -> str
+        "560 [270, 1000]": value and bounds rounded at the interval width's second significant digit
     check_output(path, what, folder=False) -> None
         raise AnalysisError naming ``what`` (e.g. "--json") if path (a file, or a folder to create)
         cannot be written; call it before a fit
-    echo(result) -> (stdout lines, stderr lines)
-        every exclusion and the universality verdict; every warning, prefixed with its variant
+    echo(result, width=None) -> (stdout lines, stderr lines)
+        every exclusion and the universality verdict; every warning, prefixed with its variant;
+        wrapped at width columns when given
     AnalysisError(ValueError)
         raised for bad input; the message names the problem (column, coefficient, variant, fix).
 
 Modules: points (schema, loading, point selection, exclusions), laws (registry of laws as short
 formulas), fit (NNLS/IRLS and L-BFGS fits, bootstrap over runs, held-out checks, exclusion scan,
 run_fit), derived (optimal shape, penalty, frontiers), tables (md/csv/tex), plots (png/pdf),
-report (report directory).
+report (report directory: one self-contained HTML file and the files beside it).
 """
 from .errors import AnalysisError
 from .fit import FitResult, VariantFit, run_fit
 from .points import load_table, parse_mapping, select_points
 from .report import check_output, write_report
-from .tables import echo
+from .tables import echo, fmt_interval, terminal_table
 
-__all__ = ["AnalysisError", "FitResult", "VariantFit", "check_output", "echo", "load_table", "parse_mapping",
-           "run_fit", "select_points", "write_report"]
+__all__ = ["AnalysisError", "FitResult", "VariantFit", "check_output", "echo", "fmt_interval", "load_table",
+           "parse_mapping", "run_fit", "select_points", "terminal_table", "write_report"]

@@ -41,7 +41,8 @@ def shape_penalty(x: np.ndarray) -> np.ndarray:
 def penalty_band(level: float = 0.05) -> tuple[float, float]:
     """The aspect-ratio range (relative to the optimum) inside which the shape term is within
     ``level`` of its optimum: (0.50, 1.91) for 5%."""
-    f = lambda x: shape_penalty(x) - (1 + level)
+    def f(x: float) -> float:
+        return shape_penalty(x) - (1 + level)
     return brentq(f, 1e-6, 1.0), brentq(f, 1.0, 1e6)
 
 

@@ -8,6 +8,9 @@ Per variant:
 - ``width_depth``: L minus the time term against width (colour: depth) and against depth (colour:
   width), with the fitted curves;
 - ``residuals``: relative residuals (L - Lhat)/L against time and against the fitted loss.
+- ``eval_curves``: every cell's whole eval-loss curve against time, one line per cell (panels by
+  depth, colour by width), when the table has per-step rows (a store export); dots mark the runs'
+  final points.
 For all variants together:
 - ``frontier``: the compute-optimal loss L*(C) and model size N*(C), closed form (C = 6ND) and
   numerical (real FLOPs per token), with bootstrap bands, and the runs' (C, L).
@@ -34,6 +37,17 @@ VAR_LABEL = {"tau": "τ", "D": "D (tokens)", "m": "width m", "l": "depth ℓ", "
 TIME_LABEL = {"tau_lr": "τ = Σ lr", "tokens": "tokens D", "steps": "steps"}
 plt.rcParams.update({"figure.dpi": 110, "font.size": 9, "axes.titlesize": 10, "legend.fontsize": 8,
                      "axes.grid": True, "grid.alpha": 0.3})
+
+
+def loss_units(column: str) -> str:
+    """The unit of a loss column: a store export's losses are mean cross-entropy in nats per token;
+    a file's own column is whatever the file holds."""
+    return "nats/token" if column in ("eval_loss", "train_loss") else ""
+
+
+def _loss_label(column: str) -> str:
+    u = loss_units(column)
+    return f"loss ({column}, {u})" if u else f"loss ({column})"
 
 
 def slug(text: str) -> str:
@@ -164,7 +178,7 @@ def plot_loss_vs_time(vf, out_dir: Path) -> list[Path]:
     for ax in axes[-1]:
         ax.set_xlabel(_time_label(vf))
     for ax in axes[:, 0]:
-        ax.set_ylabel(f"loss ({pts.loss_name})")
+        ax.set_ylabel(_loss_label(pts.loss_name))
     if colour_var:
         handles = [plt.Line2D([], [], color=cols[u], marker="o", lw=1.1, label=_fmt_val(u)) for u in cu]
         if len(cu) <= 10:
@@ -310,6 +324,67 @@ def plot_residuals(vf, out_dir: Path) -> list[Path]:
     return _save(fig, out_dir, f"residuals_{slug(vf.variant)}")
 
 
+def _truthy(x) -> np.ndarray:
+    """A boolean column, also when a CSV reader left it as text ("True"/"False")."""
+    x = np.asarray(x)
+    return x.astype(bool) if x.dtype.kind in "biuf" else np.isin(np.char.lower(x.astype(str)), ("true", "1", "1.0"))
+
+
+def plot_eval_curves(table: dict, out_dir: Path, time: str | None = None) -> dict[str, list[Path]]:
+    """Every cell's eval-loss curve, one figure per variant: {"eval_curves_<variant>": [png, pdf]}.
+    Empty unless the table has per-step rows (some cell with two or more eval points): a table of
+    final points only has nothing the other plots do not show."""
+    tcol = next((c for c in (time, "tau_lr", "tokens", "step") if c and c in table), None)
+    if tcol is None or not {"cell", "eval_loss"} <= set(table):
+        return {}
+    cell = np.asarray(table["cell"]).astype(str)
+    y, t = np.asarray(table["eval_loss"], float), np.asarray(table[tcol], float)
+    ok = np.isfinite(y) & np.isfinite(t) & (t > 0)  # step 0 (t = 0) has no place on a log axis
+    if not ok.any() or np.unique(cell[ok], return_counts=True)[1].max() < 2:
+        return {}
+    variant = np.asarray(table["variant"]).astype(str) if "variant" in table else np.full(len(y), "all")
+    m = np.asarray(table["m"], float) if "m" in table else None
+    l = np.asarray(table["l"], float) if "l" in table else None
+    final = _truthy(table["is_final"]) if "is_final" in table else np.zeros(len(y), bool)
+    made = {}
+    for v in np.unique(variant[ok]):
+        sel = ok & (variant == v)
+        panels = np.unique(l[sel]) if l is not None else [None]
+        nc = min(4, len(panels))
+        nr = int(np.ceil(len(panels) / nc))
+        fig, axes = plt.subplots(nr, nc, figsize=(3.6 * nc + 1.2, 3.0 * nr + 0.6), squeeze=False,
+                                 sharex=True, sharey=True)
+        cols, cu = _colours(m[sel]) if m is not None else ({None: "C0"}, [None])
+        for ax, pv in zip(axes.flat, panels):
+            sp = sel if pv is None else sel & (l == pv)
+            for c in np.unique(cell[sp]):
+                s = np.flatnonzero(sp & (cell == c))
+                s = s[np.argsort(t[s])]
+                colour = cols[m[s[0]]] if m is not None else "C0"
+                ax.plot(t[s], y[s], color=colour, lw=0.9, alpha=0.85)
+                f = s[final[s]]
+                ax.scatter(t[f], y[f], s=12, color=colour, edgecolor="k", linewidth=0.3, zorder=3)
+            ax.set_xscale("log")
+            _plain_ticks(ax, "x")
+            if pv is not None:
+                ax.set_title(f"depth ℓ = {_fmt_val(pv)}")
+        for ax in axes.flat[len(panels):]:
+            ax.set_visible(False)
+        for ax in axes[-1]:
+            ax.set_xlabel(TIME_LABEL.get(tcol, tcol))
+        for ax in axes[:, 0]:
+            ax.set_ylabel("eval loss (nats/token)")
+        if m is not None:
+            handles = [plt.Line2D([], [], color=cols[u], lw=1.2, label=_fmt_val(u)) for u in cu]
+            fig.legend(handles=handles, title=VAR_LABEL["m"], loc="center left", bbox_to_anchor=(1.0, 0.5),
+                       frameon=False)
+        n_cells = len(np.unique(cell[sel]))
+        fig.suptitle(f"{v}: eval loss of every cell ({n_cells} cells), whole curves; dots: final points")
+        fig.tight_layout()
+        made[f"eval_curves_{slug(v)}"] = _save(fig, out_dir, f"eval_curves_{slug(v)}")
+    return made
+
+
 # ------------------------------------------------------------------------------ all variants
 def frontier_curves(vf, n_c: int = 25, n_samples: int = 200) -> dict | None:
     """Closed-form and numerical frontier on a dense compute grid, with bootstrap bands."""
@@ -369,7 +444,7 @@ def plot_frontier(fits: dict, out_dir: Path) -> list[Path]:
         ax.axvline(c_max, color="0.4", lw=0.8, ls=":")
     a1.set_xscale("log")
     a1.set_xlabel("training compute C (FLOPs)")
-    a1.set_ylabel("loss")
+    a1.set_ylabel(_loss_label(next(iter(fits.values())).points.loss_name))
     a1.set_title("compute-optimal loss L*(C)")
     a2.set_xscale("log")
     a2.set_yscale("log")

@@ -52,16 +52,17 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterable, Mapping
 
 import numpy as np
 
 from .errors import AnalysisError
 from .laws import Law
 
-SCHEMA = ("variant", "cell", "run", "parent", "role", "m", "l", "N", "seed", "step", "tokens", "tau_lr", "lr", "peak_lr",
+SCHEMA = ("variant", "cell", "run", "parent", "role", "m", "l", "N", "seed", "step", "tokens", "tau_lr", "lr",
+          "peak_lr",
           "train_loss", "eval_loss", "eval_stderr", "schedule", "is_final", "flops_per_token",
           "total_steps", "loss", "tau", "D")
 LOSSES = {"eval": ("eval_loss", "loss"), "train": ("train_loss",)}
@@ -215,7 +216,7 @@ class Points:
     def __len__(self) -> int:
         return len(self.loss)
 
-    def subset(self, mask: np.ndarray) -> "Points":
+    def subset(self, mask: np.ndarray) -> Points:
         mask = np.asarray(mask)
         return replace(self, variant=self.variant[mask], run=self.run[mask], cell=self.cell[mask],
                        loss=self.loss[mask], V={k: v[mask] for k, v in self.V.items()},
@@ -484,7 +485,8 @@ def select_points(table: Mapping[str, Iterable], law: Law, loss: str = "eval", t
             what = {"l": "depth l" + (f" - {depth_offset:g}" if depth_offset else "")}.get(v, v)
             src = cols.get(v, "N")
             raise AnalysisError(f"{what} (column {src!r}) must be positive and finite; it is "
-                                f"{float(a[badv][0]):g} at {int(badv.sum())} point(s) (cells {_cells_of(cell, badv, 6)})"
+                                f"{float(a[badv][0]):g} at {int(badv.sum())} point(s) "
+                                f"(cells {_cells_of(cell, badv, 6)})"
                                 + (" -- lower the depth offset" if v == "l" and depth_offset else ""))
 
     if min_tau is not None:
@@ -524,5 +526,6 @@ def select_points(table: Mapping[str, Iterable], law: Law, loss: str = "eval", t
     if time_var is not None and "tau_lr" not in extra and time == "tau_lr":
         extra["tau_lr"] = V[time_var]
     pts = Points(variant=variant, run=run, cell=cell, loss=L, V=V, extra=extra, loss_name=loss_col,
-                 time_name=time_col, time=time if time_var else None, depth_offset=float(depth_offset), notes=notes, exclusions=ex)
+                 time_name=time_col, time=time if time_var else None, depth_offset=float(depth_offset), notes=notes,
+                 exclusions=ex)
     return pts.subset(keep)

@@ -1,19 +1,26 @@
-"""A self-contained report directory: ``index.html`` and ``index.md`` (open either without Python),
-the coefficient tables (md/csv/tex), the fit as JSON, and every plot as PNG and PDF.
+"""A report directory: ``index.html``, one self-contained file (plots inline as PNG data URIs, CSS
+inline, nothing fetched) that can be mailed or attached; beside it ``index.md``, the coefficient
+tables (md/csv/tex), the fit as JSON, the provenance as JSON, and every plot as PNG and PDF.
 
-    write_report(table, out_dir, **fit_options) -> Path of index.html
+    write_report(table, out_dir, provenance=None, **fit_options) -> Path of index.html
 """
 from __future__ import annotations
 
+import base64
 import html
+import importlib.metadata
+import json
 import os
+import platform
+import shlex
+import sys
+from datetime import UTC, datetime
 from pathlib import Path
-
 
 from . import plots as P
 from .errors import AnalysisError
 from .fit import FitResult, run_fit
-from .tables import FLAG_TEXT, coefficient_table, fmt, write_tables
+from .tables import FLAG_TEXT, coefficient_table, fmt, fmt_at, fmt_interval, interval_place, write_tables
 
 DESCRIPTIONS = {
     "m_over_l_star": "optimal aspect ratio at fixed N: c_m/(2 c_ℓ) (general exponents: at N_ref)",
@@ -33,6 +40,8 @@ PLOT_TEXT = {
     "width_depth": "Loss with the fitted time term removed, against width at each depth and against "
                    "depth at each width; lines are the fitted law.",
     "residuals": "Relative residuals (L − L̂)/L against time, depth and the fitted loss; the band is ±rms.",
+    "eval_curves": "Every cell's whole eval-loss curve (one line per cell; panels: depth, colour: width); "
+                   "dots are the runs' final points. The fit uses only the points named above.",
     "frontier": "Compute-optimal loss and model size: closed form with C = 6ND (dashed) and numerical "
                 "with the grid's real FLOPs per token (solid); bands are bootstrap intervals; dots "
                 "are the runs; the grey region, beyond the largest run's compute, is extrapolation.",
@@ -61,35 +70,79 @@ class _Doc:
         self.md.append("\n".join(f"- {i}" for i in items) + "\n")
         self.html.append("<ul>" + "".join(f"<li>{html.escape(str(i))}</li>" for i in items) + "</ul>")
 
-    def table(self, head, rows):
+    def table(self, head, rows, md: bool = True):
         if not rows:
             return
-        esc = lambda s: str(s).replace("|", "\\|")
-        self.md.append("\n".join(["| " + " | ".join(map(esc, head)) + " |", "|" + "---|" * len(head)]
-                                 + ["| " + " | ".join(map(esc, r)) + " |" for r in rows]) + "\n")
-        self.html.append("<table><thead><tr>" + "".join(f"<th>{html.escape(str(c))}</th>" for c in head)
+        def esc(s: object) -> str:
+            return str(s).replace("|", "\\|")
+        if md:
+            self.md.append("\n".join(["| " + " | ".join(map(esc, head)) + " |", "|" + "---|" * len(head)]
+                                     + ["| " + " | ".join(map(esc, r)) + " |" for r in rows]) + "\n")
+        # a wide table scrolls inside its own box instead of widening (and cutting off) the page
+        self.html.append('<div class="scroll"><table><thead><tr>'
+                         + "".join(f"<th>{html.escape(str(c))}</th>" for c in head)
                          + "</tr></thead><tbody>" + "".join(
-                             "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>"
-                             for r in rows) + "</tbody></table>")
+                             "<tr>" + "".join(self._td(c) for c in r) + "</tr>" for r in rows)
+                         + "</tbody></table></div>")
+
+    @staticmethod
+    def _td(cell) -> str:
+        # numbers and intervals never break inside; long prose (a meaning, a list of cells) wraps
+        text = str(cell)
+        return f'<td class="t">{html.escape(text)}</td>' if len(text) > 40 else f"<td>{html.escape(text)}</td>"
 
     def img(self, png: Path, pdf: Path, caption: str, root: Path):
         a, b = png.relative_to(root).as_posix(), pdf.relative_to(root).as_posix()
         self.md.append(f"![{caption}]({a})\n\n*{caption}* ([PDF]({b}))\n")
-        self.html.append(f'<figure><a href="{a}"><img src="{a}" alt="{html.escape(caption)}"></a>'
-                         f'<figcaption>{html.escape(caption)} (<a href="{b}">PDF</a>)</figcaption></figure>')
+        # inline, so the HTML file alone carries every plot; the PDF is named, not linked, since a
+        # mailed copy has no folder beside it
+        data = base64.b64encode(png.read_bytes()).decode("ascii")
+        self.html.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
+                         f'<figcaption>{html.escape(caption)} (PDF in the report folder: '
+                         f'<code>{html.escape(b)}</code>)</figcaption></figure>')
 
     def raw_md_table(self, text: str):
         self.md.append(text)
 
 
-CSS = """body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:0.8em 0;font-size:0.9em}th,td{border:1px solid #ccc;padding:3px 7px;
-text-align:left}th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee}figure{margin:1em 0}
-figcaption{font-size:0.9em;color:#555}code{background:#f5f5f5}"""
+CSS = """body{font-family:system-ui,sans-serif;max-width:1300px;margin:1.5em auto;padding:0 1em;color:#222;
+line-height:1.4;overflow-wrap:anywhere}
+.scroll{overflow-x:auto;max-width:100%;margin:0.8em 0}
+table{border-collapse:collapse;font-size:0.9em}th,td{border:1px solid #ccc;padding:3px 7px;text-align:left;
+vertical-align:top;overflow-wrap:normal}td{white-space:nowrap}td.t{white-space:normal;min-width:16em}
+th{background:#f3f3f3}img{max-width:100%;height:auto;border:1px solid #eee}figure{margin:1em 0}
+figcaption{font-size:0.9em;color:#555}code{background:#f5f5f5}
+dl.prov{display:grid;grid-template-columns:max-content 1fr;gap:2px 1em}dl.prov dt{font-weight:600}
+dl.prov dd{margin:0;font-family:ui-monospace,monospace;font-size:0.9em}"""
+
+
+def _version(package: str) -> str:
+    """A package's installed version, read from its metadata (no import: JAX is slow to import)."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def environment() -> dict[str, str]:
+    """Where and how the report was made: versions, date (UTC), hardware, command line."""
+    argv = [Path(sys.argv[0]).name] + sys.argv[1:] if sys.argv and sys.argv[0] else sys.argv
+    return {
+        "scaling-grid version": _version("scaling-grid"),
+        "JAX version": _version("jax"),
+        "numpy / scipy / matplotlib": " / ".join(_version(p) for p in ("numpy", "scipy", "matplotlib")),
+        "Python": platform.python_version(),
+        "date (UTC)": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "hardware": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}",
+        "command": shlex.join(argv),
+    }
 
 
 def _iv(iv: dict) -> list[str]:
-    return [fmt(iv.get("value")), fmt(iv.get("lo")), fmt(iv.get("hi"))]
+    """value, lo, hi at the precision the interval supports (tables.fmt_interval)."""
+    lo, hi = iv.get("lo"), iv.get("hi")
+    q = interval_place(lo, hi) if lo is not None and hi is not None else None
+    return [fmt_at(iv.get("value"), q), fmt_at(lo, q), fmt_at(hi, q)]
 
 
 def check_output(path: str | Path, what: str, folder: bool = False) -> None:
@@ -115,25 +168,42 @@ def check_output(path: str | Path, what: str, folder: bool = False) -> None:
 
 
 def write_report(table, out_dir: str | Path, *, result: FitResult | None = None,
-                 title: str = "scaling-grid fit report", **fit_options) -> Path:
+                 title: str = "scaling-grid fit report", provenance: dict | None = None,
+                 **fit_options) -> Path:
     """Fit (unless ``result`` is given; ``fit_options`` go to :func:`run_fit`) and write the report
-    directory. Returns the path of ``index.html`` (``index.md`` lies beside it)."""
+    directory. ``provenance`` ({label: text}, e.g. source, spec name, spec hash: the table itself
+    does not know them) is listed first in the provenance section, before :func:`environment`.
+    Returns the path of ``index.html`` (``index.md`` lies beside it)."""
     if result is None:
         result = run_fit(table, **fit_options)
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     (root / "fit.json").write_text(result.to_json())
+    prov = {**{str(k): str(v) for k, v in (provenance or {}).items()}, **environment()}
+    (root / "provenance.json").write_text(json.dumps(prov, indent=1, ensure_ascii=False) + "\n")
     write_tables(result, root)
     made = P.plot_all(result, root / "plots")
+    made.update(P.plot_eval_curves(table, root / "plots", time=result.options.get("time_column")))
     law, o = result.law, result.options
+    units = P.loss_units(o["loss_column"])
     d = _Doc()
     d.h(1, title)
-    d.p(f"Law {law.name}: L = {law.formula}. Loss: {o['loss_column']}; time variable: "
-        f"{o['time_column'] or 'none'} ({o['time'] or '-'}). Robust loss: "
+    d.p(f"Law {law.name}: L = {law.formula}. Loss: {o['loss_column']}, "
+        + (f"in {units.replace('/', ' per ')} (mean cross-entropy, natural log)" if units else
+           "in the file's own units (a scaling-grid export's losses are nats per token)")
+        + f"; time variable: {o['time_column'] or 'none'} ({o['time'] or '-'}). Robust loss: "
         + (f"Huber δ = {o['huber_delta']:g}" if o["huber_delta"] else "least squares")
         + f"; intervals: {100 * o['ci']:g}% percentile bootstrap over whole runs, B = {o['n_boot']}, seed {o['seed']}.")
-    d.p("Files: fit.json (every coefficient, exponent and derived quantity with its interval, and the "
-        "exclusions), coefficients.md / .csv / .tex, plots/*.png and *.pdf.")
+
+    # the answer first: coefficients, then how the points were chosen
+    d.h(2, "Coefficients per variant")
+    md_table = coefficient_table(result, "markdown")
+    d.md.append(md_table)
+    lines = [ln for ln in md_table.splitlines() if ln.startswith("|")]
+    d.table([c.strip() for c in lines[0].strip("|").split("|")],
+            [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]], md=False)
+    d.html.append("<ul>" + "".join(f"<li>{html.escape(ln[2:])}</li>" for ln in md_table.splitlines()
+                                   if ln.startswith("- ")) + "</ul>")
 
     d.h(2, "Which points were fitted")
     d.ul(result.notes)
@@ -143,18 +213,11 @@ def write_report(table, out_dir: str | Path, *, result: FitResult | None = None,
                  for e in result.exclusions])
     else:
         d.p("No point was excluded.")
-
-    d.h(2, "Coefficients per variant")
-    md_table = coefficient_table(result, "markdown")
-    d.md.append(md_table)
-    lines = [ln for ln in md_table.splitlines() if ln.startswith("|")]
-    head = [c.strip() for c in lines[0].strip("|").split("|")]
-    body = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]]
-    d.html.append("<table><thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head)
-                  + "</tr></thead><tbody>" + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r)
-                                                     + "</tr>" for r in body) + "</tbody></table>")
-    d.html.append("<ul>" + "".join(f"<li>{html.escape(ln[2:])}</li>" for ln in md_table.splitlines()
-                                   if ln.startswith("- ")) + "</ul>")
+    curves = [k for k in made if k.startswith("eval_curves_")]
+    if curves:
+        d.h(2, "Eval curves of every cell")
+        for key in curves:
+            d.img(*made[key], PLOT_TEXT["eval_curves"], root)
 
     for v, vf in result.variants.items():
         vd = vf.to_dict()
@@ -204,8 +267,8 @@ def write_report(table, out_dir: str | Path, *, result: FitResult | None = None,
             d.table(["C (FLOPs)", "C / largest run's C"] + keys,
                     [[fmt(c, 3), f"x{fr['extrapolation_factor'][i]:.4g} "
                       + ("extrapolated" if fr["extrapolated"][i] else "(measured)")]
-                     + [f"{fmt(q[k][i]['value'])} [{fmt(q[k][i]['lo'])}, {fmt(q[k][i]['hi'])}]"
-                        for k in keys] for i, c in enumerate(fr["C"])])
+                     + [fmt_interval(q[k][i]["value"], q[k][i]["lo"], q[k][i]["hi"]) for k in keys]
+                     for i, c in enumerate(fr["C"])])
             d.ul([f"closed form assumes {fr['closed_form_assumes']}; numerical_* use the real FLOPs per token"
                   + (f": {fr['flops_model']}" if "flops_model" in fr else ""),
                   f"compute of the runs: {fmt(fr['C_data_range'][0], 3)} to {fmt(fr['C_data_range'][1], 3)}; "
@@ -241,8 +304,17 @@ def write_report(table, out_dir: str | Path, *, result: FitResult | None = None,
     if "frontier" in made:
         d.h(2, "Compute frontier")
         d.img(*made["frontier"], PLOT_TEXT["frontier"], root)
+
+    d.h(2, "Provenance")
+    d.md.append("\n".join(f"- {k}: `{v}`" for k, v in prov.items()) + "\n")
+    d.html.append('<dl class="prov">' + "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>"
+                                                for k, v in prov.items()) + "</dl>")
+    d.p("Files beside this page: fit.json (every coefficient, exponent and derived quantity with its "
+        "interval at full precision, and the exclusions), provenance.json, coefficients.md / .csv / .tex, "
+        "plots/*.png and *.pdf.")
     (root / "index.md").write_text("\n".join(d.md))
-    page = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>" + html.escape(title)
+    page = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+            "<meta name='viewport' content='width=device-width, initial-scale=1'><title>" + html.escape(title)
             + f"</title><style>{CSS}</style></head><body>" + "\n".join(d.html) + "</body></html>\n")
     index = root / "index.html"
     index.write_text(page)

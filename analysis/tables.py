@@ -1,10 +1,20 @@
 """The coefficient table: one row per variant; the law's parameters with their intervals, the fit
-error, and the headline derived quantities ((m/l)*, D*/N*). Markdown, CSV and LaTeX."""
+error, and the headline derived quantities ((m/l)*, D*/N*). Markdown, CSV and LaTeX, and a narrow
+form for terminals (one row per quantity, one column per variant).
+
+Numbers with an interval are printed to the precision the interval supports (:func:`fmt_interval`):
+value and bounds are rounded at the decimal place of the second significant digit of the interval's
+width hi - lo, so ``557.8 [266.3, 1004]`` prints as ``560 [270, 1000]``. The rounded bounds always
+differ (they keep at least 10 units of the last place between them). A zero width (or one under a
+millionth of the bounds: the optimiser's rounding noise) prints 4 significant digits. CSV and JSON
+keep full precision.
+"""
 from __future__ import annotations
 
 import csv
 import io
 import math
+import textwrap
 from pathlib import Path
 
 from .laws import LATEX, PRETTY
@@ -33,6 +43,36 @@ def fmt(x: float, digits: int = 4) -> str:
     if math.isinf(x):
         return "inf" if x > 0 else "-inf"
     return f"{x:.{digits}g}"
+
+
+def interval_place(lo: float, hi: float) -> int | None:
+    """The decimal place q (a resolution of 10**q) of the second significant digit of hi - lo; None
+    when the width is not finite or zero, where zero includes a width under a millionth of the
+    bounds: the optimiser's rounding noise (a parameter pinned at its bound), not an interval."""
+    w = hi - lo
+    if not (math.isfinite(w) and w > 1e-6 * max(abs(lo), abs(hi))):
+        return None
+    return math.floor(math.log10(w)) - 1
+
+
+def fmt_at(x: float, q: int | None) -> str:
+    """``x`` rounded at the decimal place 10**q: plain digits when 1e-4 <= |x| < 1e6, else
+    e-notation with the same resolution. q None: :func:`fmt` (4 significant digits)."""
+    if q is None or x is None or not math.isfinite(x):
+        return fmt(x)
+    r = round(x, -q)
+    if r == 0:
+        return "0"
+    e = math.floor(math.log10(abs(r)))
+    if -4 <= e < 6:
+        return f"{r:.{max(0, -q)}f}"
+    return f"{r:.{max(0, e - q)}e}"
+
+
+def fmt_interval(value: float, lo: float, hi: float) -> str:
+    """``value [lo, hi]`` rounded to the precision the interval supports (module docstring)."""
+    q = interval_place(lo, hi) if lo is not None and hi is not None else None
+    return f"{fmt_at(value, q)} [{fmt_at(lo, q)}, {fmt_at(hi, q)}]"
 
 
 def _columns(result) -> list[tuple[str, str, str, str]]:
@@ -96,6 +136,15 @@ def _flag(iv: dict | None) -> str:
     return f" ({FLAG_TEXT[iv['flag']][0]})" if iv and "flag" in iv else ""
 
 
+def _text(iv: dict | None) -> str:
+    """A table cell: ``value [lo, hi]`` at the interval's precision (+ flag), or the bare value."""
+    if iv is None:
+        return "n/a"
+    if "lo" in iv:
+        return fmt_interval(iv["value"], iv["lo"], iv["hi"]) + _flag(iv)
+    return fmt(iv["value"], 3)
+
+
 def coefficient_table(result, fmt_: str = "markdown") -> str:
     """The table as ``markdown``, ``csv`` or ``latex`` text."""
     cols, rs = rows(result)
@@ -103,15 +152,7 @@ def coefficient_table(result, fmt_: str = "markdown") -> str:
         head = ["variant", "points (runs)"] + [c[2] for c in cols]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in rs:
-            cells = [r["variant"], f"{r['n_points']} ({r['n_runs']})"]
-            for key, kind, _, _ in cols:
-                iv = r[key]
-                if iv is None:
-                    cells.append("n/a")
-                elif "lo" in iv:
-                    cells.append(f"{fmt(iv['value'])} [{fmt(iv['lo'])}, {fmt(iv['hi'])}]{_flag(iv)}")
-                else:
-                    cells.append(fmt(iv["value"], 3))
+            cells = [r["variant"], f"{r['n_points']} ({r['n_runs']})"] + [_text(r[c[0]]) for c in cols]
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines + [""] + [f"- {n}" for n in _notes(result)]) + "\n"
     if fmt_ == "csv":
@@ -131,24 +172,108 @@ def coefficient_table(result, fmt_: str = "markdown") -> str:
             w.writerow(row + [";".join(flags)])
         return buf.getvalue()
     if fmt_ == "latex":
-        def tex(iv):
-            if iv is None:
-                return "--"
-            if "lo" not in iv:
-                return f"${fmt(iv['value'], 3)}$"
-            v, lo, hi = iv["value"], iv["lo"], iv["hi"]
-            if not all(map(math.isfinite, (v, lo, hi))):
-                return f"${fmt(v)}$ [{fmt(lo)}, {fmt(hi)}]".replace("inf", r"\infty") + _flag(iv)
-            return f"${fmt(v)}^{{+{fmt(hi - v, 2)}}}_{{-{fmt(v - lo, 2)}}}$" + _flag(iv)
+        # plain tabular with \hline (no booktabs/siunitx needed); every number in math mode
         head = ["variant", "points"] + [c[3] for c in cols]
-        lines = [r"\begin{tabular}{l" + "r" * (len(head) - 1) + "}", r"\toprule",
-                 " & ".join(head) + r" \\", r"\midrule"]
+        lines = [r"\begin{tabular}{l" + "r" * (len(head) - 1) + "}", r"\hline",
+                 " & ".join(head) + r" \\", r"\hline"]
         for r in rs:
-            name = r["variant"].replace("_", r"\_").replace("&", r"\&").replace("%", r"\%")
-            lines.append(" & ".join([name, str(r["n_points"])] + [tex(r[c[0]]) for c in cols]) + r" \\")
-        lines += [r"\bottomrule", r"\end{tabular}"]
+            cells = [_tex_escape(r["variant"]), str(r["n_points"])] + [_tex_cell(r[c[0]]) for c in cols]
+            lines.append(" & ".join(cells) + r" \\")
+        lines += [r"\hline", r"\end{tabular}"]
         return "% " + "\n% ".join(_notes(result)) + "\n" + "\n".join(lines) + "\n"
     raise ValueError(f"unknown table format {fmt_!r}: markdown, csv or latex")
+
+
+def _tex_escape(text: str) -> str:
+    """Text for a LaTeX table cell: the ten special characters escaped."""
+    special = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+               "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+    return "".join(special.get(ch, ch) for ch in str(text))
+
+
+def _tex_fixed(x: float, q: int) -> str:
+    """x rounded at 10**q in plain digits (no exponent; the caller scales large and small numbers)."""
+    r = round(x, -q)
+    return "0" if r == 0 else f"{r:.{max(0, -q)}f}"
+
+
+def _tex_scale(*xs: float) -> int:
+    """The power of ten to factor out so the numbers read as plain digits (0 when they already do)."""
+    big = max(abs(x) for x in xs)
+    if big == 0 or 1e-3 <= big < 1e6:
+        return 0
+    return math.floor(math.log10(big))
+
+
+def _tex_number(x: float, digits: int = 3) -> str:
+    """A number for math mode: ``digits`` significant digits, ``\\times 10^{n}`` instead of e-notation."""
+    if not math.isfinite(x):
+        return r"\mathrm{n/a}" if math.isnan(x) else (r"\infty" if x > 0 else r"-\infty")
+    if x == 0:
+        return "0"
+    e = _tex_scale(x)
+    q = math.floor(math.log10(abs(x))) - digits + 1 - e
+    body = _tex_fixed(x / 10.0 ** e, q)
+    return body if e == 0 else rf"{body}\times 10^{{{e}}}"
+
+
+def _tex_cell(iv: dict | None) -> str:
+    """``$v^{+up}_{-down}$`` at the interval's precision (module docstring), a power of ten factored
+    out as ``(...)\\times 10^{n}``; ``$v\\ [lo, hi]$`` when an end is infinite or the value lies
+    outside its interval."""
+    if iv is None or iv.get("value") is None or not math.isfinite(iv["value"]):
+        return "--"
+    if "lo" not in iv:
+        return f"${_tex_number(iv['value'])}$"
+    v = iv["value"]
+    lo, hi = (math.nan if x is None else x for x in (iv["lo"], iv["hi"]))
+    q = interval_place(lo, hi)
+    if q is None or not lo <= v <= hi:
+        return rf"${_tex_number(v, 4)}\ [{_tex_number(lo, 4)}, {_tex_number(hi, 4)}]$" + _flag(iv)
+    e = _tex_scale(v, lo, hi)
+    k = 10.0 ** e
+    body = (f"{_tex_fixed(v / k, q - e)}^{{+{_tex_fixed((hi - v) / k, q - e)}}}"
+            f"_{{-{_tex_fixed((v - lo) / k, q - e)}}}")
+    return (f"${body}$" if e == 0 else rf"$({body})\times 10^{{{e}}}$") + _flag(iv)
+
+
+def terminal_table(result, width: int = 100) -> str:
+    """The coefficient table for a terminal ``width`` columns wide: one row per quantity, one column
+    per variant (in blocks of variants that fit), numbers at their intervals' precision, then the
+    notes, wrapped. Still Markdown, so it pastes into an issue."""
+    cols, rs = rows(result)
+    labels = ["points (runs)"] + [c[2] for c in cols]
+    columns = [[r["variant"], f"{r['n_points']} ({r['n_runs']})"] + [_text(r[c[0]]) for c in cols] for r in rs]
+    first = ["variant"] + labels
+    w0 = max(map(len, first))
+    blocks: list[list[list[str]]] = []
+    used = width  # forces a new block for the first variant
+    for col in columns:
+        w = max(map(len, col))
+        if used + w + 3 > width and (not blocks or blocks[-1]):
+            blocks.append([])
+            used = 4 + w0  # "| " + label + " |"
+        blocks[-1].append(col)
+        used += w + 3
+    out = []
+    for block in blocks:
+        table = [first] + block
+        widths = [max(map(len, c)) for c in table]
+        for i in range(len(first)):
+            out.append("| " + " | ".join(c[i].ljust(w) for c, w in zip(table, widths)) + " |")
+            if i == 0:
+                out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+        out.append("")
+    out += wrap([f"- {n}" for n in _notes(result)], width)
+    return "\n".join(out) + "\n"
+
+
+def wrap(lines: list[str], width: int | None) -> list[str]:
+    """Each line wrapped at ``width`` columns, continuation lines indented by two spaces (None: as is)."""
+    if width is None:
+        return list(lines)
+    return [w for ln in lines for w in (textwrap.wrap(ln, width, subsequent_indent="  ", break_on_hyphens=False)
+                                         or [""])]
 
 
 def write_tables(result, out_dir: str | Path, stem: str = "coefficients") -> list[Path]:
@@ -163,9 +288,10 @@ def write_tables(result, out_dir: str | Path, stem: str = "coefficients") -> lis
     return paths
 
 
-def echo(result) -> tuple[list[str], list[str]]:
+def echo(result, width: int | None = None) -> tuple[list[str], list[str]]:
     """What a terminal must show beside the table: (lines for stdout: every exclusion and the
-    universality verdict; lines for stderr: every warning, prefixed with its variant)."""
+    universality verdict; lines for stderr: every warning, prefixed with its variant), wrapped at
+    ``width`` columns when given."""
     out = []
     for e in result.exclusions:
         value = "" if e["value"] is None else f" ({e['value']})"
@@ -179,13 +305,13 @@ def echo(result) -> tuple[list[str], list[str]]:
         ut = universality_test(vf)
         if ut.get("verdict") is None:
             continue
-        parts = [f"{k} = {fmt(x['value'])} [{fmt(x['lo'])}, {fmt(x['hi'])}] vs {_frac(x['universal'])}: "
+        parts = [f"{k} = {fmt_interval(x['value'], x['lo'], x['hi'])} vs {_frac(x['universal'])}: "
                  + {True: "inside", False: "OUTSIDE", None: "undetermined"}[x["inside_interval"]]
                  for k, x in ut.items() if isinstance(x, dict)]
         out.append(f"universality test ({v}): the exponents (1/3, 1, 1) are {ut['verdict'].upper()} with the "
                    f"{ci} intervals: " + "; ".join(parts))
     err = [f"warning ({v}): {w}" for v, vf in result.variants.items() for w in vf.warnings + vf.ctx.warnings]
-    return out, err
+    return wrap(out, width), wrap(err, width)
 
 
 def _frac(x: float) -> str:

@@ -31,6 +31,7 @@ def make_corpus(out: Path, n_chars: int, n_files: int, seed: int = 0) -> dict:
     """FineWeb-schema parquet files with ~n_chars characters of shuffled Shakespeare in total."""
     import pyarrow as pa
     import pyarrow.parquet as pq
+
     from scaling_grid.trainer.data import shakespeare_documents
 
     marker = out / "corpus.json"
@@ -69,6 +70,7 @@ def make_corpus(out: Path, n_chars: int, n_files: int, seed: int = 0) -> dict:
 def child(corpus: Path, tokenizer: str, root: Path, batch_probe: bool) -> None:
     """One measured run in a fresh process: prepare, then (optionally) time random batches."""
     import numpy as np
+
     from scaling_grid.trainer import data
     from scaling_grid.trainer.config import DataConfig
 

@@ -67,7 +67,8 @@ def main(argv=None) -> None:
     import jax
     import jax.numpy as jnp
 
-    from scaling_grid.trainer import model as model_lib, step as step_lib
+    from scaling_grid.trainer import model as model_lib
+    from scaling_grid.trainer import step as step_lib
     from scaling_grid.trainer.config import ModelConfig
     from scaling_grid.trainer.loop import compute_dtype
 
@@ -98,7 +99,8 @@ def measure(arch, batch: int, k: int, seconds: float) -> dict:
     import jax
     import numpy as np
 
-    from scaling_grid.trainer import model as model_lib, step as step_lib
+    from scaling_grid.trainer import model as model_lib
+    from scaling_grid.trainer import step as step_lib
     from scaling_grid.trainer.config import OptimConfig
 
     # The reference's optimizer settings (lr 3e-4, betas 0.9/0.95, wd 0.1) plus the tool's defaults

@@ -6,7 +6,8 @@ import errno
 import logging
 import re
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from scaling_grid.trainer.config import ConfigError
 
@@ -18,6 +19,18 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", help="YAML run config (defaults: the embedded Shakespeare corpus)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="dotted overrides, e.g. model.width=256 train.tokens=20M")
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    """A run config, plus train's flags (before the config or after the overrides: argparse cannot
+    take them in between)."""
+    _add_config_args(p)
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (plain lines: one per eval and every 30 s, as when not on a terminal)")
+    p.add_argument("--tensorboard", metavar="DIR", help="also write TensorBoard event files to DIR/<out_dir "
+                   "name> (needs tensorboardX); view with tensorboard --logdir DIR")
+    p.add_argument("--wandb", metavar="PROJECT", help="also log to Weights & Biases project PROJECT (needs "
+                   "wandb; WANDB_MODE=offline logs locally)")
 
 
 def _load_config(args: argparse.Namespace):
@@ -40,8 +53,28 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from scaling_grid.trainer import loop
     cfg = _load_config(args)
-    result = loop.train_cli(cfg)
+    result = loop.train_cli(cfg, progress=not args.no_progress, tensorboard=args.tensorboard, wandb=args.wandb)
     return {"done": EXIT_OK, "diverged": EXIT_DIVERGED, "preempted": EXIT_PREEMPTED}.get(result.status, EXIT_FAILED)
+
+
+def _add_config_cmd_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", help="YAML run config to resolve (none and no overrides: list the defaults)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides to resolve with it, "
+                   "e.g. model.width=256 data.documents=blank_lines")
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from scaling_grid.trainer import config as C
+    if args.config is None and not args.overrides:
+        print("# Every run config field with its default and meaning. Set fields in a YAML file of these sections,\n"
+              "# or on the command line as section.key=value (e.g. model.width=256 train.tokens=20M).")
+        print(C.describe(), end="")
+    else:
+        cfg = _load_config(args)  # checked as train would check it
+        print("# The resolved config of this run (file, overrides, defaults); each value's meaning, and its\n"
+              "# default where it differs. `scaling-grid train` with the same arguments runs this config.")
+        print(C.describe(cfg), end="")
+    return EXIT_OK
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -61,7 +94,13 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="skip the ahead-of-time compile of the largest cells against device memory")
     p.add_argument("--no-measure", action="store_true", help="dry run: do not time a few steps for the estimate")
     p.add_argument("--no-retry-failed", action="store_true", help="leave cells that failed before alone")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (one line per cell)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (one line per cell, as when not "
+                   "on a terminal)")
+    p.add_argument("--tensorboard", metavar="DIR", help="also write TensorBoard event files, one run per cell in "
+                   "DIR/<cell id> (needs tensorboardX); view with tensorboard --logdir DIR")
+    p.add_argument("--wandb", metavar="PROJECT", help="also log every cell to Weights & Biases project PROJECT, "
+                   "one W&B run per cell (needs wandb; WANDB_MODE=offline logs locally)")
+    p.add_argument("--wide", action="store_true", help="dry run: every column, whatever the terminal width")
     p.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize(): every process "
                    "of a multi-host slice runs each cell together (TPU pod slices)")
 
@@ -79,7 +118,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     opts = launch.Options(store=store, shard=shard, checkpoints=args.checkpoints, status_every=args.status_every,
                           stale_after=args.stale_after, memory_check=not args.no_memory_check,
                           measure=not args.no_measure, progress=not args.no_progress,
-                          retry_failed=not args.no_retry_failed, distributed=args.distributed)
+                          retry_failed=not args.no_retry_failed, distributed=args.distributed,
+                          tensorboard=args.tensorboard, wandb=args.wandb, wide=args.wide)
     if args.dry_run:
         print(launch.plan_text(args.spec, opts))
         return EXIT_OK
@@ -91,13 +131,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _add_store_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("store", help="grid store: a folder or a kvstore URL")
+    p.add_argument("store", help="grid store (a folder or a kvstore URL), or the out_dir of a `train` run")
+    if p.prog.split()[-1] == "status":  # export shares the argument above
+        p.add_argument("--wide", action="store_true", help="every column and whole notes, whatever the width "
+                       "(default: rows fit 100 columns)")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from scaling_grid.grid import store
     rows = store.status_rows(args.store)
-    print(store.format_status(rows, args.store))
+    print(store.format_status(rows, args.store, wide=args.wide))
     return EXIT_FAILED if any(r["state"] == "damaged" for r in rows) else EXIT_OK
 
 
@@ -109,8 +152,8 @@ def _add_export_args(p: argparse.ArgumentParser) -> None:
 def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from scaling_grid.grid import store
     from scaling_grid import analysis
+    from scaling_grid.grid import store
     out = args.out
     if out is None:
         if store.is_url(args.store):
@@ -142,8 +185,10 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--map", metavar="K=COL,...", help="for a file: map the law's variables to its columns, "
                    "e.g. N=model_size,D=tokens,loss=loss or m=d_model,l=n_layers,tau=tokens,loss=loss")
     p.add_argument("--min-tau", type=float, metavar="T", help="drop points whose time is below T")
-    p.add_argument("--drop-highest", type=int, default=0, metavar="K", help="drop the K highest-loss points per variant")
-    p.add_argument("--exclude-variant", action="append", default=[], metavar="V", help="leave variant V out (repeatable)")
+    p.add_argument("--drop-highest", type=int, default=0, metavar="K",
+                   help="drop the K highest-loss points per variant")
+    p.add_argument("--exclude-variant", action="append", default=[], metavar="V",
+                   help="leave variant V out (repeatable)")
     p.add_argument("--exclude-cell", action="append", default=[], metavar="ID", help="leave cell ID out (repeatable)")
     p.add_argument("--depth-offset", type=float, default=0.0, metavar="L0", help="effective depth l - L0 (default 0)")
     p.add_argument("--boot", type=int, default=1000, metavar="B", help="bootstrap resamples over runs (default 1000)")
@@ -179,8 +224,9 @@ def _points_table(args: argparse.Namespace) -> dict:
         return analysis.load_table(src, args.map)
     if args.map:
         raise ConfigError(f"--map={args.map!r}: column mappings apply to table files, and {src!r} is a store")
-    if not store.is_url(src) and not (Path(src) / "spec.yaml").is_file():
-        raise ConfigError(f"source {src!r}: neither a table file (.csv/.parquet) nor a grid store (no spec.yaml)")
+    if not store.is_url(src) and not (Path(src) / "spec.yaml").is_file() and not store.is_run_folder(src):
+        raise ConfigError(f"source {src!r}: neither a table file (.csv/.parquet), a grid store (no spec.yaml) nor "
+                          "a `train` folder (no config.yaml)")
     return store.export_table(src)
 
 
@@ -190,21 +236,27 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if args.json:  # before the fit: a bad path must not cost a fit, nor leave half an output
         analysis.check_output(args.json, "--json")
     result = analysis.run_fit(_points_table(args), **options)
-    print(result.table_markdown())
-    out, err = analysis.echo(result)  # exclusions, the universality verdict, warnings: not only in the JSON
+    width = None if args.wide else 100  # 100 columns fit a laptop terminal; --wide: one row per variant
+    print(result.table_markdown() if args.wide else analysis.terminal_table(result, width))
+    out, err = analysis.echo(result, width)  # exclusions, the universality verdict, warnings: not only in the JSON
     print("\n".join(out))
     if err:
         print("\n".join(err), file=sys.stderr)
     if args.json:
+        import textwrap
         from pathlib import Path
         Path(args.json).write_text(result.to_json())
-        print(f"every coefficient, exponent and derived quantity with its interval -> {args.json}")
+        msg = f"full precision (every interval, derived quantity, exclusion) -> {args.json}"
+        print(msg if width is None else textwrap.fill(msg, width, subsequent_indent="  ", break_long_words=False))
     return EXIT_OK
 
 
 def _add_fit_cmd_args(p: argparse.ArgumentParser) -> None:
     _add_fit_args(p)
-    p.add_argument("--json", metavar="FILE", help="write the full fit (intervals, derived quantities, exclusions) as JSON")
+    p.add_argument("--json", metavar="FILE",
+                   help="write the full fit (intervals, derived quantities, exclusions) as JSON")
+    p.add_argument("--wide", action="store_true", help="print the full table, one row per variant (wider than 100 "
+                   "columns); default: one row per quantity, 100 columns, numbers to their intervals' precision")
 
 
 def _add_report_args(p: argparse.ArgumentParser) -> None:
@@ -213,23 +265,43 @@ def _add_report_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from scaling_grid import analysis
     options = _fit_options(args)
     analysis.check_output(args.out, "--out", folder=True)  # before the fit
     table = _points_table(args)
+    provenance = {"source": args.source}
+    if not Path(args.source).is_file():  # a store (checked above): name the spec it was run from
+        import hashlib
+
+        import tensorstore as ts
+
+        from scaling_grid.grid.store import Store
+        st = Store(args.source)
+        spec_text = st.read_bytes("spec.yaml")[0]
+        provenance["spec name"] = (st.read_json("store.json") or {}).get("name", "?")
+        if spec_text is not None:  # the same hash as grid.spec.GridSpec.hash
+            provenance["spec hash"] = hashlib.blake2b(spec_text, digest_size=4).hexdigest() + " (spec.yaml)"
+        keys = st.kv.list(ts.KvStore.KeyRange(inclusive_min="specs/", exclusive_max="specs0")).result()
+        hashes = sorted(k.decode()[len("specs/"):].removesuffix(".yaml") for k in keys)
+        if len(hashes) > 1:
+            provenance["specs launched into the store"] = ", ".join(hashes)
     result = analysis.run_fit(table, **options)
-    out, err = analysis.echo(result)
+    out, err = analysis.echo(result, 100)
     print("\n".join(out))
     if err:
         print("\n".join(err), file=sys.stderr)
-    path = analysis.write_report(table, args.out, result=result)
-    print(f"report: {path}")
+    path = analysis.write_report(table, args.out, result=result, provenance=provenance)
+    print(f"report (one self-contained HTML file; tables, plots and JSON beside it): {path}")
     return EXIT_OK
 
 
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argparse.ArgumentParser], None], str]] = {
     "prepare": (cmd_prepare, _add_config_args, "tokenize a corpus once into a token store"),
-    "train": (cmd_train, _add_config_args, "train one model (resumes from its checkpoints)"),
+    "train": (cmd_train, _add_train_args, "train one model (resumes from its checkpoints)"),
+    "config": (cmd_config, _add_config_cmd_args, "print every run config field with its default and meaning, "
+               "or the resolved config of a run as YAML"),
     "run": (cmd_run, _add_run_args, "run a grid spec into a store: every cell not done (resumable, shardable)"),
     "status": (cmd_status, _add_store_arg, "table of a grid store's cells (works while the grid runs)"),
     "export": (cmd_export, _add_export_args, "write all points of a grid store as one tidy CSV/parquet table"),
@@ -239,26 +311,35 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argpars
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from importlib.metadata import version
     parser = argparse.ArgumentParser(prog="scaling-grid", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('scaling-grid')}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (_, add_args, help_) in COMMANDS.items():
-        add_args(sub.add_parser(name, help=help_, description=help_))
+        description = help_
+        if add_args in (_add_config_args, _add_train_args):  # they take a run config
+            description += ". Run config fields: see `scaling-grid config` for every field, its default and meaning"
+        add_args(sub.add_parser(name, help=help_, description=description))
     return parser
 
 
 def _disk_full(e: BaseException) -> str | None:
     """The path of a 'no space left' error anywhere in an exception's chain (orbax and TensorStore
     wrap the OSError in their own exceptions), else None."""
-    seen = set()
-    while e is not None and id(e) not in seen:
+    seen, found = set(), None
+    while e is not None and id(e) not in seen:  # prefer an error that names the path
         seen.add(id(e))
+        path = None
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-            return e.filename or "?"
-        if "No space left on device" in str(e):
-            path = re.search(r'"(/[^"]+)"', str(e))
-            return path.group(1) if path else "?"
+            path = e.filename or "?"
+        elif "No space left on device" in str(e):
+            m = re.search(r'"(/[^"]+)"', str(e))
+            path = m.group(1) if m else "?"
+        if path not in (None, "?"):
+            return path
+        found = found or path
         e = e.__cause__ or e.__context__
-    return None
+    return found
 
 
 def _one_line_library_errors(record: logging.LogRecord) -> bool:

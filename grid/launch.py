@@ -24,9 +24,10 @@ import signal
 import threading
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -53,7 +54,13 @@ class Options:
     progress: bool = True
     retry_failed: bool = True
     distributed: bool = False          # jax.distributed.initialize(): all processes run every cell together
+    tensorboard: str | None = None     # TensorBoard event files, one run per cell in <tensorboard>/<cell id>
+    wandb: str | None = None           # a W&B project: one W&B run per cell, its id the cell id
+    wide: bool = False                 # dry run: every column (default: lines fit WIDTH columns)
     out: Callable[[str], None] = field(default=lambda s: print(s, flush=True))
+
+
+WIDTH = 100  # the dry run fits a laptop terminal unless --wide
 
 
 # --------------------------------------------------------------------------------------- helpers
@@ -147,6 +154,7 @@ class SharedSteps:
         """(compiled train step, Steps, lr table) for ahead-of-time analysis and timing."""
         import jax
         import jax.numpy as jnp
+
         from scaling_grid.trainer.step import abstract_state, lr_table
         steps = self.get(cell, vocab)
         t = cell.config.train
@@ -356,7 +364,12 @@ def plan_text(spec_path: str, opts: Options) -> str:
             setup = (1 - w) * s0 + w * s1
         return setup + c.train_tokens * f / rate
 
+    # Narrow (default): the role is the id's suffix (-trunk, -wsd) and m, l are in it too (-w16-d2);
+    # a branch's steps read "start+own"; the shard column only when sharded. --wide: every column.
+    narrow = not opts.wide
     head = ("cell", "role", "m", "l", "N", "tokens", "steps", "FLOPs", "est", "state", "shard")
+    if narrow:
+        head = ("cell", "N", "tokens", "steps", "FLOPs", "est", "state") + (("shard",) if shard[1] > 1 else ())
     odd = [c.name for c in cells if (c.steps - (c.init_step or 0)) % c.config.train.steps_per_call]
     if odd:
         lines.append(f"note: {len(odd)} cell(s) (e.g. {odd[0]}) run a number of steps that is not a multiple of "
@@ -370,12 +383,19 @@ def plan_text(spec_path: str, opts: Options) -> str:
         state = st.get("state", "pending")
         if state not in ("pending",) and st.get("step") is not None:
             state += f" {st['step']}/{r['total_steps']}"
+        if narrow:
+            steps_txt = f"{c.init_step}+{c.train_steps}" if c.init_step else str(c.train_steps)
+            rows.append((c.id, f"{r['N']:,}", _fmt_tokens(c.tokens), steps_txt, _fmt_flops(costs[c.id]),
+                         _fmt_time(estimate(c)), state) + ((str(where[c.id]),) if shard[1] > 1 else ()))
+            continue
         toks = format_count(c.tokens) + (f" (from step {c.init_step})" if c.init_step else "")
         rows.append((c.id, c.role, str(c.m), str(c.l), f"{r['N']:,}", toks, str(c.train_steps),
                      _fmt_flops(costs[c.id]), _fmt_time(estimate(c)), state, str(where[c.id])))
     widths = [max(len(h), *(len(x[i]) for x in rows)) for i, h in enumerate(head)]
-    lines.append("  ".join(h.ljust(w) for h, w in zip(head, widths)))
+    table_at = len(lines)
+    lines.append("  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip())
     lines += ["  ".join(v.ljust(w) for v, w in zip(x, widths)).rstrip() for x in rows]
+    table_end = len(lines)
 
     tot_tok = sum(c.train_tokens for c in todo)
     tot_fl = sum(costs[c.id] for c in todo)
@@ -401,6 +421,12 @@ def plan_text(spec_path: str, opts: Options) -> str:
         lines.append(f"  {mode:9s} {len(mc):4d} runs  {_fmt_tokens(tok):>8s} tokens  {_fmt_flops(fl)} FLOPs"
                      + ("   <- this spec" if mode == spec.tokens_mode else "")
                      + (f"   ({single} single-budget shape(s) counted as separate runs)" if single else ""))
+    if narrow:  # the sentences around the table wrap at WIDTH; the table's rows are sized to fit it
+        import textwrap
+        lines = [w for i, line in enumerate(lines)
+                 for w in ([line] if table_at <= i < table_end or len(line) <= WIDTH else
+                           textwrap.wrap(line, WIDTH, subsequent_indent="    ", break_long_words=False,
+                                         break_on_hyphens=False))]
     return "\n".join(lines)
 
 
@@ -488,7 +514,7 @@ class _Heartbeat:
             except Exception:  # noqa: BLE001 - a missed heartbeat must not kill training
                 pass
 
-    def __enter__(self) -> "_Heartbeat":
+    def __enter__(self) -> _Heartbeat:
         self.thread.start()
         return self
 
@@ -523,8 +549,18 @@ def run(spec_path: str, opts: Options) -> int:
     """Train every cell of this shard that is not done. Returns a process exit code."""
     spec, cells = _load(spec_path, opts)
     out = opts.out
+    from scaling_grid.trainer.metrics import optional_import
+    if opts.tensorboard is not None:  # a missing package fails before any compute, not in every cell
+        optional_import("tensorboardX", "--tensorboard")
+    if opts.wandb is not None:
+        optional_import("wandb", "--wandb")
     setup_jax(opts.distributed)
     import jax
+
+    from scaling_grid.trainer.loop import accelerator_unused, backend_line
+    out(backend_line())  # after jax.distributed.initialize, which must come before the backend starts
+    if (warning := accelerator_unused()) is not None:
+        out(f"warning: {warning}")
     writer = jax.process_index() == 0
     multi = jax.process_count() > 1
     store = Store(opts.store)
@@ -559,15 +595,21 @@ def run(spec_path: str, opts: Options) -> int:
                 out(f"{c.id}: its config.json was damaged; rewrote it from the spec")
 
     n_done = sum(1 for c in mine if states[c.id].get("state") == "done")
-    out(f"grid {spec.name!r}: {len(cells)} cells" + (f", shard {opts.shard[0]}/{opts.shard[1]}: {len(mine)}" if opts.shard[1] > 1 else "")
+    shard = f", shard {opts.shard[0]}/{opts.shard[1]}: {len(mine)}" if opts.shard[1] > 1 else ""
+    out(f"grid {spec.name!r}: {len(cells)} cells{shard}"
         + f"; {n_done} done, {len(mine) - n_done - len(todo)} diverged/final, {len(todo)} to run; store {opts.store}")
     if not todo:
         return EXIT_OK
 
     from tqdm.auto import tqdm
+
+    from scaling_grid.trainer.metrics import interactive
+    # Bars only on a terminal: in a log file their carriage-return redraws are noise; there each cell
+    # says when it is done (and, when long, how it goes every 30 s).
+    bars = opts.progress and writer and interactive()
     bar = tqdm(total=sum(c.train_tokens for c in todo), desc=f"grid {spec.name}", unit="tok", unit_scale=True,
-               position=0, dynamic_ncols=True, disable=not opts.progress or not writer)
-    say = (lambda s: tqdm.write(s)) if opts.progress else out
+               position=0, dynamic_ncols=True, disable=None if bars else True)
+    say = (lambda s: tqdm.write(s)) if bars else out
     signals = _Signals()
     results: dict[str, str] = {}
     code = EXIT_OK
@@ -580,7 +622,7 @@ def run(spec_path: str, opts: Options) -> int:
 
             def run_one(c: S.Cell, rerun_done: bool = False) -> str:
                 return _run_cell(c, store, tok_stores[c.config.data], tables[c.id], opts, signals, bar, say, writer,
-                                 multi, rerun_done=rerun_done)
+                                 multi, rerun_done=rerun_done, bars=bars)
             status = run_one(cell, cell.id in redo)
             if status == RERUN_TRUNK:  # its start checkpoint was unreadable and has been moved aside
                 trunk = next(c for c in cells if c.id == cell.parent)
@@ -627,9 +669,19 @@ def _damaged_done_cells(store: Store, cells: Sequence[S.Cell], states: dict[str,
 
 
 def _run_cell(cell: S.Cell, store: Store, tok_store: Any, table_len: int, opts: Options, signals: _Signals,
-              bar: Any, say: Callable[[str], None], writer: bool, multi: bool, rerun_done: bool = False) -> str:
+              bar: Any, say: Callable[[str], None], writer: bool, multi: bool, rerun_done: bool = False,
+              bars: bool = False) -> str:
     from scaling_grid.trainer import loop
-    from scaling_grid.trainer.metrics import ProgressSink, Sinks, TensorStoreSink
+    from scaling_grid.trainer.metrics import (
+        LogLineSink,
+        ProgressSink,
+        Sinks,
+        SinkSetupError,
+        TensorBoardSink,
+        TensorStoreSink,
+        WandbSink,
+        read_step,
+    )
 
     st, gen = store.status(cell.id)
     if st.get("state") in FINAL_STATES and not rerun_done:  # finished meanwhile by another launcher
@@ -677,8 +729,17 @@ def _run_cell(cell: S.Cell, store: Store, tok_store: Any, table_len: int, opts: 
         sinks: list[Any] = [live]
         if writer:
             sinks.append(TensorStoreSink(store.root, cell.steps, prefix=store.metrics_prefix(cell.id)))
-            if opts.progress:
+            if bars:
                 sinks.append(ProgressSink(cell.config.tokens_per_step, desc=cell.name, position=1, leave=False))
+            else:  # a line every 30 s for a long cell; the per-eval lines of `train` would flood a grid's log
+                sinks.append(LogLineSink(cell.config.tokens_per_step, prefix=f"{cell.id}: ", evals=False, out=say,
+                                         origin=cell.init_step or 0))
+            if opts.tensorboard is not None:
+                sinks.append(TensorBoardSink(Path(opts.tensorboard) / cell.id, recorded=lambda step: read_step(
+                    store.root, step, prefix=store.metrics_prefix(cell.id))))
+            if opts.wandb is not None:
+                record = {**S.derived(cell, tok_store.vocab_size), "config": cell.config.to_dict()}
+                sinks.append(WandbSink(opts.wandb, cell.id, record))
         ctx = heartbeat if writer else contextlib.nullcontext()
         with ctx:
             result = loop.train(cell.config, Sinks(*sinks), ckpt_dir, store=tok_store, steps=steps,
@@ -688,6 +749,10 @@ def _run_cell(cell: S.Cell, store: Store, tok_store: Any, table_len: int, opts: 
         if writer:
             store.set_status(cell.id, {**heartbeat.snapshot(), "state": "preempted",
                                        "message": "interrupted (Ctrl-C); run again to resume"})
+        raise
+    except SinkSetupError as e:  # every cell would fail alike (no W&B login): stop the grid, exit 2
+        if writer:
+            store.set_status(cell.id, {**heartbeat.snapshot(), "state": "failed", "message": str(e)})
         raise
     except UnreadableCheckpoint as e:
         if init_from is None or e.directory != Path(init_from[0]):

@@ -45,14 +45,22 @@ import itertools
 import json
 import math
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import yaml
 
-from scaling_grid.trainer.config import (ConfigError, RunConfig, check_data_paths, format_count, from_dict,
-                                         parse_count, read_yaml_text)
+from scaling_grid.trainer.config import (
+    ConfigError,
+    RunConfig,
+    check_data_paths,
+    format_count,
+    from_dict,
+    parse_count,
+    read_yaml_text,
+)
 
 TOP_KEYS = ("name", "description", "tokens_mode", "base", "rules", "axes", "cells")
 AXES = ("variant", "width", "depth", "tokens", "seed", "lr")
@@ -207,7 +215,8 @@ def _parse_rules(raw: Any) -> dict[str, dict[str, Any]]:
         if name == "batch_size" and kind == "by_tokens":
             table = r["table"]
             if not isinstance(table, Mapping) or not table:
-                raise _err("rules.batch_size.table", table, "expected a mapping {token budget: batch size}, e.g. {20M: 32}")
+                raise _err("rules.batch_size.table", table,
+                           "expected a mapping {token budget: batch size}, e.g. {20M: 32}")
             r["table"] = {parse_count(k, f"rules.batch_size.table key {k!r}"):
                           _pos_int(f"rules.batch_size.table[{k}]", v) for k, v in table.items()}
         out[name] = r
@@ -518,7 +527,8 @@ def _expand_wsd(spec: GridSpec, pts: list[tuple[str, dict[str, Any]]], with_lr: 
             assert max(1, round(bcfg.optim.decay_fraction * S)) == S - bp
             _check_cell(wh, bcfg)
             bname = _name(p, bcfg, with_lr, bcfg.train.tokens, "-wsd")
-            bid = f"{bname}-{_short_hash({'config': _identity(bcfg), 'role': 'branch', 'parent': tid, 'init_step': bp})}"
+            key = {'config': _identity(bcfg), 'role': 'branch', 'parent': tid, 'init_step': bp}
+            bid = f"{bname}-{_short_hash(key)}"
             cells.append(Cell(bid, bname, bcfg, "branch", bcfg.model.variant, bcfg.model.width,
                               bcfg.model.depth, bcfg.train.seed, bcfg.train.tokens, parent=tid,
                               init_step=bp, group=tid))

@@ -24,9 +24,10 @@ import math
 import os
 import socket
 import time
-from datetime import datetime, timezone
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import tensorstore as ts
@@ -34,7 +35,8 @@ import tensorstore as ts
 from scaling_grid.trainer.config import ConfigError
 
 FORMAT, VERSION = "scaling-grid-store", 1
-STATES = ("pending", "running", "preempted", "done", "diverged", "failed", "damaged")  # damaged: status only
+# damaged: status only; partial: a `train` folder with no result (killed, or still being written)
+STATES = ("pending", "running", "partial", "preempted", "done", "diverged", "failed", "damaged")
 FINAL_STATES = ("done", "diverged")   # never run again (a changed config is a new cell)
 EXPORT_COLUMNS = ("variant", "cell", "m", "l", "N", "seed", "step", "tokens", "tau_lr", "lr", "peak_lr",
                   "train_loss", "eval_loss", "eval_stderr", "schedule", "role", "parent", "is_final",
@@ -50,7 +52,7 @@ class StoreDamaged(ConfigError):
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def is_url(url: str) -> bool:
@@ -142,8 +144,8 @@ class Store:
             raise StoreDamaged(f"store {self.url!r}: {e}; `scaling-grid run SPEC --store {self.url}` rewrites it "
                                "(the cells' records are separate and unaffected)") from None
         if meta is None:
-            raise ConfigError(f"store {self.url!r}: not a grid store (no store.json); run `scaling-grid run SPEC "
-                              f"--store {self.url}` first")
+            raise ConfigError(f"store {self.url!r}: not a grid store (no store.json) nor a `train` run folder (no "
+                              f"config.yaml); run `scaling-grid run SPEC --store {self.url}` first")
         if meta.get("format") != FORMAT or int(meta.get("version", 0)) > VERSION:
             raise ConfigError(f"store {self.url!r}: format {meta.get('format')} v{meta.get('version')} is not "
                               f"readable by this version (reads {FORMAT} v{VERSION})")
@@ -238,13 +240,7 @@ class Store:
             return None, [str(e)], e.in_metadata
         if state != "done":
             return m, [], True
-        if m is None:
-            return m, [f"done, but its metric arrays ({self.root}/{self.metrics_prefix(cell_id)}) are missing"], False
-        missing = [f for f in ("loss", "eval_loss") if not np.isfinite(m[f][total_steps])]
-        if missing:
-            return m, [f"done, but its final point (step {total_steps}) has no {' or '.join(missing)}"], \
-                "loss" not in missing
-        return m, [], True
+        return (m, *check_final(m, total_steps, f"{self.root}/{self.metrics_prefix(cell_id)}"))
 
     def repair_metadata(self, cell_id: str, total_steps: int) -> list[str]:
         """Rewrite every unreadable metric metadata file of a cell (a function of its length); returns
@@ -274,6 +270,17 @@ class Store:
                               f"pass --checkpoints DIR (a local or shared disk)")
         base = self.url[len("file://"):] if self.url.startswith("file://") else self.url
         return Path(base).expanduser().absolute() / "checkpoints" / cell_id
+
+
+def check_final(m: dict[str, np.ndarray] | None, total_steps: int, where: str) -> tuple[list[str], bool]:
+    """(problems, repairable) of a done run's metrics: every fit of its budget needs its final train and
+    eval points. A missing eval is re-evaluated from the last checkpoint; a missing train loss is not."""
+    if m is None:
+        return [f"done, but its metric arrays ({where}) are missing"], False
+    missing = [f for f in ("loss", "eval_loss") if not np.isfinite(m[f][total_steps])]
+    if missing:
+        return [f"done, but its final point (step {total_steps}) has no {' or '.join(missing)}"], "loss" not in missing
+    return [], True
 
 
 def _json_default(o: Any) -> Any:
@@ -324,10 +331,12 @@ def is_stale(status: Mapping[str, Any], stale_after_s: float) -> bool:
 def export_table(url: str) -> dict[str, np.ndarray]:
     """One tidy table of every recorded point of the store: columns EXPORT_COLUMNS, one row per step
     that has a train or eval record (NaN where a value is absent). ``is_final`` marks the last step of a
-    done separate run or wsd branch (the points a final-loss fit uses)."""
+    done separate run or wsd branch (the points a final-loss fit uses). `url` may also be a `train`
+    run folder: the same columns for its one run."""
+    if is_run_folder(url):
+        return _run_folder_table(url)
     store = Store(url)
     store.check_format()
-    cols: dict[str, list[np.ndarray]] = {c: [] for c in EXPORT_COLUMNS}
     records, damage = store.records()
     data: dict[str, dict[str, np.ndarray] | None] = {}
     for rec in records:
@@ -339,34 +348,41 @@ def export_table(url: str) -> dict[str, np.ndarray]:
     if damage:  # a fit must never silently lose a cell: stop and say what to do
         raise StoreDamaged(f"store {url!r} is damaged; no table written:\n  " + "\n  ".join(damage)
                            + f"\n{repair_hint(url)}")
-    for rec in records:
-        cfg, st = rec["config"], rec["status"]
-        m = data[cfg["id"]]
-        if m is None:
-            continue
-        has = np.isfinite(m["tokens"]) | np.isfinite(m["eval_loss"]) | np.isfinite(m["loss"])
-        steps = np.flatnonzero(has)
-        if len(steps) == 0:
-            continue
-        n = len(steps)
-        total = int(cfg["total_steps"])
-        tau = m["tau"][steps].copy()
-        tau[steps == 0] = 0.0
-        final = (steps == total) & (st.get("state") == "done") & (cfg["role"] in ("separate", "branch"))
-        vals = {
-            "variant": np.full(n, cfg["variant"], dtype=object), "cell": np.full(n, cfg["id"], dtype=object),
-            "m": np.full(n, cfg["m"]), "l": np.full(n, cfg["l"]), "N": np.full(n, cfg["N"]),
-            "seed": np.full(n, cfg["seed"]), "step": steps.astype(np.int64),
-            "tokens": steps.astype(np.float64) * cfg["tokens_per_step"], "tau_lr": tau, "lr": m["lr"][steps],
-            "peak_lr": np.full(n, float(cfg["peak_lr"])), "train_loss": m["loss"][steps],
-            "eval_loss": m["eval_loss"][steps], "eval_stderr": m["eval_stderr"][steps],
-            "schedule": np.full(n, cfg["schedule"], dtype=object), "role": np.full(n, cfg["role"], dtype=object),
-            "parent": np.full(n, cfg.get("parent") or "", dtype=object), "is_final": final,
-            "flops_per_token": np.full(n, cfg["flops_per_token"]),
-            "total_steps": np.full(n, total),
-        }
-        for c in EXPORT_COLUMNS:
-            cols[c].append(vals[c])
+    return _table([_export_rows(rec["config"], rec["status"].get("state"), data[rec["config"]["id"]])
+                   for rec in records])
+
+
+def _export_rows(cfg: Mapping[str, Any], state: str | None, m: dict[str, np.ndarray] | None
+                 ) -> dict[str, np.ndarray] | None:
+    """The export rows of one run: `cfg` is its config.json record, `m` its metric arrays."""
+    if m is None:
+        return None
+    has = np.isfinite(m["tokens"]) | np.isfinite(m["eval_loss"]) | np.isfinite(m["loss"])
+    steps = np.flatnonzero(has)
+    if len(steps) == 0:
+        return None
+    n = len(steps)
+    total = int(cfg["total_steps"])
+    tau = m["tau"][steps].copy()
+    tau[steps == 0] = 0.0
+    final = (steps == total) & (state == "done") & (cfg["role"] in ("separate", "branch"))
+    return {
+        "variant": np.full(n, cfg["variant"], dtype=object), "cell": np.full(n, cfg["id"], dtype=object),
+        "m": np.full(n, cfg["m"]), "l": np.full(n, cfg["l"]), "N": np.full(n, cfg["N"]),
+        "seed": np.full(n, cfg["seed"]), "step": steps.astype(np.int64),
+        "tokens": steps.astype(np.float64) * cfg["tokens_per_step"], "tau_lr": tau, "lr": m["lr"][steps],
+        "peak_lr": np.full(n, float(cfg["peak_lr"])), "train_loss": m["loss"][steps],
+        "eval_loss": m["eval_loss"][steps], "eval_stderr": m["eval_stderr"][steps],
+        "schedule": np.full(n, cfg["schedule"], dtype=object), "role": np.full(n, cfg["role"], dtype=object),
+        "parent": np.full(n, cfg.get("parent") or "", dtype=object), "is_final": final,
+        "flops_per_token": np.full(n, cfg["flops_per_token"]),
+        "total_steps": np.full(n, total),
+    }
+
+
+def _table(parts: Iterable[dict[str, np.ndarray] | None]) -> dict[str, np.ndarray]:
+    """Concatenate runs' rows into the columns of EXPORT_COLUMNS, with their dtypes (also when empty)."""
+    parts = [p for p in parts if p is not None]
     out = {}
     for c in EXPORT_COLUMNS:
         if c in _STR_COLUMNS:
@@ -377,11 +393,121 @@ def export_table(url: str) -> dict[str, np.ndarray]:
             dtype = bool
         else:
             dtype = np.float64
-        out[c] = np.concatenate(cols[c]).astype(dtype) if cols[c] else np.zeros(0, dtype)
+        out[c] = np.concatenate([p[c] for p in parts]).astype(dtype) if parts else np.zeros(0, dtype)
     return out
 
 
+# ------------------------------------------------------------------------------ `train` run folders
+# `scaling-grid train` writes <out_dir>/config.yaml, metrics/ (the same zarr arrays as a grid cell's),
+# checkpoints/, result.json at the end, and .lock ("pid N on host") while it runs. status and export
+# read such a folder as a grid of one run.
+
+def is_run_folder(url: str) -> bool:
+    """A local folder written by `scaling-grid train` (config.yaml, and no store.json)."""
+    if is_url(url):
+        return False
+    p = Path(url).expanduser()
+    return (p / "config.yaml").is_file() and not (p / "store.json").exists()
+
+
+def _run_name(url: str) -> str:
+    return Path(url).expanduser().absolute().name
+
+
+def _live_holder(folder: Path) -> str | None:
+    """'pid N on host' of the `train` that holds this folder's lock, if it is alive on this machine.
+    (`train` empties the file when it ends; a killed one leaves its line, so the pid is checked.)"""
+    try:
+        text = (folder / ".lock").read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    parts = text.split()
+    if len(parts) == 4 and parts[0] == "pid" and parts[1].isdigit() and parts[3] == host_id() \
+            and pid_alive(int(parts[1])):
+        return text
+    return None
+
+
+def _read_run_folder(url: str) -> tuple[Any, dict[str, Any], dict[str, np.ndarray] | None, list[str], bool]:
+    """(RunConfig or None, status, metrics or None, problems, whether `train` again repairs them all).
+    status: running (its `train` holds the folder), else result.json's state, else partial (metrics
+    but no result: killed or crashed) or pending."""
+    import yaml
+
+    from scaling_grid.trainer.config import from_dict
+    from scaling_grid.trainer.metrics import MetricsDamaged, read_metrics
+    p = Path(url).expanduser()
+    try:
+        cfg = from_dict(yaml.safe_load((p / "config.yaml").read_text()))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError, ConfigError, TypeError, AttributeError) as e:
+        why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        return None, {"state": "damaged"}, None, [f"{p / 'config.yaml'} is unreadable ({why})"], False
+    problems: list[str] = []
+    fixable = True
+    try:
+        m = read_metrics(str(p / "metrics"))
+    except MetricsDamaged as e:
+        m, fixable = None, e.in_metadata
+        problems.append(str(e))
+    except ValueError as e:
+        if "NOT_FOUND" not in str(e):
+            raise
+        m = None
+    holder = _live_holder(p)
+    status: dict[str, Any] = {"state": "pending"}
+    if holder is not None:
+        status = {"state": "running", "host": holder.split()[-1], "pid": int(holder.split()[1])}
+    elif (p / "result.json").is_file():
+        try:
+            result = json.loads((p / "result.json").read_text())
+            status = {"state": result["status"], "step": result.get("step"), "message": result.get("message", ""),
+                      "eval_loss": result.get("eval_loss"), "vocab": result.get("vocab")}
+        except (OSError, ValueError, TypeError, KeyError) as e:  # ValueError: JSON and UTF-8 errors
+            problems.append(f"{p / 'result.json'} is damaged ({type(e).__name__}: {str(e)[:100]})")
+            status = {"state": "partial"}
+    elif m is not None:
+        status = {"state": "partial"}
+    if status["state"] == "done" and not problems:
+        more, fixable = check_final(m, cfg.steps, str(p / "metrics"))
+        problems += more
+    return cfg, status, m, problems, fixable
+
+
+def _run_folder_row(url: str) -> dict[str, Any]:
+    cfg, st, m, problems, fixable = _read_run_folder(url)
+    row = {"cell": _run_name(url), "role": "run", "state": st["state"], "step": st.get("step"),
+           "total": cfg.steps if cfg is not None else "?", "loss": None, "eval_loss": st.get("eval_loss"),
+           "tokens_per_s": None, "age_s": None, "host": st.get("host", ""), "message": st.get("message", "")}
+    if problems:
+        row["state"] = "damaged"
+        row["message"] = "; ".join(problems) + ("" if fixable else f"; {lost_run(url)}")
+    _live_values(row, m)
+    return row
+
+
+def _run_folder_table(url: str) -> dict[str, np.ndarray]:
+    from scaling_grid.grid import spec as S
+    cfg, st, m, problems, fixable = _read_run_folder(url)
+    if problems:
+        raise StoreDamaged(f"run folder {url!r} is damaged; no table written:\n  " + "\n  ".join(problems)
+                           + ("" if fixable else f"; {lost_run(url)}") + f"\n{repair_hint(url)}")
+    name = _run_name(url)
+    cell = S.Cell(id=name, name=name, config=cfg, role="separate", variant=cfg.model.variant, m=cfg.model.width,
+                  l=cfg.model.depth, seed=cfg.train.seed, tokens=cfg.train.tokens)
+    # vocab: as the run recorded it (exact for a trained bpe); before its end, what the tokenizer gives
+    record = S.derived(cell, st.get("vocab") or S.expected_vocab(cfg))
+    return _table([_export_rows(record, st["state"], m)])
+
+
+def lost_run(url: str) -> str:
+    return (f"these values are lost: delete {url}/metrics and {url}/checkpoints, then `scaling-grid train` again "
+            "retrains the run")
+
+
 def repair_hint(url: str) -> str:
+    if is_run_folder(url):
+        return ("run the same `scaling-grid train` command again: it rewrites damaged metric metadata and "
+                "re-evaluates a missing final point from the last checkpoint")
     return (f"`scaling-grid run SPEC --store {url}` repairs what is repairable: it rewrites damaged records from "
             "the spec and re-evaluates missing final points from each cell's last checkpoint")
 
@@ -425,7 +551,10 @@ def _fmt(v: Any) -> str:
 
 def status_rows(url: str) -> list[dict[str, Any]]:
     """One row per cell for `scaling-grid status`: state, step/total, last train loss, last eval loss,
-    tokens/s, heartbeat age, host. Running cells are read live from their metric arrays."""
+    tokens/s, heartbeat age, host. Running cells are read live from their metric arrays. A `train` run
+    folder gives one row."""
+    if is_run_folder(url):
+        return [_run_folder_row(url)]
     store = Store(url)
     store.check_format()
     rows = []
@@ -448,42 +577,68 @@ def status_rows(url: str) -> list[dict[str, Any]]:
             row["state"] = "damaged"
             row["message"] = "; ".join(problems) + ("" if fixable else f"; {lost(store, cfg['id'])}")
         if state != "pending":
-            if m is not None:
-                logged = np.flatnonzero(np.isfinite(m["tokens"]))
-                if len(logged):
-                    row["step"] = max(int(logged[-1]), row["step"] or 0)
-                    row["loss"] = float(m["loss"][logged[-1]])
-                ev = np.flatnonzero(np.isfinite(m["eval_loss"]))
-                if len(ev):
-                    row["eval_loss"] = float(m["eval_loss"][ev[-1]])
+            _live_values(row, m)
         rows.append(row)
     return rows
 
 
-def format_status(rows: Iterable[Mapping[str, Any]], url: str = "STORE") -> str:
+def _live_values(row: dict[str, Any], m: dict[str, np.ndarray] | None) -> None:
+    """Step, train loss and eval loss of a row from the metric arrays (newer than a status record)."""
+    if m is None:
+        return
+    logged = np.flatnonzero(np.isfinite(m["tokens"]))
+    if len(logged):
+        row["step"] = max(int(logged[-1]), row["step"] or 0)
+        row["loss"] = float(m["loss"][logged[-1]])
+    ev = np.flatnonzero(np.isfinite(m["eval_loss"]))
+    if len(ev):
+        row["eval_loss"] = float(m["eval_loss"][ev[-1]])
+
+
+WIDTH = 100  # status rows fit a laptop terminal; --wide prints every column and whole notes
+
+
+def format_status(rows: Iterable[Mapping[str, Any]], url: str = "STORE", wide: bool = False) -> str:
+    """The status table. Rows fit WIDTH columns (the role is in the cell id's suffix, -trunk / -wsd, and
+    notes are cut to the room left) unless `wide`; damage messages below the table stay whole (they
+    name paths to act on)."""
     rows = list(rows)
     head = ("cell", "role", "state", "step/total", "loss", "eval", "tok/s", "note")
     table = []
     for r in rows:
-        note = r["host"] if r["state"] == "running" else ""
+        # narrow: the host's first label, and a message without the state it repeats ("preempted: ...")
+        note = (r["host"] if wide else r["host"].split(".")[0]) if r["state"] == "running" else ""
         if r["state"] == "running" and r["age_s"] is not None and math.isfinite(r["age_s"]):
             note += f" ({r['age_s']:.0f}s ago)"
         if r["state"] in ("failed", "diverged", "preempted") and r["message"]:
-            note = r["message"].splitlines()[0][:70]
+            note = r["message"].splitlines()[0]
+            if not wide:
+                note = note.removeprefix(f"{r['state']}: ")
         if r["state"] == "damaged":
             note = "see below"
         table.append((r["cell"], r["role"], r["state"], f"{r['step'] or 0}/{r['total']}", _num(r["loss"]),
                       _num(r["eval_loss"]), _num(r["tokens_per_s"], "{:,.0f}"), note))
+    cut = False
+    if not wide:
+        head, table = head[:1] + head[2:], [t[:1] + t[2:] for t in table]
+        fixed = sum(max(len(h), *(len(t[i]) for t in table)) if table else len(h) for i, h in enumerate(head[:-1]))
+        room = max(WIDTH - fixed - 2 * (len(head) - 1), 12)  # 12: something of the note even beside a long id
+        cut = any(len(t[-1]) > room for t in table)
+        table = [t[:-1] + (t[-1] if len(t[-1]) <= room else t[-1][:room - 3] + "...",) for t in table]
     widths = [max(len(h), *(len(t[i]) for t in table)) if table else len(h) for i, h in enumerate(head)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip()]
     lines += ["  ".join(v.ljust(w) for v, w in zip(t, widths)).rstrip() for t in table]
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
-    lines.append(f"{len(rows)} cells: " + ", ".join(f"{counts[s]} {s}" for s in STATES if s in counts))
+    lines.append(f"{len(rows)} cell{'s' if len(rows) != 1 else ''}: "
+                 + ", ".join(f"{counts[s]} {s}" for s in STATES if s in counts))
+    if cut:
+        lines.append(f"(notes cut to {WIDTH} columns: --wide shows them whole)")
     damaged = [r for r in rows if r["state"] == "damaged"]
     if damaged:
-        lines.append(f"DAMAGED ({len(damaged)} cells; `export`, `fit` and `report` refuse this store until repaired):")
+        what = "run folder" if is_run_folder(url) else "store"
+        lines.append(f"DAMAGED ({len(damaged)} cells; `export`, `fit` and `report` refuse this {what} until repaired):")
         lines += [f"  {r['cell']}: {r['message']}" for r in damaged]
         lines.append(repair_hint(url))
     return "\n".join(lines)

@@ -7,8 +7,8 @@ import pytest
 from scipy.optimize import nnls
 from scipy.stats import binom
 
-from scaling_grid.analysis import laws, run_fit
 from scaling_grid.analysis import fit as F
+from scaling_grid.analysis import laws, run_fit
 from scaling_grid.analysis import synthetic as S
 from scaling_grid.analysis.points import select_points
 

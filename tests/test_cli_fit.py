@@ -33,7 +33,7 @@ def test_fit_chinchilla_csv_with_mapping(tmp_path):
     proc = _fit(str(path), "--law", "chinchilla", "--map", "N=model_size,D=n_tokens,loss=final_loss",
                 "--drop-highest", "3", "--boot", "100", "--json", str(out))
     assert proc.returncode == 0, proc.stderr
-    assert "| variant |" in proc.stdout and "α" in proc.stdout
+    assert "| variant " in proc.stdout and "| α " in proc.stdout
     fit = json.loads(out.read_text())
     params = next(iter(fit["variants"].values()))["params"]
     truth = synthetic.CHINCHILLA_TRUTH
@@ -80,6 +80,7 @@ def test_fit_echoes_exclusions_warnings_and_the_universality_verdict(tmp_path, c
     out, err = capsys.readouterr()
     assert "excluded 3 point(s): drop_highest" in out
     assert "universality test (gpt2)" in out and "1/3" in out
+    err = err.replace("\n  ", " ")  # undo the wrapping at 100 columns
     assert any(ln.startswith("warning (gpt2): L0 ") and "bound" in ln for ln in err.splitlines()), err
     assert "(at bound)" in out
     assert main(["report", path, "--law", "universality-free", "--boot", "20", "--drop-highest", "3",
@@ -162,3 +163,63 @@ def test_a_csv_that_is_not_utf8_text_exits_2_naming_the_file(tmp_path, capsys, c
         assert err.count("\n") == 1 and "latin.csv" in err and "Traceback" not in err, err
         assert "UTF-8" in err or "NUL" in err, err
     assert not (tmp_path / "rep").exists()
+
+
+# ---------------------------------------------------------------- issue 12: everyday use
+def _two_variant_csv(path):
+    a = synthetic.universality_table(seed=0, truth=dict(synthetic.UNIVERSALITY_TRUTH, L0=0.0))
+    b = synthetic.universality_table(seed=1, variant="qk_norm_with_a_long_name",
+                                     truth={"c_tau": 0.65, "c_m": 16.0, "c_l": 0.3, "L0": 0.82})
+    return _table_csv(path, {k: np.concatenate([a[k], b[k]]) for k in a})
+
+
+def test_fit_output_fits_100_columns_and_wide_prints_one_row_per_variant(tmp_path, capsys):
+    path = _two_variant_csv(tmp_path / "t.csv")
+    args = ["fit", path, "--law", "universality-free", "--boot", "30", "--drop-highest", "3",
+            "--json", str(tmp_path / "the-fit-of-two-variants-with-a-long-file-name.json")]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    lines = out.splitlines() + err.splitlines()
+    assert len(out.splitlines()) > 20 and err
+    assert max(map(len, lines)) <= 100, max(lines, key=len)
+    # one row per quantity, every variant a column; numbers to their intervals' precision
+    rows: dict[str, str] = {}  # label -> the row's cells for every variant (blocks of variants joined)
+    for ln in out.splitlines():
+        if ln.startswith("| "):
+            label, *cells = [c.strip() for c in ln.strip("|").split("|")]
+            rows[label] = rows.get(label, "") + " | " + " | ".join(cells)
+    assert rows["variant"] == " | gpt2 | qk_norm_with_a_long_name"
+    assert {"c_τ", "c_m", "c_ℓ", "L0", "α_τ", "fit err (rms %)"} <= set(rows)
+    assert "(at bound)" in rows["L0"]
+    fit = json.loads((tmp_path / "the-fit-of-two-variants-with-a-long-file-name.json").read_text())
+    c_m = fit["variants"]["gpt2"]["params"]["c_m"]
+    assert analysis.fmt_interval(c_m["value"], c_m["lo"], c_m["hi"]) in rows["c_m"]
+    assert len(repr(c_m["value"])) > 8  # the JSON keeps full precision
+    assert main(args + ["--wide"]) == 0
+    out = capsys.readouterr().out
+    wide = [ln for ln in out.splitlines() if ln.startswith("| ")]
+    assert wide[0].startswith("| variant | points (runs) | c_τ |") and len(wide) == 3
+    assert max(map(len, wide)) > 100
+
+
+def test_report_of_a_store_names_its_spec_and_hash(tmp_path, monkeypatch):
+    import hashlib
+
+    from scaling_grid.grid import cli
+    spec = "name: demo-spec\naxes: {width: [16, 32]}\n"
+    store = tmp_path / "store"
+    (store / "specs").mkdir(parents=True)
+    (store / "store.json").write_text(json.dumps({"format": "scaling-grid-store", "version": 1, "name": "demo-spec"}))
+    (store / "spec.yaml").write_text(spec)
+    h = hashlib.blake2b(spec.encode(), digest_size=4).hexdigest()
+    for name in (h, "00aa11bb"):
+        (store / "specs" / f"{name}.yaml").write_text(spec)
+    # the store's table is exported by grid.store (tested with real grids elsewhere): a synthetic one here
+    monkeypatch.setattr(cli, "_points_table", lambda args: synthetic.universality_table(seed=0))
+    assert main(["report", str(store), "--boot", "20", "--out", str(tmp_path / "rep")]) == 0
+    prov = json.loads((tmp_path / "rep" / "provenance.json").read_text())
+    assert prov["source"] == str(store) and prov["spec name"] == "demo-spec"
+    assert prov["spec hash"].startswith(h) and prov["specs launched into the store"] == f"00aa11bb, {h}"
+    assert prov["command"] and "UTC" in prov["date (UTC)"]
+    html = (tmp_path / "rep" / "index.html").read_text()
+    assert h in html and "demo-spec" in html

@@ -1,9 +1,7 @@
 """Bad input fails before any compute, naming the field, the value and what is allowed."""
-import os
 import random
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -53,6 +51,13 @@ def test_overrides_and_counts(tmp_path):
     (["model.width=wide"], ["model.width", "wide", "integer"]),
     (["model.qk_norm=maybe"], ["model.qk_norm", "maybe", "true or false"]),
     (["no_equals_sign"], ["no_equals_sign", "key=value"]),
+    (["data.documents="], ["data.documents=''", "blank_lines", "delimiter", "not empty"]),
+    (["data.documents=lines"], ["data.documents='lines'", "source='text' only", "shakespeare"]),
+    (["data.text_key="], ["data.text_key=''", "non-empty"]),
+    (["data.source=text", "data.paths=[a.txt]", "data.text_key=body"], ["data.text_key='body'", "jsonl", "parquet"]),
+    (["data.source=jsonl"], ["data.paths", "at least one"]),
+    (["data.source=jsonl", "data.paths=[/nonexistent/*.jsonl]"],
+     ["data.paths", "/nonexistent/*.jsonl", "matches no file"]),
 ])
 def test_bad_fields_are_named(tmp_path, overrides, needles):
     with pytest.raises(C.ConfigError) as e:
@@ -134,3 +139,93 @@ def test_cli_rejects_bad_run_config_files(tmp_path, monkeypatch, capsys, command
     for needle in needles:
         assert needle in err, (needle, err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "cfg.yaml"]  # no run folder, no store
+
+
+# ---------------------------------------------------------------- new fields keep ids; discovering fields
+
+def test_new_data_fields_keep_to_dict_and_ids_at_their_defaults(tmp_path):
+    """Cell ids and run fingerprints hash to_dict(): data.documents and data.text_key appear in it
+    only when set, so every existing config gives the dict (and the ids) it gave before they existed."""
+    d = C.RunConfig().to_dict()
+    assert "documents" not in d["data"] and "text_key" not in d["data"]
+    assert C.from_dict(d) == C.RunConfig()
+    cfg = _load(tmp_path, "data.source=text", f"data.paths=[{__file__}]", "data.documents=<|endoftext|>")
+    assert cfg.to_dict()["data"]["documents"] == "<|endoftext|>" and "text_key" not in cfg.to_dict()["data"]
+    assert C.from_dict(cfg.to_dict()) == cfg
+
+
+def _fields_in(text: str) -> dict[str, str]:
+    """'section.field' (or 'out_dir') -> its comment, from `scaling-grid config`'s YAML."""
+    out, section, last = {}, "", ""
+    for line in text.splitlines():
+        if not line.strip() or line.startswith("# "):
+            continue
+        if line.strip().startswith("#"):  # a wrapped comment continues the last field's
+            out[last] += " " + line.strip().removeprefix("# ")
+            continue
+        key, _, rest = line.partition(":")
+        if not line.startswith(" "):
+            section = key if not rest.strip() else ""
+            if not rest.strip():
+                continue
+        last = f"{section}.{key.strip()}" if section else key
+        out[last] = rest.partition(" # ")[2].strip() if " # " in rest else ""
+    return out
+
+
+def test_config_command_lists_every_field_with_default_and_meaning(capsys):
+    import dataclasses
+
+    import yaml
+
+    from scaling_grid.grid import cli
+    assert cli.main(["config"]) == 0
+    out = capsys.readouterr().out
+    listed = _fields_in(out)
+    expected = {f"{s}.{f.name}" for s, cls in C._SECTIONS.items() for f in dataclasses.fields(cls)} | {"out_dir"}
+    assert set(listed) == expected
+    assert all(len(meaning) > 5 for meaning in listed.values()), listed
+    assert "m = d_model" in listed["model.width"] and "gpt2, llama" in listed["model.variant"]
+    defaults = dataclasses.asdict(C.RunConfig())
+    defaults["data"]["paths"] = []
+    assert yaml.safe_load(out) == defaults  # the listing is the default config, as YAML
+
+
+def test_config_command_prints_the_resolved_config(tmp_path, capsys):
+    import yaml
+
+    from scaling_grid.grid import cli
+    (tmp_path / "input.txt").write_text("one\n\ntwo\n")
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"model: {{width: 64}}\ndata: {{source: text, paths: [{tmp_path / 'input.txt'}]}}\n"
+                   f"out_dir: {tmp_path / 'run'}\n")
+    assert cli.main(["config", str(cfg), "train.tokens=3M", "data.documents=<|endoftext|>", "optim.eps=1e-6",
+                     f"data.root={tmp_path / 'data'}"]) == 0
+    out = capsys.readouterr().out
+    resolved = yaml.safe_load(out)
+    assert resolved["model"]["width"] == 64 and resolved["model"]["depth"] == 4
+    assert resolved["train"]["tokens"] == 3_000_000 and resolved["optim"]["eps"] == 1e-6
+    assert resolved["data"]["documents"] == "<|endoftext|>"
+    assert resolved["data"]["paths"] == [str(tmp_path / "input.txt")]
+    assert C.from_dict(resolved) == C.load(cfg, ["train.tokens=3M", "data.documents=<|endoftext|>", "optim.eps=1e-6",
+                                                 f"data.root={tmp_path / 'data'}"])
+    listed = _fields_in(out)
+    assert "(default: 128)" in listed["model.width"] and "default" not in listed["model.depth"]
+    assert "(default: file)" in listed["data.documents"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["input.txt", "run.yaml"]  # nothing written
+    # A bad field fails as train would: exit 2, the field named.
+    assert cli.main(["config", "data.documents="]) == 2
+    assert "data.documents=''" in capsys.readouterr().err
+
+
+def test_version_and_train_help(capsys):
+    from importlib.metadata import version
+
+    from scaling_grid.grid import cli
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out == f"scaling-grid {version('scaling-grid')}\n"
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    assert "see `scaling-grid config` for every field" in " ".join(capsys.readouterr().out.split())

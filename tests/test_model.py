@@ -8,8 +8,15 @@ import optax
 import pytest
 
 from scaling_grid.trainer.config import OptimConfig
-from scaling_grid.trainer.model import (VARIANTS, Arch, Transformer, flops_per_token, non_embedding_formula,
-                                        param_counts, resolve_variant)
+from scaling_grid.trainer.model import (
+    VARIANTS,
+    Arch,
+    Transformer,
+    flops_per_token,
+    non_embedding_formula,
+    param_counts,
+    resolve_variant,
+)
 from scaling_grid.trainer.step import TrainState, decay_mask, lr_table, make_optimizer, train_chunk
 from scaling_grid.trainer.step import schedule as schedule_fn
 

@@ -41,13 +41,22 @@ def _metrics(out: Path) -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, data_root):
-    """An uninterrupted run through the CLI: the curve every resumed run must reproduce bit for bit."""
+def reference_run(tmp_path_factory, data_root):
+    """An uninterrupted run through the CLI, its output a file (as under a scheduler): (folder, metrics,
+    the finished process)."""
     out = tmp_path_factory.mktemp("ref") / "run"
     subprocess.run(_cli("prepare", *_overrides(out, data_root)), check=True, timeout=300)
-    proc = subprocess.run(_cli("train", *_overrides(out, data_root)), capture_output=True, text=True, timeout=600)
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}  # the bar must switch off by itself
+    proc = subprocess.run(_cli("train", *_overrides(out, data_root)), capture_output=True, text=True, timeout=600,
+                          env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, _metrics(out)
+    return out, _metrics(out), proc
+
+
+@pytest.fixture(scope="module")
+def reference(reference_run):
+    """The curve every resumed run must reproduce bit for bit: (folder, metrics)."""
+    return reference_run[:2]
 
 
 def _assert_same_curves(a: dict, b: dict) -> None:
@@ -298,3 +307,67 @@ def test_full_disk_is_a_message_and_the_run_resumes_after(reference, tmp_path, d
     proc = subprocess.run(_cli("train", *_overrides(out, data_root)), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     _assert_same_curves(ref, _metrics(out))
+
+
+def test_a_changed_field_that_to_dict_omits_at_its_default_is_named(tmp_path, data_root):
+    """data.documents is left out of the config dict at its default (stable ids); changing it in an
+    existing run folder is still refused with the field named (before: KeyError)."""
+    corpus = tmp_path / "input.txt"
+    corpus.write_text("one\n\ntwo\n")
+    out = tmp_path / "run"
+    base = [f"out_dir={out}", f"data.root={data_root}", "data.source=text", f"data.paths=[{corpus}]"]
+    out.mkdir()
+    (out / "config.yaml").write_text(__import__("yaml").safe_dump(C.load(None, base).to_dict()))
+    with pytest.raises(C.ConfigError, match=r"data.documents: '\(default\)' -> 'blank_lines'"):
+        loop.train_cli(C.load(None, [*base, "data.documents=blank_lines"]))
+
+
+def test_log_without_a_terminal_is_plain_lines(reference_run):
+    """Output to a file: the JAX backend first, no progress-bar redraws, one plain line per eval."""
+    import jax
+    _, _, proc = reference_run
+    assert "\r" not in proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"jax {jax.__version__} on cpu: 1 device (cpu)"
+    evals = [line.split()[1] for line in lines if line.startswith("step ") and " eval " in line]
+    assert evals == [f"{s}/{STEPS}" for s in range(0, STEPS + 1, 20)]
+    assert lines[-1].startswith("done: ") and len(lines) < 15
+
+
+def test_status_and_export_of_a_run_folder(reference_run, tmp_path, capsys):
+    """`status` and `export` read a `train` folder as a grid of one run, with the grid store's checks."""
+    from scaling_grid.grid import cli
+    from scaling_grid.grid import store as G
+    ref_out, ref, proc = reference_run
+    out = tmp_path / "run"
+    shutil.copytree(ref_out, out)
+    assert cli.main(["status", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert text.splitlines()[1].split()[:5] == ["run", "done", f"{STEPS}/{STEPS}",
+                                                f"{ref['loss'][STEPS]:.4f}", f"{ref['eval_loss'][STEPS]:.4f}"]
+    assert cli.main(["export", str(out), "--out", str(tmp_path / "x.csv")]) == 0
+    t = G.export_table(str(out))
+    assert tuple(t) == G.EXPORT_COLUMNS and (tmp_path / "x.csv").read_text().count("\n") == len(t["step"]) + 1
+    steps = np.flatnonzero(np.isfinite(ref["loss"]) | np.isfinite(ref["eval_loss"]))
+    np.testing.assert_array_equal(t["step"], steps)
+    for col, field in (("train_loss", "loss"), ("eval_loss", "eval_loss"), ("eval_stderr", "eval_stderr"),
+                       ("lr", "lr")):
+        np.testing.assert_array_equal(t[col], ref[field][steps], err_msg=col)
+    assert set(t["cell"]) == {"run"} and set(t["role"]) == {"separate"} and set(t["total_steps"]) == {STEPS}
+    assert list(t["step"][t["is_final"]]) == [STEPS]
+    n = int(proc.stdout.split(" non-embedding params")[0].rsplit(" ", 1)[-1].replace(",", ""))
+    assert set(t["N"]) == {n} and set(t["m"]) == {32} and set(t["l"]) == {2}  # as `train` printed them
+    with loop._exclusive(out):  # a `train` holds the folder
+        assert G.status_rows(str(out))[0]["state"] == "running"
+    result = (out / "result.json").read_text()
+    (out / "result.json").unlink()  # killed: metrics, no result
+    assert G.status_rows(str(out))[0]["state"] == "partial"
+    (out / "result.json").write_text(result)
+    shutil.rmtree(out / "metrics" / "eval_loss" / "c")  # the final eval lost
+    assert cli.main(["status", str(out)]) == 1
+    text = capsys.readouterr().out
+    assert f"done, but its final point (step {STEPS}) has no eval_loss" in text and "same `scaling-grid train`" in text
+    (out / "metrics" / "loss" / "zarr.json").write_text("{garbled")
+    assert cli.main(["export", str(out), "--out", str(tmp_path / "y.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "metrics/loss: its metadata (zarr.json) is damaged" in err and not (tmp_path / "y.csv").exists()

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import orbax.checkpoint as ocp
 
@@ -25,7 +26,8 @@ class Checkpointer:
         self.every_steps, self.every_s = every_steps, every_minutes * 60.0
         self.keep_steps = frozenset(keep_steps)
         self.warn = warn
-        stale = sorted(p.name for p in self.directory.glob("*.orbax-checkpoint-tmp*")) if self.directory.exists() else []
+        stale = (sorted(p.name for p in self.directory.glob("*.orbax-checkpoint-tmp*"))
+                 if self.directory.exists() else [])
         if stale:
             self.warn(f"checkpoint: ignoring partial save(s) {stale} left by an interrupted process")
         self.manager = ocp.CheckpointManager(

@@ -2,17 +2,21 @@
 
 A run config has four sections (model, data, optim, train) and an output directory. Every field is
 checked before any compute; an error names the field, the value and what is allowed. Command-line
-overrides use dotted keys: ``model.width=256 train.tokens=20M``.
+overrides use dotted keys: ``model.width=256 train.tokens=20M``. Each field carries its meaning in
+its metadata (``help``); :func:`describe` (``scaling-grid config``) prints them all.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import re
+import textwrap
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import yaml
 
@@ -50,58 +54,78 @@ def format_count(n: int) -> str:
     return str(n)
 
 
+def _f(default: Any, meaning: str) -> Any:
+    """A dataclass field with its meaning, which `scaling-grid config` prints."""
+    return field(default=default, metadata={"help": meaning})
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    variant: str = "gpt2"        # a name in model.VARIANTS
-    width: int = 128             # m = d_model
-    depth: int = 4               # l = number of blocks
-    heads: int = 2               # width must be divisible by heads
-    seq_len: int = 256
-    qk_norm: bool = False        # normalise q and k per head (on top of any variant)
-    unroll: int = 0              # blocks per scan iteration; 0 = auto: all on CPU, 1 on GPU/TPU
+    variant: str = _f("gpt2", "architecture: a name in model.VARIANTS")
+    width: int = _f(128, "m = d_model, the residual stream width")
+    depth: int = _f(4, "l = number of transformer blocks")
+    heads: int = _f(2, "attention heads; width must be divisible by heads, and width/heads even")
+    seq_len: int = _f(256, "tokens per training sequence (the context length)")
+    qk_norm: bool = _f(False, "normalise q and k per head (on top of any variant)")
+    unroll: int = _f(0, "blocks per scan iteration; 0 = auto: all on CPU, 1 on GPU/TPU")
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = "shakespeare"  # shakespeare | text | parquet | fineweb
-    paths: tuple[str, ...] = ()  # files or globs, for text and parquet
-    hf_config: str = "sample-10BT"  # FineWeb config name, for fineweb
-    max_docs: int = 0            # stop after this many documents (0 = all); for streaming sources
-    tokenizer: str = "bytes"     # bytes | gpt2 | bpe
-    bpe_vocab: int = 4096        # vocabulary size of a trained bpe tokenizer
-    val_fraction: float = 0.02   # fraction of documents (chosen by content hash) held out
-    root: str = "data"           # prepared token stores live under here, one folder per data config
+    source: str = _f("shakespeare", "where documents come from: shakespeare (embedded, offline), text (local "
+                     "text files), jsonl (local JSON Lines files, .jsonl or .jsonl.gz), parquet (local parquet "
+                     "files), fineweb (streamed from the Hugging Face Hub)")
+    paths: tuple[str, ...] = _f((), "files, globs or folders, for text, jsonl and parquet")
+    documents: str = _f("file", "text: how a file is cut into documents: file (the whole file is one "
+                        "document) | blank_lines (paragraphs separated by one or more blank lines) | lines "
+                        "(one document per non-empty line) | any other string: a delimiter to split on, "
+                        "e.g. '<|endoftext|>'; newlines around each document are dropped")
+    text_key: str = _f("text", "jsonl: the key of each record's document text; parquet: the column")
+    hf_config: str = _f("sample-10BT", "FineWeb config name, for fineweb")
+    max_docs: int = _f(0, "stop after this many documents (0 = all)")
+    tokenizer: str = _f("bytes", "bytes (UTF-8 bytes, vocab 256) | gpt2 (GPT-2's BPE) | bpe (a byte-level "
+                        "BPE trained on this corpus)")
+    bpe_vocab: int = _f(4096, "vocabulary size of a trained bpe tokenizer")
+    val_fraction: float = _f(0.02, "fraction of documents (chosen by a hash of their text) held out for validation")
+    root: str = _f("data", "prepared token stores live under here, one folder per data config")
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    lr: float = 3e-3             # peak learning rate
-    schedule: str = "cosine"     # cosine | wsd | constant
-    warmup_steps: int = 50
-    decay_fraction: float = 0.2  # wsd: fraction of the run spent in the final linear decay
-    final_lr_ratio: float = 0.1  # cosine: final lr = ratio * peak; wsd decays to 0
-    weight_decay: float = 0.1    # applied to matrices only
-    b1: float = 0.9
-    b2: float = 0.95
-    eps: float = 1e-8
-    clip_norm: float = 1.0       # global gradient-norm clip; 0 disables
+    lr: float = _f(3e-3, "peak learning rate")
+    schedule: str = _f("cosine", "learning rate schedule after warmup: cosine | wsd (warmup-stable-decay) "
+                       "| constant")
+    warmup_steps: int = _f(50, "steps of linear warmup from 0 to the peak lr")
+    decay_fraction: float = _f(0.2, "wsd: fraction of the run spent in the final linear decay")
+    final_lr_ratio: float = _f(0.1, "cosine: final lr = ratio * peak; wsd decays to 0")
+    weight_decay: float = _f(0.1, "AdamW weight decay, applied to matrices only")
+    b1: float = _f(0.9, "AdamW beta1, the decay of the gradient's running mean")
+    b2: float = _f(0.95, "AdamW beta2, the decay of the squared gradient's running mean")
+    eps: float = _f(1e-8, "AdamW epsilon, added to the denominator")
+    clip_norm: float = _f(1.0, "global gradient-norm clip; 0 disables")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    tokens: int = 2_000_000      # token budget; steps = tokens // (batch_size * seq_len)
-    batch_size: int = 16         # global sequences per optimizer step
-    grad_accum: int = 1          # micro-batches per step (batch_size must divide by it)
-    steps_per_call: int = 1      # optimizer steps fused into one compiled call (CPU dispatch overhead)
-    seed: int = 0                # parameter init
-    data_seed: int = 0           # batch order: the batch at step s is a function of (data_seed, s)
-    log_every: int = 10          # record train metrics every k steps (fetched from device in batches)
-    eval_every: int = 100        # eval on the fixed validation set every k steps (and at the end)
-    eval_batches: int = 4        # validation set size, in batches of batch_size sequences
-    ckpt_every: int = 500        # checkpoint every k steps ...
-    ckpt_minutes: float = 10.0   # ... and every t minutes, on SIGTERM and at the end
-    keep: int = 3                # checkpoints kept
-    dtype: str = "auto"          # auto (bf16 compute on GPU/TPU, fp32 on CPU) | float32 | bfloat16
+    tokens: int = _f(2_000_000, "token budget; steps = tokens // (batch_size * seq_len)")
+    batch_size: int = _f(16, "global sequences per optimizer step")
+    grad_accum: int = _f(1, "micro-batches per step (batch_size must divide by it)")
+    steps_per_call: int = _f(1, "optimizer steps fused into one compiled call (CPU dispatch overhead)")
+    seed: int = _f(0, "parameter init")
+    data_seed: int = _f(0, "batch order: the batch at step s is a function of (data_seed, s)")
+    log_every: int = _f(10, "record train metrics every k steps (fetched from device in batches)")
+    eval_every: int = _f(100, "eval on the fixed validation set every k steps (and at the end)")
+    eval_batches: int = _f(4, "validation set size, in batches of batch_size sequences")
+    ckpt_every: int = _f(500, "checkpoint every k steps ...")
+    ckpt_minutes: float = _f(10.0, "... and every t minutes, on SIGTERM and at the end")
+    keep: int = _f(3, "checkpoints kept")
+    dtype: str = _f("auto", "auto (bf16 compute on GPU/TPU, fp32 on CPU) | float32 | bfloat16")
+
+
+# Fields added after cell ids were first pinned: to_dict() leaves them out while they hold their
+# defaults, so the ids of existing grid cells (a hash of to_dict()) and existing runs' configs stay as
+# they were. A non-default value is a different run and is written out.
+_OMITTED_AT_DEFAULT = {"data": ("documents", "text_key")}
 
 
 @dataclass(frozen=True)
@@ -110,7 +134,8 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    out_dir: str = "runs/default"
+    out_dir: str = field(default="runs/default",
+                         metadata={"help": "run folder: config.yaml, metrics/ and checkpoints/"})
 
     @property
     def steps(self) -> int:
@@ -121,8 +146,13 @@ class RunConfig:
         return self.train.batch_size * self.model.seq_len
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field as plain data, except fields of ``_OMITTED_AT_DEFAULT`` at their defaults."""
         d = dataclasses.asdict(self)
         d["data"]["paths"] = list(d["data"]["paths"])
+        for section, names in _OMITTED_AT_DEFAULT.items():
+            for f in fields(_SECTIONS[section]):
+                if f.name in names and d[section][f.name] == f.default:
+                    del d[section][f.name]
         return d
 
 
@@ -196,6 +226,50 @@ def from_dict(d: Mapping[str, Any]) -> RunConfig:
     return RunConfig(**kwargs)
 
 
+def _yaml_value(v: Any) -> str:
+    """One value as a single-line YAML scalar or flow list."""
+    if isinstance(v, str) and not v.isprintable():  # newlines, tabs: a JSON string is valid YAML
+        return json.dumps(v)
+    text = yaml.safe_dump(list(v) if isinstance(v, tuple) else v, default_flow_style=True, width=1 << 30)
+    return text.removesuffix("\n").removesuffix("\n...")
+
+
+def describe(cfg: RunConfig | None = None, width: int = 100) -> str:
+    """Every field of a run config as YAML with its meaning in a comment: the defaults, or with
+    ``cfg`` that config's values (a value that is not the default names the default). The text
+    loads back with ``yaml.safe_load`` to every field's value."""
+    from .model import VARIANTS  # late import, as in validate: config stays importable without jax
+
+    allowed = {"model.variant": f"; one of {', '.join(VARIANTS)}"}
+    rows: list[tuple[str, str]] = []  # (yaml line, comment)
+
+    def add(prefix: str, f: dataclasses.Field, value: Any) -> None:
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+        note = f.metadata["help"] + allowed.get(prefix + f.name, "")
+        if value != default:
+            note += f" (default:\xa0{_yaml_value(default)})"  # no line break inside "(default: x)"
+        rows.append((f"{'  ' if prefix else ''}{f.name}: {_yaml_value(value)}", note))
+
+    cfg = RunConfig() if cfg is None else cfg
+    for f in fields(RunConfig):
+        if f.name in _SECTIONS:
+            rows.append((f"{f.name}:", ""))
+            for g in fields(_SECTIONS[f.name]):
+                add(f"{f.name}.", g, getattr(getattr(cfg, f.name), g.name))
+        else:
+            add("", f, getattr(cfg, f.name))
+    col = min(max(len(line) for line, _ in rows), 34) + 2
+    out = []
+    for line, note in rows:
+        if not note:
+            out.append(line)
+            continue
+        wrapped = [w.replace("\xa0", " ") for w in textwrap.wrap(note, max(width - col - 2, 30))] or [""]
+        out.append(f"{line.ljust(col)}# {wrapped[0]}" if len(line) < col else f"{line}  # {wrapped[0]}")
+        out += [f"{'':{col}}# {w}" for w in wrapped[1:]]
+    return "\n".join(out) + "\n"
+
+
 def apply_overrides(d: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Apply ``section.key=value`` overrides (values parsed as YAML scalars) to nested plain data."""
     d = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in d.items()}
@@ -258,8 +332,8 @@ def _check(ok: bool, name: str, value: Any, allowed: str) -> None:
 def validate(cfg: RunConfig, check_paths: bool = True) -> None:
     """Check every field's value; raise ConfigError naming the first bad one. No compute, no I/O
     beyond checking that input files exist and the output directory is writable."""
-    from .model import VARIANTS  # late import: config must stay importable without jax
     from .data import SOURCES, TOKENIZERS
+    from .model import VARIANTS  # late import: config must stay importable without jax
 
     m, d, o, t = cfg.model, cfg.data, cfg.optim, cfg.train
     _check(m.variant in VARIANTS, "model.variant", m.variant, f"allowed: {sorted(VARIANTS)}")
@@ -279,8 +353,17 @@ def validate(cfg: RunConfig, check_paths: bool = True) -> None:
     _check(0 < d.val_fraction < 1, "data.val_fraction", d.val_fraction, "must be in (0, 1)")
     _check(d.max_docs >= 0, "data.max_docs", d.max_docs, "must be >= 0 (0 = all documents)")
     _check(256 < d.bpe_vocab <= 2**20, "data.bpe_vocab", d.bpe_vocab, "must be in (256, 1048576]")
-    if d.source in ("text", "parquet"):
+    if d.source in ("text", "jsonl", "parquet"):
         _check(len(d.paths) > 0, "data.paths", list(d.paths), f"source {d.source!r} needs at least one file or glob")
+    # Any other string is a delimiter, so only "" is wrong; a field the source ignores is an error,
+    # not a silent no-op.
+    _check(d.documents != "", "data.documents", d.documents,
+           "expected file, blank_lines, lines or a delimiter string such as '<|endoftext|>'; not empty")
+    _check(d.documents == "file" or d.source == "text", "data.documents", d.documents,
+           f"applies to data.source='text' only (source is {d.source!r})")
+    _check(d.text_key != "", "data.text_key", d.text_key, "must be a non-empty key or column name")
+    _check(d.text_key == "text" or d.source in ("jsonl", "parquet"), "data.text_key", d.text_key,
+           f"applies to data.source 'jsonl' and 'parquet' only (source is {d.source!r})")
 
     _check(o.schedule in ("cosine", "wsd", "constant"), "optim.schedule", o.schedule,
            "allowed: ['constant', 'cosine', 'wsd']")
@@ -321,7 +404,7 @@ def validate(cfg: RunConfig, check_paths: bool = True) -> None:
 def check_data_paths(d: DataConfig) -> None:
     """The file system side of a data config, before any compute: its input files exist and its
     token store root can be created (not under a regular file, not read-only)."""
-    if d.source in ("text", "parquet"):
+    if d.source in ("text", "jsonl", "parquet"):
         import glob
         for p in d.paths:
             _check(bool(glob.glob(os.path.expanduser(p), recursive=True)), "data.paths", p, "matches no file")

@@ -6,12 +6,14 @@ TensorStore zarr3 folder with a ``meta.json``. ``TokenStore.batch(seed, step, ..
 windows from the train split; ``val_set`` returns a fixed validation set; ``batches`` prefetches
 chunks of batches on a background thread.
 
-Sources: ``shakespeare`` (embedded, offline), ``text`` (local files, one file = one document),
-``parquet`` (local files in FineWeb's schema), ``fineweb`` (streamed from the Hugging Face Hub).
-``parquet`` and ``fineweb`` both go through ``datasets`` streaming and the same row code.
+Sources: ``shakespeare`` (embedded, offline), ``text`` (local files, cut into documents as
+``data.documents`` says: one file = one document by default), ``jsonl`` (local JSON Lines files, the
+text under ``data.text_key``), ``parquet`` (local files, the text in column ``data.text_key``, as in
+FineWeb's schema), ``fineweb`` (streamed from the Hugging Face Hub). ``jsonl``, ``parquet`` and
+``fineweb`` all go through ``datasets`` streaming and the same row code.
 
 Store keying: ``<root>/<source>-<tokenizer>-<hash>``, the hash over every field that changes the
-stored tokens (see :func:`store_path`). ``text`` and ``parquet`` are keyed on the *content* of their
+stored tokens (see :func:`store_path`). ``text``, ``jsonl`` and ``parquet`` are keyed on the *content* of their
 files (sha256 of each file's bytes, in reading order), not on their paths, sizes or times: an edited
 file makes a new store, and the same files copied or moved elsewhere find the store already prepared.
 ``fineweb`` cannot be hashed before it is streamed: it is keyed on its identifying config
@@ -43,16 +45,17 @@ import time
 import uuid
 import warnings
 from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
 from .config import ConfigError, DataConfig
 
-SOURCES = ("shakespeare", "text", "parquet", "fineweb")
+SOURCES = ("shakespeare", "text", "jsonl", "parquet", "fineweb")
 TOKENIZERS = ("bytes", "gpt2", "bpe")
 
 FORMAT_VERSION = 1             # bump when the stored content for a given config changes
@@ -217,15 +220,16 @@ def shakespeare_documents() -> list[str]:
 
 def resolve_paths(cfg: DataConfig) -> list[Path]:
     """Files named by ``cfg.paths`` (files, globs or folders), sorted, so their order in the
-    config does not matter. Folders mean their *.parquet (parquet) or *.txt/*.md (text) files."""
+    config does not matter. Folders mean their *.parquet (parquet), *.jsonl/*.jsonl.gz (jsonl) or
+    *.txt/*.md (text) files."""
     if not cfg.paths:
         raise ConfigError(f"data.paths=[]: source {cfg.source!r} needs at least one file or glob")
-    suffixes = (".parquet",) if cfg.source == "parquet" else (".txt", ".md")
+    suffixes = {"parquet": (".parquet",), "jsonl": (".jsonl", ".jsonl.gz")}.get(cfg.source, (".txt", ".md"))
     files: set[Path] = set()
     for p in cfg.paths:
         q = os.path.expanduser(p)
         if os.path.isdir(q):
-            found = [f for f in Path(q).rglob("*") if f.is_file() and f.suffix in suffixes]
+            found = [f for f in Path(q).rglob("*") if f.is_file() and f.name.endswith(suffixes)]
         else:
             found = [Path(f) for f in glob.glob(q, recursive=True) if os.path.isfile(f)]
         if not found:
@@ -245,22 +249,23 @@ def _empty_corpus(cfg: DataConfig, files: list[Path], why: str) -> ConfigError:
 
 
 def _check_parquet(cfg: DataConfig, files: list[Path]) -> int:
-    """Fail before any work if a file is not parquet or lacks a string ``text`` column, or if no
-    file has a row; return the number of rows."""
+    """Fail before any work if a file is not parquet or lacks a string column ``data.text_key``, or
+    if no file has a row; return the number of rows."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-    rows = 0
+    rows, key = 0, cfg.text_key
     for f in files:
         try:
             meta = pq.read_metadata(f)
         except Exception as e:
             raise ConfigError(f"data.paths: {str(f)!r} is not a readable parquet file ({e})") from None
         schema = meta.schema.to_arrow_schema()
-        if "text" not in schema.names:
-            raise ConfigError(f"data.paths: {str(f)!r} has no 'text' column (columns: {schema.names}); "
-                              "the parquet source expects FineWeb's schema with documents in 'text'")
-        if not (pa.types.is_string(schema.field("text").type) or pa.types.is_large_string(schema.field("text").type)):
-            raise ConfigError(f"data.paths: {str(f)!r} column 'text' has type {schema.field('text').type}, "
+        if key not in schema.names:
+            raise ConfigError(f"data.paths: {str(f)!r} has no {key!r} column (columns: {schema.names}); "
+                              "set data.text_key to the column that holds the documents")
+        typ = schema.field(key).type
+        if not (pa.types.is_string(typ) or pa.types.is_large_string(typ)):
+            raise ConfigError(f"data.paths: {str(f)!r} column {key!r} (data.text_key) has type {typ}, "
                               "expected string")
         rows += meta.num_rows
     if rows == 0:
@@ -268,14 +273,22 @@ def _check_parquet(cfg: DataConfig, files: list[Path]) -> int:
     return rows
 
 
-def _hf_text_batches(ds: Any) -> Iterator[list[str]]:
-    """Documents from a streaming ``datasets.IterableDataset`` with a ``text`` column, in batches.
-    The one row path for both ``parquet`` and ``fineweb``: Arrow batches, text column only."""
+def _hf_text_batches(ds: Any, key: str = "text", strict: Path | None = None) -> Iterator[list[str]]:
+    """Documents from a streaming ``datasets.IterableDataset`` with a text column ``key``, in batches.
+    The one row path for ``jsonl``, ``parquet`` and ``fineweb``: Arrow batches, text column only.
+    Rows without text are skipped, unless ``strict`` (the file being read) is given: then a row
+    without the column (or with null) is an error naming that file and the key."""
     import datasets
-    it = ds.select_columns(["text"]).with_format("arrow").iter(batch_size=DOCS_PER_JOB)
+    it = ds.select_columns([key]).with_format("arrow").iter(batch_size=DOCS_PER_JOB)
+    row = 0
     try:
         for table in it:
-            yield [t for t in table.column("text").to_pylist() if t]
+            texts = table.column(key).to_pylist()
+            if strict is not None and None in texts:
+                raise ConfigError(f"data.paths: {str(strict)!r}: record {row + texts.index(None) + 1} has no "
+                                  f"{key!r} (data.text_key), or it is null; every record needs its text there")
+            row += len(texts)
+            yield [t for t in texts if t]
     finally:
         # Closing a streaming iterator early (max_docs) makes datasets sleep 5 s to let Arrow's
         # threads wind down before interpreter exit; this process keeps running, so skip the wait.
@@ -287,10 +300,63 @@ def _hf_text_batches(ds: Any) -> Iterator[list[str]]:
             datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN = old
 
 
-def _parquet_dataset(files: list[Path]) -> Any:
+def _parquet_dataset(files: list[Path], key: str) -> Any:
     import datasets
     return datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train",
-                                 streaming=True, columns=["text"])
+                                 streaming=True, columns=[key])
+
+
+def _first_record(f: Path) -> Any:
+    """The first record of a JSON Lines file (gzip-compressed if it ends in .gz), or None if it has
+    none; a ConfigError names the file if that record is not JSON."""
+    import gzip
+    try:
+        with (gzip.open(f, "rt", encoding="utf-8") if f.name.endswith(".gz") else open(f, encoding="utf-8")) as fh:
+            for line in fh:
+                if line.strip():
+                    return json.loads(line)
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ConfigError(f"data.paths: {str(f)!r} is not a readable JSON Lines file ({type(e).__name__}: "
+                          f"{str(e)[:200]})") from None
+    return None
+
+
+def _check_jsonl(cfg: DataConfig, files: list[Path]) -> list[Path]:
+    """Fail before any work if a file's first record is not a JSON object with a string under
+    ``data.text_key``; return the files that hold a record (an empty file adds no documents)."""
+    key, kept = cfg.text_key, []
+    for f in files:
+        rec = _first_record(f)
+        if rec is None:
+            continue
+        if not isinstance(rec, dict):
+            raise ConfigError(f"data.paths: {str(f)!r}: a JSON Lines record must be an object with the text "
+                              f"under {key!r} (data.text_key), got a {type(rec).__name__}")
+        if key not in rec:
+            raise ConfigError(f"data.paths: {str(f)!r}: records have no {key!r} (data.text_key) key (first "
+                              f"record's keys: {sorted(rec)[:20]}); set data.text_key to the key of the text")
+        if not isinstance(rec[key], str):
+            raise ConfigError(f"data.paths: {str(f)!r}: {key!r} (data.text_key) holds a "
+                              f"{type(rec[key]).__name__}, expected a string")
+        kept.append(f)
+    if not kept:
+        raise _empty_corpus(cfg, files, "no records")
+    return kept
+
+
+def _jsonl_batches(files: list[Path], key: str) -> Iterator[list[str]]:
+    """Documents of JSON Lines files, one ``datasets`` stream per file, so an error names its file
+    and files need not share one schema."""
+    import datasets
+    for f in files:
+        try:
+            ds = datasets.load_dataset("json", data_files=[str(f)], split="train", streaming=True)
+            yield from _hf_text_batches(ds, key, strict=f)
+        except ConfigError:
+            raise
+        except Exception as e:  # a malformed line, a type that changes between records
+            raise ConfigError(f"data.paths: {str(f)!r} is not valid JSON Lines with a string {key!r} "
+                              f"(data.text_key) in every record ({type(e).__name__}: {str(e)[:200]})") from None
 
 
 def _fineweb_help(hf_config: str, reason: str) -> str:
@@ -310,6 +376,7 @@ def _hub_reachable(timeout: float = 3.0) -> str | None:
     if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return None  # only the proxy can tell; let datasets try
     from urllib.parse import urlparse
+
     from huggingface_hub import constants
     url = urlparse(constants.ENDPOINT)
     result: list[str | None] = ["timed out"]
@@ -359,15 +426,35 @@ def _read_text(f: Path) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def _text_batches(files: list[Path]) -> Iterator[list[str]]:
+# A newline, then one or more blank lines (nothing but whitespace), each with its newline.
+_BLANK_LINES = re.compile(r"\n(?:[^\S\n]*\n)+")
+
+
+def split_documents(text: str, documents: str = "file") -> list[str]:
+    """The documents of one ``text`` file under ``data.documents``: ``file`` (the whole text),
+    ``blank_lines`` (paragraphs: runs of non-blank lines), ``lines`` (each line) or any other string,
+    a delimiter to split on. Except for ``file``, newlines around each piece are dropped. Pieces of
+    nothing but whitespace are left out."""
+    if documents == "file":
+        return [text] if text.strip() else []
+    if documents == "lines":
+        pieces = text.split("\n")
+    elif documents == "blank_lines":  # the added newlines make blank first and last lines separators too
+        pieces = _BLANK_LINES.split(f"\n{text}\n")
+    else:
+        pieces = text.split(documents)
+    return [p.strip("\n") for p in pieces if p.strip()]
+
+
+def _text_batches(files: list[Path], documents: str) -> Iterator[list[str]]:
+    size = 64 if documents == "file" else DOCS_PER_JOB  # whole files are large documents
     batch: list[str] = []
     for f in files:
-        text = _read_text(f)
-        if text.strip():
-            batch.append(text)
-        if len(batch) >= 64:
-            yield batch
-            batch = []
+        batch += split_documents(_read_text(f), documents)
+        full = len(batch) // size * size
+        for i in range(0, full, size):
+            yield batch[i:i + size]
+        batch = batch[full:]
     if batch:
         yield batch
 
@@ -380,10 +467,13 @@ def _open_source(cfg: DataConfig, files: list[Path]) -> Callable[[], Iterator[li
         # small jobs so both tokenizer threads get work
         return lambda: (docs[i:i + 64] for i in range(0, len(docs), 64))
     if cfg.source == "text":
-        return lambda: _text_batches(files)
+        return lambda: _text_batches(files, cfg.documents)
+    if cfg.source == "jsonl":
+        kept = _check_jsonl(cfg, files)
+        return lambda: _jsonl_batches(kept, cfg.text_key)
     if cfg.source == "parquet":  # files were checked by _check_parquet
-        ds = _parquet_dataset(files)
-        return lambda: _hf_text_batches(ds)
+        ds = _parquet_dataset(files, cfg.text_key)
+        return lambda: _hf_text_batches(ds, cfg.text_key)
     if cfg.source == "fineweb":
         ds = _fineweb_dataset(cfg)
         return lambda: _hf_text_batches(ds)
@@ -442,14 +532,20 @@ def file_digest(path: Path) -> str:
 
 def _content_key(cfg: DataConfig) -> dict[str, Any]:
     """The config fields that change a store's content (not ``root``; fields a source or tokenizer
-    ignores are left out so, e.g., bpe_vocab does not re-prepare a gpt2 store). Local files count by
-    content only: their paths, names, sizes and times are left out."""
+    ignores are left out so, e.g., bpe_vocab does not re-prepare a gpt2 store; ``documents`` and
+    ``text_key`` enter only when they differ from their defaults, so stores prepared before they
+    existed keep their paths). Local files count by content only: their paths, names, sizes and
+    times are left out."""
     key: dict[str, Any] = {"format": FORMAT_VERSION, "source": cfg.source, "tokenizer": cfg.tokenizer,
                            "val_fraction": repr(float(cfg.val_fraction)), "max_docs": int(cfg.max_docs)}
-    if cfg.source in ("text", "parquet"):
+    if cfg.source in ("text", "jsonl", "parquet"):
         # Each file's sha256, in reading order (the order of the train tokens): an edited, added or
         # removed file makes a new store; a copied or moved corpus finds its store.
         key["files_sha256"] = [file_digest(f) for f in resolve_paths(cfg)]
+    if cfg.source == "text" and cfg.documents != "file":
+        key["documents"] = cfg.documents
+    if cfg.source in ("jsonl", "parquet") and cfg.text_key != "text":
+        key["text_key"] = cfg.text_key
     if cfg.source == "fineweb":
         key["hf_config"] = cfg.hf_config
     if cfg.source == "shakespeare":
@@ -462,7 +558,7 @@ def _content_key(cfg: DataConfig) -> dict[str, Any]:
 
 def store_path(cfg: DataConfig) -> Path:
     """``<root>/<source>-<tokenizer>-<hash>``, the hash covering every content-changing field; for
-    ``text`` and ``parquet`` that includes reading and hashing every file (see :func:`file_digest`)."""
+    ``text``, ``jsonl`` and ``parquet`` that includes reading and hashing every file (see :func:`file_digest`)."""
     blob = json.dumps(_content_key(cfg), sort_keys=True).encode()
     digest = hashlib.blake2b(blob, digest_size=5).hexdigest()
     return Path(cfg.root).expanduser() / f"{cfg.source}-{cfg.tokenizer}-{digest}"
@@ -654,7 +750,7 @@ def prepare(cfg: DataConfig, progress: bool = True) -> TokenStore:
     path = store_path(cfg)
     if (path / "meta.json").is_file():
         return TokenStore.open(path)
-    files = resolve_paths(cfg) if cfg.source in ("text", "parquet") else []
+    files = resolve_paths(cfg) if cfg.source in ("text", "jsonl", "parquet") else []
     total_docs = _check_parquet(cfg, files) if cfg.source == "parquet" else None  # also the bar's total
     source = _open_source(cfg, files)
     if total_docs is not None and cfg.max_docs:
@@ -697,7 +793,8 @@ def _build(cfg: DataConfig, files: list[Path], source: Callable[[], Iterator[lis
                         chars += len(t)
                         if chars >= BPE_SAMPLE_CHARS:
                             return
-        tok: Tokenizer = _train_bpe(sample(), cfg.bpe_vocab, out / "tokenizer.json", progress)
+        # Its bars only on a terminal too: elsewhere the trainer prints stray blank lines to stdout.
+        tok: Tokenizer = _train_bpe(sample(), cfg.bpe_vocab, out / "tokenizer.json", progress and sys.stderr.isatty())
     else:
         tok = get_tokenizer(cfg.tokenizer)
     dtype = np.dtype(np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32)
@@ -708,7 +805,9 @@ def _build(cfg: DataConfig, files: list[Path], source: Callable[[], Iterator[lis
     workers = _n_cpus()
     docs = [0, 0]
     nbytes = n_text = 0
-    bar = tqdm(total=total_docs, unit="doc", disable=not progress, file=sys.stderr, mininterval=0.5,
+    # disable=None: a bar only on a terminal (a log file would fill with carriage returns); the
+    # "prepared ..." line below is the summary either way.
+    bar = tqdm(total=total_docs, unit="doc", disable=None if progress else True, file=sys.stderr, mininterval=0.5,
                desc=f"prepare {out.name.split('.tmp-')[0]}", dynamic_ncols=True)
 
     def collect(fut) -> None:
@@ -752,7 +851,10 @@ def _build(cfg: DataConfig, files: list[Path], source: Callable[[], Iterator[lis
         raise ConfigError(
             f"data.val_fraction={cfg.val_fraction}: the {split} split is empty ({docs[0]} train / "
             f"{docs[1]} val documents; documents are assigned by a hash of their text). Use more "
-            "documents (for source 'text', one file is one document) or change data.val_fraction")
+            "documents or change data.val_fraction"
+            + (" (for source 'text' with data.documents=file, one file is one document: data.documents="
+               "blank_lines, lines or a delimiter cuts files into more)"
+               if cfg.source == "text" and cfg.documents == "file" else ""))
     n_tokens, n_docs = n_train + n_val, docs[0] + docs[1]
     stats = {"wall_s": round(wall, 3), "tokenize_wall_s": round(time.perf_counter() - t1, 3),
              "tokens_per_s": round(n_tokens / wall), "docs_per_s": round(n_docs / wall, 1),
@@ -767,7 +869,7 @@ def _build(cfg: DataConfig, files: list[Path], source: Callable[[], Iterator[lis
         "max_docs": cfg.max_docs, "bpe_vocab": cfg.bpe_vocab if cfg.tokenizer == "bpe" else None,
         "vocab_size": tok.vocab_size, "eot": tok.eot, "dtype": dtype.name,
         "n_train": n_train, "n_val": n_val, "docs_train": docs[0], "docs_val": docs[1],
-        "val_fraction": cfg.val_fraction, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "val_fraction": cfg.val_fraction, "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "prepare": stats, "config": {k: (list(v) if isinstance(v, tuple) else v)
                                      for k, v in dataclasses.asdict(cfg).items()},
     }

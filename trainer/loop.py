@@ -14,9 +14,10 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +27,17 @@ import yaml
 from . import data as data_lib
 from .checkpoint import Checkpointer, restore_from
 from .config import ConfigError, RunConfig
-from .metrics import MetricsSink, ProgressSink, Sinks, TensorStoreSink
+from .metrics import (
+    LogLineSink,
+    MetricsSink,
+    ProgressSink,
+    Sinks,
+    TensorBoardSink,
+    TensorStoreSink,
+    WandbSink,
+    interactive,
+    read_step,
+)
 from .model import Arch, make_arch
 from .preemption import Preemption
 from .step import Steps, abstract_state, build, check_state_fits, lr_table
@@ -101,6 +112,7 @@ def train(cfg: RunConfig, sink: MetricsSink, ckpt_dir: str | Path, *, store: dat
 
     ckpt = Checkpointer(ckpt_dir, t_cfg.keep, t_cfg.ckpt_every, t_cfg.ckpt_minutes, keep_steps, warn)
     preempt = Preemption()
+    start, failed = 0, False
     try:
         restored = ckpt.restore_latest(abstract_state(steps))
         if restored is None and init_from is not None:
@@ -197,8 +209,19 @@ def train(cfg: RunConfig, sink: MetricsSink, ckpt_dir: str | Path, *, store: dat
         ckpt.wait()
         sink.close("done", S)
         return RunResult("done", S, "", last_eval)
+    except BaseException:
+        failed = True
+        raise
     finally:
-        ckpt.close()
+        try:
+            ckpt.close()  # first, as before sinks had anything to close: its errors are the ones reported
+        finally:
+            if failed:
+                # Sinks that hold something open (a TensorBoard writer, a W&B run) must end with the run,
+                # or the next cell of a grid starts beside them. The run's own error is what matters: a
+                # sink failing to close as well is not reported.
+                with contextlib.suppress(Exception):
+                    sink.close("failed", start)
 
 
 def fingerprint(cfg: RunConfig) -> dict[str, Any]:
@@ -211,17 +234,66 @@ def fingerprint(cfg: RunConfig) -> dict[str, Any]:
     return d
 
 
-def train_cli(cfg: RunConfig) -> RunResult:
+def backend_line() -> str:
+    """'jax 0.10.2 on gpu: 8 x NVIDIA H100 80GB HBM3': what this process computes on, printed first by
+    `train` and `run`, so a CPU-only jaxlib on a GPU machine shows at once. Initialises the backend:
+    call it after jax.distributed.initialize."""
+    devices = jax.devices()
+    backend, n = jax.default_backend(), len(devices)
+    kinds = ", ".join(sorted({d.device_kind for d in devices}))
+    what = f"{n} device{'s' if n > 1 else ''} ({kinds})" if backend == "cpu" else f"{n} x {kinds}"
+    line = f"jax {jax.__version__} on {backend}: {what}"
+    if jax.process_count() > 1:
+        line += f"; process {jax.process_index()} of {jax.process_count()}, {jax.local_device_count()} local"
+    return line
+
+
+def accelerator_unused() -> str | None:
+    """A warning when JAX runs on the CPU of a machine with an accelerator it is not using (a CPU-only
+    jaxlib, or one that failed to start it), else None. JAX_PLATFORMS=cpu says the CPU is intended."""
+    if jax.default_backend() != "cpu" or os.environ.get("JAX_PLATFORMS", "").strip().lower() == "cpu":
+        return None
+    if Path("/dev/nvidia0").exists():
+        return ("an NVIDIA GPU is present (/dev/nvidia0) but JAX runs on the CPU: install a CUDA jaxlib "
+                "(pip install -U 'jax[cuda12]'), or set JAX_PLATFORMS=cpu to say this is intended")
+    if Path("/dev/accel0").exists():  # TPU v2-v4 (later ones use vfio, which other devices share)
+        return ("a TPU is present but JAX runs on the CPU: install the TPU jaxlib (pip install -U 'jax[tpu]'), "
+                "or set JAX_PLATFORMS=cpu to say this is intended")
+    return None
+
+
+def run_name(cfg: RunConfig) -> str:
+    """A `train` run's id for W&B: the out_dir's name and a hash of what changes its curve, so the same
+    folder name used for two different runs never appends one to the other's W&B run."""
+    import hashlib
+    digest = hashlib.blake2b(json.dumps(fingerprint(cfg), sort_keys=True).encode(), digest_size=3).hexdigest()
+    return f"{Path(cfg.out_dir).name}-{digest}"
+
+
+def train_cli(cfg: RunConfig, *, progress: bool = True, tensorboard: str | None = None,
+              wandb: str | None = None) -> RunResult:
     """`scaling-grid train`: a run directory with config.yaml, metrics/ (zarr) and checkpoints/.
-    Every check (config against the folder's, memory) runs before anything is written there."""
+    Every check (config against the folder's, memory, optional sinks' packages) runs before anything
+    is written there. progress: a bar on a terminal (plain lines otherwise and without it);
+    tensorboard: event files in <tensorboard>/<out_dir name>; wandb: a W&B run in this project."""
     out = Path(cfg.out_dir)
+    print(backend_line(), flush=True)
+    if (warning := accelerator_unused()) is not None:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
+    extra: list[MetricsSink] = []
+    if tensorboard is not None:
+        extra.append(TensorBoardSink(Path(tensorboard) / out.name,
+                                     recorded=lambda step: read_step(str(out / "metrics"), step)))
+    if wandb is not None:
+        extra.append(WandbSink(wandb, run_name(cfg), cfg.to_dict()))
     saved = out / "config.yaml"
     if saved.exists():
         old = fingerprint(_saved_config(saved))
         new = fingerprint(cfg)
         if old != new:
-            diff = [f"{s}.{k}: {old[s][k]!r} -> {new[s][k]!r}" for s in new if isinstance(new[s], dict)
-                    for k in new[s] if old.get(s, {}).get(k) != new[s][k]]
+            diff = [f"{s}.{k}: {old.get(s, {}).get(k, '(default)')!r} -> {new[s].get(k, '(default)')!r}"
+                    for s in new if isinstance(new[s], dict) for k in sorted(set(new[s]) | set(old.get(s, {})))
+                    if old.get(s, {}).get(k) != new[s].get(k)]  # to_dict omits some fields at their defaults
             raise ConfigError(f"out_dir={cfg.out_dir!r} holds a run with a different config ({'; '.join(diff)}); "
                               "choose a new out_dir or restore the old values")
     store = data_lib.prepare(cfg.data)
@@ -232,7 +304,7 @@ def train_cli(cfg: RunConfig) -> RunResult:
     with _exclusive(out):
         if not saved.exists():
             saved.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        return _train_in(out, cfg, store, arch, steps)
+        return _train_in(out, cfg, store, arch, steps, progress, extra)
 
 
 @contextlib.contextmanager
@@ -250,7 +322,10 @@ def _exclusive(out: Path) -> Iterator[None]:
                               "choose another out_dir") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-        yield
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)  # released: `status` reads a holder's line as "running" while its pid lives
     finally:
         os.close(fd)
 
@@ -264,15 +339,19 @@ def _saved_config(path: Path) -> RunConfig:
                           f"{str(e).splitlines()[0][:200]}; restore it, or choose a new out_dir") from None
 
 
-def _train_in(out: Path, cfg: RunConfig, store: data_lib.TokenStore, arch: Arch, steps: Steps) -> RunResult:
+def _train_in(out: Path, cfg: RunConfig, store: data_lib.TokenStore, arch: Arch, steps: Steps,
+              progress: bool = True, extra: Sequence[MetricsSink] = ()) -> RunResult:
     counts = param_summary(steps, arch)
     print(f"{cfg.model.variant} width {arch.width} depth {arch.depth} heads {arch.heads}: "
           f"{counts['non_embedding']:,} non-embedding params, {counts['embedding']:,} embedding, "
           f"{counts['head']:,} head; {counts['flops_per_token']:,} FLOPs/token; "
           f"{cfg.steps:,} steps x {cfg.tokens_per_step:,} tokens", flush=True)
-    progress = ProgressSink(cfg.tokens_per_step, desc=Path(cfg.out_dir).name)
+    if progress and interactive():
+        shown: MetricsSink = ProgressSink(cfg.tokens_per_step, desc=Path(cfg.out_dir).name)
+    else:  # a log file: a line every 30 s and one per eval instead of a bar's redraws
+        shown = LogLineSink(cfg.tokens_per_step)
     t0 = time.perf_counter()
-    result = train(cfg, Sinks(TensorStoreSink(str(out / "metrics"), cfg.steps), progress),
+    result = train(cfg, Sinks(TensorStoreSink(str(out / "metrics"), cfg.steps), shown, *extra),
                    out / "checkpoints", store=store, steps=steps)
     dt = time.perf_counter() - t0
     if result.status == "done":
@@ -282,8 +361,11 @@ def _train_in(out: Path, cfg: RunConfig, store: data_lib.TokenStore, arch: Arch,
     else:
         print(result.message, file=sys.stderr)
     loss = result.eval_loss if math.isfinite(result.eval_loss) else None  # JSON has no NaN
+    # vocab: `export` of this folder derives N and FLOPs/token from it (a bpe vocabulary may differ
+    # from the size asked for)
     (out / "result.json").write_text(json.dumps({"status": result.status, "step": result.step,
-                                                 "message": result.message, "eval_loss": loss}, allow_nan=False))
+                                                 "message": result.message, "eval_loss": loss,
+                                                 "vocab": store.vocab_size}, allow_nan=False))
     return result
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 
 class Preemption:
@@ -17,7 +18,7 @@ class Preemption:
         self.requested = True
 
     @contextlib.contextmanager
-    def installed(self) -> Iterator["Preemption"]:
+    def installed(self) -> Iterator[Preemption]:
         if threading.current_thread() is not threading.main_thread():
             yield self
             return
