@@ -7,9 +7,15 @@ import logging
 import re
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scaling_grid.trainer.config import ConfigError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from scaling_grid.trainer.config import RunConfig
+    from scaling_grid.trainer.runtime import Distributed
 
 # Exit codes a launcher or a job scheduler can act on.
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_PREEMPTED = 0, 1, 2, 3, 143
@@ -31,9 +37,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    "name> (needs tensorboardX); view with tensorboard --logdir DIR")
     p.add_argument("--wandb", metavar="PROJECT", help="also log to Weights & Biases project PROJECT (needs "
                    "wandb; WANDB_MODE=offline logs locally)")
+    _add_distributed_args(p, "all processes train this run together, each feeding its share of the batch")
 
 
-def _load_config(args: argparse.Namespace):
+def _load_config(args: argparse.Namespace) -> RunConfig:
     from scaling_grid.trainer import config as C
     path, overrides = args.config, list(args.overrides)
     if path is not None and "=" in path:  # no config file given, only overrides
@@ -51,8 +58,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from scaling_grid.trainer import loop
+    from scaling_grid.trainer import loop, runtime
     cfg = _load_config(args)
+    runtime.setup(_distributed(args))  # before anything starts a JAX backend
     result = loop.train_cli(cfg, progress=not args.no_progress, tensorboard=args.tensorboard, wandb=args.wandb)
     return {"done": EXIT_OK, "diverged": EXIT_DIVERGED, "preempted": EXIT_PREEMPTED}.get(result.status, EXIT_FAILED)
 
@@ -101,8 +109,26 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wandb", metavar="PROJECT", help="also log every cell to Weights & Biases project PROJECT, "
                    "one W&B run per cell (needs wandb; WANDB_MODE=offline logs locally)")
     p.add_argument("--wide", action="store_true", help="dry run: every column, whatever the terminal width")
-    p.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize(): every process "
-                   "of a multi-host slice runs each cell together (TPU pod slices)")
+    _add_distributed_args(p, "every process runs each cell together")
+
+
+def _add_distributed_args(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--distributed", action="store_true", help=f"join a multi-process JAX job ({what}); without "
+                   "the three flags below JAX detects TPU VMs, SLURM, Open MPI and Kubernetes by itself")
+    p.add_argument("--coordinator", metavar="HOST:PORT", help="with --distributed: process 0's address")
+    p.add_argument("--num-processes", type=int, metavar="N", help="with --distributed: processes in the job")
+    p.add_argument("--process-id", type=int, metavar="I", help="with --distributed: this process, 0..N-1")
+
+
+def _distributed(args: argparse.Namespace) -> Distributed | None:
+    from scaling_grid.trainer.runtime import Distributed
+    d = Distributed(args.coordinator, args.num_processes, args.process_id)
+    if not args.distributed:
+        if d != Distributed():
+            raise ConfigError("--coordinator, --num-processes and --process-id need --distributed")
+        return None
+    d.check()
+    return d
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -118,7 +144,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     opts = launch.Options(store=store, shard=shard, checkpoints=args.checkpoints, status_every=args.status_every,
                           stale_after=args.stale_after, memory_check=not args.no_memory_check,
                           measure=not args.no_measure, progress=not args.no_progress,
-                          retry_failed=not args.no_retry_failed, distributed=args.distributed,
+                          retry_failed=not args.no_retry_failed, distributed=_distributed(args),
                           tensorboard=args.tensorboard, wandb=args.wandb, wide=args.wide)
     if args.dry_run:
         print(launch.plan_text(args.spec, opts))
@@ -197,7 +223,7 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
                    help="Huber threshold of the robust fit (default 1e-3); none = plain weighted least squares")
 
 
-def _fit_options(args: argparse.Namespace) -> dict:
+def _fit_options(args: argparse.Namespace) -> dict[str, Any]:
     # parsed here, not by argparse, so a bad value exits 2 with a message instead of a usage dump
     text = args.huber_delta.strip().lower()
     try:
@@ -213,7 +239,7 @@ def _fit_options(args: argparse.Namespace) -> dict:
                 seed=args.seed, huber_delta=delta)
 
 
-def _points_table(args: argparse.Namespace) -> dict:
+def _points_table(args: argparse.Namespace) -> dict[str, np.ndarray]:
     """A store is exported to the analysis table; a file is read with the column mapping."""
     from pathlib import Path
 
@@ -237,7 +263,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         analysis.check_output(args.json, "--json")
     result = analysis.run_fit(_points_table(args), **options)
     width = None if args.wide else 100  # 100 columns fit a laptop terminal; --wide: one row per variant
-    print(result.table_markdown() if args.wide else analysis.terminal_table(result, width))
+    print(result.table_markdown() if width is None else analysis.terminal_table(result, width))
     out, err = analysis.echo(result, width)  # exclusions, the universality verdict, warnings: not only in the JSON
     print("\n".join(out))
     if err:
@@ -323,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _disk_full(e: BaseException) -> str | None:
+def _disk_full(e: BaseException | None) -> str | None:
     """The path of a 'no space left' error anywhere in an exception's chain (orbax and TensorStore
     wrap the OSError in their own exceptions), else None."""
     seen, found = set(), None

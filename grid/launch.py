@@ -20,20 +20,32 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import signal
 import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from scaling_grid.trainer.checkpoint import UnreadableCheckpoint, set_aside
 from scaling_grid.trainer.config import ConfigError, format_count
 from scaling_grid.trainer.preemption import Preemption
+
+if TYPE_CHECKING:
+    from scaling_grid.trainer.model import Arch
+    from scaling_grid.trainer.step import Steps
+from scaling_grid.trainer.runtime import (
+    Distributed,
+    any_process,
+    barrier,
+    from_process_0,
+    is_writer,
+    multi_process,
+    setup,
+)
 from scaling_grid.trainer.step import device_memory
 
 from . import spec as S
@@ -53,7 +65,7 @@ class Options:
     measure: bool = True               # dry run: time a few steps for the estimate
     progress: bool = True
     retry_failed: bool = True
-    distributed: bool = False          # jax.distributed.initialize(): all processes run every cell together
+    distributed: Distributed | None = None  # join a multi-process job: all processes run every cell together
     tensorboard: str | None = None     # TensorBoard event files, one run per cell in <tensorboard>/<cell id>
     wandb: str | None = None           # a W&B project: one W&B run per cell, its id the cell id
     wide: bool = False                 # dry run: every column (default: lines fit WIDTH columns)
@@ -64,23 +76,6 @@ WIDTH = 100  # the dry run fits a laptop terminal unless --wide
 
 
 # --------------------------------------------------------------------------------------- helpers
-
-def setup_jax(distributed: bool = False) -> None:
-    """A persistent compilation cache (cells of one shape share compiles across cells and launches),
-    unless the user configured one; jax.distributed for multi-host slices."""
-    import logging
-
-    import jax
-    # orbax logs a warning each time a branch opens its trunk's checkpoints read-only (as intended).
-    logging.getLogger("absl").addFilter(lambda r: "Given directory is read only" not in r.getMessage())
-    if not os.environ.get("JAX_COMPILATION_CACHE_DIR") and not jax.config.jax_compilation_cache_dir:
-        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "scaling-grid" / "jax"
-        jax.config.update("jax_compilation_cache_dir", str(cache))
-        if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
-            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
-    if distributed:
-        jax.distributed.initialize()
-
 
 def _load(spec_path: str, opts: Options, check_paths: bool = True) -> tuple[S.GridSpec, list[S.Cell]]:
     spec = S.load_spec(spec_path)
@@ -134,7 +129,7 @@ class SharedSteps:
         self.cache: dict[Any, Any] = {}
 
     @staticmethod
-    def _key(cell: S.Cell, vocab: int):
+    def _key(cell: S.Cell, vocab: int) -> tuple[Arch, tuple[float, ...], int]:
         from scaling_grid.trainer.loop import compute_dtype
         from scaling_grid.trainer.model import make_arch
         cfg = cell.config
@@ -142,7 +137,7 @@ class SharedSteps:
         arch = make_arch(cfg.model, vocab, compute_dtype(cfg.train.dtype))
         return arch, (o.b1, o.b2, o.eps, o.weight_decay, o.clip_norm), cfg.train.grad_accum
 
-    def get(self, cell: S.Cell, vocab: int):
+    def get(self, cell: S.Cell, vocab: int) -> Steps:
         """The trainer's Steps for this cell's shape."""
         key = self._key(cell, vocab)
         if key not in self.cache:
@@ -150,7 +145,7 @@ class SharedSteps:
             self.cache[key] = build(key[0], cell.config.optim, key[2])
         return self.cache[key]
 
-    def lower(self, cell: S.Cell, vocab: int, table_len: int):
+    def lower(self, cell: S.Cell, vocab: int, table_len: int) -> tuple[Any, Steps, np.ndarray]:
         """(compiled train step, Steps, lr table) for ahead-of-time analysis and timing."""
         import jax
         import jax.numpy as jnp
@@ -182,7 +177,7 @@ def table_lengths(cells: Sequence[S.Cell], vocab: dict[Any, int] | None = None) 
 _COMPILED: dict[str, tuple[Any, Any, Any, float]] = {}
 
 
-def _compile(cell: S.Cell, vocab: int, table_len: int):
+def _compile(cell: S.Cell, vocab: int, table_len: int) -> tuple[Any, Any, Any, float]:
     """AOT-compile the cell's (shared) train chunk: (compiled, steps, lr table, seconds); memoized."""
     if cell.id not in _COMPILED:
         t0 = time.perf_counter()
@@ -193,14 +188,14 @@ def _compile(cell: S.Cell, vocab: int, table_len: int):
 
 def _memory_candidates(cells: Sequence[S.Cell], records: dict[str, dict[str, Any]]) -> list[S.Cell]:
     """The cells most likely to need the most memory: most parameters, largest activations."""
-    def params(c):
+    def params(c: S.Cell) -> int:
         return records[c.id]["N"] + 2 * records[c.id]["vocab"] * c.m
 
-    def acts(c):
+    def acts(c: S.Cell) -> int:
         t = c.config.train
         rows = t.batch_size // t.grad_accum * c.config.model.seq_len
         return rows * (c.m * c.l * 16 + records[c.id]["vocab"] + c.l * c.config.model.heads * c.config.model.seq_len)
-    out = []
+    out: list[S.Cell] = []
     for key in (params, acts):
         best = max(cells, key=lambda c: (key(c), c.id))
         if all(not _same_shape(best, o) for o in out):
@@ -263,11 +258,15 @@ def _prepare_data(cells: Sequence[S.Cell]) -> dict[Any, Any]:
     """One token store per distinct data config (shared by every cell that uses it), then the checks
     that need the data: the validation split holds each cell's eval set, the train split a window."""
     from scaling_grid.trainer import data
+    if not is_writer():  # process 0 tokenizes; the others open what it wrote (on a shared data.root)
+        barrier("token stores prepared")
     stores = {}
     for c in cells:
         d = c.config.data
         if d not in stores:
             stores[d] = data.prepare(d)
+    if is_writer():
+        barrier("token stores prepared")
     check_data(cells, stores)
     return stores
 
@@ -298,7 +297,7 @@ def plan_text(spec_path: str, opts: Options) -> str:
     """The --dry-run report. Writes nothing to the store."""
     spec, cells = _load(spec_path, opts)
     shard = opts.shard
-    setup_jax()
+    setup()
     from scaling_grid.trainer import data
     prepared: dict[Any, Any] = {}
     for c in cells:  # exact vocabulary (and data checks) where the data is already prepared
@@ -367,7 +366,7 @@ def plan_text(spec_path: str, opts: Options) -> str:
     # Narrow (default): the role is the id's suffix (-trunk, -wsd) and m, l are in it too (-w16-d2);
     # a branch's steps read "start+own"; the shard column only when sharded. --wide: every column.
     narrow = not opts.wide
-    head = ("cell", "role", "m", "l", "N", "tokens", "steps", "FLOPs", "est", "state", "shard")
+    head: tuple[str, ...] = ("cell", "role", "m", "l", "N", "tokens", "steps", "FLOPs", "est", "state", "shard")
     if narrow:
         head = ("cell", "N", "tokens", "steps", "FLOPs", "est", "state") + (("shard",) if shard[1] > 1 else ())
     odd = [c.name for c in cells if (c.steps - (c.init_step or 0)) % c.config.train.steps_per_call]
@@ -437,30 +436,16 @@ def _backend() -> str:
 
 # ------------------------------------------------------------------------------------------- run
 
-class _Signals(Preemption):
-    """SIGTERM before or between cells: stop after the current cell; during a cell the trainer's own
-    handler saves a checkpoint. A SIGTERM that lands while the trainer's handler is not installed
-    (compile, restore) is re-sent from the first metrics write, when it is."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.forwarded = False
-
-    def forward(self) -> None:
-        if self.requested and not self.forwarded:
-            self.forwarded = True
-            os.kill(os.getpid(), signal.SIGTERM)
-
-
 class _LiveSink:
-    """Tracks a running cell for the heartbeat and the overall bar; forwards a pending SIGTERM."""
+    """Tracks a running cell for the heartbeat and the overall bar."""
 
-    def __init__(self, cell: S.Cell, signals: _Signals, bar: Any) -> None:
-        self.cell, self.signals, self.bar = cell, signals, bar
+    def __init__(self, cell: S.Cell, bar: Any) -> None:
+        self.cell, self.bar = cell, bar
         self.step = cell.init_step or 0
-        self.first_step = None
-        self.loss = self.eval_loss = None
-        self.t_start = None
+        self.first_step: int | None = None
+        self.loss: float | None = None
+        self.eval_loss: float | None = None
+        self.t_start: float | None = None
         self.lock = threading.Lock()
 
     def start(self, total_steps: int, first_step: int) -> None:
@@ -475,7 +460,6 @@ class _LiveSink:
             self.bar.update((new - self.step) * self.cell.config.tokens_per_step)
         with self.lock:
             self.step, self.loss = new, float(values["loss"][-1])
-        self.signals.forward()
 
     def write_eval(self, step: int, loss: float, stderr: float) -> None:
         with self.lock:
@@ -539,7 +523,7 @@ def _run_order(cells: Sequence[S.Cell]) -> list[S.Cell]:
     for c in cells:
         groups.setdefault(c.group, []).append(c)
 
-    def key(g: list[S.Cell]):
+    def key(g: list[S.Cell]) -> tuple[str, int, int, int, float, int, str]:
         c = g[0].config
         return (c.model.variant, c.model.width, c.model.depth, c.train.tokens, c.optim.lr, c.train.seed, g[0].id)
     return [c for g in sorted(groups.values(), key=key) for c in g]
@@ -554,29 +538,27 @@ def run(spec_path: str, opts: Options) -> int:
         optional_import("tensorboardX", "--tensorboard")
     if opts.wandb is not None:
         optional_import("wandb", "--wandb")
-    setup_jax(opts.distributed)
-    import jax
+    setup(opts.distributed)
 
     from scaling_grid.trainer.loop import accelerator_unused, backend_line
     out(backend_line())  # after jax.distributed.initialize, which must come before the backend starts
     if (warning := accelerator_unused()) is not None:
         out(f"warning: {warning}")
-    writer = jax.process_index() == 0
-    multi = jax.process_count() > 1
+    writer, multi = is_writer(), multi_process()
     store = Store(opts.store)
-    if opts.checkpoints is None:
-        store.checkpoint_dir("x")  # a URL store without --checkpoints fails here, before any compute
+    store.checkpoint_dir("x", opts.checkpoints)  # a URL where a path is needed fails here, before any compute
     records = _records(cells, {})
     mine = _mine(cells, opts.shard, _costs(records, cells))
     states = {c.id: store.status(c.id)[0] for c in mine}
     redo = _damaged_done_cells(store, mine, states, writer, out)
-    if multi:  # every process must run the same cells: process 0's view decides
-        from jax.experimental import multihost_utils
-        flags = multihost_utils.broadcast_one_to_all(np.array([c.id in redo for c in mine], np.int32))
-        redo = {c.id for c, f in zip(mine, np.asarray(flags)) if f}
+    flags = from_process_0([c.id in redo for c in mine])  # every process must run the same cells
+    redo = {c.id for c, f in zip(mine, flags) if f}
     todo = [c for c in mine if (states[c.id].get("state") not in FINAL_STATES or c.id in redo)
             and (opts.retry_failed or states[c.id].get("state") != "failed")]
     todo = _run_order(todo)
+    from scaling_grid.trainer.step import check_batch
+    for c in todo:
+        check_batch(c.config.train.batch_size, c.config.train.grad_accum, f"cell {c.name}: train.batch_size")
     if opts.memory_check and todo:
         memory_check(todo, records, table_lengths(cells))
 
@@ -610,12 +592,14 @@ def run(spec_path: str, opts: Options) -> int:
     bar = tqdm(total=sum(c.train_tokens for c in todo), desc=f"grid {spec.name}", unit="tok", unit_scale=True,
                position=0, dynamic_ncols=True, disable=None if bars else True)
     say = (lambda s: tqdm.write(s)) if bars else out
-    signals = _Signals()
+    # SIGTERM between cells: stop before the next; during a cell the trainer sees the same flag, saves
+    # and stops. One handler for the whole run, so no signal is lost while a cell compiles or restores.
+    signals = Preemption()
     results: dict[str, str] = {}
     code = EXIT_OK
     with signals.installed():
         for idx, cell in enumerate(todo):
-            if signals.requested:
+            if any_process(signals.requested)[0]:
                 code = EXIT_PREEMPTED
                 break
             bar.set_postfix_str(f"cells {idx}/{len(todo)}")
@@ -668,7 +652,51 @@ def _damaged_done_cells(store: Store, cells: Sequence[S.Cell], states: dict[str,
     return redo
 
 
-def _run_cell(cell: S.Cell, store: Store, tok_store: Any, table_len: int, opts: Options, signals: _Signals,
+_SKIPS = ("done", "diverged", "running elsewhere", "skipped")
+
+
+def _claim(cell: S.Cell, store: Store, st: dict[str, Any], gen: bytes, ckpt_dir: Path, opts: Options,
+           say: Callable[[str], None], writer: bool, rerun_done: bool
+           ) -> tuple[str | None, tuple[str, int] | None, dict[str, Any]]:
+    """(why the cell is not run now, or None; the trunk state a branch starts from; the running
+    status written). Only process 0 writes; the caller makes its answer everyone's."""
+    if st.get("state") in FINAL_STATES and not rerun_done:  # finished meanwhile by another launcher
+        return st["state"], None, {}
+    if st.get("state") == "running" and not is_stale(st, opts.stale_after):
+        say(f"{cell.id}: running on {st.get('host')} (pid {st.get('pid')}, heartbeat {st.get('updated')}); skipped")
+        return "running elsewhere", None, {}
+    init_from: tuple[str, int] | None = None
+    if cell.role == "branch":
+        assert cell.parent is not None and cell.init_step is not None  # a branch has both (spec._expand_wsd)
+        parent_dir = store.checkpoint_dir(cell.parent, opts.checkpoints)
+        pst, _ = store.status(cell.parent)
+        have_own = bool(_checkpoint_steps(ckpt_dir))
+        if not have_own and cell.init_step not in _checkpoint_steps(parent_dir):
+            if pst.get("state") == "diverged":
+                msg = (f"trunk {cell.parent} diverged at step {pst.get('step')}, before this branch's start step "
+                       f"{cell.init_step}")
+                if writer:
+                    store.set_status(cell.id, {"id": cell.id, "state": "diverged", "step": cell.init_step,
+                                               "total": cell.steps, "message": msg, "host": host_id()})
+                say(f"{cell.id}: diverged ({msg})")
+                return "diverged", None, {}
+            say(f"{cell.id}: skipped: its trunk {cell.parent} is {pst.get('state')} and has no checkpoint at step "
+                f"{cell.init_step} yet")
+            return "skipped", None, {}
+        init_from = (str(parent_dir), cell.init_step)
+
+    attempt = int(st.get("attempt", 0)) + 1
+    base: dict[str, Any] = {
+        "id": cell.id, "state": "running", "total": cell.steps, "host": host_id(), "pid": os.getpid(),
+        "shard": f"{opts.shard[0]}/{opts.shard[1]}", "attempt": attempt, "started": now(), "message": ""}
+    # A conditional write: of two launchers (or two launches of one multi-host job) only one gets it.
+    if writer and not store.set_status(cell.id, {**base, "step": st.get("step")}, if_equal=gen):
+        say(f"{cell.id}: claimed by another launcher meanwhile; skipped")
+        return "running elsewhere", None, {}
+    return None, init_from, base
+
+
+def _run_cell(cell: S.Cell, store: Store, tok_store: Any, table_len: int, opts: Options, signals: Preemption,
               bar: Any, say: Callable[[str], None], writer: bool, multi: bool, rerun_done: bool = False,
               bars: bool = False) -> str:
     from scaling_grid.trainer import loop
@@ -684,44 +712,18 @@ def _run_cell(cell: S.Cell, store: Store, tok_store: Any, table_len: int, opts: 
     )
 
     st, gen = store.status(cell.id)
-    if st.get("state") in FINAL_STATES and not rerun_done:  # finished meanwhile by another launcher
-        return st["state"]
-    if not multi and st.get("state") == "running" and not is_stale(st, opts.stale_after):
-        say(f"{cell.id}: running on {st.get('host')} (pid {st.get('pid')}, heartbeat {st.get('updated')}); skipped")
-        return "running elsewhere"
     ckpt_dir = store.checkpoint_dir(cell.id, opts.checkpoints)
-    init_from = None
-    if cell.role == "branch":
-        parent_dir = store.checkpoint_dir(cell.parent, opts.checkpoints)
-        pst, _ = store.status(cell.parent)
-        have_own = bool(_checkpoint_steps(ckpt_dir))
-        if not have_own and cell.init_step not in _checkpoint_steps(parent_dir):
-            if pst.get("state") == "diverged":
-                msg = (f"trunk {cell.parent} diverged at step {pst.get('step')}, before this branch's start step "
-                       f"{cell.init_step}")
-                if writer:
-                    store.set_status(cell.id, {"id": cell.id, "state": "diverged", "step": cell.init_step,
-                                               "total": cell.steps, "message": msg, "host": host_id()})
-                say(f"{cell.id}: diverged ({msg})")
-                return "diverged"
-            say(f"{cell.id}: skipped: its trunk {cell.parent} is {pst.get('state')} and has no checkpoint at step "
-                f"{cell.init_step} yet")
-            return "skipped"
-        init_from = (str(parent_dir), cell.init_step)
-
-    attempt = int(st.get("attempt", 0)) + 1
-    base = {"id": cell.id, "state": "running", "total": cell.steps, "host": host_id(), "pid": os.getpid(),
-            "shard": f"{opts.shard[0]}/{opts.shard[1]}", "attempt": attempt, "started": now(),
-            "message": ""}
-    if writer and not multi:
-        if not store.set_status(cell.id, {**base, "step": st.get("step")}, if_equal=gen):
-            say(f"{cell.id}: claimed by another launcher meanwhile; skipped")
-            return "running elsewhere"
-    elif writer:
-        store.set_status(cell.id, {**base, "step": st.get("step")})
+    skip, init_from, base = _claim(cell, store, st, gen, ckpt_dir, opts, say, writer, rerun_done)
+    # What process 0 read and claimed is what every process does (each reading for itself could differ).
+    code, from_trunk = from_process_0([_SKIPS.index(skip) if skip else -1, init_from is not None])
+    if code >= 0:
+        return _SKIPS[code]
+    if from_trunk:
+        assert cell.parent is not None and cell.init_step is not None  # a branch
+        init_from = (str(store.checkpoint_dir(cell.parent, opts.checkpoints)), cell.init_step)
 
     t0 = time.perf_counter()
-    live = _LiveSink(cell, signals, bar)
+    live = _LiveSink(cell, bar)
     heartbeat = _Heartbeat(store, base, live, opts.status_every)
     result = None
     try:
@@ -744,7 +746,7 @@ def _run_cell(cell: S.Cell, store: Store, tok_store: Any, table_len: int, opts: 
         with ctx:
             result = loop.train(cell.config, Sinks(*sinks), ckpt_dir, store=tok_store, steps=steps,
                                 warn=lambda m: say(f"{cell.id}: warning: {m}"), init_from=init_from,
-                                keep_steps=cell.keep_steps, table_len=table_len)
+                                keep_steps=cell.keep_steps, table_len=table_len, preempt=signals)
     except KeyboardInterrupt:
         if writer:
             store.set_status(cell.id, {**heartbeat.snapshot(), "state": "preempted",
@@ -770,6 +772,7 @@ def _run_cell(cell: S.Cell, store: Store, tok_store: Any, table_len: int, opts: 
         say(f"{cell.id}: {where}; moved the trunk's checkpoints {moved} to {dest} and rerunning the trunk from its "
             "previous checkpoint")
         if writer:
+            assert cell.parent is not None  # init_from is set: a branch
             store.set_status(cell.id, {**base, "state": "pending", "message": f"{where}; waiting for the trunk"})
             store.set_status(cell.parent, {**store.status(cell.parent)[0], "state": "preempted",
                                            "message": f"checkpoint {e.step} unreadable; rerunning from the one before"})

@@ -264,7 +264,10 @@ class Store:
 
     def checkpoint_dir(self, cell_id: str, root: str | None = None) -> Path:
         if root is not None:
-            return Path(root).expanduser().absolute() / cell_id
+            if is_url(root) and not root.startswith("file://"):  # pathlib would make it a local 'gs:' folder
+                raise ConfigError(f"--checkpoints={root!r}: checkpoints need a filesystem path that every host "
+                                  "sees (a local or shared disk); bucket URLs are not supported for them yet")
+            return Path(root.removeprefix("file://")).expanduser().absolute() / cell_id
         if is_url(self.url) and not self.url.startswith("file://"):
             raise ConfigError(f"--store={self.url!r} is a URL: the trainer's checkpoints need a filesystem path; "
                               f"pass --checkpoints DIR (a local or shared disk)")

@@ -69,3 +69,13 @@ def test_bad_input_exits_2_with_a_message_and_writes_nothing(name, argv, fragmen
         assert fragment in err, err
     assert {p: t for p, t in _files(tmp_path).items() if "data" not in p.parts} == \
         {p: t for p, t in before.items() if "data" not in p.parts}  # a token store may be prepared, nothing else
+
+
+def test_a_bucket_url_for_checkpoints_is_refused_before_any_compute(tmp_path, capsys, monkeypatch):
+    """pathlib turns gs://b/ck into a local folder './gs:/b/ck': refused with a message instead."""
+    monkeypatch.chdir(tmp_path)
+    spec = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+    assert cli.main(["run", str(spec), "--store", str(tmp_path / "s"), "--checkpoints", "gs://bucket/ck",
+                     "--no-memory-check"]) == 2
+    assert "--checkpoints='gs://bucket/ck': checkpoints need a filesystem path" in capsys.readouterr().err
+    assert not (tmp_path / "gs:").exists() and not (tmp_path / "s").exists()

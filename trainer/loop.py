@@ -40,7 +40,8 @@ from .metrics import (
 )
 from .model import Arch, make_arch
 from .preemption import Preemption
-from .step import Steps, abstract_state, build, check_state_fits, lr_table
+from .runtime import any_process, barrier, is_writer
+from .step import Steps, abstract_state, build, check_batch, check_state_fits, lr_table
 
 
 @dataclass
@@ -90,13 +91,18 @@ def evaluate(steps: Steps, params: Any, val_BT1: np.ndarray, batch_size: int,
 def train(cfg: RunConfig, sink: MetricsSink, ckpt_dir: str | Path, *, store: data_lib.TokenStore | None = None,
           steps: Steps | None = None, warn: Callable[[str], None] | None = None,
           init_from: tuple[str | Path, int] | None = None, keep_steps: Sequence[int] = (),
-          table_len: int | None = None) -> RunResult:
+          table_len: int | None = None, preempt: Preemption | None = None) -> RunResult:
     """Train one run to its token budget, resuming from the newest readable checkpoint in ckpt_dir.
 
     init_from=(dir, step): a run with no checkpoint of its own starts from another run's state at that
     step (a WSD cooldown branch starts from its trunk). keep_steps: steps checkpointed and kept forever
     (the trunk's branch points). table_len: pad the lr table to this length, so runs of one shape with
-    different budgets share ``steps``' compiled train step (a grid passes its longest run's steps)."""
+    different budgets share ``steps``' compiled train step (a grid passes its longest run's steps).
+    preempt: the caller's SIGTERM flag (a grid launcher's, installed for its whole run); by default the
+    loop installs its own for the run.
+
+    On many processes every decision that leads into a collective (stop, save, abandon an eval, fail at
+    setup) is taken by all of them together (`runtime.any_process`)."""
     warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr, flush=True))
     t_cfg, S = cfg.train, cfg.steps
     store = store or data_lib.prepare(cfg.data)
@@ -111,16 +117,24 @@ def train(cfg: RunConfig, sink: MetricsSink, ckpt_dir: str | Path, *, store: dat
     rows = _host_rows(t_cfg.batch_size)
 
     ckpt = Checkpointer(ckpt_dir, t_cfg.keep, t_cfg.ckpt_every, t_cfg.ckpt_minutes, keep_steps, warn)
-    preempt = Preemption()
+    own_signal = preempt is None
+    preempt = preempt or Preemption()
     start, failed = 0, False
     try:
-        restored = ckpt.restore_latest(abstract_state(steps))
-        if restored is None and init_from is not None:
-            state, start = restore_from(init_from[0], init_from[1], abstract_state(steps)), init_from[1]
-        elif restored is None:
-            state, start = steps.init(jax.random.key(t_cfg.seed)), 0
-        else:
-            state, start = restored[0], int(restored[1]["step"])
+        try:
+            restored = ckpt.restore_latest(abstract_state(steps))
+            if restored is None and init_from is not None:
+                state, start = restore_from(init_from[0], init_from[1], abstract_state(steps)), init_from[1]
+            elif restored is None:
+                state, start = steps.init(jax.random.key(t_cfg.seed)), 0
+            else:
+                state, start = restored[0], int(restored[1]["step"])
+            setup_error = None
+        except Exception as e:  # noqa: BLE001 - re-raised below, once every process knows
+            setup_error = e
+        # A process failing here alone would leave the others waiting in the first train step.
+        if any_process(setup_error is not None)[0]:
+            raise setup_error or RuntimeError("another process failed to set this run up; see its log")
         meta = {"fingerprint": fingerprint(cfg)}
         sink.start(S, start)
 
@@ -154,14 +168,14 @@ def train(cfg: RunConfig, sink: MetricsSink, ckpt_dir: str | Path, *, store: dat
             return RunResult("diverged", step, msg)
 
         def eval_at(step: int) -> float | None:
-            out = evaluate(steps, state.params, val_BT1, t_cfg.batch_size, lambda: preempt.requested)
+            out = evaluate(steps, state.params, val_BT1, t_cfg.batch_size, lambda: any_process(preempt.requested)[0])
             if out is not None:
                 sink.write_eval(step, *out)
                 return out[0]
             return None
 
         ckpt_step, last_eval = start, math.nan
-        with preempt.installed():
+        with preempt.installed() if own_signal else contextlib.nullcontext():
             # Step 0 (init), or a resume at a step that owes an eval: a preemption may have skipped or
             # abandoned it (at the last step too: the state is saved there, the eval is not).
             if start % t_cfg.eval_every == 0 or start == S:
@@ -188,20 +202,26 @@ def train(cfg: RunConfig, sink: MetricsSink, ckpt_dir: str | Path, *, store: dat
                         if (bad := flush(upto=pending[-2][0])) is not None:
                             return diverged(bad, "train loss")
                     is_eval = s % t_cfg.eval_every == 0 or s == S
-                    if is_eval or s == S or preempt.requested or ckpt.due(s):
+                    # Decided once per chunk, by all processes together: a SIGTERM may reach one of
+                    # them only, and each has its own clock for the time-based checkpoint.
+                    stop, due = any_process(preempt.requested, ckpt.due(s))
+                    save = s == S or stop or due
+                    if is_eval or save:
                         if (bad := flush()) is not None:
                             return diverged(bad, "train loss")
-                    if is_eval and not preempt.requested:
+                    if is_eval and not stop:
                         loss = eval_at(s)
-                        if loss is not None:
-                            if not math.isfinite(loss):
-                                return diverged(s, "eval loss")
+                        if loss is None:  # a preemption landed during the eval: save, then stop
+                            stop = save = True
+                        elif not math.isfinite(loss):
+                            return diverged(s, "eval loss")
+                        else:
                             last_eval = loss
-                    if s == S or preempt.requested or ckpt.due(s):
+                    if save:
                         sink.flush()  # metrics up to s are durable before checkpoint s exists
                         ckpt.save(s, state, {**meta, "step": s})
                         ckpt_step = s
-                    if preempt.requested:
+                    if stop:
                         ckpt.wait()
                         msg = f"preempted: checkpoint saved at step {s}; run again to resume"
                         sink.close("preempted", s, msg)
@@ -277,14 +297,16 @@ def train_cli(cfg: RunConfig, *, progress: bool = True, tensorboard: str | None 
     is written there. progress: a bar on a terminal (plain lines otherwise and without it);
     tensorboard: event files in <tensorboard>/<out_dir name>; wandb: a W&B run in this project."""
     out = Path(cfg.out_dir)
-    print(backend_line(), flush=True)
-    if (warning := accelerator_unused()) is not None:
-        print(f"warning: {warning}", file=sys.stderr, flush=True)
+    writer = is_writer()  # on many processes, process 0 writes the folder; all write checkpoint shards
+    if writer:
+        print(backend_line(), flush=True)
+        if (warning := accelerator_unused()) is not None:
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
     extra: list[MetricsSink] = []
-    if tensorboard is not None:
+    if tensorboard is not None and writer:
         extra.append(TensorBoardSink(Path(tensorboard) / out.name,
                                      recorded=lambda step: read_step(str(out / "metrics"), step)))
-    if wandb is not None:
+    if wandb is not None and writer:
         extra.append(WandbSink(wandb, run_name(cfg), cfg.to_dict()))
     saved = out / "config.yaml"
     if saved.exists():
@@ -296,10 +318,17 @@ def train_cli(cfg: RunConfig, *, progress: bool = True, tensorboard: str | None 
                     if old.get(s, {}).get(k) != new[s].get(k)]  # to_dict omits some fields at their defaults
             raise ConfigError(f"out_dir={cfg.out_dir!r} holds a run with a different config ({'; '.join(diff)}); "
                               "choose a new out_dir or restore the old values")
+    check_batch(cfg.train.batch_size, cfg.train.grad_accum)
+    if not writer:  # process 0 tokenizes; the others open what it wrote
+        barrier("token store prepared")
     store = data_lib.prepare(cfg.data)
+    if writer:
+        barrier("token store prepared")
     arch = make_arch(cfg.model, store.vocab_size, compute_dtype(cfg.train.dtype))
     steps = build(arch, cfg.optim, cfg.train.grad_accum)
     check_state_fits(steps)
+    if not writer:
+        return train(cfg, Sinks(), out / "checkpoints", store=store, steps=steps)
     out.mkdir(parents=True, exist_ok=True)
     with _exclusive(out):
         if not saved.exists():

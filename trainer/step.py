@@ -205,3 +205,15 @@ def check_state_fits(steps: Steps, headroom: float = 0.9) -> None:
         raise ConfigError(f"{n:,} parameters need at least {need / 2**30:.1f} GiB per device (parameters, gradients "
                           f"and Adam's two moments) but {what} is {avail / 2**30:.1f} GiB; lower model.width or "
                           "model.depth")
+
+
+def check_batch(batch_size: int, grad_accum: int = 1, what: str = "train.batch_size") -> None:
+    """The (micro)batch is split over every device of the mesh's data axis, across all processes: it
+    must divide evenly, or the first step fails deep in XLA. Checked before any compute."""
+    n, procs = jax.device_count(), jax.process_count()
+    micro = batch_size // max(grad_accum, 1)
+    if micro % n:
+        where = f"{n} devices" + (f" of {procs} processes" if procs > 1 else "")
+        accum = f" / train.grad_accum={grad_accum} = {micro}" if grad_accum > 1 else ""
+        raise ConfigError(f"{what}={batch_size}{accum}: must split evenly over the {where}; use a multiple "
+                          f"of {n * max(grad_accum, 1)}")

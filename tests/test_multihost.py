@@ -1,0 +1,177 @@
+"""Multi-process runs for real: two local processes joined with `jax.distributed` (gloo collectives on
+CPU), each one device. Every decision that leads into a collective must be taken by both together, or
+the job hangs: so every process here runs under a hard timeout and a hang fails the test."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scaling_grid.trainer.metrics import read_metrics
+
+STEPS = 200
+RUN = ["model.width=32", "model.depth=2", "model.heads=2", "model.seq_len=64", "train.batch_size=8",
+       f"train.tokens={STEPS * 8 * 64}", "train.steps_per_call=2", "train.log_every=2", "train.eval_every=20",
+       "train.ckpt_every=10", "train.eval_batches=2", "train.keep=50", "optim.warmup_steps=10"]
+TIMEOUT = 240  # a hang is a failure, not a stuck CI
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(devices: int = 1) -> dict[str, str]:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    env.pop("TQDM_DISABLE", None)
+    return env
+
+
+def _start(out: Path, data: Path, *extra: str, n: int = 2) -> list[subprocess.Popen]:
+    port = _port()
+    return [subprocess.Popen([sys.executable, "-m", "scaling_grid.grid.cli", "train", "--distributed",
+                              "--coordinator", f"127.0.0.1:{port}", "--num-processes", str(n), "--process-id", str(i),
+                              f"out_dir={out}", f"data.root={data}", *RUN, *extra],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
+            for i in range(n)]
+
+
+def _finish(procs: list[subprocess.Popen], timeout: float = TIMEOUT) -> list[tuple[int, str]]:
+    out = []
+    try:
+        for p in procs:
+            log, _ = p.communicate(timeout=timeout)
+            out.append((p.returncode, log))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+    """Two processes, a time-based checkpoint due at almost every chunk (each process's own clock
+    says so at different moments): the run must finish, not hang."""
+    root = tmp_path_factory.mktemp("mp")
+    (rc0, log0), (rc1, log1) = _finish(_start(root / "run", root / "data", "train.ckpt_minutes=0.002"))
+    assert rc0 == 0 and rc1 == 0, log0[-3000:] + log1[-3000:]
+    return root, read_metrics(str(root / "run" / "metrics")), log0, log1
+
+
+def test_two_processes_match_one_process_on_two_devices(two_process_run, tmp_path):
+    root, m2, log0, log1 = two_process_run
+    assert "prepared shakespeare-bytes" in log0 and "prepared" not in log1  # exactly one process tokenizes
+    assert "jax 0.10" in log0 and "on cpu: 2 devices" in log0 and "done:" not in log1  # process 0 reports
+    p = subprocess.run([sys.executable, "-m", "scaling_grid.grid.cli", "train", f"out_dir={tmp_path / 'one'}",
+                        f"data.root={root / 'data'}", *RUN], capture_output=True, text=True, timeout=TIMEOUT,
+                       env=_env(devices=2))
+    assert p.returncode == 0, p.stderr[-3000:]
+    m1 = read_metrics(str(tmp_path / "one" / "metrics"))
+    logged = np.isfinite(m1["loss"])
+    assert logged.sum() == STEPS // 2 and np.array_equal(logged, np.isfinite(m2["loss"]))
+    np.testing.assert_allclose(m2["loss"][logged], m1["loss"][logged], rtol=1e-6, atol=1e-6)
+    ev = np.isfinite(m1["eval_loss"])
+    np.testing.assert_allclose(m2["eval_loss"][ev], m1["eval_loss"][ev], rtol=1e-6, atol=1e-6)
+
+
+def test_sigterm_to_one_process_stops_both_at_one_step(two_process_run, tmp_path):
+    """The signal reaches process 1 only: both save at the same step and exit 143 (before, process 0
+    trained on into the next all-reduce while process 1 waited in orbax's barrier). The relaunch
+    finishes with the uninterrupted curve."""
+    root, ref, _, _ = two_process_run
+    out = tmp_path / "run"
+    procs = _start(out, root / "data")
+    t0 = time.time()
+    while not (out / "checkpoints" / "30").is_dir():
+        assert time.time() - t0 < TIMEOUT and all(p.poll() is None for p in procs), "no checkpoint 30"
+        time.sleep(0.05)
+    procs[1].send_signal(signal.SIGTERM)
+    t_sig = time.time()
+    (rc0, log0), (rc1, log1) = _finish(procs, timeout=60)
+    assert time.time() - t_sig < 60
+    assert rc0 == 143 and rc1 == 143, log0[-2000:] + log1[-2000:]
+    result = json.loads((out / "result.json").read_text())
+    steps = sorted(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit())
+    assert result["status"] == "preempted" and steps[-1] == result["step"] < STEPS
+    assert f"preempted: checkpoint saved at step {result['step']}" in log0
+    (rc0, log0), (rc1, log1) = _finish(_start(out, root / "data"))
+    assert rc0 == 0 and rc1 == 0, log0[-3000:] + log1[-3000:]
+    got = read_metrics(str(out / "metrics"))
+    for field in ref:
+        np.testing.assert_array_equal(got[field], ref[field], err_msg=field)
+
+
+def test_batch_that_does_not_split_over_the_devices_is_exit_2(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "scaling_grid.grid.cli", "train", f"out_dir={tmp_path / 'run'}",
+                        f"data.root={tmp_path / 'data'}", *RUN, "train.batch_size=6"], capture_output=True,
+                       text=True, timeout=TIMEOUT, env=_env(devices=4))
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert "train.batch_size=6: must split evenly over the 4 devices; use a multiple of 4" in p.stderr
+    assert not (tmp_path / "run").exists()
+
+
+GRID = """\
+name: mp
+tokens_mode: wsd
+base:
+  model: {variant: gpt2, seq_len: 16, depth: 1}
+  data: {source: shakespeare, tokenizer: bytes, root: DATA}
+  optim: {lr: 3e-3, decay_fraction: 0.2}
+  train: {batch_size: 4, steps_per_call: 4, log_every: 4, eval_every: 32, eval_batches: 1, ckpt_every: 16, keep: 50}
+rules:
+  heads: {rule: head_dim, head_dim: 8}
+  warmup: {rule: fraction, fraction: 0.1}
+axes:
+  width: [16, 32]
+  tokens: [10240, 20480]
+"""
+
+
+def _grid(spec: Path, store: Path, n: int = 2) -> list[subprocess.Popen]:
+    port = _port()
+    return [subprocess.Popen([sys.executable, "-m", "scaling_grid.grid.cli", "run", str(spec), "--store", str(store),
+                              "--no-memory-check", "--status-every", "0.5", "--distributed", "--coordinator",
+                              f"127.0.0.1:{port}", "--num-processes", str(n), "--process-id", str(i)],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
+            for i in range(n)]
+
+
+def test_grid_on_two_processes_sigterm_to_one_then_relaunch(tmp_path):
+    """A 2-process grid: only process 0 writes the store; a SIGTERM to process 1 alone stops both
+    (exit 143) within 60 s; the relaunch finishes every cell with the uninterrupted curves."""
+    from scaling_grid.grid import store as G
+    spec = tmp_path / "mp.yaml"
+    spec.write_text(GRID.replace("DATA", str(tmp_path / "data")))
+    (rc0, log0), (rc1, log1) = _finish(_grid(spec, tmp_path / "ref"))
+    assert rc0 == 0 and rc1 == 0, log0[-3000:] + log1[-3000:]
+    ref = G.Store(str(tmp_path / "ref"))
+    statuses = [ref.status(c)[0] for c in ref.cell_ids()]
+    assert len(statuses) == 6 and {s["state"] for s in statuses} == {"done"}
+    assert len({st["pid"] for st in statuses}) == 1  # one writer: process 0
+    store = tmp_path / "store"
+    procs = _grid(spec, store)
+    s = G.Store(str(store))
+    t0 = time.time()
+    while not (s.exists() and any(s.status(c)[0].get("state") == "done" for c in s.cell_ids())):
+        assert time.time() - t0 < TIMEOUT and all(p.poll() is None for p in procs), "no cell done"
+        time.sleep(0.05)
+    procs[1].send_signal(signal.SIGTERM)
+    t_sig = time.time()
+    (rc0, log0), (rc1, log1) = _finish(procs, timeout=60)
+    assert time.time() - t_sig < 60 and rc0 == 143 and rc1 == 143, log0[-2000:] + log1[-2000:]
+    assert {s.status(c)[0]["state"] for c in s.cell_ids()} != {"done"}  # stopped part-way
+    (rc0, log0), (rc1, log1) = _finish(_grid(spec, store))
+    assert rc0 == 0 and rc1 == 0, log0[-3000:] + log1[-3000:]
+    for cid in ref.cell_ids():
+        a, b = ref.read_metrics(cid), s.read_metrics(cid)
+        for field in a:
+            np.testing.assert_array_equal(a[field], b[field], err_msg=f"{cid} {field}")

@@ -1,0 +1,94 @@
+"""The JAX runtime of one process: the persistent compile cache, `jax.distributed`, and the decisions
+all processes of a multi-host job take together.
+
+On a pod every process runs the same program, and any Python decision that leads into a collective
+(save a checkpoint, stop for a preemption, abandon an eval, skip or fail a cell) must come out the same
+in every process, or one waits in orbax's barrier while another waits in the train step's all-reduce,
+for ever. A SIGTERM may reach one worker only and each host has its own clock, so such decisions go
+through :func:`any_process` (one small all-gather) or :func:`from_process_0` (a broadcast). On one
+process both are plain returns: nothing is added to a single-host run.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .config import ConfigError
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """How to join a multi-process job. All None: JAX's auto-detection (TPU VM, SLURM, Open MPI, K8s)."""
+    coordinator: str | None = None       # host:port of process 0
+    num_processes: int | None = None
+    process_id: int | None = None
+
+    def check(self) -> None:
+        given = [v is not None for v in (self.coordinator, self.num_processes, self.process_id)]
+        if any(given) and not all(given):
+            raise ConfigError("--coordinator, --num-processes and --process-id go together (or none of them: "
+                              "JAX detects TPU VMs, SLURM, Open MPI and Kubernetes by itself)")
+        if all(given):
+            host, _, port = (self.coordinator or "").rpartition(":")
+            if not host or not port.isdigit():
+                raise ConfigError(f"--coordinator={self.coordinator!r}: expected HOST:PORT, e.g. 10.0.0.2:1234")
+            if not (self.num_processes or 0) >= 1 or not 0 <= (self.process_id or 0) < (self.num_processes or 0):
+                raise ConfigError(f"--process-id={self.process_id} --num-processes={self.num_processes}: need "
+                                  "0 <= process id < number of processes")
+
+
+def setup(distributed: Distributed | None = None) -> None:
+    """A persistent compilation cache (unless the user configured one), then jax.distributed when asked.
+    Call before anything touches a JAX backend: initialize must come first."""
+    import jax
+    # orbax logs a warning each time a branch opens its trunk's checkpoints read-only (as intended).
+    logging.getLogger("absl").addFilter(lambda r: "Given directory is read only" not in r.getMessage())
+    if not os.environ.get("JAX_COMPILATION_CACHE_DIR") and not jax.config.jax_compilation_cache_dir:  # type: ignore[attr-defined]
+        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "scaling-grid" / "jax"
+        jax.config.update("jax_compilation_cache_dir", str(cache))
+        if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    if distributed is not None:
+        distributed.check()
+        jax.distributed.initialize(distributed.coordinator, distributed.num_processes, distributed.process_id)
+
+
+def multi_process() -> bool:
+    import jax
+    return jax.process_count() > 1
+
+
+def any_process(*flags: bool) -> tuple[bool, ...]:
+    """Each flag, True if it is True in any process: one all-gather for all of them."""
+    if not multi_process():
+        return tuple(bool(f) for f in flags)
+    import jax
+    from jax.experimental import multihost_utils
+    got = np.asarray(multihost_utils.process_allgather(np.array(flags, np.int32)))
+    return tuple(bool(x) for x in np.asarray(got.reshape(jax.process_count(), len(flags)).any(axis=0)))
+
+
+def from_process_0(values: Sequence[int]) -> list[int]:
+    """Process 0's values, in every process (what process 0 read or decided is what all do)."""
+    if not multi_process():
+        return [int(v) for v in values]
+    from jax.experimental import multihost_utils
+    return [int(v) for v in np.asarray(multihost_utils.broadcast_one_to_all(np.array(values, np.int64)))]
+
+
+def is_writer() -> bool:
+    """Process 0 writes the records (metrics, status, configs); every process writes its checkpoint shards."""
+    import jax
+    return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """Wait until every process gets here (e.g. the others wait while process 0 prepares the data)."""
+    if multi_process():
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
