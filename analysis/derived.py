@@ -23,15 +23,20 @@ Every function here is vectorised over bootstrap samples: parameters are arrays 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy.optimize import brentq, nnls
 
 from .laws import Law
 
+if TYPE_CHECKING:
+    from .points import Points
+
 
 # ------------------------------------------------------------------------------- shape (a, b free)
-def shape_penalty(x: np.ndarray) -> np.ndarray:
+def shape_penalty(x: ArrayLike) -> np.ndarray:
     """S(x)/S* for exponents (1, 1): the loss of the shape term at aspect ratio x times the optimum,
     relative to the optimum, at fixed N. The same for every coefficient set."""
     x = np.asarray(x, float)
@@ -42,11 +47,12 @@ def penalty_band(level: float = 0.05) -> tuple[float, float]:
     """The aspect-ratio range (relative to the optimum) inside which the shape term is within
     ``level`` of its optimum: (0.50, 1.91) for 5%."""
     def f(x: float) -> float:
-        return shape_penalty(x) - (1 + level)
+        return float(shape_penalty(x)) - (1 + level)
     return brentq(f, 1e-6, 1.0), brentq(f, 1.0, 1e6)
 
 
-def optimal_shape(c_m, c_l, a, b, N):
+def optimal_shape(c_m: ArrayLike, c_l: ArrayLike, a: ArrayLike, b: ArrayLike, N: ArrayLike
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """m*, l*, and the shape term S* at fixed N (vectorised). N = 12 m^2 l."""
     c_m, c_l, a, b, N = (np.asarray(v, float) for v in (c_m, c_l, a, b, N))
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -57,7 +63,8 @@ def optimal_shape(c_m, c_l, a, b, N):
     return m, l, S
 
 
-def closed_frontier(E, A, alpha, B, beta, C):
+def closed_frontier(E: ArrayLike, A: ArrayLike, alpha: ArrayLike, B: ArrayLike, beta: ArrayLike, C: ArrayLike
+                    ) -> dict[str, np.ndarray]:
     """Chinchilla-form frontier at compute C (C = 6 N D): dict of N*, D*, L*, D*/N*.
     Parameters have shape (B,), C (nC,): results (B, nC)."""
     E, A, alpha, B, beta = (np.asarray(v, float)[..., None] for v in (E, A, alpha, B, beta))
@@ -79,7 +86,7 @@ class FlopsModel:
     max_rel_error: float
     n_cells: int
 
-    def __call__(self, m, l):
+    def __call__(self, m: np.ndarray, l: np.ndarray) -> np.ndarray:
         a, b, c = self.coef
         return a * m * m * l + b * m * l + c * m
 
@@ -94,7 +101,7 @@ def six_n_flops() -> FlopsModel:
     return FlopsModel(np.array([72.0, 0.0, 0.0]), 0.0, 0)
 
 
-def fit_flops(m, l, fpt) -> FlopsModel | None:
+def fit_flops(m: np.ndarray, l: np.ndarray, fpt: np.ndarray) -> FlopsModel | None:
     """Fit the FLOPs model to distinct (m, l, flops_per_token) rows; None if not identifiable."""
     ok = np.isfinite(m) & np.isfinite(l) & np.isfinite(fpt) & (fpt > 0)
     if not np.any(ok):
@@ -116,7 +123,7 @@ def fit_flops(m, l, fpt) -> FlopsModel | None:
 class Context:
     """What the derived quantities need besides the fitted parameters, taken from the points."""
     t_per_token: float | None = None       # k: time variable per token (t = k D)
-    conversion: dict = field(default_factory=dict)
+    conversion: dict[str, Any] = field(default_factory=dict)
     N_ref: float | None = None             # reference N for the optimal shape (largest N in the data)
     C_ref: np.ndarray | None = None        # reference computes for the frontier
     C_data: tuple[float, float] | None = None
@@ -126,7 +133,7 @@ class Context:
     warnings: list[str] = field(default_factory=list)
 
 
-def make_context(law: Law, pts, time: str) -> Context:
+def make_context(law: Law, pts: Points, time: str) -> Context:
     ctx = Context(depth_offset=pts.depth_offset)
     X = pts.extra
     tv = law.time_var
@@ -142,9 +149,10 @@ def make_context(law: Law, pts, time: str) -> Context:
             spread = float(np.max(r) / np.min(r))
             ctx.t_per_token = k
             name = {"tau_lr": "tau_lr", "steps": "steps"}.get(time, time)
-            conv = {"k": k, "k_min": float(np.min(r)), "k_max": float(np.max(r)), "n_points": int(ok.sum()),
-                    "statement": (f"c_D = c_{tv} * k^(-alpha_{tv}) with k = {name}/tokens = {k:.6g} per token "
-                                  f"(median over {int(ok.sum())} points; spread x{spread:.3g})")}
+            conv: dict[str, Any] = {
+                "k": k, "k_min": float(np.min(r)), "k_max": float(np.max(r)), "n_points": int(ok.sum()),
+                "statement": (f"c_D = c_{tv} * k^(-alpha_{tv}) with k = {name}/tokens = {k:.6g} per token "
+                              f"(median over {int(ok.sum())} points; spread x{spread:.3g})")}
             if time == "tau_lr" and "step" in X and "peak_lr" in X:
                 st = X["step"][ok]
                 good = st > 0
@@ -200,7 +208,7 @@ def _P(law: Law, theta: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
-def derived(law: Law, theta: np.ndarray, ctx: Context) -> tuple[dict, dict]:
+def derived(law: Law, theta: np.ndarray, ctx: Context) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Derived quantities for parameter rows theta (B, P): (scalars name -> (B,), frontier name ->
     (B, nC)). Quantities the law or the data cannot give are absent."""
     P = _P(law, theta)
@@ -208,7 +216,8 @@ def derived(law: Law, theta: np.ndarray, ctx: Context) -> tuple[dict, dict]:
     sc: dict[str, np.ndarray] = {}
     fr: dict[str, np.ndarray] = {}
     E = P[law.constant]
-    A = alpha = None
+    A: np.ndarray | None = None
+    alpha: np.ndarray | None = None
     if "m" in terms and "l" in terms:
         c_m, c_l = P[terms["m"].coef], P[terms["l"].coef]
         a, b = P["__exp_m"], P["__exp_l"]
@@ -233,7 +242,7 @@ def derived(law: Law, theta: np.ndarray, ctx: Context) -> tuple[dict, dict]:
         c_t, beta = P[terms[tv].coef], P[f"__exp_{tv}"]
         Bc = c_t * ctx.t_per_token ** (-beta)
         sc["c_D"] = Bc
-        if A is not None and ctx.C_ref is not None:
+        if A is not None and alpha is not None and ctx.C_ref is not None:  # (A and alpha are set together)
             f = closed_frontier(E, A, alpha, Bc, beta, ctx.C_ref)
             fr.update(f)
             sc["D_over_N_star"] = f["D_over_N_star"][:, 0]  # at the largest compute of the data
@@ -250,7 +259,8 @@ def derived(law: Law, theta: np.ndarray, ctx: Context) -> tuple[dict, dict]:
 
 # ------------------------------------------------------------------------------ numerical frontier
 def numerical_frontier(law: Law, theta: np.ndarray, C: np.ndarray, t_per_token: float, flops: FlopsModel,
-                       depth_offset: float = 0.0, m_range=(4.0, 2.0 ** 20), l_range=(1.0, 2.0 ** 12),
+                       depth_offset: float = 0.0, m_range: tuple[float, float] = (4.0, 2.0 ** 20),
+                       l_range: tuple[float, float] = (1.0, 2.0 ** 12),
                        chunk: int = 64) -> dict[str, np.ndarray]:
     """Minimise the fitted loss over continuous (m, l) at each compute C, with D = C / flops(m, l)
     and the time variable t = t_per_token * D. Coarse-to-fine grid search in (log m, log l),
@@ -263,10 +273,13 @@ def numerical_frontier(law: Law, theta: np.ndarray, C: np.ndarray, t_per_token: 
     tv = law.time_var
     out = {k: np.full((Bn, nC), np.nan) for k in ("m_star", "l_star", "N_star", "D_star", "L_star")}
 
-    def loss(th, lm, ll):  # th (b,1,1,1,P); lm (b,nC,Gm,1); ll (b,nC,1,Gl)
+    # th (b,1,1,1,P); lm (b,nC,Gm,1); ll (b,nC,1,Gl)
+    def loss(th: np.ndarray, lm: np.ndarray, ll: np.ndarray) -> np.ndarray:
         m, l = np.exp(lm), np.exp(ll)
         D = C[None, :, None, None] / flops(m, l)
-        V = {"m": m, "l": l - depth_offset, tv: t_per_token * D}
+        V = {"m": m, "l": l - depth_offset}
+        if tv is not None:
+            V[tv] = t_per_token * D
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             return law.predict(th, V, outer=False)
 

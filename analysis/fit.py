@@ -23,14 +23,16 @@ import contextlib
 import functools
 import itertools
 import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 from scipy.optimize import minimize, nnls
 
 from . import derived as dv
 from .errors import AnalysisError
-from .laws import Law
+from .laws import Law, Term
 from .points import Points
 
 HUBER_DELTA = 1e-3
@@ -38,7 +40,11 @@ _OMEGA = 1.6
 VAR_WORDS = {"tau": "time values", "D": "token counts", "m": "widths", "l": "depths", "N": "model sizes"}
 
 
-def single_threaded_blas():
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def single_threaded_blas() -> contextlib.AbstractContextManager[Any]:
     """A context in which BLAS/LAPACK use one thread. The fits make many tiny BLAS calls (L-BFGS-B,
     4x4 solves, thin products); on a shared CPU, OpenBLAS's threads made them up to 20x slower.
     Needs threadpoolctl; without it, a no-op."""
@@ -49,9 +55,9 @@ def single_threaded_blas():
     return threadpool_limits(1)
 
 
-def _one_thread(f):
+def _one_thread(f: Callable[_P, _R]) -> Callable[_P, _R]:
     @functools.wraps(f)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         with single_threaded_blas():
             return f(*args, **kwargs)
     return wrapper
@@ -114,8 +120,8 @@ def check_identifiable(law: Law, pts: Points, label: str = "") -> list[str]:
         _, s, vt = np.linalg.svd(Xs, full_matrices=False)
         if s[-1] / s[0] < 1e-9:
             names = law.coef_names + [law.constant]
-            involved = [names[i] for i in np.flatnonzero(np.abs(vt[-1]) > 1e-3)]
-            raise AnalysisError(f"{' and '.join(involved)} cannot be separated{where}: {why}")
+            inv_names = [names[i] for i in np.flatnonzero(np.abs(vt[-1]) > 1e-3)]
+            raise AnalysisError(f"{' and '.join(inv_names)} cannot be separated{where}: {why}")
         if s[-1] / s[0] < 1e-4:
             warns.append(f"the design is ill-conditioned (condition number {s[0] / s[-1]:.3g}): "
                          f"expect wide intervals")
@@ -125,14 +131,14 @@ def check_identifiable(law: Law, pts: Points, label: str = "") -> list[str]:
 BOUND_REL = 1e-6     # a term below this fraction of the loss at every point is at its bound 0
 
 
-def _term_text(t) -> str:
+def _term_text(t: Term) -> str:
     """c_m/m, c_tau/tau^0.333, A/N^alpha."""
     if t.exponent == 1:
         return f"{t.coef}/{t.var}"
     return f"{t.coef}/{t.var}^{t.exp_name or format(t.exponent, '.3g')}"
 
 
-def parameter_flags(law: Law, theta: np.ndarray, pts: Points, samples: np.ndarray) -> dict[str, dict]:
+def parameter_flags(law: Law, theta: np.ndarray, pts: Points, samples: np.ndarray) -> dict[str, dict[str, Any]]:
     """Parameters whose value is not an estimate: {name: {"flag", "meaning"}}.
 
     - ``at_bound``: a coefficient (or the constant) whose term is below BOUND_REL of the loss at every
@@ -141,7 +147,7 @@ def parameter_flags(law: Law, theta: np.ndarray, pts: Points, samples: np.ndarra
     - ``unidentified``: the exponent of a term at its bound (it no longer changes the fit), or a
       parameter whose bootstrap interval has zero width (the fit does not move with the data:
       the optimiser stops where it starts, which is not an exact value)."""
-    flags: dict[str, dict] = {}
+    flags: dict[str, dict[str, Any]] = {}
     Lmin = float(np.min(pts.loss))
     const = float(theta[law.param_names.index(law.constant)])
     if const < BOUND_REL * Lmin:
@@ -221,14 +227,14 @@ def nnls_normal_batch(A: np.ndarray, b: np.ndarray) -> np.ndarray:
     return best
 
 
-def _fixed_arrays(law: Law, pts: Points):
+def _fixed_arrays(law: Law, pts: Points) -> tuple[np.ndarray, np.ndarray]:
     X = law.design(pts.V) / pts.loss[:, None]        # rows weighted by 1/L; target is then 1
     scale = np.linalg.norm(X, axis=0) / np.sqrt(len(X))
     return X / scale, scale
 
 
 def fit_fixed(law: Law, pts: Points, delta: float | None = HUBER_DELTA, weights: np.ndarray | None = None,
-              max_iter: int = 500, tol: float = 1e-12) -> tuple[np.ndarray, dict]:
+              max_iter: int = 500, tol: float = 1e-12) -> tuple[np.ndarray, dict[str, Any]]:
     """NNLS in relative error, Huber by IRLS. Returns (params, info)."""
     Xs, scale = _fixed_arrays(law, pts)
     n = len(Xs)
@@ -251,7 +257,8 @@ def fit_fixed(law: Law, pts: Points, delta: float | None = HUBER_DELTA, weights:
     return c / scale, info
 
 
-def _normal_eq(W: np.ndarray, M: np.ndarray, iu: tuple, p: int) -> tuple[np.ndarray, np.ndarray]:
+def _normal_eq(W: np.ndarray, M: np.ndarray, iu: tuple[np.ndarray, np.ndarray], p: int
+               ) -> tuple[np.ndarray, np.ndarray]:
     """A (B, p, p) and b (B, p) of the weighted problems from one product W @ M, where M holds the
     upper-triangle products x_i x_j of every row, then x."""
     G = W @ M
@@ -399,13 +406,13 @@ class _Free:
         with np.errstate(divide="ignore"):
             return np.concatenate([np.log(np.maximum(theta[..., :k + 1], 1e-300)), theta[..., k + 1:]], axis=-1)
 
-    def minimize(self, th0: np.ndarray, w: np.ndarray, max_restarts: int = 4):
-        opts = {"maxiter": 20000, "maxfun": 50000, "ftol": 1e-15, "gtol": 1e-12, "maxcor": 30}
+    def minimize(self, th0: np.ndarray, w: np.ndarray, max_restarts: int = 4) -> tuple[np.ndarray, float, str, int]:
         th, f_prev, msg, n_restart = np.asarray(th0, float), np.inf, "", 0
         for n_restart in range(max_restarts + 1):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                res = minimize(self.objective, th, args=(w,), jac=True, method="L-BFGS-B", options=opts)
+                res = minimize(self.objective, th, args=(w,), jac=True, method="L-BFGS-B",
+                               options={"maxiter": 20000, "maxfun": 50000, "ftol": 1e-15, "gtol": 1e-12, "maxcor": 30})
             moved = f_prev - res.fun
             th, msg = res.x, str(res.message)
             if n_restart > 0 and moved <= 1e-12 * max(1.0, abs(res.fun)):
@@ -416,7 +423,7 @@ class _Free:
 
 
 def fit_free(law: Law, pts: Points, delta: float | None = HUBER_DELTA, weights: np.ndarray | None = None,
-             n_starts: int = 12, start: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+             n_starts: int = 12, start: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """Free-exponent fit. With ``start`` (params), only that start is used (warm start)."""
     F = _Free(law, pts, delta)
     w = np.ones(len(pts)) if weights is None else np.asarray(weights, float)
@@ -429,11 +436,12 @@ def fit_free(law: Law, pts: Points, delta: float | None = HUBER_DELTA, weights: 
         f = F.objective_many(G, w)
         order = np.argsort(f)[:n_starts]
         starts = list(G[order])
-    best = None
+    best: tuple[np.ndarray, float, str] | None = None
     for th0 in starts:
         th, fval, msg, nr = F.minimize(th0, w, max_restarts=1)
         if best is None or fval < best[1]:
             best = (th, fval, msg)
+    assert best is not None  # starts is never empty
     th, fval, msg, nr = F.minimize(best[0], w)   # restart from the best until it no longer moves
     info = {"method": f"Huber delta={delta:g} on log L, log-sum-exp parameterisation, summed objective, "
                       f"L-BFGS-B (ftol 1e-15, gtol 1e-12)" if delta else "least squares on log L, L-BFGS-B",
@@ -444,7 +452,8 @@ def fit_free(law: Law, pts: Points, delta: float | None = HUBER_DELTA, weights: 
 
 
 @_one_thread
-def fit_law(law: Law, pts: Points, delta: float | None = HUBER_DELTA, weights=None, start=None):
+def fit_law(law: Law, pts: Points, delta: float | None = HUBER_DELTA, weights: np.ndarray | None = None,
+            start: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     if law.fixed:
         return fit_fixed(law, pts, delta, weights)
     return fit_free(law, pts, delta, weights, start=start)
@@ -485,12 +494,12 @@ def bootstrap(law: Law, pts: Points, theta: np.ndarray, n_boot: int, rng: np.ran
 
 
 # ------------------------------------------------------------------------------ results
-def interval(value: float, samples: np.ndarray, ci: float) -> dict:
+def interval(value: float, samples: np.ndarray, ci: float) -> dict[str, Any]:
     """Percentile interval: {value, lo, hi, se, n}. Non-finite samples are dropped and counted."""
     s = np.asarray(samples, float)
     s_ok = s[~np.isnan(s)]
     q = (1 - ci) / 2
-    out = {"value": float(value)}
+    out: dict[str, Any] = {"value": float(value)}
     if len(s_ok) >= 2:
         out["lo"] = float(np.quantile(s_ok, q, method="lower"))
         out["hi"] = float(np.quantile(s_ok, 1 - q, method="higher"))
@@ -511,26 +520,26 @@ class VariantFit:
     law: Law
     points: Points
     theta: np.ndarray
-    info: dict
+    info: dict[str, Any]
     samples: np.ndarray
     n_boot_invalid: int
     ctx: dv.Context
-    derived: dict
-    frontier: dict
-    derived_samples: dict
-    frontier_samples: dict
+    derived: dict[str, np.ndarray]            # name -> (1,): the fit's value (derived.derived)
+    frontier: dict[str, np.ndarray]           # name -> (1, nC)
+    derived_samples: dict[str, np.ndarray]    # name -> (B,): bootstrap
+    frontier_samples: dict[str, np.ndarray]   # name -> (B, nC)
     residuals: np.ndarray                     # relative: (L - Lhat) / L
-    holdout: list = field(default_factory=list)
-    scan: list = field(default_factory=list)
-    warnings: list = field(default_factory=list)
+    holdout: list[dict[str, Any]] = field(default_factory=list)
+    scan: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     ci: float = 0.95
-    flags: dict = field(default_factory=dict)  # parameter -> {"flag", "meaning"} (parameter_flags)
+    flags: dict[str, dict[str, Any]] = field(default_factory=dict)  # parameter -> {"flag", "meaning"} (parameter_flags)
 
     @property
     def params(self) -> dict[str, float]:
         return dict(zip(self.law.param_names, map(float, self.theta)))
 
-    def param_interval(self, name: str) -> dict:
+    def param_interval(self, name: str) -> dict[str, Any]:
         i = self.law.param_names.index(name)
         out = interval(self.theta[i], self.samples[:, i], self.ci)
         if name in self.flags:  # travels with the interval into the JSON and the tables
@@ -538,21 +547,21 @@ class VariantFit:
             out["flag_meaning"] = self.flags[name]["meaning"]
         return out
 
-    def derived_interval(self, name: str) -> dict:
+    def derived_interval(self, name: str) -> dict[str, Any]:
         return interval(self.derived[name][0], self.derived_samples[name], self.ci)
 
-    def predict(self, V: dict) -> np.ndarray:
+    def predict(self, V: dict[str, np.ndarray]) -> np.ndarray:
         return self.law.predict(self.theta, V)
 
     @property
     def rms_rel_error(self) -> float:
         return float(np.sqrt(np.mean(self.residuals ** 2)))
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         law = self.law
-        out = {"n_points": len(self.points), "n_runs": self.points.n_runs,
-               "n_boot": int(len(self.samples)), "n_boot_discarded": self.n_boot_invalid,
-               "params": {n: self.param_interval(n) for n in law.coef_names + [law.constant]}}
+        out: dict[str, Any] = {"n_points": len(self.points), "n_runs": self.points.n_runs,
+                               "n_boot": int(len(self.samples)), "n_boot_discarded": self.n_boot_invalid,
+                               "params": {n: self.param_interval(n) for n in law.coef_names + [law.constant]}}
         if law.exp_names:
             out["exponents"] = {n: self.param_interval(n) for n in law.exp_names}
             out["universality_test"] = universality_test(self)
@@ -574,8 +583,9 @@ class VariantFit:
                         {"data_x_range": [float(np.min(x)), float(np.max(x))],
                          "data_max_penalty": float(np.max(dv.shape_penalty(x)))})
         if self.frontier:
-            C = self.ctx.C_ref
-            factor = [float(c / self.ctx.C_data[1]) for c in C]
+            C, C_data = self.ctx.C_ref, self.ctx.C_data
+            assert C is not None and C_data is not None  # a frontier needs them (derived.derived)
+            factor = [float(c / C_data[1]) for c in C]
             out["frontier"] = {"C": [float(c) for c in C], "C_data_range": list(self.ctx.C_data or ()),
                                "extrapolation_factor": factor,
                                "extrapolated": [f > 1 + 1e-9 for f in factor],
@@ -591,7 +601,7 @@ class VariantFit:
         r = self.residuals
         out["fit"].update({"rms_rel_error": self.rms_rel_error, "mean_rel_error": float(np.mean(r)),
                            "max_abs_rel_error": float(np.max(np.abs(r)))})
-        by_cell = {}
+        by_cell: dict[str, dict[str, Any]] = {}
         for c in dict.fromkeys(self.points.cell.tolist()):
             m = self.points.cell == c
             by_cell[c] = {"n": int(m.sum()), "rms_rel": float(np.sqrt(np.mean(r[m] ** 2))),
@@ -603,10 +613,11 @@ class VariantFit:
         return out
 
 
-def universality_test(vf: VariantFit) -> dict:
+def universality_test(vf: VariantFit) -> dict[str, Any]:
     """Whether the universality exponents (time 1/3, width 1, depth 1) lie inside the intervals."""
     target = {"tau": 1 / 3, "D": 1 / 3, "m": 1.0, "l": 1.0}
-    res, found = {}, []
+    res: dict[str, Any] = {}
+    found: list[bool | None] = []
     for t in vf.law.terms:
         if t.exp_name is None or t.var not in target:
             continue
@@ -628,7 +639,7 @@ def universality_test(vf: VariantFit) -> dict:
     return res
 
 
-def _derive(law, theta, ctx):
+def _derive(law: Law, theta: np.ndarray, ctx: dv.Context) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     sc, fr = dv.derived(law, theta, ctx)
     return sc, fr
 
@@ -637,14 +648,14 @@ def rel_residuals(law: Law, theta: np.ndarray, pts: Points) -> np.ndarray:
     return (pts.loss - law.predict(theta, pts.V)) / pts.loss
 
 
-def holdout_checks(law: Law, pts: Points, theta: np.ndarray, delta, rng: np.random.Generator,
-                   k_folds: int = 5) -> list[dict]:
+def holdout_checks(law: Law, pts: Points, theta: np.ndarray, delta: float | None, rng: np.random.Generator,
+                   k_folds: int = 5) -> list[dict[str, Any]]:
     """Fit on part of the runs, predict the rest: largest models, longest times, k folds of runs."""
-    out = []
+    out: list[dict[str, Any]] = []
     size = pts.extra.get("N") if "N" in pts.extra else None
     if size is None and "m" in pts.V and "l" in pts.V:
         size = 12 * pts.V["m"] ** 2 * pts.V["l"]
-    splits = []
+    splits: list[tuple[str, np.ndarray]] = []
     if size is not None:
         splits.append(("largest model (fit the smaller, predict the largest N)", size >= np.max(size) * (1 - 1e-9)))
     tv = law.time_var
@@ -680,7 +691,8 @@ def holdout_checks(law: Law, pts: Points, theta: np.ndarray, delta, rng: np.rand
     return out
 
 
-def _holdout_one(law, pts, theta, delta, train, test, name):
+def _holdout_one(law: Law, pts: Points, theta: np.ndarray, delta: float | None, train: np.ndarray, test: np.ndarray,
+                 name: str) -> dict[str, Any]:
     if not np.any(test) or not np.any(train):
         return {"name": name, "skipped": "nothing to hold out"}
     tr = pts.subset(train)
@@ -690,21 +702,21 @@ def _holdout_one(law, pts, theta, delta, train, test, name):
     except AnalysisError as e:
         return {"name": name, "skipped": f"the remaining points cannot constrain the law: {e}"}
     te = pts.subset(test)
-    e = rel_residuals(law, th, te)
+    err = rel_residuals(law, th, te)
     return {"name": name, "n_train": int(train.sum()), "n_test": int(test.sum()),
-            "mean_abs_rel_error": float(np.mean(np.abs(e))), "rms_rel_error": float(np.sqrt(np.mean(e ** 2))),
-            "max_abs_rel_error": float(np.max(np.abs(e))), "mean_rel_error": float(np.mean(e)), "_err": e}
+            "mean_abs_rel_error": float(np.mean(np.abs(err))), "rms_rel_error": float(np.sqrt(np.mean(err ** 2))),
+            "max_abs_rel_error": float(np.max(np.abs(err))), "mean_rel_error": float(np.mean(err)), "_err": err}
 
 
-def exclusion_scan(law: Law, pts: Points, theta: np.ndarray, delta, ctx: dv.Context,
-                   fractions=(0.0, 0.02, 0.05, 0.1, 0.2, 0.3)) -> list[dict]:
+def exclusion_scan(law: Law, pts: Points, theta: np.ndarray, delta: float | None, ctx: dv.Context,
+                   fractions: Sequence[float] = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3)) -> list[dict[str, Any]]:
     """Refit after dropping the K highest-loss points, and after raising the minimum time."""
-    out = []
+    out: list[dict[str, Any]] = []
     keys = ("m_over_l_star", "D_over_N_star")
     n = len(pts)
     order = np.argsort(-pts.loss, kind="stable")
     seen = set()
-    rules = []
+    rules: list[tuple[dict[str, float], np.ndarray]] = []
     for f in fractions:
         K = int(round(f * n))
         if K not in seen:
@@ -720,7 +732,7 @@ def exclusion_scan(law: Law, pts: Points, theta: np.ndarray, delta, ctx: dv.Cont
                 tmin = float(ts[int(q * len(ts))])
                 rules.append(({"min_tau": tmin}, pts.V[tv] >= tmin))
     for rule, mask in rules:
-        row = dict(rule)
+        row: dict[str, Any] = dict(rule)
         row["n_points"] = int(mask.sum())
         sub = pts.subset(mask)
         try:
@@ -822,12 +834,12 @@ class FitResult:
     """Fits of one law to every variant of a table. ``to_json()`` for scripts, ``table_markdown()``
     for people."""
     law: Law
-    options: dict
-    notes: list
-    exclusions: list
-    variants: dict            # variant -> VariantFit
+    options: dict[str, Any]
+    notes: list[str]
+    exclusions: list[dict[str, Any]]
+    variants: dict[str, VariantFit]
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         law = self.law
         return {
             "schema": "scaling-grid/fit/1",
@@ -857,7 +869,7 @@ class FitResult:
         return coefficient_table(self, "latex")
 
 
-def _jsonable(x):
+def _jsonable(x: Any) -> Any:
     if isinstance(x, dict):
         return {str(k): _jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
@@ -879,9 +891,10 @@ def _jsonable(x):
 
 
 @_one_thread
-def run_fit(table, law: str = "universality", loss: str = "eval", time: str | None = None, *,
-            points: str = "final", min_tau: float | None = None, drop_highest: int = 0,
-            exclude_variants=(), exclude_cells=(), variants=None, depth_offset: float = 0.0,
+def run_fit(table: Mapping[str, Iterable[Any]], law: str | Law = "universality", loss: str = "eval",
+            time: str | None = None, *, points: str = "final", min_tau: float | None = None, drop_highest: int = 0,
+            exclude_variants: Iterable[str] = (), exclude_cells: Iterable[str] = (),
+            variants: Iterable[str] | None = None, depth_offset: float = 0.0,
             nan_policy: str = "raise", huber_delta: float | None = HUBER_DELTA, n_boot: int = 1000,
             ci: float = 0.95, seed: int = 0, checks: bool = True) -> FitResult:
     """Fit ``law`` to every variant of ``table`` (see ``analysis/__init__.py`` for the options)."""

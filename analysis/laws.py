@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import cast
 
 import numpy as np
 
@@ -102,7 +103,7 @@ class Law:
         """The design matrix (n, k+1) of a fixed-exponent law: columns x_j^(-a_j), then ones."""
         if not self.fixed:
             raise AnalysisError(f"law {self.name!r} has free exponents; it has no linear design matrix")
-        cols = [np.asarray(V[t.var], float) ** (-t.exponent) for t in self.terms]
+        cols = [np.asarray(V[t.var], float) ** (-cast(float, t.exponent)) for t in self.terms]  # fixed: none is None
         return np.column_stack(cols + [np.ones_like(cols[0])])
 
     def predict(self, theta: np.ndarray, V: dict[str, np.ndarray], outer: bool = True) -> np.ndarray:

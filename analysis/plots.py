@@ -20,7 +20,9 @@ from __future__ import annotations
 import dataclasses
 import re
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -32,6 +34,18 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: 
 
 from . import derived as dv  # noqa: E402
 from .laws import PRETTY  # noqa: E402
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colorbar import Colorbar
+    from matplotlib.colorizer import ColorizingArtist
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from numpy.typing import ArrayLike
+
+    from .fit import FitResult, VariantFit
+    from .laws import Law
 
 VAR_LABEL = {"tau": "τ", "D": "D (tokens)", "m": "width m", "l": "depth ℓ", "N": "N (parameters)"}
 TIME_LABEL = {"tau_lr": "τ = Σ lr", "tokens": "tokens D", "steps": "steps"}
@@ -54,7 +68,7 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)) or "_"
 
 
-def _save(fig, out_dir: Path, name: str) -> list[Path]:
+def _save(fig: Figure, out_dir: Path, name: str) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
     fig.savefig(paths[0], dpi=130, bbox_inches="tight")
@@ -63,20 +77,20 @@ def _save(fig, out_dir: Path, name: str) -> list[Path]:
     return paths
 
 
-def _time_label(vf) -> str:
-    tv = vf.law.time_var
+def _time_label(vf: VariantFit) -> str:
+    tv = vf.law.time_var or ""  # (callers plot a time variable)
     return TIME_LABEL.get(vf.points.time or "", VAR_LABEL.get(tv, tv))
 
 
-def _shape_vars(vf) -> list[str]:
+def _shape_vars(vf: VariantFit) -> list[str]:
     return [t.var for t in vf.law.terms if t.var not in ("tau", "D")]
 
 
-def _depth(vf, l_eff):
+def _depth(vf: VariantFit, l_eff: float) -> float:
     return l_eff + vf.points.depth_offset
 
 
-def _colours(values):
+def _colours(values: np.ndarray) -> tuple[dict[Any, Any], np.ndarray]:
     """A colour per distinct value (log-spaced viridis) and a legend-or-colorbar decision."""
     u = np.unique(values)
     cmap = plt.get_cmap("viridis")
@@ -86,7 +100,8 @@ def _colours(values):
     return {v: cmap(0.9 * zi) for v, zi in zip(u, z)}, u
 
 
-def _legend_or_bar(fig, ax, u, cmap_of, label, handles=None):
+def _legend_or_bar(fig: Figure, ax: Axes, u: np.ndarray, cmap_of: dict[Any, Any], label: str,
+                   handles: list[Line2D] | None = None) -> None:
     if len(u) <= 10:
         ax.legend(handles=handles, title=label, loc="best", frameon=True)
     else:
@@ -94,7 +109,7 @@ def _legend_or_bar(fig, ax, u, cmap_of, label, handles=None):
         fig.colorbar(sm, ax=ax, label=label)
 
 
-def _plain_ticks(ax, which: str = "x", values=None):
+def _plain_ticks(ax: Axes, which: str = "x", values: np.ndarray | None = None) -> None:
     """Plain numbers (64, 0.5) instead of 6x10^1 on a log axis: ticks at the data's values when
     there are few of them, else at 1-2-5 (or finer, on a short range) steps."""
     axis = ax.xaxis if which == "x" else ax.yaxis
@@ -112,11 +127,12 @@ def _plain_ticks(ax, which: str = "x", values=None):
     axis.set_minor_formatter(NullFormatter())
 
 
-def _colorbar(fig, mappable, ax, label, values):
+def _colorbar(fig: Figure, mappable: ScalarMappable | ColorizingArtist, ax: Axes, label: str, values: np.ndarray
+              ) -> Colorbar:
     u = np.unique(values)
     cb = fig.colorbar(mappable, ax=ax, label=label)
     if len(u) <= 8:
-        cb.set_ticks(u)
+        cb.set_ticks(u.tolist())
     cb.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
     cb.ax.yaxis.set_minor_formatter(NullFormatter())
     return cb
@@ -129,7 +145,7 @@ def _exp(a: float) -> str:
     return f"{a:.3g}"
 
 
-def _term(law, theta, j) -> str:
+def _term(law: Law, theta: np.ndarray, j: int) -> str:
     """A term as text: c_τ τ^(−1/3), c_m/m, A/N^0.34."""
     t = law.terms[j]
     a = float(law.exponents(theta)[j])
@@ -137,12 +153,12 @@ def _term(law, theta, j) -> str:
     return f"{c}/{v}" if a == 1 else f"{c} {v}^(−{_exp(a)})"
 
 
-def _fmt_val(v):
+def _fmt_val(v: float) -> str:
     return f"{v:g}" if v < 1e5 else f"{v:.3g}"
 
 
 # ------------------------------------------------------------------------------ per variant
-def plot_loss_vs_time(vf, out_dir: Path) -> list[Path]:
+def plot_loss_vs_time(vf: VariantFit, out_dir: Path) -> list[Path]:
     law, pts = vf.law, vf.points
     tv = law.time_var
     if tv is None:
@@ -156,11 +172,13 @@ def plot_loss_vs_time(vf, out_dir: Path) -> list[Path]:
     nr = int(np.ceil(len(panels) / nc))
     fig, axes = plt.subplots(nr, nc, figsize=(3.6 * nc + 1.2, 3.0 * nr + 0.6), squeeze=False,
                              sharex=True, sharey=True)
+    cu: Any  # the colour variable's distinct values, or [None]: one colour
     cols, cu = _colours(pts.V[colour_var]) if colour_var else ({None: "C0"}, [None])
     tg = np.geomspace(t.min() / 1.3, t.max() * 1.3, 100)
     for ax, pv in zip(axes.flat, panels):
-        sel = np.ones(len(pts), bool) if pv is None else pts.V[panel_var] == pv
-        shapes = np.unique(np.column_stack([pts.V[v][sel] for v in sv]), axis=0) if sv else [[]]
+        sel = np.ones(len(pts), bool) if pv is None or panel_var is None else pts.V[panel_var] == pv
+        shapes: np.ndarray | list[list[float]] = (np.unique(np.column_stack([pts.V[v][sel] for v in sv]), axis=0)
+                                                  if sv else [[]])
         for shp in shapes:
             s2 = sel.copy()
             for v, x in zip(sv, shp):
@@ -192,16 +210,16 @@ def plot_loss_vs_time(vf, out_dir: Path) -> list[Path]:
     return _save(fig, out_dir, f"loss_vs_time_{slug(vf.variant)}")
 
 
-def plot_collapse(vf, out_dir: Path) -> list[Path]:
+def plot_collapse(vf: VariantFit, out_dir: Path) -> list[Path]:
     law, pts, th = vf.law, vf.points, vf.theta
     tv = law.time_var
     if tv is None:
         return []
     j_t = [i for i, t in enumerate(law.terms) if t.var == tv][0]
     y = pts.loss - th[len(law.terms)]
-    for j, t in enumerate(law.terms):
+    for j, term in enumerate(law.terms):
         if j != j_t:
-            y = y - law.term_value(th, j, pts.V[t.var])
+            y = y - law.term_value(th, j, pts.V[term.var])
     t = pts.V[tv]
     pos = y > 0
     sv = _shape_vars(vf)
@@ -232,7 +250,7 @@ def plot_collapse(vf, out_dir: Path) -> list[Path]:
     return _save(fig, out_dir, f"collapse_{slug(vf.variant)}")
 
 
-def plot_width_depth(vf, out_dir: Path) -> list[Path]:
+def plot_width_depth(vf: VariantFit, out_dir: Path) -> list[Path]:
     law, pts, th = vf.law, vf.points, vf.theta
     sv = _shape_vars(vf)
     if not sv:
@@ -285,12 +303,12 @@ def plot_width_depth(vf, out_dir: Path) -> list[Path]:
     return _save(fig, out_dir, f"width_depth_{slug(vf.variant)}")
 
 
-def _no_time(vf, V):
+def _no_time(vf: VariantFit, V: dict[str, np.ndarray]) -> np.ndarray:
     with np.errstate(divide="ignore"):
         return vf.predict(V)
 
 
-def plot_residuals(vf, out_dir: Path) -> list[Path]:
+def plot_residuals(vf: VariantFit, out_dir: Path) -> list[Path]:
     law, pts = vf.law, vf.points
     r = 100 * vf.residuals
     pred = pts.loss * (1 - vf.residuals)
@@ -324,13 +342,13 @@ def plot_residuals(vf, out_dir: Path) -> list[Path]:
     return _save(fig, out_dir, f"residuals_{slug(vf.variant)}")
 
 
-def _truthy(x) -> np.ndarray:
+def _truthy(x: ArrayLike) -> np.ndarray:
     """A boolean column, also when a CSV reader left it as text ("True"/"False")."""
     x = np.asarray(x)
     return x.astype(bool) if x.dtype.kind in "biuf" else np.isin(np.char.lower(x.astype(str)), ("true", "1", "1.0"))
 
 
-def plot_eval_curves(table: dict, out_dir: Path, time: str | None = None) -> dict[str, list[Path]]:
+def plot_eval_curves(table: Mapping[str, Any], out_dir: Path, time: str | None = None) -> dict[str, list[Path]]:
     """Every cell's eval-loss curve, one figure per variant: {"eval_curves_<variant>": [png, pdf]}.
     Empty unless the table has per-step rows (some cell with two or more eval points): a table of
     final points only has nothing the other plots do not show."""
@@ -354,6 +372,7 @@ def plot_eval_curves(table: dict, out_dir: Path, time: str | None = None) -> dic
         nr = int(np.ceil(len(panels) / nc))
         fig, axes = plt.subplots(nr, nc, figsize=(3.6 * nc + 1.2, 3.0 * nr + 0.6), squeeze=False,
                                  sharex=True, sharey=True)
+        cu: Any
         cols, cu = _colours(m[sel]) if m is not None else ({None: "C0"}, [None])
         for ax, pv in zip(axes.flat, panels):
             sp = sel if pv is None else sel & (l == pv)
@@ -386,10 +405,10 @@ def plot_eval_curves(table: dict, out_dir: Path, time: str | None = None) -> dic
 
 
 # ------------------------------------------------------------------------------ all variants
-def frontier_curves(vf, n_c: int = 25, n_samples: int = 200) -> dict | None:
+def frontier_curves(vf: VariantFit, n_c: int = 25, n_samples: int = 200) -> dict[str, Any] | None:
     """Closed-form and numerical frontier on a dense compute grid, with bootstrap bands."""
     ctx = vf.ctx
-    if ctx.C_ref is None or not vf.frontier:
+    if ctx.C_ref is None or ctx.C_data is None or not vf.frontier:  # (C_ref and C_data are set together)
         return None
     C = np.geomspace(ctx.C_data[0], ctx.C_ref[-1], n_c)
     ctx2 = dataclasses.replace(ctx, C_ref=C)
@@ -407,9 +426,9 @@ def frontier_curves(vf, n_c: int = 25, n_samples: int = 200) -> dict | None:
             "extrapolation_factor": C / ctx.C_data[1]}
 
 
-def plot_frontier(fits: dict, out_dir: Path) -> list[Path]:
-    curves = {v: frontier_curves(vf) for v, vf in fits.items()}
-    curves = {v: c for v, c in curves.items() if c is not None}
+def plot_frontier(fits: dict[str, VariantFit], out_dir: Path) -> list[Path]:
+    found = {v: frontier_curves(vf) for v, vf in fits.items()}
+    curves = {v: c for v, c in found.items() if c is not None}
     if not curves:
         return []
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11.5, 4.4))
@@ -458,7 +477,7 @@ def plot_frontier(fits: dict, out_dir: Path) -> list[Path]:
     return _save(fig, out_dir, "frontier")
 
 
-def plot_all(result, out_dir: str | Path) -> dict[str, list[Path]]:
+def plot_all(result: FitResult, out_dir: str | Path) -> dict[str, list[Path]]:
     """Every plot of ``result`` into out_dir: {name: [png, pdf]}."""
     out = Path(out_dir)
     made: dict[str, list[Path]] = {}

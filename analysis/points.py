@@ -55,6 +55,7 @@ import io
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -176,7 +177,7 @@ def load_table(path: str, mapping: Mapping[str, str] | str | None = None) -> dic
     return out
 
 
-def check_table(table: Mapping[str, Iterable]) -> dict[str, np.ndarray]:
+def check_table(table: Mapping[str, Iterable[Any]]) -> dict[str, np.ndarray]:
     """Columns as 1-D numpy arrays of one length; raise naming the column otherwise."""
     if not isinstance(table, Mapping) or not table:
         raise AnalysisError("the table is empty: expected a dict of equal-length columns")
@@ -211,7 +212,7 @@ class Points:
     time: str | None = None             # tau_lr | tokens | steps
     depth_offset: float = 0.0
     notes: list[str] = field(default_factory=list)
-    exclusions: list[dict] = field(default_factory=list)
+    exclusions: list[dict[str, Any]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.loss)
@@ -232,7 +233,7 @@ class Points:
         return len(np.unique(self.run))
 
 
-def _pick(table: dict, names: tuple[str, ...]) -> str | None:
+def _pick(table: Mapping[str, Any], names: tuple[str, ...]) -> str | None:
     for n in names:
         if n in table:
             return n
@@ -258,7 +259,7 @@ def _bool(a: np.ndarray, name: str) -> np.ndarray:
     return np.isin(low, ("true", "1"))
 
 
-def _float(table: dict, name: str) -> np.ndarray:
+def _float(table: Mapping[str, Any], name: str) -> np.ndarray:
     a = table[name]
     if a.dtype.kind not in "fiub":
         try:
@@ -268,7 +269,7 @@ def _float(table: dict, name: str) -> np.ndarray:
     return a.astype(float)
 
 
-def _peak_lr(T: dict, run: np.ndarray) -> np.ndarray:
+def _peak_lr(T: Mapping[str, Any], run: np.ndarray) -> np.ndarray:
     """Each row's peak lr: the peak_lr column, or the largest lr among its run's rows."""
     if "peak_lr" in T:
         return _float(T, "peak_lr")
@@ -284,14 +285,14 @@ def _cells_of(cell: np.ndarray, mask: np.ndarray, limit: int = 12) -> list[str]:
     return u[:limit] + ([f"... {len(u) - limit} more"] if len(u) > limit else [])
 
 
-def _record(ex: list, rule: str, value, mask: np.ndarray, cell: np.ndarray, detail: str) -> None:
+def _record(ex: list[dict[str, Any]], rule: str, value: Any, mask: np.ndarray, cell: np.ndarray, detail: str) -> None:
     n = int(np.sum(mask))
     if n:
         ex.append({"rule": rule, "value": value, "n_points": n, "cells": _cells_of(cell, mask),
                    "detail": detail})
 
 
-def select_points(table: Mapping[str, Iterable], law: Law, loss: str = "eval", time: str | None = None,
+def select_points(table: Mapping[str, Iterable[Any]], law: Law, loss: str = "eval", time: str | None = None,
                   points: str = "final", min_tau: float | None = None, drop_highest: int = 0,
                   exclude_variants: Iterable[str] = (), exclude_cells: Iterable[str] = (),
                   variants: Iterable[str] | None = None, depth_offset: float = 0.0,
@@ -306,7 +307,7 @@ def select_points(table: Mapping[str, Iterable], law: Law, loss: str = "eval", t
     T = check_table(table)
     n_rows = len(next(iter(T.values())))
     notes: list[str] = []
-    ex: list[dict] = []
+    ex: list[dict[str, Any]] = []
 
     if loss not in LOSSES:
         raise AnalysisError(f"loss={loss!r}: allowed: {sorted(LOSSES)}")
@@ -383,7 +384,7 @@ def select_points(table: Mapping[str, Iterable], law: Law, loss: str = "eval", t
                      + "; its points are resampled together")
     else:
         run = np.char.add(np.char.add(variant, "|"), cell)
-        shape_cols = [c for c in ("m", "l") if c in T] or (["N"] if "N" in T else [])
+        shape_cols: list[str] = [c for c in ("m", "l") if c in T] or (["N"] if "N" in T else [])
         notes.append(f"bootstrap unit: no run or cell column, so rows sharing (variant, "
                      f"{', '.join(shape_cols)}) are resampled together (conservative); map a run column "
                      f"(--map run=<column>) if each row is a separate run")
@@ -434,7 +435,7 @@ def select_points(table: Mapping[str, Iterable], law: Law, loss: str = "eval", t
                          f"trunks whose points are their branches'): {', '.join(empty[:8])}"
                          + (f" ... {len(empty) - 8} more" if len(empty) > 8 else ""))
 
-    def drop(mask, rule, value, detail):
+    def drop(mask: np.ndarray, rule: str, value: Any, detail: str) -> None:
         nonlocal keep
         mask = mask & keep
         _record(ex, rule, value, mask, cell, detail)

@@ -14,8 +14,10 @@ import os
 import platform
 import shlex
 import sys
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from . import plots as P
 from .errors import AnalysisError
@@ -51,26 +53,26 @@ PLOT_TEXT = {
 class _Doc:
     """Builds the same report as Markdown and HTML."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.md: list[str] = []
         self.html: list[str] = []
 
-    def h(self, level: int, text: str):
+    def h(self, level: int, text: str) -> None:
         self.md.append("#" * level + " " + text + "\n")
         self.html.append(f"<h{level}>{html.escape(text)}</h{level}>")
 
-    def p(self, text: str):
+    def p(self, text: str) -> None:
         self.md.append(text + "\n")
         self.html.append(f"<p>{html.escape(text)}</p>")
 
-    def ul(self, items):
+    def ul(self, items: Iterable[object]) -> None:
         items = list(items)
         if not items:
             return
         self.md.append("\n".join(f"- {i}" for i in items) + "\n")
         self.html.append("<ul>" + "".join(f"<li>{html.escape(str(i))}</li>" for i in items) + "</ul>")
 
-    def table(self, head, rows, md: bool = True):
+    def table(self, head: Sequence[object], rows: Sequence[Sequence[object]], md: bool = True) -> None:
         if not rows:
             return
         def esc(s: object) -> str:
@@ -86,12 +88,13 @@ class _Doc:
                          + "</tbody></table></div>")
 
     @staticmethod
-    def _td(cell) -> str:
+    def _td(cell: object) -> str:
         # numbers and intervals never break inside; long prose (a meaning, a list of cells) wraps
         text = str(cell)
         return f'<td class="t">{html.escape(text)}</td>' if len(text) > 40 else f"<td>{html.escape(text)}</td>"
 
-    def img(self, png: Path, pdf: Path, caption: str, root: Path):
+    def img(self, files: Sequence[Path], caption: str, root: Path) -> None:
+        png, pdf = files  # plots.plot_all: [png, pdf]
         a, b = png.relative_to(root).as_posix(), pdf.relative_to(root).as_posix()
         self.md.append(f"![{caption}]({a})\n\n*{caption}* ([PDF]({b}))\n")
         # inline, so the HTML file alone carries every plot; the PDF is named, not linked, since a
@@ -101,7 +104,7 @@ class _Doc:
                          f'<figcaption>{html.escape(caption)} (PDF in the report folder: '
                          f'<code>{html.escape(b)}</code>)</figcaption></figure>')
 
-    def raw_md_table(self, text: str):
+    def raw_md_table(self, text: str) -> None:
         self.md.append(text)
 
 
@@ -138,7 +141,7 @@ def environment() -> dict[str, str]:
     }
 
 
-def _iv(iv: dict) -> list[str]:
+def _iv(iv: dict[str, Any]) -> list[str]:
     """value, lo, hi at the precision the interval supports (tables.fmt_interval)."""
     lo, hi = iv.get("lo"), iv.get("hi")
     q = interval_place(lo, hi) if lo is not None and hi is not None else None
@@ -167,9 +170,9 @@ def check_output(path: str | Path, what: str, folder: bool = False) -> None:
         raise AnalysisError(f"{what} {str(p)!r}: the file exists and is not writable")
 
 
-def write_report(table, out_dir: str | Path, *, result: FitResult | None = None,
-                 title: str = "scaling-grid fit report", provenance: dict | None = None,
-                 **fit_options) -> Path:
+def write_report(table: Mapping[str, Iterable[Any]], out_dir: str | Path, *, result: FitResult | None = None,
+                 title: str = "scaling-grid fit report", provenance: Mapping[str, object] | None = None,
+                 **fit_options: Any) -> Path:
     """Fit (unless ``result`` is given; ``fit_options`` go to :func:`run_fit`) and write the report
     directory. ``provenance`` ({label: text}, e.g. source, spec name, spec hash: the table itself
     does not know them) is listed first in the provenance section, before :func:`environment`.
@@ -217,7 +220,7 @@ def write_report(table, out_dir: str | Path, *, result: FitResult | None = None,
     if curves:
         d.h(2, "Eval curves of every cell")
         for key in curves:
-            d.img(*made[key], PLOT_TEXT["eval_curves"], root)
+            d.img(made[key], PLOT_TEXT["eval_curves"], root)
 
     for v, vf in result.variants.items():
         vd = vf.to_dict()
@@ -300,10 +303,10 @@ def write_report(table, out_dir: str | Path, *, result: FitResult | None = None,
         for name in ("loss_vs_time", "collapse", "width_depth", "residuals"):
             key = f"{name}_{P.slug(v)}"
             if key in made:
-                d.img(*made[key], PLOT_TEXT[name], root)
+                d.img(made[key], PLOT_TEXT[name], root)
     if "frontier" in made:
         d.h(2, "Compute frontier")
-        d.img(*made["frontier"], PLOT_TEXT["frontier"], root)
+        d.img(made["frontier"], PLOT_TEXT["frontier"], root)
 
     d.h(2, "Provenance")
     d.md.append("\n".join(f"- {k}: `{v}`" for k, v in prov.items()) + "\n")

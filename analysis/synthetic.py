@@ -5,21 +5,26 @@
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 # Realistic for byte-level small models: L ~ 1.0-2.0 nats/byte on the default grid.
 UNIVERSALITY_TRUTH = {"c_tau": 0.6, "c_m": 20.0, "c_l": 0.4, "L0": 0.8}
 CHINCHILLA_TRUTH = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
 
 
-def universality_loss(m, l, tau, c_tau, c_m, c_l, L0, a_tau=1 / 3, a_m=1.0, a_l=1.0):
+def universality_loss(m: ArrayLike, l: ArrayLike, tau: ArrayLike, c_tau: float, c_m: float, c_l: float, L0: float,
+                      a_tau: float = 1 / 3, a_m: float = 1.0, a_l: float = 1.0) -> np.ndarray:
     return L0 + c_tau * np.asarray(tau, float) ** -a_tau + c_m * np.asarray(m, float) ** -a_m \
         + c_l * np.asarray(l, float) ** -a_l
 
 
-def universality_table(seed: int = 0, widths=(64, 128, 256, 512), depths=(2, 4, 8, 16),
-                       taus=(1.0, 2.0, 4.0, 8.0, 16.0), noise: float = 0.005, truth: dict | None = None,
-                       exponents=(1 / 3, 1.0, 1.0), variant: str = "gpt2", peak_lr: float = 3e-3,
+def universality_table(seed: int = 0, widths: Sequence[float] = (64, 128, 256, 512),
+                       depths: Sequence[float] = (2, 4, 8, 16), taus: Sequence[float] = (1.0, 2.0, 4.0, 8.0, 16.0),
+                       noise: float = 0.005, truth: dict[str, float] | None = None,
+                       exponents: Sequence[float] = (1 / 3, 1.0, 1.0), variant: str = "gpt2", peak_lr: float = 3e-3,
                        tokens_per_step: int = 4096, f_bar: float = 0.6, vocab: int = 256,
                        seq_len: int = 256) -> dict[str, np.ndarray]:
     """Final points of separate runs, one per (width, depth, tau), with multiplicative log-normal
@@ -44,8 +49,8 @@ def universality_table(seed: int = 0, widths=(64, 128, 256, 512), depths=(2, 4, 
     }
 
 
-def chinchilla_table(seed: int = 0, Ns=None, Ds=None, noise: float = 0.003,
-                     truth: dict | None = None) -> dict[str, np.ndarray]:
+def chinchilla_table(seed: int = 0, Ns: ArrayLike | None = None, Ds: ArrayLike | None = None, noise: float = 0.003,
+                     truth: dict[str, float] | None = None) -> dict[str, np.ndarray]:
     """(N, D, loss) on a grid of model sizes and token counts, one row per run (column ``run``)."""
     truth = dict(CHINCHILLA_TRUTH if truth is None else truth)
     rng = np.random.default_rng(seed)

@@ -16,8 +16,12 @@ import io
 import math
 import textwrap
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .laws import LATEX, PRETTY
+
+if TYPE_CHECKING:  # fit imports this module (lazily); the names are for annotations only
+    from .fit import FitResult, VariantFit
 
 DERIVED_COLUMNS = {  # key: (markdown header, LaTeX header)
     "m_over_l_star": ("(m/ℓ)*", r"$(m/\ell)^*$"),
@@ -36,7 +40,7 @@ FLAG_TEXT = {  # parameter flags (fit.parameter_flags): cell suffix, and what it
 }
 
 
-def fmt(x: float, digits: int = 4) -> str:
+def fmt(x: float | None, digits: int = 4) -> str:
     """A number with ``digits`` significant digits; inf and NaN spelled out."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "n/a"
@@ -55,7 +59,7 @@ def interval_place(lo: float, hi: float) -> int | None:
     return math.floor(math.log10(w)) - 1
 
 
-def fmt_at(x: float, q: int | None) -> str:
+def fmt_at(x: float | None, q: int | None) -> str:
     """``x`` rounded at the decimal place 10**q: plain digits when 1e-4 <= |x| < 1e6, else
     e-notation with the same resolution. q None: :func:`fmt` (4 significant digits)."""
     if q is None or x is None or not math.isfinite(x):
@@ -75,13 +79,13 @@ def fmt_interval(value: float, lo: float, hi: float) -> str:
     return f"{fmt_at(value, q)} [{fmt_at(lo, q)}, {fmt_at(hi, q)}]"
 
 
-def _columns(result) -> list[tuple[str, str, str, str]]:
+def _columns(result: FitResult) -> list[tuple[str, str, str, str]]:
     """(key, kind, markdown header, latex header) for the result's law."""
     law = result.law
     cols = [(n, "param", PRETTY.get(n, n), LATEX.get(n, n.replace("_", r"\_")))
             for n in law.coef_names + [law.constant] + law.exp_names]
     cols.append(("fit_error", "fit", "fit err (rms %)", r"fit err (\%)"))
-    present = set()
+    present: set[str] = set()
     for vf in result.variants.values():
         present |= set(vf.derived)
     for key, (md, tex) in DERIVED_COLUMNS.items():
@@ -90,7 +94,7 @@ def _columns(result) -> list[tuple[str, str, str, str]]:
     return cols
 
 
-def _cell(vf, key: str, kind: str) -> dict | None:
+def _cell(vf: VariantFit, key: str, kind: str) -> dict[str, Any] | None:
     if kind == "param":
         return vf.param_interval(key)
     if kind == "fit":
@@ -100,26 +104,26 @@ def _cell(vf, key: str, kind: str) -> dict | None:
     return None
 
 
-def rows(result) -> tuple[list, list[dict]]:
+def rows(result: FitResult) -> tuple[list[tuple[str, str, str, str]], list[dict[str, Any]]]:
     """Columns and, per variant, {key: interval dict} plus n_points / n_runs."""
     cols = _columns(result)
     out = []
     for v, vf in result.variants.items():
-        r = {"variant": v, "n_points": len(vf.points), "n_runs": vf.points.n_runs}
+        r: dict[str, Any] = {"variant": v, "n_points": len(vf.points), "n_runs": vf.points.n_runs}
         for key, kind, _, _ in cols:
             r[key] = _cell(vf, key, kind)
         out.append(r)
     return cols, out
 
 
-def _notes(result) -> list[str]:
+def _notes(result: FitResult) -> list[str]:
     law = result.law
     o = result.options
     notes = [f"law {law.name}: L = {law.formula}; fitted on {o['loss_column']}"
              + (f" against {o['time_column']}" if o.get("time_column") else ""),
              f"estimate [{100 * o['ci']:g}% interval]: percentile bootstrap over whole runs "
              f"(B = {o['n_boot']}); fit err = rms of (L - Lhat)/L"]
-    present = set().union(*(vf.derived for vf in result.variants.values())) if result.variants else set()
+    present: set[str] = set().union(*(vf.derived for vf in result.variants.values())) if result.variants else set()
     if "m_over_l_star" in present:
         notes.append("(m/ℓ)* = c_m/(2 c_ℓ) at every N" if law.fixed else
                      "(m/ℓ)* at the largest N of the data (it drifts with N when exponents differ)")
@@ -131,12 +135,12 @@ def _notes(result) -> list[str]:
     return notes
 
 
-def _flag(iv: dict | None) -> str:
+def _flag(iv: dict[str, Any] | None) -> str:
     """" (at bound)" for a flagged interval, else ""."""
     return f" ({FLAG_TEXT[iv['flag']][0]})" if iv and "flag" in iv else ""
 
 
-def _text(iv: dict | None) -> str:
+def _text(iv: dict[str, Any] | None) -> str:
     """A table cell: ``value [lo, hi]`` at the interval's precision (+ flag), or the bare value."""
     if iv is None:
         return "n/a"
@@ -145,7 +149,7 @@ def _text(iv: dict | None) -> str:
     return fmt(iv["value"], 3)
 
 
-def coefficient_table(result, fmt_: str = "markdown") -> str:
+def coefficient_table(result: FitResult, fmt_: str = "markdown") -> str:
     """The table as ``markdown``, ``csv`` or ``latex`` text."""
     cols, rs = rows(result)
     if fmt_ == "markdown":
@@ -217,7 +221,7 @@ def _tex_number(x: float, digits: int = 3) -> str:
     return body if e == 0 else rf"{body}\times 10^{{{e}}}"
 
 
-def _tex_cell(iv: dict | None) -> str:
+def _tex_cell(iv: dict[str, Any] | None) -> str:
     """``$v^{+up}_{-down}$`` at the interval's precision (module docstring), a power of ten factored
     out as ``(...)\\times 10^{n}``; ``$v\\ [lo, hi]$`` when an end is infinite or the value lies
     outside its interval."""
@@ -237,7 +241,7 @@ def _tex_cell(iv: dict | None) -> str:
     return (f"${body}$" if e == 0 else rf"$({body})\times 10^{{{e}}}$") + _flag(iv)
 
 
-def terminal_table(result, width: int = 100) -> str:
+def terminal_table(result: FitResult, width: int = 100) -> str:
     """The coefficient table for a terminal ``width`` columns wide: one row per quantity, one column
     per variant (in blocks of variants that fit), numbers at their intervals' precision, then the
     notes, wrapped. Still Markdown, so it pastes into an issue."""
@@ -276,7 +280,7 @@ def wrap(lines: list[str], width: int | None) -> list[str]:
                                          or [""])]
 
 
-def write_tables(result, out_dir: str | Path, stem: str = "coefficients") -> list[Path]:
+def write_tables(result: FitResult, out_dir: str | Path, stem: str = "coefficients") -> list[Path]:
     """Write ``<stem>.md``, ``<stem>.csv`` and ``<stem>.tex`` into out_dir; return their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -288,7 +292,7 @@ def write_tables(result, out_dir: str | Path, stem: str = "coefficients") -> lis
     return paths
 
 
-def echo(result, width: int | None = None) -> tuple[list[str], list[str]]:
+def echo(result: FitResult, width: int | None = None) -> tuple[list[str], list[str]]:
     """What a terminal must show beside the table: (lines for stdout: every exclusion and the
     universality verdict; lines for stderr: every warning, prefixed with its variant), wrapped at
     ``width`` columns when given."""

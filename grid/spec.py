@@ -130,7 +130,7 @@ def _err(where: str, value: Any, allowed: str) -> ConfigError:
     return ConfigError(f"{where}={value!r}: {allowed}")
 
 
-def load_spec(path: str | os.PathLike) -> GridSpec:
+def load_spec(path: str | os.PathLike[str]) -> GridSpec:
     """Read and structurally check a YAML grid spec (cells are checked by :func:`expand`)."""
     p = Path(path)
     if not p.is_file():
@@ -527,8 +527,8 @@ def _expand_wsd(spec: GridSpec, pts: list[tuple[str, dict[str, Any]]], with_lr: 
             assert max(1, round(bcfg.optim.decay_fraction * S)) == S - bp
             _check_cell(wh, bcfg)
             bname = _name(p, bcfg, with_lr, bcfg.train.tokens, "-wsd")
-            key = {'config': _identity(bcfg), 'role': 'branch', 'parent': tid, 'init_step': bp}
-            bid = f"{bname}-{_short_hash(key)}"
+            bkey = {'config': _identity(bcfg), 'role': 'branch', 'parent': tid, 'init_step': bp}
+            bid = f"{bname}-{_short_hash(bkey)}"
             cells.append(Cell(bid, bname, bcfg, "branch", bcfg.model.variant, bcfg.model.width,
                               bcfg.model.depth, bcfg.train.seed, bcfg.train.tokens, parent=tid,
                               init_step=bp, group=tid))

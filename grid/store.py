@@ -385,7 +385,7 @@ def _export_rows(cfg: Mapping[str, Any], state: str | None, m: dict[str, np.ndar
 
 def _table(parts: Iterable[dict[str, np.ndarray] | None]) -> dict[str, np.ndarray]:
     """Concatenate runs' rows into the columns of EXPORT_COLUMNS, with their dtypes (also when empty)."""
-    parts = [p for p in parts if p is not None]
+    kept = [p for p in parts if p is not None]
     out = {}
     for c in EXPORT_COLUMNS:
         if c in _STR_COLUMNS:
@@ -396,7 +396,7 @@ def _table(parts: Iterable[dict[str, np.ndarray] | None]) -> dict[str, np.ndarra
             dtype = bool
         else:
             dtype = np.float64
-        out[c] = np.concatenate([p[c] for p in parts]).astype(dtype) if parts else np.zeros(0, dtype)
+        out[c] = np.concatenate([p[c] for p in kept]).astype(dtype) if kept else np.zeros(0, dtype)
     return out
 
 
@@ -520,7 +520,7 @@ def lost(store: Store, cell_id: str) -> str:
             "`scaling-grid run SPEC` retrains it")
 
 
-def write_table(table: Mapping[str, np.ndarray], path: str | os.PathLike) -> Path:
+def write_table(table: Mapping[str, np.ndarray], path: str | os.PathLike[str]) -> Path:
     """CSV (``.csv``) or parquet (``.parquet``); NaN is written as an empty CSV field."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -606,8 +606,8 @@ def format_status(rows: Iterable[Mapping[str, Any]], url: str = "STORE", wide: b
     notes are cut to the room left) unless `wide`; damage messages below the table stay whole (they
     name paths to act on)."""
     rows = list(rows)
-    head = ("cell", "role", "state", "step/total", "loss", "eval", "tok/s", "note")
-    table = []
+    head: tuple[str, ...] = ("cell", "role", "state", "step/total", "loss", "eval", "tok/s", "note")
+    table: list[tuple[str, ...]] = []
     for r in rows:
         # narrow: the host's first label, and a message without the state it repeats ("preempted: ...")
         note = (r["host"] if wide else r["host"].split(".")[0]) if r["state"] == "running" else ""

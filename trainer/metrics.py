@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Protocol
 
 import numpy as np
@@ -71,7 +72,10 @@ class Sinks:
             s.close(status, step, message)
 
 
-def kvstore_spec(url_or_path: str) -> Any:
+KvStoreSpec = str | dict[str, Any]  # a URL, or a TensorStore kvstore spec
+
+
+def kvstore_spec(url_or_path: str) -> KvStoreSpec:
     """A TensorStore kvstore for a local path or a URL (file://, gs://, s3://, memory://)."""
     if "://" in url_or_path:
         return url_or_path
@@ -87,12 +91,12 @@ class MetricsDamaged(ConfigError):
         self.in_metadata = in_metadata
 
 
-def _where(kvstore: Any, path: str) -> str:
+def _where(kvstore: KvStoreSpec, path: str) -> str:
     base = kvstore if isinstance(kvstore, str) else kvstore.get("path", "")
     return f"{str(base).rstrip('/')}/{path}"
 
 
-def _metric_spec(kvstore: Any, path: str, length: int, row: int | None, rows: int) -> dict[str, Any]:
+def _metric_spec(kvstore: KvStoreSpec, path: str, length: int, row: int | None, rows: int) -> dict[str, Any]:
     """Shape [length] or [rows, length], float64, NaN fill; chunks one row wide so concurrent writers
     of different rows never share a chunk."""
     shape = [length] if row is None else [rows, length]
@@ -102,7 +106,7 @@ def _metric_spec(kvstore: Any, path: str, length: int, row: int | None, rows: in
                          "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": chunk}}}}
 
 
-def open_metric(kvstore: Any, path: str, length: int, row: int | None = None, rows: int = 1,
+def open_metric(kvstore: KvStoreSpec, path: str, length: int, row: int | None = None, rows: int = 1,
                 create: bool = True) -> ts.TensorStore:
     """Open (or create) one metric array. Raises MetricsDamaged for an array whose metadata is
     unreadable; without `create`, ValueError (NOT_FOUND) for one not created yet."""
@@ -117,7 +121,7 @@ def open_metric(kvstore: Any, path: str, length: int, row: int | None = None, ro
         raise damaged(kvstore, path, e) from None
 
 
-def damaged(kvstore: Any, path: str, e: Exception, in_metadata: bool = True) -> MetricsDamaged:
+def damaged(kvstore: KvStoreSpec, path: str, e: Exception, in_metadata: bool = True) -> MetricsDamaged:
     what = str(e).split(" [tensorstore_spec", 1)[0][:300]
     part = "its metadata (zarr.json)" if in_metadata else "a data chunk"
     return MetricsDamaged(f"metric array {_where(kvstore, path)}: {part} is damaged ({what})", in_metadata)
@@ -127,6 +131,7 @@ def metric_metadata(length: int, row: int | None = None, rows: int = 1) -> bytes
     """The exact zarr.json `open_metric` writes for such an array (to repair a damaged one: the
     metadata is a function of the shape alone, and the data chunks are separate objects)."""
     arr = ts.open(_metric_spec({"driver": "memory"}, "a", length, row, rows), create=True, open=True).result()
+    assert arr.kvstore is not None  # a zarr array has one
     return arr.kvstore.read("zarr.json").result().value
 
 
@@ -144,7 +149,7 @@ class TensorStoreSink:
         self.row, self.rows, self.prefix = row, rows, prefix
         self.warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr, flush=True))
         self.arrays = {f: self._open(prefix + f) for f in TRAIN_FIELDS + EVAL_FIELDS}
-        self.pending: list[tuple[str, ts.Future]] = []
+        self.pending: list[tuple[str, ts.WriteFutures]] = []
 
     def _open(self, path: str) -> ts.TensorStore:
         """Open or create an array; damaged metadata is rewritten (it is a function of the shape
@@ -229,9 +234,9 @@ class ProgressSink:
 
     def __init__(self, tokens_per_step: int, desc: str = "train", position: int = 0, leave: bool = True):
         self.tokens_per_step, self.desc, self.position, self.leave = tokens_per_step, desc, position, leave
-        self.bar = None
+        self.bar: Any = None  # a tqdm bar, from start()
         self.postfix: dict[str, str] = {}
-        self.t_last = self.step_last = None
+        self.t_last, self.step_last = 0.0, 0  # set by start()
 
     def start(self, total_steps: int, first_step: int) -> None:
         from tqdm.auto import tqdm
@@ -325,7 +330,7 @@ class SinkSetupError(ConfigError):
     not of one run, so a grid stops instead of failing every cell the same way."""
 
 
-def optional_import(module: str, flag: str, package: str | None = None) -> Any:
+def optional_import(module: str, flag: str, package: str | None = None) -> ModuleType:
     """Import an optional sink's package only when its flag is given; a missing one is an exit-2
     message naming the pip install that fixes it."""
     package = package or module
@@ -366,7 +371,7 @@ class TensorBoardSink:
         # files in name order, which the nanoseconds keep.
         self.writer = self.tbx.SummaryWriter(self.logdir, purge_step=purge, flush_secs=self.flush_secs,
                                              filename_suffix=f".{time.time_ns()}")
-        if purge == first_step:
+        if purge == first_step and self.recorded is not None:  # (purge == first_step implies recorded)
             try:
                 point = self.recorded(first_step)
             except Exception:  # noqa: BLE001 - a missing point in a view is no reason to stop a run

@@ -9,12 +9,15 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+if TYPE_CHECKING:
+    from .config import ModelConfig
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,7 @@ class Arch:
         return self.width // self.heads
 
 
-def make_arch(model_cfg, vocab: int, dtype: Any = jnp.float32) -> Arch:
+def make_arch(model_cfg: ModelConfig, vocab: int, dtype: Any = jnp.float32) -> Arch:
     return Arch(resolve_variant(model_cfg.variant, model_cfg.qk_norm), vocab, model_cfg.width,
                 model_cfg.depth, model_cfg.heads, model_cfg.seq_len, dtype, model_cfg.unroll)
 

@@ -64,7 +64,7 @@ def lr_table(cfg: OptimConfig, total_steps: int, length: int | None = None) -> n
 def decay_mask(params: Any) -> Any:
     """True for matrices (dense kernels, embeddings). Decided by name, not ndim: under nn.scan a
     stack of per-layer biases or norm scales is 2-D too."""
-    def is_matrix(path, _):
+    def is_matrix(path: tuple[Any, ...], _: Any) -> bool:
         return getattr(path[-1], "key", None) in ("kernel", "embedding", "pos_embed")
     return jax.tree_util.tree_map_with_path(is_matrix, params)
 
@@ -82,13 +82,13 @@ def loss_fn(params: Any, model: Transformer, x_BT: jax.Array, y_BT: jax.Array) -
     return optax.softmax_cross_entropy_with_integer_labels(logits_BTV, y_BT).mean()
 
 
-def _grads(params: Any, model: Transformer, x_BT: jax.Array, y_BT: jax.Array, accum: int):
+def _grads(params: Any, model: Transformer, x_BT: jax.Array, y_BT: jax.Array, accum: int) -> tuple[jax.Array, Any]:
     if accum == 1:
         return jax.value_and_grad(loss_fn)(params, model, x_BT, y_BT)
     # Micro-batches under a scan; the mean of equal-size micro-batch means is the batch mean.
     xs = x_BT.reshape(accum, -1, x_BT.shape[-1]), y_BT.reshape(accum, -1, y_BT.shape[-1])
 
-    def micro(carry, xy):
+    def micro(carry: tuple[jax.Array, Any], xy: tuple[jax.Array, jax.Array]) -> tuple[tuple[jax.Array, Any], None]:
         loss, grads = jax.value_and_grad(loss_fn)(params, model, *xy)
         return jax.tree_util.tree_map(jnp.add, carry, (loss, grads)), None
 
@@ -101,7 +101,7 @@ def train_chunk(state: TrainState, x_KBT: jax.Array, y_KBT: jax.Array, *, model:
                 tx: optax.GradientTransformation, accum: int) -> tuple[TrainState, dict[str, jax.Array]]:
     """k = x_KBT.shape[0] optimizer updates. Pure: same inputs, same outputs, bit for bit."""
 
-    def one(state: TrainState, xy):
+    def one(state: TrainState, xy: tuple[jax.Array, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
         loss, grads = _grads(state.params, model, *xy, accum)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -145,7 +145,8 @@ def build(arch: Arch, optim: OptimConfig, accum: int = 1, mesh: Mesh | None = No
         params = model.init(key, jnp.zeros((1, arch.seq_len), jnp.int32))["params"]
         return TrainState(jnp.zeros((), jnp.int32), params, tx0.init(params))
 
-    def train(state: TrainState, x_KBT: jax.Array, y_KBT: jax.Array, lrs_S: jax.Array):
+    def train(state: TrainState, x_KBT: jax.Array, y_KBT: jax.Array, lrs_S: jax.Array
+              ) -> tuple[TrainState, dict[str, jax.Array]]:
         tx = make_optimizer(optim, lambda count: lrs_S[count])
         return train_chunk(state, x_KBT, y_KBT, model=model, tx=tx, accum=accum)
 
