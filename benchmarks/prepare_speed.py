@@ -32,7 +32,7 @@ def make_corpus(out: Path, n_chars: int, n_files: int, seed: int = 0) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from scaling_grid.trainer.data import shakespeare_documents
+    from scaling_grid.trainer.sources import shakespeare_documents
 
     marker = out / "corpus.json"
     want = {"n_chars": n_chars, "n_files": n_files, "seed": seed}
@@ -71,12 +71,12 @@ def child(corpus: Path, tokenizer: str, root: Path, batch_probe: bool) -> None:
     """One measured run in a fresh process: prepare, then (optionally) time random batches."""
     import numpy as np
 
-    from scaling_grid.trainer import data
+    from scaling_grid.trainer import tokenstore
     from scaling_grid.trainer.config import DataConfig
 
     cfg = DataConfig(source="parquet", paths=(str(corpus / "*.parquet"),), tokenizer=tokenizer, root=str(root))
     t0, r0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
-    store = data.prepare(cfg, progress=False)
+    store = tokenstore.prepare(cfg, progress=False)
     wall, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
     cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     out = {"tokens": store.n_train + store.n_val, "docs": store.meta["docs_train"] + store.meta["docs_val"],

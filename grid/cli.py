@@ -49,9 +49,9 @@ def _load_config(args: argparse.Namespace) -> RunConfig:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from scaling_grid.trainer import data
+    from scaling_grid.trainer import tokenstore
     cfg = _load_config(args)
-    store = data.prepare(cfg.data)
+    store = tokenstore.prepare(cfg.data)
     print(f"token store: {store.path}  train {store.n_train:,} tokens, val {store.n_val:,} tokens, "
           f"vocab {store.vocab_size}")
     return EXIT_OK

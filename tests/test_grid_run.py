@@ -340,13 +340,14 @@ def test_shared_steps_padded_tables_change_nothing():
         text = SPEC.replace("DATA", "/tmp/unused").replace("tokens: [10240, 20480]", f"tokens: {budgets}")
         text = text.replace("optim: {lr: 3e-3}", f"optim: {{lr: 3e-3, schedule: {schedule}}}")
         cells += [c for c in expand(parse_spec(text), check_paths=False) if c.m == 16]
-    shared = launch.SharedSteps()
+    from scaling_grid.trainer.compile import SharedSteps
+    shared = SharedSteps()
     tables = launch.table_lengths(cells)
     assert len(cells) == 3 and set(tables.values()) == {32}
     rng = np.random.default_rng(0)
     for cell in cells:
         S, k, o = cell.steps, cell.config.train.steps_per_call, cell.config.optim
-        steps = shared.get(cell, 256)
+        steps = shared.get(cell.config, 256)
         own, padded = lr_table(o, S), lr_table(o, S, tables[cell.id])
         a, b = steps.init(jax.random.key(1)), steps.init(jax.random.key(1))
         for _ in range(0, S, k):  # the whole run: warmup, decay and the last steps
@@ -356,7 +357,23 @@ def test_shared_steps_padded_tables_change_nothing():
             np.testing.assert_array_equal(np.asarray(ma["loss"]), np.asarray(mb["loss"]))
         for la, lb in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
             np.testing.assert_array_equal(np.asarray(la), np.asarray(lb))
-    assert len(shared.cache) == 1  # one Steps (one traced train step per table length) for all three
+    assert len(shared.steps) == 1  # one Steps (one traced train step per table length) for all three
+
+
+def test_a_new_optimizer_field_is_part_of_the_shape_unless_it_is_a_schedule_field():
+    """The compile-sharing key is the optimizer config with its schedule fields reset: runs that
+    differ in lr or schedule share a step, runs that differ in a compiled constant do not."""
+    import dataclasses
+
+    from scaling_grid.trainer.compile import shape_key
+    from scaling_grid.trainer.config import load
+    base = load(None, ["model.width=16", "model.heads=2", "model.depth=1"])
+    key = shape_key(base, 256)
+    assert shape_key(dataclasses.replace(base, optim=dataclasses.replace(
+        base.optim, lr=1e-2, schedule="wsd", warmup_steps=3, decay_fraction=0.5, final_lr_ratio=0.0)), 256) == key
+    for field, value in (("b2", 0.99), ("eps", 1e-6), ("weight_decay", 0.0), ("clip_norm", 0.5), ("b1", 0.8)):
+        other = dataclasses.replace(base, optim=dataclasses.replace(base.optim, **{field: value}))
+        assert shape_key(other, 256) != key, field
 
 
 ONE_CHUNK = """\

@@ -135,9 +135,9 @@ def test_sigterm_during_eval(reference, tmp_path, data_root):
     _, ref = reference
     out = tmp_path / "run"
     cfg = _cfg(out, data_root)
-    from scaling_grid.trainer import data, step
+    from scaling_grid.trainer import step, tokenstore
     from scaling_grid.trainer.model import make_arch
-    store = data.prepare(cfg.data, progress=False)
+    store = tokenstore.prepare(cfg.data, progress=False)
     steps = step.build(make_arch(cfg.model, store.vocab_size), cfg.optim)
     calls = {"n": 0}
 

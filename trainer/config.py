@@ -332,8 +332,9 @@ def _check(ok: bool, name: str, value: Any, allowed: str) -> None:
 def validate(cfg: RunConfig, check_paths: bool = True) -> None:
     """Check every field's value; raise ConfigError naming the first bad one. No compute, no I/O
     beyond checking that input files exist and the output directory is writable."""
-    from .data import SOURCES, TOKENIZERS
     from .model import VARIANTS  # late import: config must stay importable without jax
+    from .sources import SOURCES
+    from .tokenizers import TOKENIZERS
 
     m, d, o, t = cfg.model, cfg.data, cfg.optim, cfg.train
     _check(m.variant in VARIANTS, "model.variant", m.variant, f"allowed: {sorted(VARIANTS)}")

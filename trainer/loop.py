@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import yaml
 
-from . import data as data_lib
+from . import tokenstore
 from .checkpoint import Checkpointer, restore_from
 from .config import ConfigError, RunConfig
 from .metrics import (
@@ -88,7 +88,7 @@ def evaluate(steps: Steps, params: Any, val_BT1: np.ndarray, batch_size: int,
     return float(per_seq.mean()), float(per_seq.std(ddof=1) / math.sqrt(len(per_seq)))
 
 
-def train(cfg: RunConfig, sink: MetricsSink, ckpt_dir: str | Path, *, store: data_lib.TokenStore | None = None,
+def train(cfg: RunConfig, sink: MetricsSink, ckpt_dir: str | Path, *, store: tokenstore.TokenStore | None = None,
           steps: Steps | None = None, warn: Callable[[str], None] | None = None,
           init_from: tuple[str | Path, int] | None = None, keep_steps: Sequence[int] = (),
           table_len: int | None = None, preempt: Preemption | None = None) -> RunResult:
@@ -105,7 +105,7 @@ def train(cfg: RunConfig, sink: MetricsSink, ckpt_dir: str | Path, *, store: dat
     setup) is taken by all of them together (`runtime.any_process`)."""
     warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr, flush=True))
     t_cfg, S = cfg.train, cfg.steps
-    store = store or data_lib.prepare(cfg.data)
+    store = store or tokenstore.prepare(cfg.data)
     arch = make_arch(cfg.model, store.vocab_size, compute_dtype(t_cfg.dtype))
     steps = steps or build(arch, cfg.optim, t_cfg.grad_accum)
     val_BT1 = store.val_set(t_cfg.eval_batches * t_cfg.batch_size, cfg.model.seq_len)
@@ -188,7 +188,7 @@ def train(cfg: RunConfig, sink: MetricsSink, ckpt_dir: str | Path, *, store: dat
             if start >= S:
                 sink.close("done", S)
                 return RunResult("done", S, "already complete", last_eval)
-            batches = data_lib.batches(store, t_cfg.data_seed, start, S, t_cfg.batch_size,
+            batches = tokenstore.batches(store, t_cfg.data_seed, start, S, t_cfg.batch_size,
                                        cfg.model.seq_len, k, rows)
             with contextlib.closing(batches):
                 for first, x, y in batches:
@@ -321,7 +321,7 @@ def train_cli(cfg: RunConfig, *, progress: bool = True, tensorboard: str | None 
     check_batch(cfg.train.batch_size, cfg.train.grad_accum)
     if not writer:  # process 0 tokenizes; the others open what it wrote
         barrier("token store prepared")
-    store = data_lib.prepare(cfg.data)
+    store = tokenstore.prepare(cfg.data)
     if writer:
         barrier("token store prepared")
     arch = make_arch(cfg.model, store.vocab_size, compute_dtype(cfg.train.dtype))
@@ -368,7 +368,7 @@ def _saved_config(path: Path) -> RunConfig:
                           f"{str(e).splitlines()[0][:200]}; restore it, or choose a new out_dir") from None
 
 
-def _train_in(out: Path, cfg: RunConfig, store: data_lib.TokenStore, arch: Arch, steps: Steps,
+def _train_in(out: Path, cfg: RunConfig, store: tokenstore.TokenStore, arch: Arch, steps: Steps,
               progress: bool = True, extra: Sequence[MetricsSink] = ()) -> RunResult:
     counts = param_summary(steps, arch)
     print(f"{cfg.model.variant} width {arch.width} depth {arch.depth} heads {arch.heads}: "

@@ -1,0 +1,104 @@
+"""Compiled steps shared across runs, ahead-of-time lowering, XLA's memory analysis and step timing.
+
+The train step takes its learning rate as a table, so every run of one shape (architecture, the
+optimizer constants compiled into the step, gradient accumulation) can share one compiled step
+whatever its budget, seed or schedule, with each run's table padded to the longest run of its shape.
+On a CPU, where compiling costs more than training a small run, a grid then compiles once per shape.
+What is part of a shape is decided here, next to ``step.build``, so a new optimizer field never
+needs an edit in ``grid/``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Hashable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from .config import OptimConfig, RunConfig
+from .loop import compute_dtype
+from .model import Arch, make_arch
+from .step import Steps, abstract_state, build, lr_table
+
+# The fields `lr_table` reads: they reach the step as a table, not as constants compiled into it.
+SCHEDULE_FIELDS = ("lr", "schedule", "warmup_steps", "decay_fraction", "final_lr_ratio")
+
+
+def shape_key(cfg: RunConfig, vocab: int) -> tuple[Arch, OptimConfig, int]:
+    """What one compiled train step serves: the architecture, the optimizer with its schedule fields
+    reset (a field not listed in SCHEDULE_FIELDS counts as compiled in: a forgotten one costs a
+    compile, never a wrongly shared step), and gradient accumulation."""
+    arch = make_arch(cfg.model, vocab, compute_dtype(cfg.train.dtype))
+    fixed = dataclasses.replace(cfg.optim, **{f: getattr(OptimConfig(), f) for f in SCHEDULE_FIELDS})
+    return arch, fixed, cfg.train.grad_accum
+
+
+class SharedSteps:
+    """One ``step.build`` per shape key, and one ahead-of-time compile per (shape, chunk, table)."""
+
+    def __init__(self) -> None:
+        self.steps: dict[Hashable, Steps] = {}
+        self.compiled: dict[Hashable, tuple[Any, float]] = {}
+
+    def get(self, cfg: RunConfig, vocab: int) -> Steps:
+        """The Steps for this run's shape (built once, then shared)."""
+        key = shape_key(cfg, vocab)
+        if key not in self.steps:
+            self.steps[key] = build(key[0], key[1], key[2])
+        return self.steps[key]
+
+    def lower(self, cfg: RunConfig, vocab: int, table_len: int) -> tuple[Any, Steps, float]:
+        """(compiled train chunk, its Steps, compile seconds): lowered ahead of time from abstract
+        shapes, for XLA's memory analysis and for timing; memoized."""
+        steps = self.get(cfg, vocab)
+        t = cfg.train
+        key = (shape_key(cfg, vocab), t.steps_per_call, t.batch_size, cfg.model.seq_len, table_len)
+        if key not in self.compiled:
+            t0 = time.perf_counter()
+            x = jax.ShapeDtypeStruct((t.steps_per_call, t.batch_size, cfg.model.seq_len), jnp.int32,
+                                     sharding=steps.batch_sharding)
+            lrs = jax.ShapeDtypeStruct((table_len,), jnp.float32, sharding=steps.lr_sharding)
+            compiled = steps.train.lower(abstract_state(steps), x, x, lrs).compile()
+            self.compiled[key] = (compiled, time.perf_counter() - t0)
+        compiled, seconds = self.compiled[key]
+        return compiled, steps, seconds
+
+
+def table_lengths(configs: dict[str, RunConfig], vocab: dict[str, int]) -> dict[str, int]:
+    """Per run (by name), the lr-table length of its shape: the longest run of that shape."""
+    keys = {name: shape_key(cfg, vocab[name]) for name, cfg in configs.items()}
+    longest: dict[Hashable, int] = {}
+    for name, cfg in configs.items():
+        longest[keys[name]] = max(longest.get(keys[name], 0), cfg.steps)
+    return {name: longest[keys[name]] for name in configs}
+
+
+def memory_need(compiled: Any) -> int | None:
+    """Bytes one device needs for a compiled step (arguments + outputs - donated aliases +
+    temporaries), from XLA's memory analysis; None where the backend gives none."""
+    ma = compiled.memory_analysis()
+    if ma is None:
+        return None
+    return int(ma.argument_size_in_bytes + ma.output_size_in_bytes - ma.alias_size_in_bytes
+               + ma.temp_size_in_bytes)
+
+
+def measure(shared: SharedSteps, cfg: RunConfig, vocab: int, flops_per_token: int, table_len: int,
+            calls: int = 2) -> tuple[float, float]:
+    """(FLOP/s of the train step, compile seconds): `calls` chunks timed after a warm one."""
+    compiled, steps, dt_compile = shared.lower(cfg, vocab, table_len)
+    t = cfg.train
+    shape = (t.steps_per_call, t.batch_size, cfg.model.seq_len)
+    x = jax.device_put(jnp.zeros(shape, jnp.int32), steps.batch_sharding)
+    lrs = jax.device_put(lr_table(cfg.optim, cfg.steps, table_len), steps.lr_sharding)
+    state = steps.init(jax.random.key(0))
+    state, m = compiled(state, x, x, lrs)
+    jax.block_until_ready(m)
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        state, m = compiled(state, x, x, lrs)
+    jax.block_until_ready(m)
+    return calls * math.prod(shape) * flops_per_token / (time.perf_counter() - t0), dt_compile
