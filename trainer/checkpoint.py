@@ -15,6 +15,8 @@ from typing import Any
 
 import orbax.checkpoint as ocp
 
+from .runtime import barrier, is_writer
+
 log = logging.getLogger(__name__)
 
 
@@ -79,9 +81,11 @@ class Checkpointer:
                 self.warn(f"checkpoint at step {step} is unreadable ({type(e).__name__}: {str(e)[:200]}); {nxt}")
                 bad.append(step)
         if bad:  # out of the way, so the retrained steps are saved anew (a save skips an existing step)
-            where = set_aside(self.directory, bad)
+            if is_writer():  # one process moves the shared folders; the others wait for it
+                set_aside(self.directory, bad)
+            barrier("unreadable checkpoints set aside")
             self.manager.reload()
-            self.warn(f"moved the unreadable checkpoint(s) {bad} to {where}")
+            self.warn(f"moved the unreadable checkpoint(s) {bad} to {aside(self.directory)}")
         return out
 
     def close(self) -> None:
@@ -115,11 +119,16 @@ def restore_from(directory: str | Path, step: int, abstract_state: Any) -> Any:
         manager.close()
 
 
+def aside(directory: str | Path) -> Path:
+    """Where `set_aside` keeps a run's unreadable checkpoints: ``<directory>.unreadable/``."""
+    return Path(directory).with_name(Path(directory).name + ".unreadable")
+
+
 def set_aside(directory: str | Path, steps: Iterable[int]) -> Path:
     """Move checkpoint steps into ``<directory>.unreadable/`` (kept for inspection, never listed as
     steps), so the run resumes from an earlier one and saves these steps anew. Returns the folder."""
     directory = Path(directory)
-    dest = directory.with_name(directory.name + ".unreadable")
+    dest = aside(directory)
     dest.mkdir(exist_ok=True)
     for s in steps:
         target, n = dest / str(s), 1
