@@ -530,3 +530,24 @@ def test_dry_run_and_status_fit_100_columns_on_the_demo_spec(tmp_path, capsys, m
     assert max(len(line) for line in text.splitlines()) <= 100, text
     assert cli.main(["status", str(store), "--wide"]) == 0
     assert message.strip() in capsys.readouterr().out  # whole
+
+
+def test_full_disk_in_a_grid_is_a_message_and_the_grid_finishes_after(grid, reference, tmp_path):
+    """The store fills up at a checkpoint and the failure's own status write fails too (before: a
+    traceback, the cell left 'running'): exit 2 with one message; with space again (the store moved
+    to a roomy disk) the same command finishes every cell with the reference curves."""
+    import shutil
+    _, spec = grid
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mnt)]).returncode != 0:
+        pytest.skip("needs root to mount a small tmpfs")  # CI and the dev machines run as root
+    try:
+        p = _run(spec, mnt / "store", check_rc=None)
+        assert p.returncode == 2, p.stdout[-3000:] + p.stderr[-3000:]
+        assert "error: no space left on the device" in p.stderr and "Traceback" not in p.stderr
+        shutil.copytree(mnt / "store", tmp_path / "store", symlinks=True)
+    finally:
+        subprocess.run(["umount", str(mnt)])
+    _run(spec, tmp_path / "store")  # the cell left 'running' by a dead process on this host is taken over
+    _assert_same(reference[1], _all_metrics(tmp_path / "store"))
