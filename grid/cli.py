@@ -9,13 +9,12 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from scaling_grid.trainer.config import ConfigError
+from scaling_grid.trainer import ConfigError
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from scaling_grid.trainer.config import RunConfig
-    from scaling_grid.trainer.runtime import Distributed
+    from scaling_grid.trainer import Distributed, RunConfig
 
 # Exit codes a launcher or a job scheduler can act on.
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_PREEMPTED = 0, 1, 2, 3, 143
@@ -41,27 +40,27 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def _load_config(args: argparse.Namespace) -> RunConfig:
-    from scaling_grid.trainer import config as C
+    from scaling_grid import trainer as T
     path, overrides = args.config, list(args.overrides)
     if path is not None and "=" in path:  # no config file given, only overrides
         path, overrides = None, [path] + overrides
-    return C.load(path, overrides)
+    return T.load(path, overrides)
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from scaling_grid.trainer import tokenstore
+    from scaling_grid import trainer as T
     cfg = _load_config(args)
-    store = tokenstore.prepare(cfg.data)
+    store = T.prepare(cfg.data)
     print(f"token store: {store.path}  train {store.n_train:,} tokens, val {store.n_val:,} tokens, "
           f"vocab {store.vocab_size}")
     return EXIT_OK
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from scaling_grid.trainer import loop, runtime
+    from scaling_grid import trainer as T
     cfg = _load_config(args)
-    runtime.setup(_distributed(args))  # before anything starts a JAX backend
-    result = loop.train_cli(cfg, progress=not args.no_progress, tensorboard=args.tensorboard, wandb=args.wandb)
+    T.setup(_distributed(args))  # before anything starts a JAX backend
+    result = T.train_cli(cfg, progress=not args.no_progress, tensorboard=args.tensorboard, wandb=args.wandb)
     return {"done": EXIT_OK, "diverged": EXIT_DIVERGED, "preempted": EXIT_PREEMPTED}.get(result.status, EXIT_FAILED)
 
 
@@ -72,16 +71,16 @@ def _add_config_cmd_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from scaling_grid.trainer import config as C
+    from scaling_grid import trainer as T
     if args.config is None and not args.overrides:
         print("# Every run config field with its default and meaning. Set fields in a YAML file of these sections,\n"
               "# or on the command line as section.key=value (e.g. model.width=256 train.tokens=20M).")
-        print(C.describe(), end="")
+        print(T.describe(), end="")
     else:
         cfg = _load_config(args)  # checked as train would check it
         print("# The resolved config of this run (file, overrides, defaults); each value's meaning, and its\n"
               "# default where it differs. `scaling-grid train` with the same arguments runs this config.")
-        print(C.describe(cfg), end="")
+        print(T.describe(cfg), end="")
     return EXIT_OK
 
 
@@ -121,7 +120,7 @@ def _add_distributed_args(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def _distributed(args: argparse.Namespace) -> Distributed | None:
-    from scaling_grid.trainer.runtime import Distributed
+    from scaling_grid.trainer import Distributed
     d = Distributed(args.coordinator, args.num_processes, args.process_id)
     if not args.distributed:
         if d != Distributed():

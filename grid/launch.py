@@ -30,24 +30,30 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from scaling_grid.trainer.checkpoint import UnreadableCheckpoint, set_aside
-from scaling_grid.trainer.compile import SharedSteps, measure, memory_need
-from scaling_grid.trainer.compile import table_lengths as compile_tables
-from scaling_grid.trainer.config import ConfigError, format_count
-from scaling_grid.trainer.preemption import Preemption
+from scaling_grid.trainer import (
+    ConfigError,
+    Preemption,
+    SharedSteps,
+    UnreadableCheckpoint,
+    format_count,
+    measure,
+    memory_need,
+    set_aside,
+)
+from scaling_grid.trainer import table_lengths as compile_tables
 
 if TYPE_CHECKING:
     pass
-from scaling_grid.trainer.runtime import (
+from scaling_grid.trainer import (
     Distributed,
     any_process,
     barrier,
+    device_memory,
     from_process_0,
     is_writer,
     multi_process,
     setup,
 )
-from scaling_grid.trainer.step import device_memory
 
 from . import spec as S
 from .store import FINAL_STATES, Store, check_writable, host_id, is_stale, lost, now
@@ -177,14 +183,14 @@ def memory_check(cells: Sequence[S.Cell], records: dict[str, dict[str, Any]], ta
 def _prepare_data(cells: Sequence[S.Cell]) -> dict[Any, Any]:
     """One token store per distinct data config (shared by every cell that uses it), then the checks
     that need the data: the validation split holds each cell's eval set, the train split a window."""
-    from scaling_grid.trainer import tokenstore
+    from scaling_grid import trainer as T
     if not is_writer():  # process 0 tokenizes; the others open what it wrote (on a shared data.root)
         barrier("token stores prepared")
     stores = {}
     for c in cells:
         d = c.config.data
         if d not in stores:
-            stores[d] = tokenstore.prepare(d)
+            stores[d] = T.prepare(d)
     if is_writer():
         barrier("token stores prepared")
     check_data(cells, stores)
@@ -218,12 +224,12 @@ def plan_text(spec_path: str, opts: Options) -> str:
     spec, cells = _load(spec_path, opts)
     shard = opts.shard
     setup()
-    from scaling_grid.trainer import tokenstore
+    from scaling_grid import trainer as T
     prepared: dict[Any, Any] = {}
     for c in cells:  # exact vocabulary (and data checks) where the data is already prepared
-        p = tokenstore.store_path(c.config.data)
+        p = T.store_path(c.config.data)
         if c.config.data not in prepared and (p / "meta.json").is_file():
-            prepared[c.config.data] = tokenstore.TokenStore.open(p)
+            prepared[c.config.data] = T.TokenStore.open(p)
     check_data(cells, prepared)
     vocab = {d: s.vocab_size for d, s in prepared.items()}
     records = _records(cells, vocab)
@@ -453,14 +459,14 @@ def run(spec_path: str, opts: Options) -> int:
     """Train every cell of this shard that is not done. Returns a process exit code."""
     spec, cells = _load(spec_path, opts)
     out = opts.out
-    from scaling_grid.trainer.metrics import optional_import
+    from scaling_grid.trainer import optional_import
     if opts.tensorboard is not None:  # a missing package fails before any compute, not in every cell
         optional_import("tensorboardX", "--tensorboard")
     if opts.wandb is not None:
         optional_import("wandb", "--wandb")
     setup(opts.distributed)
 
-    from scaling_grid.trainer.loop import accelerator_unused, backend_line
+    from scaling_grid.trainer import accelerator_unused, backend_line
     out(backend_line())  # after jax.distributed.initialize, which must come before the backend starts
     if (warning := accelerator_unused()) is not None:
         out(f"warning: {warning}")
@@ -476,7 +482,7 @@ def run(spec_path: str, opts: Options) -> int:
     todo = [c for c in mine if (states[c.id].get("state") not in FINAL_STATES or c.id in redo)
             and (opts.retry_failed or states[c.id].get("state") != "failed")]
     todo = _run_order(todo)
-    from scaling_grid.trainer.step import check_batch
+    from scaling_grid.trainer import check_batch
     for c in todo:
         check_batch(c.config.train.batch_size, c.config.train.grad_accum, f"cell {c.name}: train.batch_size")
     if opts.memory_check and todo:
@@ -505,7 +511,7 @@ def run(spec_path: str, opts: Options) -> int:
 
     from tqdm.auto import tqdm
 
-    from scaling_grid.trainer.metrics import interactive
+    from scaling_grid.trainer import interactive
     # Bars only on a terminal: in a log file their carriage-return redraws are noise; there each cell
     # says when it is done (and, when long, how it goes every 30 s).
     bars = opts.progress and writer and interactive()
@@ -619,8 +625,8 @@ def _claim(cell: S.Cell, store: Store, st: dict[str, Any], gen: bytes, ckpt_dir:
 def _run_cell(cell: S.Cell, store: Store, tok_store: Any, table_len: int, opts: Options, signals: Preemption,
               bar: Any, say: Callable[[str], None], writer: bool, multi: bool, rerun_done: bool = False,
               bars: bool = False) -> str:
-    from scaling_grid.trainer import loop
-    from scaling_grid.trainer.metrics import (
+    from scaling_grid import trainer as T
+    from scaling_grid.trainer import (
         LogLineSink,
         ProgressSink,
         Sinks,
@@ -664,7 +670,7 @@ def _run_cell(cell: S.Cell, store: Store, tok_store: Any, table_len: int, opts: 
                 sinks.append(WandbSink(opts.wandb, cell.id, record))
         ctx = heartbeat if writer else contextlib.nullcontext()
         with ctx:
-            result = loop.train(cell.config, Sinks(*sinks), ckpt_dir, store=tok_store, steps=steps,
+            result = T.train(cell.config, Sinks(*sinks), ckpt_dir, store=tok_store, steps=steps,
                                 warn=lambda m: say(f"{cell.id}: warning: {m}"), init_from=init_from,
                                 keep_steps=cell.keep_steps, table_len=table_len, preempt=signals)
     except KeyboardInterrupt:

@@ -52,7 +52,7 @@ from typing import Any
 
 import yaml
 
-from scaling_grid.trainer.config import (
+from scaling_grid.trainer import (
     ConfigError,
     RunConfig,
     check_data_paths,
@@ -243,7 +243,7 @@ def _number(where: str, v: Any) -> float:
 
 def _axis_value(axis: str, v: Any, where: str) -> Any:
     if axis == "variant":
-        from scaling_grid.trainer.model import VARIANTS
+        from scaling_grid.trainer import VARIANTS
         if not isinstance(v, str) or v not in VARIANTS:
             raise _err(where, v, f"unknown variant; allowed: {sorted(VARIANTS)}")
         return v
@@ -412,8 +412,8 @@ def _check_cell(where: str, cfg: RunConfig) -> None:
                           f"(batch_size {cfg.train.batch_size} x seq_len {cfg.model.seq_len} = "
                           f"{cfg.tokens_per_step} tokens per step); raise the budget or shrink the batch")
     try:
-        from scaling_grid.trainer import config as C
-        C.validate(cfg, check_paths=False)  # data files and root: once per spec, in expand
+        from scaling_grid import trainer as T
+        T.validate(cfg, check_paths=False)  # data files and root: once per spec, in expand
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
 
@@ -549,7 +549,7 @@ def expected_vocab(cfg: RunConfig) -> int:
 
 def derived(cell: Cell, vocab: int) -> dict[str, Any]:
     """The fields the store keeps beside a cell's config (and the export carries per row)."""
-    from scaling_grid.trainer.model import flops_per_token, make_arch, non_embedding_formula
+    from scaling_grid.trainer import flops_per_token, make_arch, non_embedding_formula
     cfg = cell.config
     arch = make_arch(cfg.model, vocab)
     n = non_embedding_formula(arch)

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import tensorstore as ts
 
-from scaling_grid.trainer.config import ConfigError
+from scaling_grid.trainer import ConfigError
 
 FORMAT, VERSION = "scaling-grid-store", 1
 # damaged: status only; partial: a `train` folder with no result (killed, or still being written)
@@ -221,7 +221,7 @@ class Store:
         """The cell's metric arrays (NaN where unwritten), or None if it has none yet. Re-reads data
         from storage on every call, so it sees a writer's progress. MetricsDamaged for an array that
         exists but does not read."""
-        from scaling_grid.trainer.metrics import read_metrics
+        from scaling_grid.trainer import read_metrics
         try:
             return read_metrics(self.root, prefix=self.metrics_prefix(cell_id))
         except ValueError as e:
@@ -233,7 +233,7 @@ class Store:
                         ) -> tuple[dict[str, np.ndarray] | None, list[str], bool]:
         """(the cell's metrics or None, what is wrong with them, whether `run` can repair all of it).
         A done cell must have its final train and eval points: every fit of its budget needs them."""
-        from scaling_grid.trainer.metrics import MetricsDamaged
+        from scaling_grid.trainer import MetricsDamaged
         try:
             m = self.read_metrics(cell_id)
         except MetricsDamaged as e:
@@ -245,7 +245,7 @@ class Store:
     def repair_metadata(self, cell_id: str, total_steps: int) -> list[str]:
         """Rewrite every unreadable metric metadata file of a cell (a function of its length); returns
         the fields repaired. Data chunks are separate objects and stay as they are."""
-        from scaling_grid.trainer.metrics import EVAL_FIELDS, TRAIN_FIELDS, MetricsDamaged, metric_metadata, open_metric
+        from scaling_grid.trainer import EVAL_FIELDS, TRAIN_FIELDS, MetricsDamaged, metric_metadata, open_metric
         fixed = []
         for f in TRAIN_FIELDS + EVAL_FIELDS:
             key = self.metrics_prefix(cell_id) + f
@@ -259,7 +259,7 @@ class Store:
         return fixed
 
     def root_kvstore(self) -> Any:
-        from scaling_grid.trainer.metrics import kvstore_spec
+        from scaling_grid.trainer import kvstore_spec
         return kvstore_spec(self.root)
 
     def checkpoint_dir(self, cell_id: str, root: str | None = None) -> Path:
@@ -437,8 +437,7 @@ def _read_run_folder(url: str) -> tuple[Any, dict[str, Any], dict[str, np.ndarra
     but no result: killed or crashed) or pending."""
     import yaml
 
-    from scaling_grid.trainer.config import from_dict
-    from scaling_grid.trainer.metrics import MetricsDamaged, read_metrics
+    from scaling_grid.trainer import MetricsDamaged, from_dict, read_metrics
     p = Path(url).expanduser()
     try:
         cfg = from_dict(yaml.safe_load((p / "config.yaml").read_text()))
