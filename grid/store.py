@@ -245,14 +245,14 @@ class Store:
     def repair_metadata(self, cell_id: str, total_steps: int) -> list[str]:
         """Rewrite every unreadable metric metadata file of a cell (a function of its length); returns
         the fields repaired. Data chunks are separate objects and stay as they are."""
-        from scaling_grid.trainer import EVAL_FIELDS, TRAIN_FIELDS, MetricsDamaged, metric_metadata, open_metric
+        from scaling_grid.trainer import EVAL_FIELDS, TRAIN_FIELDS, MetricsDamaged, open_metric, rewrite_metadata
         fixed = []
         for f in TRAIN_FIELDS + EVAL_FIELDS:
             key = self.metrics_prefix(cell_id) + f
             try:
                 open_metric(self.root_kvstore(), key, total_steps + 1, create=False)
             except MetricsDamaged:
-                self.write(f"{key}/zarr.json", metric_metadata(total_steps + 1))
+                rewrite_metadata(self.root_kvstore(), key, total_steps + 1)
                 fixed.append(f)
             except ValueError:  # not created yet
                 pass

@@ -12,7 +12,7 @@ that only reads a store (`status`, `fit`) never imports JAX or orbax::
     compile: SharedSteps, measure, memory_need, table_lengths
     loop: train, train_cli, compute_dtype, accelerator_unused, backend_line
     checkpoint: UnreadableCheckpoint, set_aside
-    metrics: EVAL_FIELDS, TRAIN_FIELDS, MetricsDamaged, metric_metadata, open_metric, read_metrics,
+    metrics: EVAL_FIELDS, TRAIN_FIELDS, MetricsDamaged, rewrite_metadata, open_metric, read_metrics,
              kvstore_spec, interactive, optional_import, LogLineSink, ProgressSink, Sinks,
              SinkSetupError, TensorBoardSink, TensorStoreSink, WandbSink, read_step
     preemption: Preemption
@@ -65,7 +65,7 @@ _ORIGIN = {
     'EVAL_FIELDS': 'metrics',
     'TRAIN_FIELDS': 'metrics',
     'MetricsDamaged': 'metrics',
-    'metric_metadata': 'metrics',
+    'rewrite_metadata': 'metrics',
     'open_metric': 'metrics',
     'read_metrics': 'metrics',
     'kvstore_spec': 'metrics',
@@ -121,11 +121,11 @@ if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports on 
         WandbSink,
         interactive,
         kvstore_spec,
-        metric_metadata,
         open_metric,
         optional_import,
         read_metrics,
         read_step,
+        rewrite_metadata,
     )
     from .model import VARIANTS, flops_per_token, make_arch, non_embedding_formula
     from .preemption import Preemption
@@ -168,8 +168,7 @@ __all__ = [
     "make_arch",
     "measure",
     "memory_need",
-    "metric_metadata",
-    "MetricsDamaged",
+        "MetricsDamaged",
     "ModelConfig",
     "multi_process",
     "non_embedding_formula",
@@ -183,6 +182,7 @@ __all__ = [
     "read_metrics",
     "read_step",
     "read_yaml_text",
+    "rewrite_metadata",
     "RunConfig",
     "set_aside",
     "setup",

@@ -127,6 +127,14 @@ def damaged(kvstore: KvStoreSpec, path: str, e: Exception, in_metadata: bool = T
     return MetricsDamaged(f"metric array {_where(kvstore, path)}: {part} is damaged ({what})", in_metadata)
 
 
+def rewrite_metadata(kvstore: str | dict[str, Any], path: str, length: int, row: int | None = None,
+                     rows: int = 1) -> None:
+    """Write the metadata (zarr.json) of the metric array at `path` anew, over a damaged one."""
+    kv = ts.KvStore.open(kvstore).result()
+    kv.path = kv.path.rstrip("/") + "/" if kv.path else ""  # a folder: keys go inside it
+    kv.write(f"{path}/zarr.json", metric_metadata(length, row, rows)).result()
+
+
 def metric_metadata(length: int, row: int | None = None, rows: int = 1) -> bytes:
     """The exact zarr.json `open_metric` writes for such an array (to repair a damaged one: the
     metadata is a function of the shape alone, and the data chunks are separate objects)."""
@@ -157,9 +165,7 @@ class TensorStoreSink:
         try:
             return open_metric(self.kvstore, path, self.length, self.row, self.rows)
         except MetricsDamaged as e:
-            kv = ts.KvStore.open(self.kvstore).result()
-            kv.path = kv.path.rstrip("/") + "/" if kv.path else ""  # a folder: keys go inside it
-            kv.write(f"{path}/zarr.json", metric_metadata(self.length, self.row, self.rows)).result()
+            rewrite_metadata(self.kvstore, path, self.length, self.row, self.rows)
             self.warn(f"{e}; rewrote its metadata (zarr.json) from the run's config, its data chunks are kept")
             return open_metric(self.kvstore, path, self.length, self.row, self.rows)
 
