@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import small_disk
 
 from scaling_grid.grid import launch
 from scaling_grid.grid import store as G
@@ -538,16 +539,10 @@ def test_full_disk_in_a_grid_is_a_message_and_the_grid_finishes_after(grid, refe
     to a roomy disk) the same command finishes every cell with the reference curves."""
     import shutil
     _, spec = grid
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mnt)]).returncode != 0:
-        pytest.skip("needs root to mount a small tmpfs")  # CI and the dev machines run as root
-    try:
+    with small_disk(tmp_path / "small", "400k") as mnt:
         p = _run(spec, mnt / "store", check_rc=None)
         assert p.returncode == 2, p.stdout[-3000:] + p.stderr[-3000:]
         assert "error: no space left on the device" in p.stderr and "Traceback" not in p.stderr
         shutil.copytree(mnt / "store", tmp_path / "store", symlinks=True)
-    finally:
-        subprocess.run(["umount", str(mnt)])
     _run(spec, tmp_path / "store")  # the cell left 'running' by a dead process on this host is taken over
     _assert_same(reference[1], _all_metrics(tmp_path / "store"))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import small_disk
 
 from scaling_grid.trainer import config as C
 from scaling_grid.trainer import loop
@@ -290,19 +291,13 @@ def test_full_disk_is_a_message_and_the_run_resumes_after(reference, tmp_path, d
     """A run folder on a 600 KiB tmpfs fills up at its second checkpoint: exit 2 with one message
     (before: a 458-line orbax traceback); with space again the run resumes and matches the reference."""
     _, ref = reference
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mnt)]).returncode != 0:
-        pytest.skip("needs root to mount a small tmpfs")  # CI and the dev machines run as root
-    try:
+    with small_disk(tmp_path / "small", "600k") as mnt:
         out = mnt / "run"
         proc = subprocess.run(_cli("train", *_overrides(out, data_root)), capture_output=True, text=True, timeout=300)
         assert proc.returncode == 2, proc.stderr[-3000:]
         assert "error: no space left on the device writing " + str(out) in proc.stderr
         assert "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) < 15, proc.stderr[-3000:]
         shutil.copytree(out, tmp_path / "run", symlinks=True)  # "free some space": move the folder
-    finally:
-        subprocess.run(["umount", str(mnt)])
     out = tmp_path / "run"
     proc = subprocess.run(_cli("train", *_overrides(out, data_root)), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
