@@ -165,16 +165,17 @@ def memory_check(cells: Sequence[S.Cell], records: dict[str, dict[str, Any]], ta
     avail, what = device_memory()
     out = []
     for c in _memory_candidates(cells, records):
-        compiled, _, dt = _SHARED.lower(c.config, records[c.id]["vocab"], tables[c.id])
-        need = memory_need(compiled)
+        compiled, steps, dt = _SHARED.lower(c.config, records[c.id]["vocab"], tables[c.id])
+        need = memory_need(compiled)  # per device, as sharded on the cell's mesh
         if need is None:
             continue
         if need > headroom * avail:
-            t = c.config.train
+            t, mesh = c.config.train, steps.mesh.shape
             raise ConfigError(
                 f"cell {c.name}: needs {need / 2**30:.1f} GiB per device (XLA memory analysis of its train "
-                f"step: batch_size {t.batch_size}, grad_accum {t.grad_accum}, steps_per_call {t.steps_per_call}) "
-                f"but {what} is {avail / 2**30:.1f} GiB; raise train.grad_accum, lower train.batch_size or "
+                f"step: batch_size {t.batch_size}, grad_accum {t.grad_accum}, steps_per_call {t.steps_per_call}, "
+                f"mesh data {mesh['data']} x fsdp {mesh['fsdp']} x tensor {mesh['tensor']}) but {what} is "
+                f"{avail / 2**30:.1f} GiB; raise train.grad_accum or mesh.fsdp, lower train.batch_size or "
                 f"model.seq_len, or drop the largest widths/depths")
         out.append((c, need, dt))
     return out
@@ -484,7 +485,8 @@ def run(spec_path: str, opts: Options) -> int:
     todo = _run_order(todo)
     from scaling_grid.trainer import check_batch
     for c in todo:
-        check_batch(c.config.train.batch_size, c.config.train.grad_accum, f"cell {c.name}: train.batch_size")
+        check_batch(c.config.train.batch_size, c.config.train.grad_accum, f"cell {c.name}: train.batch_size",
+                    c.config.mesh)
     if opts.memory_check and todo:
         memory_check(todo, records, table_lengths(cells))
 
@@ -622,20 +624,36 @@ def _claim(cell: S.Cell, store: Store, st: dict[str, Any], gen: bytes, ckpt_dir:
     return None, init_from, base
 
 
-def _run_cell(cell: S.Cell, store: Store, tok_store: Any, table_len: int, opts: Options, signals: Preemption,
-              bar: Any, say: Callable[[str], None], writer: bool, multi: bool, rerun_done: bool = False,
-              bars: bool = False) -> str:
-    from scaling_grid import trainer as T
+def _writer_sinks(sinks: list[Any], cell: S.Cell, store: Store, tok_store: Any, opts: Options, bars: bool,
+                  say: Callable[[str], None]) -> None:
+    """Process 0's sinks of a cell: the store's metric arrays, a bar or log lines, optional TensorBoard/W&B."""
     from scaling_grid.trainer import (
         LogLineSink,
         ProgressSink,
-        Sinks,
-        SinkSetupError,
         TensorBoardSink,
         TensorStoreSink,
         WandbSink,
         read_step,
     )
+    sinks.append(TensorStoreSink(store.root, cell.steps, prefix=store.metrics_prefix(cell.id)))
+    if bars:
+        sinks.append(ProgressSink(cell.config.tokens_per_step, desc=cell.name, position=1, leave=False))
+    else:  # a line every 30 s for a long cell; the per-eval lines of `train` would flood a grid's log
+        sinks.append(LogLineSink(cell.config.tokens_per_step, prefix=f"{cell.id}: ", evals=False, out=say,
+                                 origin=cell.init_step or 0))
+    if opts.tensorboard is not None:
+        sinks.append(TensorBoardSink(Path(opts.tensorboard) / cell.id, recorded=lambda step: read_step(
+            store.root, step, prefix=store.metrics_prefix(cell.id))))
+    if opts.wandb is not None:
+        record = {**S.derived(cell, tok_store.vocab_size), "config": cell.config.to_dict()}
+        sinks.append(WandbSink(opts.wandb, cell.id, record))
+
+
+def _run_cell(cell: S.Cell, store: Store, tok_store: Any, table_len: int, opts: Options, signals: Preemption,
+              bar: Any, say: Callable[[str], None], writer: bool, multi: bool, rerun_done: bool = False,
+              bars: bool = False) -> str:
+    from scaling_grid import trainer as T
+    from scaling_grid.trainer import FailedElsewhere, Sinks, SinkSetupError, together
 
     st, gen = store.status(cell.id)
     ckpt_dir = store.checkpoint_dir(cell.id, opts.checkpoints)
@@ -655,19 +673,9 @@ def _run_cell(cell: S.Cell, store: Store, tok_store: Any, table_len: int, opts: 
     try:
         steps = _SHARED.get(cell.config, tok_store.vocab_size)
         sinks: list[Any] = [live]
-        if writer:
-            sinks.append(TensorStoreSink(store.root, cell.steps, prefix=store.metrics_prefix(cell.id)))
-            if bars:
-                sinks.append(ProgressSink(cell.config.tokens_per_step, desc=cell.name, position=1, leave=False))
-            else:  # a line every 30 s for a long cell; the per-eval lines of `train` would flood a grid's log
-                sinks.append(LogLineSink(cell.config.tokens_per_step, prefix=f"{cell.id}: ", evals=False, out=say,
-                                         origin=cell.init_step or 0))
-            if opts.tensorboard is not None:
-                sinks.append(TensorBoardSink(Path(opts.tensorboard) / cell.id, recorded=lambda step: read_step(
-                    store.root, step, prefix=store.metrics_prefix(cell.id))))
-            if opts.wandb is not None:
-                record = {**S.derived(cell, tok_store.vocab_size), "config": cell.config.to_dict()}
-                sinks.append(WandbSink(opts.wandb, cell.id, record))
+        with together(fatal=(SinkSetupError,)):  # process 0 alone builds the sinks; all go on, or none
+            if writer:
+                _writer_sinks(sinks, cell, store, tok_store, opts, bars, say)
         ctx = heartbeat if writer else contextlib.nullcontext()
         with ctx:
             result = T.train(cell.config, Sinks(*sinks), ckpt_dir, store=tok_store, steps=steps,
@@ -682,6 +690,11 @@ def _run_cell(cell: S.Cell, store: Store, tok_store: Any, table_len: int, opts: 
         if writer:
             store.set_status(cell.id, {**heartbeat.snapshot(), "state": "failed", "message": str(e)})
         raise
+    except FailedElsewhere as e:  # process 0 recorded why; this process follows it
+        if e.fatal:
+            raise SinkSetupError("process 0 could not start a metrics sink; its log says why") from None
+        say(f"{cell.id}: FAILED: {e}")
+        return "failed"
     except UnreadableCheckpoint as e:
         if init_from is None or e.directory != Path(init_from[0]):
             raise

@@ -73,8 +73,9 @@ RULES: dict[str, dict[str, tuple[str, ...]]] = {
     "batch_size": {"fixed": (), "by_tokens": ("table",)},
 }
 RULE_OPTIONAL = {("lr", "width_scaled"): ("exponent",)}
-# Fields that do not change a cell's loss curve or what is recorded: not part of its id.
-_ID_EXCLUDE = {"out_dir": None, "data": ("root",), "train": ("ckpt_every", "ckpt_minutes", "keep")}
+# Fields that do not change a cell's loss curve or what is recorded: not part of its id. The mesh is
+# among them: a grid resumed on another pod size or mesh keeps its cells (its checkpoints reshard).
+_ID_EXCLUDE = {"out_dir": None, "mesh": None, "data": ("root",), "train": ("ckpt_every", "ckpt_minutes", "keep")}
 ROLES = ("separate", "trunk", "branch")
 
 

@@ -34,12 +34,12 @@ def _env(devices: int = 1) -> dict[str, str]:
     return env
 
 
-def _start(out: Path, data: Path, *extra: str, n: int = 2) -> list[subprocess.Popen]:
+def _start(out: Path, data: Path, *extra: str, n: int = 2, devices: int = 1) -> list[subprocess.Popen]:
     port = _port()
     return [subprocess.Popen([sys.executable, "-m", "scaling_grid.grid.cli", "train", "--distributed",
                               "--coordinator", f"127.0.0.1:{port}", "--num-processes", str(n), "--process-id", str(i),
                               f"out_dir={out}", f"data.root={data}", *RUN, *extra],
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(devices))
             for i in range(n)]
 
 
@@ -110,12 +110,48 @@ def test_sigterm_to_one_process_stops_both_at_one_step(two_process_run, tmp_path
         np.testing.assert_array_equal(got[field], ref[field], err_msg=field)
 
 
+def _wait_for(path: Path, procs: list[subprocess.Popen]) -> None:
+    t0 = time.time()
+    while not path.exists():
+        assert time.time() - t0 < TIMEOUT and all(p.poll() is None for p in procs), f"no {path}"
+        time.sleep(0.05)
+
+
+def test_fsdp_across_two_processes_resumes_on_one_process(two_process_run, tmp_path):
+    """State sharded 4 ways over 2 processes x 2 devices, SIGTERM to one of them; the checkpoint then
+    restores onto 1 process x 4 devices with parameters replicated, and training goes on. The
+    uninterrupted run is another mesh (2 processes x 1 device, data parallel), so the curves agree to
+    rounding, which chaotic training amplifies over the run: a wrong restore would jump at the resume
+    step instead, so the 20 steps after it are held to 1e-5 and the rest to 0.05."""
+    root, ref, _, _ = two_process_run
+    out = tmp_path / "run"
+    procs = _start(out, root / "data", "mesh.data=1", "mesh.fsdp=4", devices=2)
+    _wait_for(out / "checkpoints" / "30", procs)
+    procs[1].send_signal(signal.SIGTERM)
+    (rc0, log0), (rc1, log1) = _finish(procs, timeout=60)
+    assert rc0 == 143 and rc1 == 143, log0[-2000:] + log1[-2000:]
+    stopped = json.loads((out / "result.json").read_text())["step"]
+    p = subprocess.run([sys.executable, "-m", "scaling_grid.grid.cli", "train", f"out_dir={out}",
+                        f"data.root={root / 'data'}", *RUN], capture_output=True, text=True, timeout=TIMEOUT,
+                       env=_env(devices=4))
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert f"resuming at step {stopped:,}" in p.stdout + p.stderr
+    got = read_metrics(str(out / "metrics"))
+    logged = np.isfinite(ref["loss"])
+    assert np.array_equal(logged, np.isfinite(got["loss"]))
+    near = logged & (np.arange(len(logged)) <= stopped + 20)
+    np.testing.assert_allclose(got["loss"][near], ref["loss"][near], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(got["loss"][logged], ref["loss"][logged], rtol=0, atol=0.05)
+    ev = np.isfinite(ref["eval_loss"])
+    np.testing.assert_allclose(got["eval_loss"][ev], ref["eval_loss"][ev], rtol=0, atol=0.05)
+
+
 def test_batch_that_does_not_split_over_the_devices_is_exit_2(tmp_path):
     p = subprocess.run([sys.executable, "-m", "scaling_grid.grid.cli", "train", f"out_dir={tmp_path / 'run'}",
                         f"data.root={tmp_path / 'data'}", *RUN, "train.batch_size=6"], capture_output=True,
                        text=True, timeout=TIMEOUT, env=_env(devices=4))
     assert p.returncode == 2, p.stderr[-2000:]
-    assert "train.batch_size=6: must split evenly over the 4 devices; use a multiple of 4" in p.stderr
+    assert "train.batch_size=6: must split evenly over the 4 devices (mesh data x fsdp); use a multiple of 4" in p.stderr
     assert not (tmp_path / "run").exists()
 
 
@@ -175,3 +211,28 @@ def test_grid_on_two_processes_sigterm_to_one_then_relaunch(tmp_path):
         a, b = ref.read_metrics(cid), s.read_metrics(cid)
         for field in a:
             np.testing.assert_array_equal(a[field], b[field], err_msg=f"{cid} {field}")
+
+
+def test_a_failure_in_one_process_fails_the_cell_in_both_and_the_grid_goes_on(tmp_path):
+    """Process 0 alone writes metrics; one cell's metric chunk cannot be written (its key is a folder),
+    so process 0 fails in the middle of that cell while process 1 is ready for the next train step.
+    Both fail the cell together, finish the other cells, and exit 1 (before: process 1 waited in the
+    step's all-reduce until the job's heartbeat gave up)."""
+    from scaling_grid.grid import spec as S
+    from scaling_grid.grid import store as G
+    spec = tmp_path / "mp.yaml"
+    spec.write_text(GRID.replace("DATA", str(tmp_path / "data")))
+    cells = S.expand(S.load_spec(spec))
+    target = max((c for c in cells if c.role == "branch"), key=lambda c: (c.config.model.width, c.steps))
+    store = tmp_path / "store"
+    procs = _grid(spec, store)
+    _wait_for(store / "store.json", procs)  # before any cell starts: data is prepared after this
+    (store / "cells" / target.id / "metrics" / "loss" / "c" / "0").mkdir(parents=True)
+    (rc0, log0), (rc1, log1) = _finish(procs)
+    assert rc0 == 1 and rc1 == 1, log0[-3000:] + log1[-3000:]
+    s = G.Store(str(store))
+    states = {c: s.status(c)[0] for c in s.cell_ids()}
+    assert states[target.id]["state"] == "failed"
+    assert 0 < (states[target.id].get("step") or 0) < target.steps  # it failed part-way, not at setup
+    assert {st["state"] for c, st in states.items() if c != target.id} == {"done"}
+    assert f"{target.id}: FAILED" in log0 and f"{target.id}: FAILED: another process" in log1

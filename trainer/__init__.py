@@ -16,7 +16,8 @@ that only reads a store (`status`, `fit`) never imports JAX or orbax::
              kvstore_spec, interactive, optional_import, LogLineSink, ProgressSink, Sinks,
              SinkSetupError, TensorBoardSink, TensorStoreSink, WandbSink, read_step
     preemption: Preemption
-    runtime: Distributed, any_process, barrier, from_process_0, is_writer, multi_process, setup
+    runtime: Distributed, FailedElsewhere, any_process, barrier, from_process_0, is_writer, multi_process, setup,
+        together
 
 Modules: config (typed run config), model (Flax variants), tokenizers, sources and tokenstore (the
 data), step (optimizer, jit-compiled steps), compile (steps shared per shape, AOT memory analysis),
@@ -81,12 +82,14 @@ _ORIGIN = {
     'read_step': 'metrics',
     'Preemption': 'preemption',
     'Distributed': 'runtime',
+    'FailedElsewhere': 'runtime',
     'any_process': 'runtime',
     'barrier': 'runtime',
     'from_process_0': 'runtime',
     'is_writer': 'runtime',
     'multi_process': 'runtime',
     'setup': 'runtime',
+    'together': 'runtime',
 }
 
 if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports on first use
@@ -129,7 +132,17 @@ if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports on 
     )
     from .model import VARIANTS, flops_per_token, make_arch, non_embedding_formula
     from .preemption import Preemption
-    from .runtime import Distributed, any_process, barrier, from_process_0, is_writer, multi_process, setup
+    from .runtime import (
+        Distributed,
+        FailedElsewhere,
+        any_process,
+        barrier,
+        from_process_0,
+        is_writer,
+        multi_process,
+        setup,
+        together,
+    )
     from .step import check_batch, device_memory
     from .tokenstore import TokenStore, prepare, store_path
 
@@ -144,6 +157,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "accelerator_unused",
+    "FailedElsewhere",
     "any_process",
     "backend_line",
     "barrier",
@@ -168,7 +182,7 @@ __all__ = [
     "make_arch",
     "measure",
     "memory_need",
-        "MetricsDamaged",
+    "MetricsDamaged",
     "ModelConfig",
     "multi_process",
     "non_embedding_formula",
@@ -186,6 +200,7 @@ __all__ = [
     "RunConfig",
     "set_aside",
     "setup",
+    "together",
     "SharedSteps",
     "Sinks",
     "SinkSetupError",

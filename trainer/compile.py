@@ -18,22 +18,23 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .config import OptimConfig, RunConfig
+from .config import MeshConfig, OptimConfig, RunConfig
 from .loop import compute_dtype
 from .model import Arch, make_arch
+from .sharding import make_mesh
 from .step import Steps, abstract_state, build, lr_table
 
 # The fields `lr_table` reads: they reach the step as a table, not as constants compiled into it.
 SCHEDULE_FIELDS = ("lr", "schedule", "warmup_steps", "decay_fraction", "final_lr_ratio")
 
 
-def shape_key(cfg: RunConfig, vocab: int) -> tuple[Arch, OptimConfig, int]:
+def shape_key(cfg: RunConfig, vocab: int) -> tuple[Arch, OptimConfig, int, MeshConfig]:
     """What one compiled train step serves: the architecture, the optimizer with its schedule fields
     reset (a field not listed in SCHEDULE_FIELDS counts as compiled in: a forgotten one costs a
-    compile, never a wrongly shared step), and gradient accumulation."""
+    compile, never a wrongly shared step), gradient accumulation and the mesh."""
     arch = make_arch(cfg.model, vocab, compute_dtype(cfg.train.dtype))
     fixed = dataclasses.replace(cfg.optim, **{f: getattr(OptimConfig(), f) for f in SCHEDULE_FIELDS})
-    return arch, fixed, cfg.train.grad_accum
+    return arch, fixed, cfg.train.grad_accum, cfg.mesh
 
 
 class SharedSteps:
@@ -47,7 +48,7 @@ class SharedSteps:
         """The Steps for this run's shape (built once, then shared)."""
         key = shape_key(cfg, vocab)
         if key not in self.steps:
-            self.steps[key] = build(key[0], key[1], key[2])
+            self.steps[key] = build(key[0], key[1], key[2], make_mesh(key[3]))
         return self.steps[key]
 
     def lower(self, cfg: RunConfig, vocab: int, table_len: int) -> tuple[Any, Steps, float]:

@@ -1,6 +1,6 @@
 """Typed run configuration: YAML in, validated frozen dataclasses out.
 
-A run config has four sections (model, data, optim, train) and an output directory. Every field is
+A run config has five sections (model, data, optim, train, mesh) and an output directory. Every field is
 checked before any compute; an error names the field, the value and what is allowed. Command-line
 overrides use dotted keys: ``model.width=256 train.tokens=20M``. Each field carries its meaning in
 its metadata (``help``); :func:`describe` (``scaling-grid config``) prints them all.
@@ -122,6 +122,16 @@ class TrainConfig:
     dtype: str = _f("auto", "auto (bf16 compute on GPU/TPU, fp32 on CPU) | float32 | bfloat16")
 
 
+@dataclass(frozen=True)
+class MeshConfig:
+    data: int = _f(-1, "devices the batch is split over (data parallel, parameters whole on each); -1 = the "
+                   "devices left over by the other axes")
+    fsdp: int = _f(1, "devices the batch is split over AND parameters plus Adam's moments are sharded over "
+                   "(fully sharded data parallel); -1 = the devices left over")
+    tensor: int = _f(1, "devices each matrix is split over along its heads / hidden / vocab dimension "
+                     "(tensor parallel; the batch is not split over it); -1 = the devices left over")
+
+
 # Fields added after cell ids were first pinned: to_dict() leaves them out while they hold their
 # defaults, so the ids of existing grid cells (a hash of to_dict()) and existing runs' configs stay as
 # they were. A non-default value is a different run and is written out.
@@ -134,6 +144,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
     out_dir: str = field(default="runs/default",
                          metadata={"help": "run folder: config.yaml, metrics/ and checkpoints/"})
 
@@ -146,8 +157,11 @@ class RunConfig:
         return self.train.batch_size * self.model.seq_len
 
     def to_dict(self) -> dict[str, Any]:
-        """Every field as plain data, except fields of ``_OMITTED_AT_DEFAULT`` at their defaults."""
+        """Every field as plain data, except fields of ``_OMITTED_AT_DEFAULT`` at their defaults and
+        the mesh section at its default (it was added after cell ids were pinned, too)."""
         d = dataclasses.asdict(self)
+        if self.mesh == MeshConfig():
+            del d["mesh"]
         d["data"]["paths"] = list(d["data"]["paths"])
         for section, names in _OMITTED_AT_DEFAULT.items():
             for f in fields(_SECTIONS[section]):
@@ -156,7 +170,8 @@ class RunConfig:
         return d
 
 
-_SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "train": TrainConfig}
+_SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "train": TrainConfig,
+             "mesh": MeshConfig}
 _COUNT_FIELDS = {"tokens", "bpe_vocab", "max_docs"}
 
 
@@ -396,6 +411,10 @@ def validate(cfg: RunConfig, check_paths: bool = True) -> None:
            "allowed: ['auto', 'bfloat16', 'float32']")
     _check(o.warmup_steps <= cfg.steps, "optim.warmup_steps", o.warmup_steps,
            f"exceeds the run's {cfg.steps} steps")
+    axes = dataclasses.asdict(cfg.mesh)
+    for name, v in axes.items():
+        _check(v == -1 or v > 0, f"mesh.{name}", v, "must be a positive device count or -1 (the devices left over)")
+    _check(list(axes.values()).count(-1) <= 1, "mesh", axes, "at most one axis can be -1 (the devices left over)")
 
     if check_paths:
         _check_writable("out_dir", cfg.out_dir)

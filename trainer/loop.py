@@ -40,7 +40,8 @@ from .metrics import (
 )
 from .model import Arch, make_arch
 from .preemption import Preemption
-from .runtime import any_process, barrier, is_writer
+from .runtime import FailedElsewhere, any_process, barrier, is_writer, together
+from .sharding import make_mesh
 from .step import Steps, abstract_state, build, check_batch, check_state_fits, lr_table
 
 
@@ -58,13 +59,17 @@ def compute_dtype(name: str) -> Any:
     return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
 
 
-def _host_rows(batch_size: int) -> slice:
-    """The rows of the global batch this process feeds (all of them on one host)."""
-    n, i = jax.process_count(), jax.process_index()
-    if batch_size % n:
-        raise ConfigError(f"train.batch_size={batch_size}: must be divisible by the {n} processes")
-    per = batch_size // n
-    return slice(i * per, (i + 1) * per)
+def _host_rows(sharding: Any, batch_size: int) -> slice:
+    """The rows of the global batch this process feeds: those its devices hold under the batch
+    sharding (all of them on one host). They are contiguous with every mesh `sharding.make_mesh`
+    builds; anything else would need a gather across hosts, so it is refused."""
+    index = sharding.addressable_devices_indices_map((batch_size, 1))
+    rows = {i[0].indices(batch_size)[:2] for i in index.values()}
+    lo, hi = min(r[0] for r in rows), max(r[1] for r in rows)
+    if sum(b - a for a, b in rows) != hi - lo:
+        raise ConfigError(f"this process's devices hold rows {sorted(rows)} of the batch, not one contiguous "
+                          "block; change the mesh")
+    return slice(lo, hi)
 
 
 def _to_global(local: np.ndarray, sharding: Any, global_rows: int, axis: int) -> jax.Array:
@@ -77,7 +82,7 @@ def evaluate(steps: Steps, params: Any, val_BT1: np.ndarray, batch_size: int,
              stop: Callable[[], bool] = lambda: False) -> tuple[float, float] | None:
     """Mean validation loss over the fixed set and its standard error across sequences.
     Returns None if `stop()` became true part-way (a preemption landed during eval)."""
-    rows = _host_rows(batch_size)
+    rows = _host_rows(steps.eval_sharding, batch_size)
     losses = []
     for lo in range(0, len(val_BT1), batch_size):
         if stop():
@@ -107,21 +112,22 @@ def train(cfg: RunConfig, sink: MetricsSink, ckpt_dir: str | Path, *, store: tok
     t_cfg, S = cfg.train, cfg.steps
     store = store or tokenstore.prepare(cfg.data)
     arch = make_arch(cfg.model, store.vocab_size, compute_dtype(t_cfg.dtype))
-    steps = steps or build(arch, cfg.optim, t_cfg.grad_accum)
+    steps = steps or build(arch, cfg.optim, t_cfg.grad_accum, make_mesh(cfg.mesh))
     val_BT1 = store.val_set(t_cfg.eval_batches * t_cfg.batch_size, cfg.model.seq_len)
     lrs = lr_table(cfg.optim, S, table_len)
     lrs_dev = jax.device_put(lrs, steps.lr_sharding)
     lrs = lrs[:S].astype(np.float64)
     tau = np.concatenate([[0.0], np.cumsum(lrs)])  # tau[s] = sum of the lr of updates 1..s
     tps, k = cfg.tokens_per_step, t_cfg.steps_per_call
-    rows = _host_rows(t_cfg.batch_size)
+    rows = _host_rows(steps.eval_sharding, t_cfg.batch_size)
 
     ckpt = Checkpointer(ckpt_dir, t_cfg.keep, t_cfg.ckpt_every, t_cfg.ckpt_minutes, keep_steps, warn)
     own_signal = preempt is None
     preempt = preempt or Preemption()
     start, failed = 0, False
     try:
-        try:
+        # A process failing here alone would leave the others waiting in the first train step.
+        with together():
             restored = ckpt.restore_latest(abstract_state(steps))
             if restored is None and init_from is not None:
                 state, start = restore_from(init_from[0], init_from[1], abstract_state(steps)), init_from[1]
@@ -129,14 +135,8 @@ def train(cfg: RunConfig, sink: MetricsSink, ckpt_dir: str | Path, *, store: tok
                 state, start = steps.init(jax.random.key(t_cfg.seed)), 0
             else:
                 state, start = restored[0], int(restored[1]["step"])
-            setup_error = None
-        except Exception as e:  # noqa: BLE001 - re-raised below, once every process knows
-            setup_error = e
-        # A process failing here alone would leave the others waiting in the first train step.
-        if any_process(setup_error is not None)[0]:
-            raise setup_error or RuntimeError("another process failed to set this run up; see its log")
+            sink.start(S, start)
         meta = {"fingerprint": fingerprint(cfg)}
-        sink.start(S, start)
 
         pending: list[tuple[int, dict[str, jax.Array]]] = []
 
@@ -169,10 +169,11 @@ def train(cfg: RunConfig, sink: MetricsSink, ckpt_dir: str | Path, *, store: tok
 
         def eval_at(step: int) -> float | None:
             out = evaluate(steps, state.params, val_BT1, t_cfg.batch_size, lambda: any_process(preempt.requested)[0])
-            if out is not None:
+            if out is None:
+                return None
+            with together():  # a metrics write: process 0's alone
                 sink.write_eval(step, *out)
-                return out[0]
-            return None
+            return out[0]
 
         ckpt_step, last_eval = start, math.nan
         with preempt.installed() if own_signal else contextlib.nullcontext():
@@ -191,23 +192,40 @@ def train(cfg: RunConfig, sink: MetricsSink, ckpt_dir: str | Path, *, store: tok
             batches = tokenstore.batches(store, t_cfg.data_seed, start, S, t_cfg.batch_size,
                                        cfg.model.seq_len, k, rows)
             with contextlib.closing(batches):
-                for first, x, y in batches:
-                    n = x.shape[0]
-                    s = first + n
+                with together():
+                    chunk = next(batches, None)
+                while chunk is not None:
+                    first, x, y = chunk
+                    s = first + x.shape[0]
                     state, metrics = steps.train(state, _to_global(x, steps.batch_sharding, t_cfg.batch_size, 1),
                                                  _to_global(y, steps.batch_sharding, t_cfg.batch_size, 1), lrs_dev)
                     pending.append((s, metrics))
-                    # Lagged fetch: the previous chunk's metrics, now that this chunk is queued.
-                    if len(pending) >= 2 and pending[-2][0] % t_cfg.log_every == 0:
-                        if (bad := flush(upto=pending[-2][0])) is not None:
-                            return diverged(bad, "train loss")
+                    # While the device trains: the previous chunk's metrics (lagged fetch) and the next
+                    # chunk's batches. Either can fail in one process only (process 0 alone writes metrics;
+                    # each reads its own rows), so a failure is part of the one decision every process
+                    # takes per chunk, with preemption (a SIGTERM may reach one of them only) and the
+                    # time-based checkpoint (each has its own clock).
+                    error: Exception | None = None
+                    bad = None
+                    try:
+                        if len(pending) >= 2 and pending[-2][0] % t_cfg.log_every == 0:
+                            bad = flush(upto=pending[-2][0])
+                        chunk = next(batches, None)
+                    except Exception as e:  # noqa: BLE001 - raised below, in every process
+                        error = e
+                    stop, due, failed = any_process(preempt.requested, ckpt.due(s), error is not None)
+                    if error is not None:
+                        raise error
+                    if failed:
+                        raise FailedElsewhere()
+                    if bad is not None:
+                        return diverged(bad, "train loss")
                     is_eval = s % t_cfg.eval_every == 0 or s == S
-                    # Decided once per chunk, by all processes together: a SIGTERM may reach one of
-                    # them only, and each has its own clock for the time-based checkpoint.
-                    stop, due = any_process(preempt.requested, ckpt.due(s))
                     save = s == S or stop or due
                     if is_eval or save:
-                        if (bad := flush()) is not None:
+                        with together():
+                            bad = flush()
+                        if bad is not None:
                             return diverged(bad, "train loss")
                     if is_eval and not stop:
                         loss = eval_at(s)
@@ -218,7 +236,8 @@ def train(cfg: RunConfig, sink: MetricsSink, ckpt_dir: str | Path, *, store: tok
                         else:
                             last_eval = loss
                     if save:
-                        sink.flush()  # metrics up to s are durable before checkpoint s exists
+                        with together():
+                            sink.flush()  # metrics up to s are durable before checkpoint s exists
                         ckpt.save(s, state, {**meta, "step": s})
                         ckpt_step = s
                     if stop:
@@ -250,6 +269,7 @@ def fingerprint(cfg: RunConfig) -> dict[str, Any]:
     for key in ("log_every", "eval_every", "ckpt_every", "ckpt_minutes", "keep"):
         d["train"].pop(key)
     d.pop("out_dir")
+    d.pop("mesh", None)  # a checkpoint restores onto any mesh (trainer/sharding.py)
     d["data"].pop("root")
     return d
 
@@ -318,14 +338,14 @@ def train_cli(cfg: RunConfig, *, progress: bool = True, tensorboard: str | None 
                     if old.get(s, {}).get(k) != new[s].get(k)]  # to_dict omits some fields at their defaults
             raise ConfigError(f"out_dir={cfg.out_dir!r} holds a run with a different config ({'; '.join(diff)}); "
                               "choose a new out_dir or restore the old values")
-    check_batch(cfg.train.batch_size, cfg.train.grad_accum)
+    check_batch(cfg.train.batch_size, cfg.train.grad_accum, mesh=cfg.mesh)
     if not writer:  # process 0 tokenizes; the others open what it wrote
         barrier("token store prepared")
     store = tokenstore.prepare(cfg.data)
     if writer:
         barrier("token store prepared")
     arch = make_arch(cfg.model, store.vocab_size, compute_dtype(cfg.train.dtype))
-    steps = build(arch, cfg.optim, cfg.train.grad_accum)
+    steps = build(arch, cfg.optim, cfg.train.grad_accum, make_mesh(cfg.mesh))
     check_state_fits(steps)
     if not writer:
         return train(cfg, Sinks(), out / "checkpoints", store=store, steps=steps)

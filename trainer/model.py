@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .sharding import batch_sharded
+
 if TYPE_CHECKING:
     from .config import ModelConfig
 
@@ -157,6 +159,7 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(self, x_BTD: jax.Array, _: Any = None) -> tuple[jax.Array, None]:
+        x_BTD = batch_sharded(x_BTD)
         x_BTD = x_BTD + Attention(self.arch, name="attn")(_norm(self.arch, "norm1")(x_BTD))
         x_BTD = x_BTD + Mlp(self.arch, name="mlp")(_norm(self.arch, "norm2")(x_BTD))
         return x_BTD, None
@@ -171,7 +174,7 @@ class Transformer(nn.Module):
         a = self.arch
         T = tokens_BT.shape[1]
         embed = nn.Embed(a.vocab, a.width, embedding_init=nn.initializers.normal(INIT_STD), name="embed")
-        x_BTD = embed(tokens_BT).astype(a.dtype)
+        x_BTD = batch_sharded(embed(tokens_BT).astype(a.dtype))
         if a.variant.position == "learned":
             pos_TD = self.param("pos_embed", nn.initializers.normal(INIT_STD), (a.seq_len, a.width))
             x_BTD = x_BTD + pos_TD[:T].astype(a.dtype)
@@ -184,7 +187,7 @@ class Transformer(nn.Module):
         else:
             logits_BTV = nn.Dense(a.vocab, use_bias=False, dtype=a.dtype,
                                   kernel_init=nn.initializers.normal(INIT_STD), name="head")(x_BTD)
-        return logits_BTV.astype(jnp.float32)
+        return batch_sharded(logits_BTV.astype(jnp.float32))
 
 
 def param_counts(params: Any) -> dict[str, int]:

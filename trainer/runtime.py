@@ -5,14 +5,17 @@ On a pod every process runs the same program, and any Python decision that leads
 (save a checkpoint, stop for a preemption, abandon an eval, skip or fail a cell) must come out the same
 in every process, or one waits in orbax's barrier while another waits in the train step's all-reduce,
 for ever. A SIGTERM may reach one worker only and each host has its own clock, so such decisions go
-through :func:`any_process` (one small all-gather) or :func:`from_process_0` (a broadcast). On one
-process both are plain returns: nothing is added to a single-host run.
+through :func:`any_process` (one small all-gather) or :func:`from_process_0` (a broadcast). Host-side
+work that can fail in one process only (a metrics write on process 0, a batch read) runs inside
+:func:`together`, so a failure anywhere is raised everywhere. On one process these are plain returns:
+nothing is added to a single-host run.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +74,32 @@ def any_process(*flags: bool) -> tuple[bool, ...]:
     from jax.experimental import multihost_utils
     got = np.asarray(multihost_utils.process_allgather(np.array(flags, np.int32)))
     return tuple(bool(x) for x in np.asarray(got.reshape(jax.process_count(), len(flags)).any(axis=0)))
+
+
+class FailedElsewhere(RuntimeError):
+    """Another process failed at this point (its log says why); this one stops with it rather than wait
+    for it in the next collective. ``fatal``: the failure stops the whole command, not only one run."""
+
+    def __init__(self, fatal: bool = False):
+        super().__init__("another process of this job failed here; its log says why")
+        self.fatal = fatal
+
+
+@contextlib.contextmanager
+def together(fatal: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+    """Run host-side work that may fail in some processes only; then, if it failed in any, raise in
+    every one: the failing processes their own error, the others :class:`FailedElsewhere` (fatal if
+    any failure was one of ``fatal``). One all-gather on many processes; nothing on one."""
+    error: Exception | None = None
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - re-raised below, once every process knows
+        error = e
+    failed, stop_all = any_process(error is not None, isinstance(error, fatal))
+    if error is not None:
+        raise error
+    if failed:
+        raise FailedElsewhere(fatal=stop_all)
 
 
 def from_process_0(values: Sequence[int]) -> list[int]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-from functools import partial
 from typing import Any, NamedTuple
 
 import jax
@@ -22,8 +21,9 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from .config import ConfigError, OptimConfig
+from .config import ConfigError, MeshConfig, OptimConfig
 from .model import Arch, Transformer
+from .sharding import BATCH, axis_sizes, bytes_per_device, make_mesh, state_shardings
 
 
 class TrainState(NamedTuple):
@@ -124,20 +124,17 @@ class Steps(NamedTuple):
                      # the state; update i uses lrs[i]
     eval: Any        # (params, seqs [B,T+1]) -> per-sequence losses [B]
     mesh: Mesh
-    batch_sharding: NamedSharding   # for [k, B, T] arrays: rows split over the data axis
+    state_sharding: Any             # a NamedSharding per leaf of the TrainState (trainer/sharding.py)
+    batch_sharding: NamedSharding   # for [k, B, T] arrays: rows split over data x fsdp
     eval_sharding: NamedSharding    # for [B, T+1]
     lr_sharding: NamedSharding      # for the lr table: replicated
 
 
-def default_mesh() -> Mesh:
-    """All devices on one data-parallel axis (parameters replicated)."""
-    return Mesh(np.array(jax.devices()), ("data",))
-
-
 def build(arch: Arch, optim: OptimConfig, accum: int = 1, mesh: Mesh | None = None) -> Steps:
-    """Init, train and eval for one shape. Of ``optim`` only the optimizer's constants are used (betas,
-    eps, weight decay, clipping); the lr schedule arrives as a table with each train call."""
-    mesh = mesh or default_mesh()
+    """Init, train and eval for one shape on ``mesh`` (default: every device on the data axis). Of
+    ``optim`` only the optimizer's constants are used (betas, eps, weight decay, clipping); the lr
+    schedule arrives as a table with each train call."""
+    mesh = mesh or make_mesh()
     model, tx0 = Transformer(arch), make_optimizer(optim, optax.constant_schedule(0.0))
     replicated = NamedSharding(mesh, P())
 
@@ -148,22 +145,28 @@ def build(arch: Arch, optim: OptimConfig, accum: int = 1, mesh: Mesh | None = No
     def train(state: TrainState, x_KBT: jax.Array, y_KBT: jax.Array, lrs_S: jax.Array
               ) -> tuple[TrainState, dict[str, jax.Array]]:
         tx = make_optimizer(optim, lambda count: lrs_S[count])
-        return train_chunk(state, x_KBT, y_KBT, model=model, tx=tx, accum=accum)
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):  # the model's activation constraints
+            return train_chunk(state, x_KBT, y_KBT, model=model, tx=tx, accum=accum)
 
-    # Explicit out_shardings for the whole state: jit(tx.init) alone would leave Adam's moments and the
-    # step counter on one device, and the sharded step then fails (see shared/notes/pitfalls.md).
-    abstract = jax.eval_shape(init, jax.random.key(0))
-    state_sharding = jax.tree_util.tree_map(lambda _: replicated, abstract)
-    batch_sharding = NamedSharding(mesh, P(None, "data"))
-    eval_sharding = NamedSharding(mesh, P("data"))
+    def evaluate(params: Any, seqs_BT1: jax.Array) -> jax.Array:
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return eval_losses(params, seqs_BT1, model=model)
+
+    # Explicit out_shardings for the whole state, from its abstract shapes: jit(tx.init) alone would
+    # leave Adam's moments and the step counter on one device (see shared/notes/pitfalls.md), and the
+    # step's output must keep the input's layout so the donated state is reused in place.
+    state_sharding = state_shardings(jax.eval_shape(init, jax.random.key(0)), mesh)
+    batch_sharding = NamedSharding(mesh, P(None, BATCH))
+    eval_sharding = NamedSharding(mesh, P(BATCH))
     return Steps(
         init=jax.jit(init, out_shardings=state_sharding),
         train=jax.jit(train, donate_argnums=0,
                       in_shardings=(state_sharding, batch_sharding, batch_sharding, replicated),
                       out_shardings=(state_sharding, replicated)),
-        eval=jax.jit(partial(eval_losses, model=model), in_shardings=(state_sharding.params, eval_sharding),
+        eval=jax.jit(evaluate, in_shardings=(state_sharding.params, eval_sharding),
                      out_shardings=replicated),
-        mesh=mesh, batch_sharding=batch_sharding, eval_sharding=eval_sharding, lr_sharding=replicated,
+        mesh=mesh, state_sharding=state_sharding, batch_sharding=batch_sharding, eval_sharding=eval_sharding,
+        lr_sharding=replicated,
     )
 
 
@@ -196,25 +199,30 @@ def device_memory() -> tuple[int, str]:
 
 def check_state_fits(steps: Steps, headroom: float = 0.9) -> None:
     """Refuse, before anything is allocated, a model whose training state cannot fit on a device:
-    parameters, gradients and Adam's two moments, each a copy of the parameters (a lower bound;
-    a grid's launcher also compiles the step and checks XLA's full memory analysis)."""
-    leaves = jax.tree.leaves(abstract_state(steps).params)
-    n = sum(math.prod(x.shape) for x in leaves)
-    need = 4 * sum(math.prod(x.shape) * x.dtype.itemsize for x in leaves)  # replicated: whole on each device
+    its shard of the parameters, gradients and Adam's two moments, each laid out as the parameters (a
+    lower bound; a grid's launcher also compiles the step and checks XLA's full memory analysis)."""
+    params = abstract_state(steps).params
+    n = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
+    need = 4 * bytes_per_device(params, steps.state_sharding.params)
     avail, what = device_memory()
     if need > headroom * avail:
+        fsdp = steps.mesh.shape["fsdp"]
+        hint = "raise mesh.fsdp (shards the state over more devices), or " if jax.device_count() > fsdp else ""
         raise ConfigError(f"{n:,} parameters need at least {need / 2**30:.1f} GiB per device (parameters, gradients "
-                          f"and Adam's two moments) but {what} is {avail / 2**30:.1f} GiB; lower model.width or "
-                          "model.depth")
+                          f"and Adam's two moments, sharded {fsdp} ways) but {what} is {avail / 2**30:.1f} GiB; "
+                          f"{hint}lower model.width or model.depth")
 
 
-def check_batch(batch_size: int, grad_accum: int = 1, what: str = "train.batch_size") -> None:
-    """The (micro)batch is split over every device of the mesh's data axis, across all processes: it
-    must divide evenly, or the first step fails deep in XLA. Checked before any compute."""
-    n, procs = jax.device_count(), jax.process_count()
+def check_batch(batch_size: int, grad_accum: int = 1, what: str = "train.batch_size",
+                mesh: MeshConfig | None = None) -> None:
+    """The mesh fits the devices, and the (micro)batch splits evenly over the data x fsdp devices of
+    all processes, or the first step fails deep in XLA. Checked before any compute."""
+    sizes = axis_sizes(mesh or MeshConfig(), jax.device_count())
+    n, procs = sizes["data"] * sizes["fsdp"], jax.process_count()
     micro = batch_size // max(grad_accum, 1)
-    if micro % n:
-        where = f"{n} devices" + (f" of {procs} processes" if procs > 1 else "")
+    if micro % n or micro % procs:
+        where = f"{n} devices (mesh data x fsdp)" + (f" of {procs} processes" if procs > 1 else "")
         accum = f" / train.grad_accum={grad_accum} = {micro}" if grad_accum > 1 else ""
+        unit = math.lcm(n, procs) * max(grad_accum, 1)
         raise ConfigError(f"{what}={batch_size}{accum}: must split evenly over the {where}; use a multiple "
-                          f"of {n * max(grad_accum, 1)}")
+                          f"of {unit}")
