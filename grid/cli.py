@@ -37,6 +37,13 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wandb", metavar="PROJECT", help="also log to Weights & Biases project PROJECT (needs "
                    "wandb; WANDB_MODE=offline logs locally)")
     _add_distributed_args(p, "all processes train this run together, each feeding its share of the batch")
+    _add_compile_cache_arg(p)
+
+
+def _add_compile_cache_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--compile-cache", metavar="DIR|URL", help="JAX's persistent compilation cache: a folder or a "
+                   "gs:// URL that every host shares (default: $SCALING_GRID_COMPILE_CACHE, else "
+                   "$JAX_COMPILATION_CACHE_DIR, else ~/.cache/scaling-grid/jax)")
 
 
 def _load_config(args: argparse.Namespace) -> RunConfig:
@@ -59,8 +66,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from scaling_grid import trainer as T
     cfg = _load_config(args)
-    T.setup(_distributed(args))  # before anything starts a JAX backend
-    result = T.train_cli(cfg, progress=not args.no_progress, tensorboard=args.tensorboard, wandb=args.wandb)
+    from scaling_grid.trainer.paths import require_local
+    tensorboard = require_local("--tensorboard", args.tensorboard)
+    T.setup(_distributed(args), args.compile_cache)  # before anything starts a JAX backend
+    result = T.train_cli(cfg, progress=not args.no_progress, tensorboard=tensorboard, wandb=args.wandb)
     return {"done": EXIT_OK, "diverged": EXIT_DIVERGED, "preempted": EXIT_PREEMPTED}.get(result.status, EXIT_FAILED)
 
 
@@ -86,13 +95,13 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="YAML grid spec, e.g. configs/demo.yaml")
-    p.add_argument("--store", help="grid store: a folder or a TensorStore kvstore URL (gs://bucket/path, "
-                   "s3://...); default: stores/<spec name>")
+    p.add_argument("--store", help="grid store: a folder or a URL (gs://bucket/path, file:///path); default: "
+                   "stores/<spec name>")
     p.add_argument("--dry-run", action="store_true", help="print the plan (cells, sizes, FLOPs, estimated time, "
                    "what is done, compute of each token mode) and exit; writes nothing")
     p.add_argument("--shard", metavar="i/n", help="run only the cells assigned to host i of n (0-based)")
-    p.add_argument("--checkpoints", metavar="DIR", help="checkpoint root (default <store>/checkpoints; needed "
-                   "for URL stores)")
+    p.add_argument("--checkpoints", metavar="DIR|URL", help="checkpoint root: a folder or a gs:// URL that every "
+                   "host sees (default <store>/checkpoints)")
     p.add_argument("--status-every", type=float, default=15.0, metavar="S",
                    help="seconds between status heartbeats of a running cell (default 15)")
     p.add_argument("--stale-after", type=float, default=600.0, metavar="S",
@@ -109,6 +118,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    "one W&B run per cell (needs wandb; WANDB_MODE=offline logs locally)")
     p.add_argument("--wide", action="store_true", help="dry run: every column, whatever the terminal width")
     _add_distributed_args(p, "every process runs each cell together")
+    _add_compile_cache_arg(p)
 
 
 def _add_distributed_args(p: argparse.ArgumentParser, what: str) -> None:
@@ -135,6 +145,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from scaling_grid.grid import launch
     from scaling_grid.grid.spec import parse_shard
+    from scaling_grid.trainer.paths import require_local
     shard = parse_shard(args.shard)
     for flag, value in (("--status-every", args.status_every), ("--stale-after", args.stale_after)):
         if not 0 < value < float("inf"):
@@ -144,7 +155,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                           stale_after=args.stale_after, memory_check=not args.no_memory_check,
                           measure=not args.no_measure, progress=not args.no_progress,
                           retry_failed=not args.no_retry_failed, distributed=_distributed(args),
-                          tensorboard=args.tensorboard, wandb=args.wandb, wide=args.wide)
+                          tensorboard=require_local("--tensorboard", args.tensorboard), wandb=args.wandb,
+                          wide=args.wide, compile_cache=args.compile_cache)
     if args.dry_run:
         print(launch.plan_text(args.spec, opts))
         return EXIT_OK
@@ -179,16 +191,20 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from scaling_grid import analysis
     from scaling_grid.grid import store
+    from scaling_grid.trainer import paths
     out = args.out
-    if out is None:
-        if store.is_url(args.store):
-            raise ConfigError(f"store {args.store!r} is a URL: give --out FILE.csv or FILE.parquet")
-        out = str(Path(args.store) / "export.csv")
+    if out is None:  # beside the store, also in a bucket
+        out = paths.join(args.store, "export.csv") if store.is_url(args.store) else str(Path(args.store) / "export.csv")
     if Path(out).suffix not in (".csv", ".parquet"):
         raise ConfigError(f"--out={out!r}: expected a .csv or .parquet file name")
-    if Path(out).is_dir():
-        raise ConfigError(f"--out={out!r}: is a folder; give a file name")
-    analysis.check_output(Path(out).parent, "--out", folder=True)  # before reading the store
+    paths.check_scheme("--out", out)
+    if paths.is_remote(out):  # before reading the store: the bucket answers, and takes a write
+        paths.check_writable("--out", out.rsplit("/", 1)[0])
+    else:
+        out = paths.local(out) if paths.is_url(out) else out  # file://
+        if Path(out).is_dir():
+            raise ConfigError(f"--out={out!r}: is a folder; give a file name")
+        analysis.check_output(Path(out).parent, "--out", folder=True)  # before reading the store
     table = store.export_table(args.store)
     path = store.write_table(table, out)
     n = len(table["step"])
@@ -294,7 +310,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     from scaling_grid import analysis
     options = _fit_options(args)
-    analysis.check_output(args.out, "--out", folder=True)  # before the fit
+    out_dir = _check_output_folder(args.out, "--out")  # before the fit
     table = _points_table(args)
     provenance = {"source": args.source}
     if not Path(args.source).is_file():  # a store (checked above): name the spec it was run from
@@ -317,9 +333,39 @@ def cmd_report(args: argparse.Namespace) -> int:
     print("\n".join(out))
     if err:
         print("\n".join(err), file=sys.stderr)
-    path = analysis.write_report(table, args.out, result=result, provenance=provenance)
+    path = _write_into(out_dir, lambda where: analysis.write_report(table, where, result=result,
+                                                                   provenance=provenance))
     print(f"report (one self-contained HTML file; tables, plots and JSON beside it): {path}")
     return EXIT_OK
+
+
+def _check_output_folder(path: str, what: str) -> str:
+    """Before any work: an output folder (local, file:// or gs://) can be written. Returns the local
+    path, or the URL of a bucket folder (which answered a probe write)."""
+    from scaling_grid import analysis
+    from scaling_grid.trainer import paths
+    paths.check_writable(what, path)  # an unsupported scheme, gcsfs missing, a bucket that does not answer
+    if paths.is_remote(path):
+        return path
+    local = paths.local(path) if paths.is_url(path) else path
+    analysis.check_output(local, what, folder=True)
+    return local
+
+
+def _write_into(out: str, write: Callable[[str], Any]) -> str:
+    """`write(folder)` into the output folder `out`. A report is many files written by matplotlib and
+    plain file writers, which need a local disk: for a bucket URL they go to a temporary folder, copied
+    under `out` afterwards. Returns the path `write` returned, under `out`."""
+    import os
+    import tempfile
+
+    from scaling_grid.trainer import paths
+    if not paths.is_remote(out):
+        return str(write(out))
+    with tempfile.TemporaryDirectory() as d:
+        made = write(d)
+        paths.upload_tree(d, out)
+    return paths.join(out, os.path.relpath(made, d))
 
 
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argparse.ArgumentParser], None], str]] = {

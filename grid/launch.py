@@ -38,6 +38,8 @@ from scaling_grid.trainer import (
     format_count,
     measure,
     memory_need,
+    path_of,
+    saved_steps,
     set_aside,
 )
 from scaling_grid.trainer import table_lengths as compile_tables
@@ -65,7 +67,7 @@ EXIT_OK, EXIT_FAILED, EXIT_PREEMPTED, EXIT_INTERRUPTED = 0, 1, 143, 130
 class Options:
     store: str
     shard: tuple[int, int] = (0, 1)
-    checkpoints: str | None = None     # checkpoint root (default: <store>/checkpoints; required for URL stores)
+    checkpoints: str | None = None     # checkpoint root: a folder or a gs:// URL (default: <store>/checkpoints)
     status_every: float = 15.0         # seconds between heartbeats of a running cell's status.json
     stale_after: float = 600.0         # a 'running' cell of another host with no heartbeat this long is taken over
     memory_check: bool = True          # AOT-compile the largest cells against device memory before launch
@@ -76,6 +78,7 @@ class Options:
     tensorboard: str | None = None     # TensorBoard event files, one run per cell in <tensorboard>/<cell id>
     wandb: str | None = None           # a W&B project: one W&B run per cell, its id the cell id
     wide: bool = False                 # dry run: every column (default: lines fit WIDTH columns)
+    compile_cache: str | None = None   # JAX's persistent compile cache: a folder or a gs:// URL (runtime.setup)
     out: Callable[[str], None] = field(default=lambda s: print(s, flush=True))
 
 
@@ -88,6 +91,8 @@ def _load(spec_path: str, opts: Options, check_paths: bool = True) -> tuple[S.Gr
     spec = S.load_spec(spec_path)
     cells = S.expand(spec, check_paths=check_paths)
     check_writable(opts.store)
+    if opts.checkpoints is not None:  # a bucket that cannot be reached fails here, before any compute
+        check_writable(opts.checkpoints, "--checkpoints")
     return spec, cells
 
 
@@ -224,7 +229,7 @@ def plan_text(spec_path: str, opts: Options) -> str:
     """The --dry-run report. Writes nothing to the store."""
     spec, cells = _load(spec_path, opts)
     shard = opts.shard
-    setup()
+    setup(compile_cache=opts.compile_cache)
     from scaling_grid import trainer as T
     prepared: dict[Any, Any] = {}
     for c in cells:  # exact vocabulary (and data checks) where the data is already prepared
@@ -434,10 +439,8 @@ class _Heartbeat:
         self.thread.join()
 
 
-def _checkpoint_steps(directory: Path) -> list[int]:
-    if not directory.is_dir():
-        return []
-    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+def _checkpoint_steps(directory: Any) -> list[int]:
+    return saved_steps(directory)
 
 
 RERUN_TRUNK = "rerun trunk"
@@ -465,7 +468,7 @@ def run(spec_path: str, opts: Options) -> int:
         optional_import("tensorboardX", "--tensorboard")
     if opts.wandb is not None:
         optional_import("wandb", "--wandb")
-    setup(opts.distributed)
+    setup(opts.distributed, opts.compile_cache)
 
     from scaling_grid.trainer import accelerator_unused, backend_line
     out(backend_line())  # after jax.distributed.initialize, which must come before the backend starts
@@ -473,7 +476,7 @@ def run(spec_path: str, opts: Options) -> int:
         out(f"warning: {warning}")
     writer, multi = is_writer(), multi_process()
     store = Store(opts.store)
-    store.checkpoint_dir("x", opts.checkpoints)  # a URL where a path is needed fails here, before any compute
+    store.checkpoint_dir("x", opts.checkpoints)  # an unsupported URL fails here, before any compute
     records = _records(cells, {})
     mine = _mine(cells, opts.shard, _costs(records, cells))
     states = {c.id: store.status(c.id)[0] for c in mine}
@@ -583,7 +586,7 @@ def _damaged_done_cells(store: Store, cells: Sequence[S.Cell], states: dict[str,
 _SKIPS = ("done", "diverged", "running elsewhere", "skipped")
 
 
-def _claim(cell: S.Cell, store: Store, st: dict[str, Any], gen: bytes, ckpt_dir: Path, opts: Options,
+def _claim(cell: S.Cell, store: Store, st: dict[str, Any], gen: bytes, ckpt_dir: Any, opts: Options,
            say: Callable[[str], None], writer: bool, rerun_done: bool
            ) -> tuple[str | None, tuple[str, int] | None, dict[str, Any]]:
     """(why the cell is not run now, or None; the trunk state a branch starts from; the running
@@ -696,7 +699,7 @@ def _run_cell(cell: S.Cell, store: Store, tok_store: Any, table_len: int, opts: 
         say(f"{cell.id}: FAILED: {e}")
         return "failed"
     except UnreadableCheckpoint as e:
-        if init_from is None or e.directory != Path(init_from[0]):
+        if init_from is None or str(e.directory) != str(path_of(init_from[0])):
             raise
         where = f"its trunk {cell.parent}'s checkpoint at step {e.step}, where this branch starts, is unreadable"
         if multi:  # moving shared checkpoints is a decision for one process; left to the user here

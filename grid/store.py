@@ -9,12 +9,12 @@ Layout (docs/store.md describes it for readers without this code)::
     <store>/cells/<cell>/status.json        state, step/total, message, host, times, tokens/s
     <store>/cells/<cell>/metrics/<field>    zarr v3 arrays, float64, NaN fill, length total_steps + 1,
                                             indexed by step: tokens tau lr loss grad_norm eval_loss eval_stderr
-    <store>/checkpoints/<cell>/<step>/      orbax checkpoints (local stores; else --checkpoints DIR)
+    <store>/checkpoints/<cell>/<step>/      orbax checkpoints (unless --checkpoints DIR|URL)
 
 Every object belongs to one cell and is written by the one process running that cell, so writers
 never share a chunk or a metadata file; arrays are created at their final size and never resized.
-JSON objects go through TensorStore's kvstore API, so ``gs://`` and ``s3://`` stores work like local
-folders.
+JSON objects go through TensorStore's kvstore API, so a ``gs://`` store works like a local folder (as
+does a ``file://`` URL); checkpoints go through orbax and ``etils.epath`` (trainer/paths.py).
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ import numpy as np
 import tensorstore as ts
 
 from scaling_grid.trainer import ConfigError
+from scaling_grid.trainer import paths as P
 
 FORMAT, VERSION = "scaling-grid-store", 1
 # damaged: status only; partial: a `train` folder with no result (killed, or still being written)
@@ -59,20 +60,20 @@ def is_url(url: str) -> bool:
     return "://" in str(url)
 
 
-def check_writable(url: str) -> None:
-    """A local store must be creatable (URL stores are checked by their first write)."""
-    if is_url(url):
-        if url.startswith("file://"):
-            check_writable(url[len("file://"):])
+def check_writable(url: str, name: str = "--store") -> None:
+    """A store (or checkpoint root, `name`) must be creatable: a local folder's nearest existing ancestor
+    is a writable folder; a bucket answers a probe write (trainer.paths.check_writable)."""
+    P.check_writable(name, url)
+    if P.is_remote(url):
         return
-    p = Path(url).expanduser().absolute()
+    p = Path(P.local(url))
     if p.exists() and not p.is_dir():
-        raise ConfigError(f"--store={url!r}: is a file, not a directory; choose a new path or an existing store")
+        raise ConfigError(f"{name}={url!r}: is a file, not a directory; choose a new path or an existing store")
     probe = p
     while not probe.exists():
         probe = probe.parent
     if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f"--store={url!r}: is not writable (nearest existing ancestor {str(probe)!r} is not a "
+        raise ConfigError(f"{name}={url!r}: is not writable (nearest existing ancestor {str(probe)!r} is not a "
                           f"writable directory); choose another path")
 
 
@@ -81,6 +82,7 @@ class Store:
 
     def __init__(self, url: str):
         self.url = str(url)
+        P.check_readable("store", self.url)  # an unsupported scheme, or a bucket that does not answer: exit 2
         if is_url(self.url):
             spec: Any = self.url if self.url.endswith("/") else self.url + "/"
         else:
@@ -262,17 +264,13 @@ class Store:
         from scaling_grid.trainer import kvstore_spec
         return kvstore_spec(self.root)
 
-    def checkpoint_dir(self, cell_id: str, root: str | None = None) -> Path:
+    def checkpoint_dir(self, cell_id: str, root: str | None = None) -> Any:
+        """A cell's checkpoint folder (trainer.paths.path_of: local, or in a bucket): <root>/<cell>, by
+        default <store>/checkpoints/<cell>."""
         if root is not None:
-            if is_url(root) and not root.startswith("file://"):  # pathlib would make it a local 'gs:' folder
-                raise ConfigError(f"--checkpoints={root!r}: checkpoints need a filesystem path that every host "
-                                  "sees (a local or shared disk); bucket URLs are not supported for them yet")
-            return Path(root.removeprefix("file://")).expanduser().absolute() / cell_id
-        if is_url(self.url) and not self.url.startswith("file://"):
-            raise ConfigError(f"--store={self.url!r} is a URL: the trainer's checkpoints need a filesystem path; "
-                              f"pass --checkpoints DIR (a local or shared disk)")
-        base = self.url[len("file://"):] if self.url.startswith("file://") else self.url
-        return Path(base).expanduser().absolute() / "checkpoints" / cell_id
+            P.check_scheme("--checkpoints", root)
+            return P.path_of(root) / cell_id
+        return P.path_of(self.url) / "checkpoints" / cell_id
 
 
 def check_final(m: dict[str, np.ndarray] | None, total_steps: int, where: str) -> tuple[list[str], bool]:
@@ -405,23 +403,34 @@ def _table(parts: Iterable[dict[str, np.ndarray] | None]) -> dict[str, np.ndarra
 # checkpoints/, result.json at the end, and .lock ("pid N on host") while it runs. status and export
 # read such a folder as a grid of one run.
 
+def _read(url: str, key: str) -> bytes | None:
+    """`url/key` (None if absent), through TensorStore's kvstore: a run folder may be in a bucket."""
+    if is_url(url) and P.scheme_of(url) not in P.SCHEMES:
+        return None
+    P.check_readable("store", url)  # a bucket that does not answer: exit 2, not a hang
+    return P.read_bytes(url, key)
+
+
 def is_run_folder(url: str) -> bool:
-    """A local folder written by `scaling-grid train` (config.yaml, and no store.json)."""
-    if is_url(url):
+    """A folder (local, or a file:// or gs:// URL) written by `scaling-grid train` (config.yaml, and no
+    store.json)."""
+    if not is_url(url) and not Path(url).expanduser().is_dir():
         return False
-    p = Path(url).expanduser()
-    return (p / "config.yaml").is_file() and not (p / "store.json").exists()
+    return _read(url, "config.yaml") is not None and _read(url, "store.json") is None
 
 
 def _run_name(url: str) -> str:
-    return Path(url).expanduser().absolute().name
+    return P.name_of(P.join(url))
 
 
-def _live_holder(folder: Path) -> str | None:
+def _live_holder(url: str) -> str | None:
     """'pid N on host' of the `train` that holds this folder's lock, if it is alive on this machine.
-    (`train` empties the file when it ends; a killed one leaves its line, so the pid is checked.)"""
+    (`train` empties the file when it ends; a killed one leaves its line, so the pid is checked. A run
+    folder in a bucket has no lock: see trainer.loop.train_cli.)"""
+    if P.is_remote(url):
+        return None
     try:
-        text = (folder / ".lock").read_text().strip()
+        text = (Path(P.local(url)) / ".lock").read_text().strip()
     except (OSError, UnicodeDecodeError):
         return None
     parts = text.split()
@@ -438,16 +447,16 @@ def _read_run_folder(url: str) -> tuple[Any, dict[str, Any], dict[str, np.ndarra
     import yaml
 
     from scaling_grid.trainer import MetricsDamaged, from_dict, read_metrics
-    p = Path(url).expanduser()
+    p = P.join(url)  # messages name the folder's absolute path (or its URL)
     try:
-        cfg = from_dict(yaml.safe_load((p / "config.yaml").read_text()))
+        cfg = from_dict(yaml.safe_load(_read(url, "config.yaml") or b""))
     except (OSError, yaml.YAMLError, UnicodeDecodeError, ConfigError, TypeError, AttributeError) as e:
         why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-        return None, {"state": "damaged"}, None, [f"{p / 'config.yaml'} is unreadable ({why})"], False
+        return None, {"state": "damaged"}, None, [f"{p}/config.yaml is unreadable ({why})"], False
     problems: list[str] = []
     fixable = True
     try:
-        m = read_metrics(str(p / "metrics"))
+        m = read_metrics(P.join(url, "metrics"))
     except MetricsDamaged as e:
         m, fixable = None, e.in_metadata
         problems.append(str(e))
@@ -455,22 +464,23 @@ def _read_run_folder(url: str) -> tuple[Any, dict[str, Any], dict[str, np.ndarra
         if "NOT_FOUND" not in str(e):
             raise
         m = None
-    holder = _live_holder(p)
+    holder = _live_holder(url)
     status: dict[str, Any] = {"state": "pending"}
+    result_raw = None if holder is not None else _read(url, "result.json")
     if holder is not None:
         status = {"state": "running", "host": holder.split()[-1], "pid": int(holder.split()[1])}
-    elif (p / "result.json").is_file():
+    elif result_raw is not None:
         try:
-            result = json.loads((p / "result.json").read_text())
+            result = json.loads(result_raw)
             status = {"state": result["status"], "step": result.get("step"), "message": result.get("message", ""),
                       "eval_loss": result.get("eval_loss"), "vocab": result.get("vocab")}
         except (OSError, ValueError, TypeError, KeyError) as e:  # ValueError: JSON and UTF-8 errors
-            problems.append(f"{p / 'result.json'} is damaged ({type(e).__name__}: {str(e)[:100]})")
+            problems.append(f"{p}/result.json is damaged ({type(e).__name__}: {str(e)[:100]})")
             status = {"state": "partial"}
     elif m is not None:
         status = {"state": "partial"}
     if status["state"] == "done" and not problems:
-        more, fixable = check_final(m, cfg.steps, str(p / "metrics"))
+        more, fixable = check_final(m, cfg.steps, f"{p}/metrics")
         problems += more
     return cfg, status, m, problems, fixable
 
@@ -519,9 +529,17 @@ def lost(store: Store, cell_id: str) -> str:
             "`scaling-grid run SPEC` retrains it")
 
 
-def write_table(table: Mapping[str, np.ndarray], path: str | os.PathLike[str]) -> Path:
-    """CSV (``.csv``) or parquet (``.parquet``); NaN is written as an empty CSV field."""
-    p = Path(path)
+def write_table(table: Mapping[str, np.ndarray], path: str | os.PathLike[str]) -> Any:
+    """CSV (``.csv``) or parquet (``.parquet``); NaN is written as an empty CSV field. `path` may be a
+    gs:// URL: the file is written locally, then copied there. Returns where it was written."""
+    if P.is_remote(os.fspath(path)):
+        import tempfile
+        dest = P.path_of(path)
+        with tempfile.TemporaryDirectory() as d:
+            local = write_table(table, Path(d) / f"table{dest.suffix}")
+            dest.write_bytes(local.read_bytes())
+        return dest
+    p = Path(P.local(path)) if P.is_url(os.fspath(path)) else Path(path)  # file:// is a local path
     p.parent.mkdir(parents=True, exist_ok=True)
     if p.suffix == ".parquet":
         import pyarrow as pa

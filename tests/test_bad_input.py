@@ -1,6 +1,9 @@
 """Bad input to `train`, `run` and `export` (the command-line contract): exit 2, one message that names
 the thing and the way out, no traceback, nothing written. Spec, config and fit cases live beside
 their modules' tests (test_grid_validation, test_config, test_cli_fit, test_analysis_doubts)."""
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -71,11 +74,18 @@ def test_bad_input_exits_2_with_a_message_and_writes_nothing(name, argv, fragmen
         {p: t for p, t in before.items() if "data" not in p.parts}  # a token store may be prepared, nothing else
 
 
-def test_a_bucket_url_for_checkpoints_is_refused_before_any_compute(tmp_path, capsys, monkeypatch):
-    """pathlib turns gs://b/ck into a local folder './gs:/b/ck': refused with a message instead."""
-    monkeypatch.chdir(tmp_path)
+def test_a_bucket_that_does_not_answer_is_refused_before_any_compute(tmp_path):
+    """--checkpoints in a bucket that cannot be reached (no network, no credentials here): one message
+    after the probe's wait, before any compute; never a local folder './gs:/b/ck' (what pathlib made of
+    it before gs:// was supported). A subprocess with no emulator: TensorStore's retries stay in it."""
     spec = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
-    assert cli.main(["run", str(spec), "--store", str(tmp_path / "s"), "--checkpoints", "gs://bucket/ck",
-                     "--no-memory-check"]) == 2
-    assert "--checkpoints='gs://bucket/ck': checkpoints need a filesystem path" in capsys.readouterr().err
+    env = {k: v for k, v in os.environ.items() if k not in ("TENSORSTORE_GCS_HTTP_URL", "STORAGE_EMULATOR_HOST",
+                                                             "GOOGLE_AUTH_TOKEN_FOR_TESTING")}
+    env["SCALING_GRID_BUCKET_TIMEOUT"] = "1"
+    p = subprocess.run([sys.executable, "-m", "scaling_grid.grid.cli", "run", str(spec), "--store",
+                        str(tmp_path / "s"), "--checkpoints", "gs://bucket/ck", "--no-memory-check"],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert "--checkpoints='gs://bucket/ck': the bucket did not answer within 1 s" in p.stderr
+    assert "Traceback" not in p.stderr and "jax" not in p.stdout  # nothing started: no backend line
     assert not (tmp_path / "gs:").exists() and not (tmp_path / "s").exists()

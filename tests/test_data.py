@@ -258,7 +258,7 @@ def test_sigkill_mid_prepare_leaves_no_complete_store(tmp_path, docs):
     proc = subprocess.Popen([sys.executable, "-c", _KILL_CHILD, cfg.paths[0], str(root)])
     try:
         deadline = time.time() + 60
-        while not list(root.glob("*.tmp-*/train/c")) and proc.poll() is None and time.time() < deadline:
+        while not list(root.glob("*/data-*/train/c")) and proc.poll() is None and time.time() < deadline:
             time.sleep(0.02)
         assert proc.poll() is None, "prepare finished (or failed) before it could be killed"
         os.kill(proc.pid, signal.SIGKILL)
@@ -267,13 +267,14 @@ def test_sigkill_mid_prepare_leaves_no_complete_store(tmp_path, docs):
         if proc.poll() is None:
             proc.kill()
     path = tokenstore.store_path(cfg)
-    assert not path.exists() and list(root.glob("*.tmp-*"))  # only the partial temp folder is left
+    partial = [p.name for p in path.glob("data-*")]
+    assert not (path / "meta.json").exists() and len(partial) == 1  # only the partial data folder is left
     with pytest.raises(ConfigError, match="not a complete token store"):
         tokenstore.TokenStore.open(path)
     store = tokenstore.prepare(cfg, progress=False)  # a fresh prepare succeeds
     assert store.path == path and store.meta["docs_train"] + store.meta["docs_val"] == len(big)
     assert sum(int((store.read(split) == store.eot).sum()) for split in ("train", "val")) == len(big)
-    assert not list(root.glob("*.tmp-*"))  # the stale temp folder was cleaned
+    assert [p.name for p in path.glob("data-*")] == [store.meta["data"]] != partial  # the stale one was cleaned
 
 
 # ------------------------------------------------------------------------ other sources/tokenizers
@@ -291,8 +292,8 @@ def test_bytes_tokenizer_on_shakespeare(bytes_store, docs):
 def test_bpe_trained_saved_and_reloaded(tmp_path, docs):
     cfg = DataConfig(tokenizer="bpe", bpe_vocab=1024, max_docs=120, val_fraction=0.1, root=str(tmp_path))
     store = tokenstore.prepare(cfg, progress=False)
-    assert (store.path / "tokenizer.json").is_file() and store.vocab_size == 1024 and store.eot is not None
-    tok = tokenizers.get_tokenizer("bpe", store.path)  # reloaded from the store
+    assert (store.data / "tokenizer.json").is_file() and store.vocab_size == 1024 and store.eot is not None
+    tok = tokenizers.get_tokenizer("bpe", store.data)  # reloaded from the store
     used = docs[:120]
     val_docs = [d for d in used if tokenstore.is_val(d, 0.1)]
     assert val_docs and store.meta["docs_val"] == len(val_docs)
@@ -318,7 +319,7 @@ def test_text_source(tmp_path, docs):
     one = DataConfig(source="text", paths=(str(tmp_path / "corpus" / "0" / "scene000.txt"),), root=str(tmp_path / "one"))
     with pytest.raises(ConfigError, match=r"split is empty \(.*one file is one document"):
         tokenstore.prepare(one, progress=False)
-    assert not tokenstore.store_path(one).exists() and not list((tmp_path / "one").glob("*.tmp-*"))
+    assert not tokenstore.store_path(one).exists() and not list((tmp_path / "one").glob("*/data-*"))
 
 
 # ------------------------------------------------------------------- store keying and bad corpora
@@ -402,7 +403,7 @@ def test_empty_corpus_is_named_as_such(tmp_path, case):
     msg = str(e.value)
     assert "corpus is empty" in msg and "val_fraction" not in msg, msg
     assert ("only." in msg) if case != "whitespace text files" else ("blank0.txt" in msg), msg
-    assert not list(tmp_path.glob("stores/*/meta.json")) and not list(tmp_path.glob("stores/*.tmp-*"))
+    assert not list(tmp_path.glob("stores/*/meta.json")) and not list(tmp_path.glob("stores/*/data-*"))
 
 
 def test_latin1_text_file_is_decoded_with_a_warning(tmp_path, docs):
@@ -552,7 +553,7 @@ def test_bad_jsonl_inputs(tmp_path, case, records, needles):
         tokenstore.prepare(DataConfig(source="jsonl", paths=(str(bad),), root=str(tmp_path / "stores")), progress=False)
     for needle in needles:
         assert needle in str(e.value), (needle, str(e.value))
-    assert not list(tmp_path.glob("stores/*/meta.json")) and not list(tmp_path.glob("stores/*.tmp-*"))
+    assert not list(tmp_path.glob("stores/*/meta.json")) and not list(tmp_path.glob("stores/*/data-*"))
 
 
 def test_new_fields_enter_the_store_key_only_when_not_default(tmp_path, docs):

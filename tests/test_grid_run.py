@@ -142,10 +142,19 @@ def _mid_cell(store, exclude=()):
     return None
 
 
-def test_sigkill_and_sigterm_mid_cell_then_relaunch(grid, reference):
+@pytest.mark.parametrize("as_url", [False, True], ids=["paths", "file-urls"])
+def test_sigkill_and_sigterm_mid_cell_then_relaunch(grid, reference, as_url):
+    """With file-urls, every path is a file:// URL: the store, --checkpoints and data.root (the token
+    store prepared by the reference is found again, content-keyed), and nothing named 'file:' appears."""
     root, spec = grid
-    store = root / "killed"
-    proc = _popen(spec, store)
+    store = root / ("killed-url" if as_url else "killed")
+    where: tuple = (store,)  # what the commands get: the store, and with file-urls the checkpoints too
+    stores = sorted((root / "data").rglob("*meta.json"))
+    if as_url:
+        spec = root / "t-url.yaml"
+        spec.write_text(SPEC.replace("DATA", f"file://{root / 'data'}"))
+        where = (f"file://{store}", "--checkpoints", f"file://{store / 'checkpoints'}")
+    proc = _popen(spec, *where)
     victim = _wait(lambda: _mid_cell(store), proc, what="a checkpoint mid-cell")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -153,7 +162,7 @@ def test_sigkill_and_sigterm_mid_cell_then_relaunch(grid, reference):
     assert st[victim]["state"] == "running"  # killed mid-cell: nothing had a chance to record it
     assert sum(s["state"] == "done" for s in st.values()) < N_CELLS
 
-    proc = _popen(spec, store)  # resume; SIGTERM it in another cell
+    proc = _popen(spec, *where)  # resume; SIGTERM it in another cell
     victim2 = _wait(lambda: _mid_cell(store, exclude={victim}), proc, what="a second cell mid-run")
     proc.send_signal(signal.SIGTERM)
     out = proc.communicate(timeout=120)[0]
@@ -162,11 +171,14 @@ def test_sigkill_and_sigterm_mid_cell_then_relaunch(grid, reference):
     assert st[victim]["state"] == "done" and st[victim]["attempt"] == 2
     assert st[victim2]["state"] == "preempted" and "checkpoint saved" in st[victim2]["message"]
 
-    p = _run(spec, store)
+    p = _run(spec, *where)
     assert "done" in p.stdout
     st = _states(store)
     assert all(s["state"] == "done" for s in st.values())
     _assert_same(reference[1], _all_metrics(store))  # every step once, bit for bit the uninterrupted curves
+    if as_url:  # the reference's token store was found through the file:// root: nothing new prepared
+        assert sorted((root / "data").rglob("*meta.json")) == stores
+        assert not list(root.rglob("file:")) and not Path("file:").exists()
 
 
 def test_two_shards_share_one_store_and_status_reads_it_live(grid, reference):

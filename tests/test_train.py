@@ -108,10 +108,14 @@ def test_sigkill_anywhere_then_resume_is_bit_exact(reference, tmp_path, data_roo
     _assert_same_curves(ref, _metrics(out))
 
 
-def test_sigterm_saves_and_exits_cleanly(reference, tmp_path, data_root):
+@pytest.mark.parametrize("as_url", [False, True], ids=["paths", "file-urls"])
+def test_sigterm_saves_and_exits_cleanly(reference, tmp_path, data_root, as_url):
+    """With file-urls, out_dir and data.root are file:// URLs (the token store is found again)."""
     _, ref = reference
     out = tmp_path / "run"
-    proc = subprocess.Popen(_cli("train", *_overrides(out, data_root)), stdout=subprocess.PIPE,
+    args = _overrides(f"file://{out}", f"file://{data_root}") if as_url else _overrides(out, data_root)
+    stores = sorted(data_root.rglob("*meta.json"))
+    proc = subprocess.Popen(_cli("train", *args), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     _wait_for_checkpoint(out, proc, 30)
     proc.send_signal(signal.SIGTERM)
@@ -121,9 +125,12 @@ def test_sigterm_saves_and_exits_cleanly(reference, tmp_path, data_root):
     assert result["status"] == "preempted" and "run again to resume" in err
     saved = max(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit())
     assert saved == result["step"] and saved >= 30  # the save happened at the step it stopped on
-    proc = subprocess.run(_cli("train", *_overrides(out, data_root)), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(_cli("train", *args), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     _assert_same_curves(ref, _metrics(out))
+    if as_url:
+        assert sorted(data_root.rglob("*meta.json")) == stores  # the reference's token store, found through file://
+        assert not list(tmp_path.rglob("file:")) and not Path("file:").exists()
 
 
 def _cfg(out: Path, data_root: Path, *extra: str) -> C.RunConfig:

@@ -11,7 +11,8 @@ that only reads a store (`status`, `fit`) never imports JAX or orbax::
     step: check_batch, device_memory
     compile: SharedSteps, measure, memory_need, table_lengths
     loop: train, train_cli, compute_dtype, accelerator_unused, backend_line
-    checkpoint: UnreadableCheckpoint, set_aside
+    checkpoint: UnreadableCheckpoint, saved_steps, set_aside
+    paths: path_of (a path object for a local path, a file:// or a gs:// URL)
     metrics: EVAL_FIELDS, TRAIN_FIELDS, MetricsDamaged, rewrite_metadata, open_metric, read_metrics,
              kvstore_spec, interactive, optional_import, LogLineSink, ProgressSink, Sinks,
              SinkSetupError, TensorBoardSink, TensorStoreSink, WandbSink, read_step
@@ -22,7 +23,8 @@ that only reads a store (`status`, `fit`) never imports JAX or orbax::
 Modules: config (typed run config), model (Flax variants), tokenizers, sources and tokenstore (the
 data), step (optimizer, jit-compiled steps), compile (steps shared per shape, AOT memory analysis),
 loop (the training loop, `train` and `scaling-grid train`), checkpoint (orbax), metrics (sinks),
-preemption (SIGTERM), runtime (jax.distributed and the decisions all processes take together).
+preemption (SIGTERM), runtime (jax.distributed and the decisions all processes take together), paths
+(local paths, file:// and gs:// URLs, and the bucket checks before compute).
 """
 from __future__ import annotations
 
@@ -62,7 +64,9 @@ _ORIGIN = {
     'accelerator_unused': 'loop',
     'backend_line': 'loop',
     'UnreadableCheckpoint': 'checkpoint',
+    'saved_steps': 'checkpoint',
     'set_aside': 'checkpoint',
+    'path_of': 'paths',
     'EVAL_FIELDS': 'metrics',
     'TRAIN_FIELDS': 'metrics',
     'MetricsDamaged': 'metrics',
@@ -93,7 +97,7 @@ _ORIGIN = {
 }
 
 if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports on first use
-    from .checkpoint import UnreadableCheckpoint, set_aside
+    from .checkpoint import UnreadableCheckpoint, saved_steps, set_aside
     from .compile import SharedSteps, measure, memory_need, table_lengths
     from .config import (
         ConfigError,
@@ -131,6 +135,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports on 
         rewrite_metadata,
     )
     from .model import VARIANTS, flops_per_token, make_arch, non_embedding_formula
+    from .paths import path_of
     from .preemption import Preemption
     from .runtime import (
         Distributed,
@@ -190,6 +195,7 @@ __all__ = [
     "OptimConfig",
     "optional_import",
     "parse_count",
+    "path_of",
     "Preemption",
     "prepare",
     "ProgressSink",
@@ -198,6 +204,7 @@ __all__ = [
     "read_yaml_text",
     "rewrite_metadata",
     "RunConfig",
+    "saved_steps",
     "set_aside",
     "setup",
     "together",

@@ -3,28 +3,33 @@
 A checkpoint holds the train state (params, optimizer state, step) and a small JSON record (the step,
 the run's config fingerprint). The data order needs no state: the batch at step s is a function of
 (data_seed, s). orbax writes each step into a temporary directory and renames it when complete, so a
-process killed mid-save leaves no step that looks complete.
+process killed mid-save leaves no step that looks complete (in a bucket, which has no rename, a step is
+complete once its commit_success.txt is written).
+
+Checkpoint folders may be local paths, file:// or gs:// URLs: orbax takes an ``etils.epath.Path``
+(:func:`.paths.path_of`), and the folders moved aside here move with its rename.
 """
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import orbax.checkpoint as ocp
 
+from .paths import is_remote, path_of
 from .runtime import barrier, is_writer
 
 log = logging.getLogger(__name__)
 
 
 class Checkpointer:
-    def __init__(self, directory: str | Path, keep: int, every_steps: int, every_minutes: float,
+    def __init__(self, directory: str | os.PathLike[str], keep: int, every_steps: int, every_minutes: float,
                  keep_steps: Sequence[int] = (), warn: Callable[[str], None] = print):
         """keep_steps: steps always saved and never deleted (branch points of WSD cooldowns)."""
-        self.directory = Path(directory).absolute()
+        self.directory = path_of(directory)
         self.every_steps, self.every_s = every_steps, every_minutes * 60.0
         self.keep_steps = frozenset(keep_steps)
         self.warn = warn
@@ -96,14 +101,14 @@ class Checkpointer:
 class UnreadableCheckpoint(RuntimeError):
     """Another run's checkpoint that exists but does not restore (corrupt or truncated files)."""
 
-    def __init__(self, directory: str | Path, step: int, cause: Exception):
+    def __init__(self, directory: str | os.PathLike[str], step: int, cause: Exception):
         super().__init__(f"checkpoint {directory}/{step} is unreadable ({type(cause).__name__}: {str(cause)[:200]})")
-        self.directory, self.step = Path(directory), step
+        self.directory, self.step = path_of(directory), step
 
 
-def restore_from(directory: str | Path, step: int, abstract_state: Any) -> Any:
+def restore_from(directory: str | os.PathLike[str], step: int, abstract_state: Any) -> Any:
     """The train state saved at `step` in another run's checkpoint directory (read-only)."""
-    manager = ocp.CheckpointManager(Path(directory).absolute(),
+    manager = ocp.CheckpointManager(path_of(directory),
                                     options=ocp.CheckpointManagerOptions(read_only=True, create=False,
                                                                          save_interval_steps=0))
     try:
@@ -119,20 +124,32 @@ def restore_from(directory: str | Path, step: int, abstract_state: Any) -> Any:
         manager.close()
 
 
-def aside(directory: str | Path) -> Path:
-    """Where `set_aside` keeps a run's unreadable checkpoints: ``<directory>.unreadable/``."""
-    return Path(directory).with_name(Path(directory).name + ".unreadable")
+def saved_steps(directory: str | os.PathLike[str]) -> list[int]:
+    """The complete checkpoint steps in a folder, as orbax lists them (in a bucket, a step being written
+    has no commit_success.txt yet and is not listed); [] for a folder that does not exist."""
+    d = path_of(directory)
+    if not d.exists():
+        return []
+    return sorted(ocp.path.step.checkpoint_steps(d))
 
 
-def set_aside(directory: str | Path, steps: Iterable[int]) -> Path:
+def aside(directory: str | os.PathLike[str]) -> Any:
+    """Where `set_aside` keeps a run's unreadable checkpoints: ``<directory>.unreadable/`` (a path_of path)."""
+    d = path_of(directory)
+    return d.parent / (d.name + ".unreadable")
+
+
+def set_aside(directory: str | os.PathLike[str], steps: Iterable[int]) -> Any:
     """Move checkpoint steps into ``<directory>.unreadable/`` (kept for inspection, never listed as
     steps), so the run resumes from an earlier one and saves these steps anew. Returns the folder."""
-    directory = Path(directory)
-    dest = aside(directory)
+    folder = path_of(directory)
+    dest = aside(folder)
     dest.mkdir(exist_ok=True)
+    if is_remote(str(dest)):  # a bucket has no empty folders, and epath's rename wants its target's to exist
+        (dest / "README.txt").write_text("checkpoints that did not restore, moved here by scaling-grid\n")
     for s in steps:
         target, n = dest / str(s), 1
         while target.exists():
             target, n = dest / f"{s}.{n}", n + 1
-        (directory / str(s)).rename(target)
+        (folder / str(s)).rename(target)
     return dest

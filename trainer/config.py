@@ -371,6 +371,10 @@ def validate(cfg: RunConfig, check_paths: bool = True) -> None:
     _check(256 < d.bpe_vocab <= 2**20, "data.bpe_vocab", d.bpe_vocab, "must be in (256, 1048576]")
     if d.source in ("text", "jsonl", "parquet"):
         _check(len(d.paths) > 0, "data.paths", list(d.paths), f"source {d.source!r} needs at least one file or glob")
+        for p in d.paths:  # read with open() and pyarrow: a bucket URL would be looked for as a local folder 'gs:'
+            _check("://" not in p or p.startswith("file://"), "data.paths", p,
+                   "must be local files, folders or globs (or file:// URLs); for a corpus in a bucket, copy it to "
+                   "a local disk, or prepare its token store once into a bucket data.root from a machine that has it")
     # Any other string is a delimiter, so only "" is wrong; a field the source ignores is an error,
     # not a silent no-op.
     _check(d.documents != "", "data.documents", d.documents,
@@ -427,14 +431,22 @@ def check_data_paths(d: DataConfig) -> None:
     if d.source in ("text", "jsonl", "parquet"):
         import glob
         for p in d.paths:
-            _check(bool(glob.glob(os.path.expanduser(p), recursive=True)), "data.paths", p, "matches no file")
+            _check(bool(glob.glob(os.path.expanduser(p.removeprefix("file://")), recursive=True)), "data.paths", p,
+                   "matches no file")
     _check_writable("data.root", d.root)
 
 
 def _check_writable(name: str, path: str) -> None:
-    """Try to create a file in the nearest existing ancestor (permission bits lie to root)."""
+    """Try to create a file in the nearest existing ancestor (permission bits lie to root). A gs:// URL
+    is probed instead (trainer.paths.check_writable: the bucket answers and takes a write); any other
+    scheme is refused by name."""
     import tempfile
-    p = Path(path).expanduser().absolute()
+
+    from .paths import check_writable, is_remote, local
+    check_writable(name, path)
+    if is_remote(path):
+        return
+    p = Path(local(path))
     probe = p
     while not probe.exists():
         probe = probe.parent

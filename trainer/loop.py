@@ -39,6 +39,7 @@ from .metrics import (
     read_step,
 )
 from .model import Arch, make_arch
+from .paths import is_remote, name_of, path_of
 from .preemption import Preemption
 from .runtime import FailedElsewhere, any_process, barrier, is_writer, together
 from .sharding import make_mesh
@@ -93,10 +94,10 @@ def evaluate(steps: Steps, params: Any, val_BT1: np.ndarray, batch_size: int,
     return float(per_seq.mean()), float(per_seq.std(ddof=1) / math.sqrt(len(per_seq)))
 
 
-def train(cfg: RunConfig, sink: MetricsSink, ckpt_dir: str | Path, *, store: tokenstore.TokenStore | None = None,
-          steps: Steps | None = None, warn: Callable[[str], None] | None = None,
-          init_from: tuple[str | Path, int] | None = None, keep_steps: Sequence[int] = (),
-          table_len: int | None = None, preempt: Preemption | None = None) -> RunResult:
+def train(cfg: RunConfig, sink: MetricsSink, ckpt_dir: str | os.PathLike[str], *,
+          store: tokenstore.TokenStore | None = None, steps: Steps | None = None,
+          warn: Callable[[str], None] | None = None, init_from: tuple[str | os.PathLike[str], int] | None = None,
+          keep_steps: Sequence[int] = (), table_len: int | None = None, preempt: Preemption | None = None) -> RunResult:
     """Train one run to its token budget, resuming from the newest readable checkpoint in ckpt_dir.
 
     init_from=(dir, step): a run with no checkpoint of its own starts from another run's state at that
@@ -307,7 +308,7 @@ def run_name(cfg: RunConfig) -> str:
     folder name used for two different runs never appends one to the other's W&B run."""
     import hashlib
     digest = hashlib.blake2b(json.dumps(fingerprint(cfg), sort_keys=True).encode(), digest_size=3).hexdigest()
-    return f"{Path(cfg.out_dir).name}-{digest}"
+    return f"{name_of(cfg.out_dir)}-{digest}"
 
 
 def train_cli(cfg: RunConfig, *, progress: bool = True, tensorboard: str | None = None,
@@ -315,8 +316,10 @@ def train_cli(cfg: RunConfig, *, progress: bool = True, tensorboard: str | None 
     """`scaling-grid train`: a run directory with config.yaml, metrics/ (zarr) and checkpoints/.
     Every check (config against the folder's, memory, optional sinks' packages) runs before anything
     is written there. progress: a bar on a terminal (plain lines otherwise and without it);
-    tensorboard: event files in <tensorboard>/<out_dir name>; wandb: a W&B run in this project."""
-    out = Path(cfg.out_dir)
+    tensorboard: event files in <tensorboard>/<out_dir name>; wandb: a W&B run in this project.
+    out_dir may be a gs:// URL (an etils.epath.Path there, see paths.path_of; metrics go through
+    TensorStore's kvstore)."""
+    out = path_of(cfg.out_dir)
     writer = is_writer()  # on many processes, process 0 writes the folder; all write checkpoint shards
     if writer:
         print(backend_line(), flush=True)
@@ -325,7 +328,7 @@ def train_cli(cfg: RunConfig, *, progress: bool = True, tensorboard: str | None 
     extra: list[MetricsSink] = []
     if tensorboard is not None and writer:
         extra.append(TensorBoardSink(Path(tensorboard) / out.name,
-                                     recorded=lambda step: read_step(str(out / "metrics"), step)))
+                                     recorded=lambda step: read_step(os.fspath(out / "metrics"), step)))
     if wandb is not None and writer:
         extra.append(WandbSink(wandb, run_name(cfg), cfg.to_dict()))
     saved = out / "config.yaml"
@@ -357,11 +360,18 @@ def train_cli(cfg: RunConfig, *, progress: bool = True, tensorboard: str | None 
 
 
 @contextlib.contextmanager
-def _exclusive(out: Path) -> Iterator[None]:
+def _exclusive(out: Any) -> Iterator[None]:
     """Hold an exclusive lock on a run folder for the whole run: a second `train` on the same out_dir
     would write checkpoints and metrics over the first. The kernel drops the lock when the process
-    dies, so a crash never leaves it held. (flock: one machine; a grid's claim covers shared stores.)"""
-    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    dies, so a crash never leaves it held. (flock: one machine; a grid's claim covers shared stores.)
+
+    A run folder in a bucket is not locked: a bucket has no flock, and a lock object there would outlive
+    a killed `train` with nothing to tell it is stale (there is no pid to check on another machine).
+    Two `train`s on one bucket out_dir are the user's to avoid; a grid's conditional claims cover that."""
+    if is_remote(os.fspath(out)):
+        yield
+        return
+    fd = os.open(Path(os.fspath(out)) / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -379,7 +389,7 @@ def _exclusive(out: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _saved_config(path: Path) -> RunConfig:
+def _saved_config(path: Any) -> RunConfig:
     from .config import from_dict
     try:
         return from_dict(yaml.safe_load(path.read_text()))
@@ -388,7 +398,7 @@ def _saved_config(path: Path) -> RunConfig:
                           f"{str(e).splitlines()[0][:200]}; restore it, or choose a new out_dir") from None
 
 
-def _train_in(out: Path, cfg: RunConfig, store: tokenstore.TokenStore, arch: Arch, steps: Steps,
+def _train_in(out: Any, cfg: RunConfig, store: tokenstore.TokenStore, arch: Arch, steps: Steps,
               progress: bool = True, extra: Sequence[MetricsSink] = ()) -> RunResult:
     counts = param_summary(steps, arch)
     print(f"{cfg.model.variant} width {arch.width} depth {arch.depth} heads {arch.heads}: "
@@ -396,11 +406,11 @@ def _train_in(out: Path, cfg: RunConfig, store: tokenstore.TokenStore, arch: Arc
           f"{counts['head']:,} head; {counts['flops_per_token']:,} FLOPs/token; "
           f"{cfg.steps:,} steps x {cfg.tokens_per_step:,} tokens", flush=True)
     if progress and interactive():
-        shown: MetricsSink = ProgressSink(cfg.tokens_per_step, desc=Path(cfg.out_dir).name)
+        shown: MetricsSink = ProgressSink(cfg.tokens_per_step, desc=out.name)
     else:  # a log file: a line every 30 s and one per eval instead of a bar's redraws
         shown = LogLineSink(cfg.tokens_per_step)
     t0 = time.perf_counter()
-    result = train(cfg, Sinks(TensorStoreSink(str(out / "metrics"), cfg.steps), shown, *extra),
+    result = train(cfg, Sinks(TensorStoreSink(os.fspath(out / "metrics"), cfg.steps), shown, *extra),
                    out / "checkpoints", store=store, steps=steps)
     dt = time.perf_counter() - t0
     if result.status == "done":

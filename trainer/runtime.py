@@ -45,13 +45,28 @@ class Distributed:
                                   "0 <= process id < number of processes")
 
 
-def setup(distributed: Distributed | None = None) -> None:
-    """A persistent compilation cache (unless the user configured one), then jax.distributed when asked.
-    Call before anything touches a JAX backend: initialize must come first."""
+COMPILE_CACHE_ENV = "SCALING_GRID_COMPILE_CACHE"
+
+
+def setup(distributed: Distributed | None = None, compile_cache: str | None = None) -> None:
+    """A persistent compilation cache, then jax.distributed when asked. Call before anything touches a
+    JAX backend: initialize must come first.
+
+    The cache: `compile_cache` (--compile-cache), else $SCALING_GRID_COMPILE_CACHE, else what the user
+    configured for JAX (JAX_COMPILATION_CACHE_DIR), else ~/.cache/scaling-grid/jax. A folder, a file://
+    URL or a gs:// URL (the hosts of a pod share one in a bucket; JAX reaches it through etils.epath);
+    a bucket that does not answer is a ConfigError here, before any compute."""
     import jax
     # orbax logs a warning each time a branch opens its trunk's checkpoints read-only (as intended).
     logging.getLogger("absl").addFilter(lambda r: "Given directory is read only" not in r.getMessage())
-    if not os.environ.get("JAX_COMPILATION_CACHE_DIR") and not jax.config.jax_compilation_cache_dir:  # type: ignore[attr-defined]
+    where = compile_cache or os.environ.get(COMPILE_CACHE_ENV)
+    if where:
+        from .paths import check_writable, is_remote, local
+        check_writable("--compile-cache" if compile_cache else COMPILE_CACHE_ENV, where)
+        jax.config.update("jax_compilation_cache_dir", where.rstrip("/") if is_remote(where) else local(where))
+        if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    elif not os.environ.get("JAX_COMPILATION_CACHE_DIR") and not jax.config.jax_compilation_cache_dir:  # type: ignore[attr-defined]
         cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "scaling-grid" / "jax"
         jax.config.update("jax_compilation_cache_dir", str(cache))
         if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:

@@ -60,7 +60,7 @@ def resolve_paths(cfg: DataConfig) -> list[Path]:
     suffixes = {"parquet": (".parquet",), "jsonl": (".jsonl", ".jsonl.gz")}.get(cfg.source, (".txt", ".md"))
     files: set[Path] = set()
     for p in cfg.paths:
-        q = os.path.expanduser(p)
+        q = os.path.expanduser(p.removeprefix("file://"))  # a file:// URL is its local path
         if os.path.isdir(q):
             found = [f for f in Path(q).rglob("*") if f.is_file() and f.name.endswith(suffixes)]
         else:

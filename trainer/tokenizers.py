@@ -12,7 +12,7 @@ import functools
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -104,8 +104,10 @@ class BpeTokenizer:
 
     def __init__(self, tokenizer_json: str | os.PathLike[str]) -> None:
         from tokenizers import Tokenizer
-        self.path = Path(tokenizer_json)
-        self.tok = Tokenizer.from_file(str(self.path))
+
+        from .paths import path_of
+        self.path = path_of(tokenizer_json)  # a token store may be in a bucket
+        self.tok = Tokenizer.from_str(self.path.read_text())
         self.vocab_size = self.tok.get_vocab_size()
         self.eot: int | None = self.tok.token_to_id(EOT_TEXT)
 
@@ -132,14 +134,16 @@ def get_tokenizer(name: str, store_path: str | os.PathLike[str] | None = None) -
     if name == "bpe":
         if store_path is None:
             raise ConfigError("data.tokenizer='bpe' is trained per corpus: pass the token store's path")
-        p = Path(store_path) / "tokenizer.json"
+        from .paths import path_of
+        p = path_of(store_path) / "tokenizer.json"
         if not p.is_file():
             raise ConfigError(f"data.tokenizer='bpe': {str(p)!r} does not exist (prepare the store first)")
         return BpeTokenizer(p)
     raise ConfigError(f"data.tokenizer={name!r}: allowed: {sorted(TOKENIZERS)}")
 
 
-def _train_bpe(texts: Iterator[str], vocab_size: int, out: Path, progress: bool) -> BpeTokenizer:
+def _train_bpe(texts: Iterator[str], vocab_size: int, out: Any, progress: bool) -> BpeTokenizer:
+    """Train on `texts` and write the tokenizer to `out` (a paths.path_of path: local or in a bucket)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -150,5 +154,6 @@ def _train_bpe(texts: Iterator[str], vocab_size: int, out: Path, progress: bool)
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=progress)
     tok.train_from_iterator(texts, trainer=trainer)
-    tok.save(str(out))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(tok.to_str())
     return BpeTokenizer(out)

