@@ -12,18 +12,37 @@ Public API (what ``grid/cli.py`` calls)::
         "k=v,k=v" -> {k: v} (for --map)
     run_fit(table, law="universality", loss="eval", time=None, *, points="final", min_tau=None,
             drop_highest=0, exclude_variants=(), exclude_cells=(), variants=None, depth_offset=0.0,
-            nan_policy="raise", huber_delta=1e-3, n_boot=1000, ci=0.95, seed=0, checks=True) -> FitResult
-        law: universality | universality-free | chinchilla (laws.names()); loss: eval | train;
-        time: tau_lr | tokens | steps (None: tokens for chinchilla, tau_lr otherwise);
-        points: final | constant-lr | final+constant-lr | all; min_tau drops points whose time is
-        below it; drop_highest drops the K highest-loss points of each variant; checks=False skips
-        the held-out checks and the exclusion scan.
+            nan_policy="raise", huber_delta=1e-3, residual=None, n_boot=1000, ci=0.95, seed=0, checks=True,
+            where=None, holdout=None, holdout_interval="law", source_columns=None) -> FitResult
+        law: a registered name (universality | universality-free | chinchilla: laws.names()) or a
+        formula in the grammar of laws.py, e.g. "E + A/N^a + B/D^a" (a name used twice is one tied
+        parameter); loss: eval | train; time: tau_lr | tokens | steps (None: tokens for a law in D,
+        tau_lr otherwise); points: final | constant-lr | final+constant-lr | all | best-lr
+        (the lowest-loss lr of each shape and budget, reselected in every bootstrap draw); min_tau drops points
+        whose time is below it; drop_highest drops the K highest-loss points of each variant;
+        checks=False skips the held-out checks and the exclusion scan.
+        The objective: residual log | relative | absolute (None: log for free exponents, relative for
+        fixed ones), Huber with huber_delta, or plain squares with huber_delta=None (Objective).
+        where: a condition over the table's columns (expr.py), e.g. "dataset == 'rpj' and tokens / N >= 20";
+        points where it fails are dropped and recorded. holdout: a condition whose points are left out
+        of the fit, then predicted with intervals and scored (VariantFit.heldout); holdout_interval:
+        law | run (predict.py). source_columns: the --map ({schema name: file column}), so the
+        result names the file's own columns.
         FitResult.to_json() -> str, .to_dict() -> dict, .table_markdown() / .table_csv() /
         .table_latex() -> str, .variants[v] -> VariantFit (.params, .param_interval(name), .flags, ...)
-        huber_delta=None is plain (1/L-weighted) least squares. A loss that does not vary, or a law
-        whose every term stays below 1e-6 of the loss, is an AnalysisError; a parameter on its bound
-        ("at_bound") or not determined ("unidentified") is flagged in .flags, the intervals, the
-        tables and the warnings. Rows whose time variable is 0 are dropped and recorded.
+        A loss that does not vary, or a law whose every term stays below 1e-6 of the loss, is an
+        AnalysisError; a parameter on its bound ("at_bound") or not determined ("unidentified") is
+        flagged in .flags, the intervals, the tables and the warnings. Rows whose time variable is 0
+        are dropped and recorded. An optimiser that stops abnormally is retried, then reported
+        "converged": false unless a Newton step predicts no further decrease (estimators.py).
+        Intervals are percentiles of the bootstrap draws; "se" is 1.4826 x their MAD (robust). The
+        JSON keeps the draws (variants.<v>.bootstrap.draws): predictions are made from them.
+    Predictor.load(fit_json) / Predictor.from_result(result) -> Predictor
+    predict_table(predictor, table, *, source_columns=None, input_columns=None, ci=None, interval="law",
+                  points="final", where=None) -> (columns, notes, summary)
+        the law at every row of a table, with a percentile interval over the bootstrap draws
+        (interval "law": the law's uncertainty; "run": plus one run's scatter); columns: the input's,
+        variant, prediction, lo, hi, and with losses actual, rel_error, inside. write_prediction_csv(columns, path).
     write_report(table, out_dir, *, result=None, title=..., provenance=None, **run_fit_options) -> Path
         index.html: one self-contained file (plots inline); provenance {label: text} (source, spec,
         spec hash) is listed before the environment (versions, date, hardware, command line)
@@ -41,16 +60,25 @@ Public API (what ``grid/cli.py`` calls)::
     AnalysisError(ValueError)
         raised for bad input; the message names the problem (column, coefficient, variant, fix).
 
-Modules: points (schema, loading, point selection, exclusions), laws (registry of laws as short
-formulas), fit (NNLS/IRLS and L-BFGS fits, bootstrap over runs, held-out checks, exclusion scan,
-run_fit), derived (optimal shape, penalty, frontiers), tables (md/csv/tex), plots (png/pdf),
-report (report directory: one self-contained HTML file and the files beside it).
+Modules: points (schema, loading, point selection, exclusions), laws (laws as short formulas, a
+registry of named ones), expr (safe row conditions), identify (what the points can determine; flags),
+estimators (the objective, the linear and nonlinear solvers, the bootstrap over runs), validation
+(held-out checks, exclusion scan), results (VariantFit, FitResult, JSON), fit (run_fit), predict
+(predictions with intervals from the draws), derived (optimal shape, penalty, frontiers), tables
+(md/csv/tex), plots (png/pdf), report (report directory: one self-contained HTML file and the files
+beside it).
 """
+from .compare import comparison_text
 from .errors import AnalysisError
+from .estimators import Objective
 from .fit import FitResult, VariantFit, run_fit
 from .points import load_table, parse_mapping, select_points
+from .predict import Predictor, predict_table
+from .predict import write_csv as write_prediction_csv
 from .report import check_output, write_report
 from .tables import echo, fmt_interval, terminal_table
 
-__all__ = ["AnalysisError", "FitResult", "VariantFit", "check_output", "echo", "fmt_interval", "load_table",
-           "parse_mapping", "run_fit", "select_points", "terminal_table", "write_report"]
+__all__ = ["AnalysisError", "FitResult", "Objective", "Predictor", "VariantFit", "check_output", "comparison_text",
+           "echo", "fmt_interval",
+           "load_table", "parse_mapping", "predict_table", "run_fit", "select_points", "terminal_table",
+           "write_prediction_csv", "write_report"]

@@ -213,6 +213,8 @@ def derived(law: Law, theta: np.ndarray, ctx: Context) -> tuple[dict[str, np.nda
     (B, nC)). Quantities the law or the data cannot give are absent."""
     P = _P(law, theta)
     terms = {t.var: t for t in law.terms}
+    if len(terms) < len(law.terms):  # two terms in one variable: the closed forms below do not apply
+        return {}, {}
     sc: dict[str, np.ndarray] = {}
     fr: dict[str, np.ndarray] = {}
     E = P[law.constant]
@@ -246,7 +248,10 @@ def derived(law: Law, theta: np.ndarray, ctx: Context) -> tuple[dict[str, np.nda
             f = closed_frontier(E, A, alpha, Bc, beta, ctx.C_ref)
             fr.update(f)
             sc["D_over_N_star"] = f["D_over_N_star"][:, 0]  # at the largest compute of the data
-            if not law.fixed:  # for fixed exponents these are constants (1/2 and 1/6 for universality)
+            tied = terms[tv].exp_name is not None and terms[tv].exp_name in {
+                t.exp_name for t in law.terms if t.var != tv}
+            # for fixed exponents (or the time exponent tied to the size one) these are constants
+            if not law.fixed and not tied:
                 with np.errstate(divide="ignore", invalid="ignore"):
                     sc["N_star_exponent"] = beta / (alpha + beta)
                     sc["L_star_exponent"] = alpha * beta / (alpha + beta)

@@ -1,22 +1,26 @@
 """Scaling laws, each defined by a short formula.
 
 A law is a constant plus power-law terms, ``L = K + c_1/x_1^a_1 + ... + c_k/x_k^a_k``, written as a
-string and parsed here::
+string and parsed here (the registered laws are shortcuts; :func:`get` also takes a formula)::
 
     universality       L0 + c_tau/tau^(1/3) + c_m/m + c_l/l
     universality-free  L0 + c_tau/tau^alpha_tau + c_m/m^alpha_m + c_l/l^alpha_l
     chinchilla         E + A/N^alpha + B/D^beta
 
 An exponent that is a number (``1/3``, ``1``, ``(1/3)``) is fixed; one that is a name is fitted.
+A name used more than once is one tied parameter: ``E + A/N^a + B/D^a`` has one exponent ``a``
+(4 parameters), ``L0 + c/m + c/l`` one coefficient.
 Variables: ``tau`` and ``D`` are the time variable (tau_lr, tokens or steps, chosen at selection),
-``m`` the width, ``l`` the depth (minus an optional depth offset), ``N`` non-embedding parameters.
+``m`` the width, ``l`` the depth (minus an optional depth offset), ``N`` non-embedding parameters;
+any other name is read from the table's column of that name (no derived quantities use it).
 Register a new law with :func:`register`.
 
-Parameter vectors are laid out as ``[c_1, ..., c_k, K, free exponents in term order]``; a law with
-every exponent fixed is linear in its parameters (``Law.design``).
+Parameter vectors are laid out as ``[coefficients, K, fitted exponents]``, each name once, in order
+of first appearance; a law with every exponent fixed is linear in its parameters (``Law.design``).
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from fractions import Fraction
@@ -77,51 +81,78 @@ class Law:
 
     @property
     def coef_names(self) -> list[str]:
-        return [t.coef for t in self.terms]
+        """The coefficients, each name once (a tied coefficient serves several terms)."""
+        return list(dict.fromkeys(t.coef for t in self.terms))
 
     @property
     def exp_names(self) -> list[str]:
-        return [t.exp_name for t in self.terms if t.exp_name is not None]
+        """The fitted exponents, each name once (a tied exponent serves several terms)."""
+        return list(dict.fromkeys(t.exp_name for t in self.terms if t.exp_name is not None))
 
     @property
     def param_names(self) -> list[str]:
         return self.coef_names + [self.constant] + self.exp_names
 
+    @property
+    def tied(self) -> list[str]:
+        """Parameters shared by two or more terms."""
+        names = [t.coef for t in self.terms] + [t.exp_name for t in self.terms if t.exp_name]
+        return [n for n in dict.fromkeys(names) if names.count(n) > 1]
+
+    @functools.cached_property  # the fits read it in every objective evaluation
+    def const_index(self) -> int:
+        return len(self.coef_names)
+
+    @functools.cached_property  # the fits read it in every objective evaluation
+    def coef_index(self) -> tuple[int, ...]:
+        """Each term's coefficient: its index in the parameter vector."""
+        names = self.coef_names
+        return tuple(names.index(t.coef) for t in self.terms)
+
+    @functools.cached_property  # the fits read it in every objective evaluation
+    def exp_index(self) -> tuple[int | None, ...]:
+        """Each term's fitted exponent: its index in the parameter vector (None when fixed)."""
+        k, names = self.const_index + 1, self.exp_names
+        return tuple(None if t.exp_name is None else k + names.index(t.exp_name) for t in self.terms)
+
+    @property
+    def display_name(self) -> str:
+        """``law chinchilla: L = E + ...`` for a registered law, ``law L = ...`` for a formula."""
+        return f"law L = {self.formula}" if self.name == self.formula else f"law {self.name}: L = {self.formula}"
+
     def exponents(self, theta: np.ndarray) -> list[np.ndarray]:
         """The exponent of every term (fixed ones broadcast), given parameters (..., P)."""
         theta = np.asarray(theta, dtype=float)
-        k, out, j = len(self.terms), [], 0
-        for t in self.terms:
-            if t.exponent is not None:
-                out.append(np.full(theta.shape[:-1], t.exponent))
-            else:
-                out.append(theta[..., k + 1 + j])
-                j += 1
-        return out
+        return [np.full(theta.shape[:-1], t.exponent) if e is None else theta[..., e]
+                for t, e in zip(self.terms, self.exp_index)]
 
     def design(self, V: dict[str, np.ndarray]) -> np.ndarray:
-        """The design matrix (n, k+1) of a fixed-exponent law: columns x_j^(-a_j), then ones."""
+        """The design matrix (n, C+1) of a fixed-exponent law: per coefficient the sum of its terms'
+        x_j^(-a_j), then ones."""
         if not self.fixed:
             raise AnalysisError(f"law {self.name!r} has free exponents; it has no linear design matrix")
-        cols = [np.asarray(V[t.var], float) ** (-cast(float, t.exponent)) for t in self.terms]  # fixed: none is None
-        return np.column_stack(cols + [np.ones_like(cols[0])])
+        cols: dict[str, np.ndarray] = {}
+        for t in self.terms:
+            x = np.asarray(V[t.var], float) ** (-cast(float, t.exponent))  # fixed: none is None
+            cols[t.coef] = cols[t.coef] + x if t.coef in cols else x
+        first = next(iter(cols.values()))
+        return np.column_stack(list(cols.values()) + [np.ones_like(first)])
 
     def predict(self, theta: np.ndarray, V: dict[str, np.ndarray], outer: bool = True) -> np.ndarray:
         """Predicted loss. With ``outer`` (default) theta (..., P) and variables (n,) give (..., n);
         otherwise theta[..., j] broadcasts against the variables as they are (caller aligns)."""
         theta = np.asarray(theta, dtype=float)
-        k = len(self.terms)
         extra = (None,) * np.ndim(V[self.terms[0].var]) if outer else ()
         idx = (Ellipsis,) + extra
-        out = theta[..., k][idx] + 0.0
-        for j, (t, a) in enumerate(zip(self.terms, self.exponents(theta))):
-            out = out + theta[..., j][idx] * np.asarray(V[t.var], float) ** (-np.asarray(a)[idx])
+        out = theta[..., self.const_index][idx] + 0.0
+        for t, c, a in zip(self.terms, self.coef_index, self.exponents(theta)):
+            out = out + theta[..., c][idx] * np.asarray(V[t.var], float) ** (-np.asarray(a)[idx])
         return out
 
     def term_value(self, theta: np.ndarray, j: int, x: np.ndarray) -> np.ndarray:
         """c_j x^(-a_j) for one term (theta of shape (P,))."""
         a = self.exponents(theta)[j]
-        return theta[j] * np.asarray(x, float) ** (-float(a))
+        return theta[self.coef_index[j]] * np.asarray(x, float) ** (-float(a))
 
 
 _REGISTRY: dict[str, Law] = {}
@@ -143,7 +174,7 @@ def _parse_exponent(text: str, formula: str) -> tuple[float | None, str | None]:
 
 
 def parse(name: str, formula: str, description: str = "") -> Law:
-    """Parse ``"K + c1/x1^a1 + c2/x2"`` into a Law."""
+    """Parse ``"K + c1/x1^a1 + c2/x2"`` into a Law. A name used twice is one tied parameter."""
     pieces = [p.strip() for p in formula.split("+")]
     constant, terms = None, []
     for p in pieces:
@@ -157,18 +188,25 @@ def parse(name: str, formula: str, description: str = "") -> Law:
             raise AnalysisError(f"law formula {formula!r}: cannot read term {p!r}; "
                                 f"expected coef/var or coef/var^exponent")
         coef, var, exp_text = mt.groups()
-        if var not in VARIABLES:
-            raise AnalysisError(f"law formula {formula!r}: unknown variable {var!r}; "
-                                f"allowed: {sorted(VARIABLES)}")
         exponent, exp_name = (1.0, None) if exp_text is None else _parse_exponent(exp_text, formula)
         terms.append(Term(coef, var, exponent, exp_name))
     if constant is None or not terms:
         raise AnalysisError(f"law formula {formula!r}: needs one constant and at least one term")
-    names = [constant] + [t.coef for t in terms] + [t.exp_name for t in terms if t.exp_name]
-    if len(set(names)) != len(names):
-        raise AnalysisError(f"law formula {formula!r}: a parameter name is used twice")
-    if sum(t.var in TIME_VARS for t in terms) > 1:
+    # one name, one role: a tied parameter is the same kind of thing wherever it appears
+    roles: dict[str, set[str]] = {constant: {"the constant"}}
+    for t in terms:
+        roles.setdefault(t.coef, set()).add("a coefficient")
+        roles.setdefault(t.var, set()).add("a variable")
+        if t.exp_name:
+            roles.setdefault(t.exp_name, set()).add("an exponent")
+    for n, r in roles.items():
+        if len(r) > 1:
+            raise AnalysisError(f"law formula {formula!r}: {n!r} is used as {' and as '.join(sorted(r))}; "
+                                f"a name used twice is one tied parameter, so it must play one role")
+    if len({t.var for t in terms if t.var in TIME_VARS}) > 1:
         raise AnalysisError(f"law formula {formula!r}: at most one time variable (tau or D)")
+    if len(set(terms)) != len(terms):
+        raise AnalysisError(f"law formula {formula!r}: the same term appears twice")
     return Law(name, formula, constant, tuple(terms), description)
 
 
@@ -179,9 +217,14 @@ def register(name: str, formula: str, description: str = "") -> Law:
 
 
 def get(name: str) -> Law:
-    if name not in _REGISTRY:
-        raise AnalysisError(f"unknown law {name!r}; registered: {sorted(_REGISTRY)}")
-    return _REGISTRY[name]
+    """A registered law by name, or a law parsed from a formula (``"E + A/N^a + B/D^a"``)."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    text = " ".join(name.split())
+    if "/" in text:  # a formula: the law is named by it
+        return parse(text, text, "formula given on the command line")
+    raise AnalysisError(f"unknown law {name!r}; registered: {sorted(_REGISTRY)}, or a formula such as "
+                        f"'E + A/N^a + B/D^a' (a name used twice is one tied parameter)")
 
 
 def names() -> list[str]:

@@ -83,7 +83,12 @@ def _time_label(vf: VariantFit) -> str:
 
 
 def _shape_vars(vf: VariantFit) -> list[str]:
-    return [t.var for t in vf.law.terms if t.var not in ("tau", "D")]
+    return list(dict.fromkeys(t.var for t in vf.law.terms if t.var not in ("tau", "D")))
+
+
+def _var_label(var: str) -> str:
+    """An axis label; a formula's own variable (a column of the table) is labelled by its name."""
+    return VAR_LABEL.get(var, var)
 
 
 def _depth(vf: VariantFit, l_eff: float) -> float:
@@ -200,11 +205,11 @@ def plot_loss_vs_time(vf: VariantFit, out_dir: Path) -> list[Path]:
     if colour_var:
         handles = [plt.Line2D([], [], color=cols[u], marker="o", lw=1.1, label=_fmt_val(u)) for u in cu]
         if len(cu) <= 10:
-            fig.legend(handles=handles, title=VAR_LABEL[colour_var], loc="center left",
+            fig.legend(handles=handles, title=_var_label(colour_var), loc="center left",
                        bbox_to_anchor=(1.0, 0.5), frameon=False)
         else:
             sm = plt.cm.ScalarMappable(norm=LogNorm(cu[0], cu[-1]), cmap=plt.get_cmap("viridis"))
-            fig.colorbar(sm, ax=axes, label=VAR_LABEL[colour_var])
+            fig.colorbar(sm, ax=axes, label=_var_label(colour_var))
     fig.suptitle(f"{vf.variant}: loss against {_time_label(vf)}, points and fitted law ({law.name})")
     fig.tight_layout()
     return _save(fig, out_dir, f"loss_vs_time_{slug(vf.variant)}")
@@ -216,7 +221,7 @@ def plot_collapse(vf: VariantFit, out_dir: Path) -> list[Path]:
     if tv is None:
         return []
     j_t = [i for i, t in enumerate(law.terms) if t.var == tv][0]
-    y = pts.loss - th[len(law.terms)]
+    y = pts.loss - th[law.const_index]
     for j, term in enumerate(law.terms):
         if j != j_t:
             y = y - law.term_value(th, j, pts.V[term.var])
@@ -228,7 +233,7 @@ def plot_collapse(vf: VariantFit, out_dir: Path) -> list[Path]:
     if cv:
         sc = ax.scatter(t[pos], y[pos], c=pts.V[cv][pos], cmap="viridis", norm=LogNorm(), s=14,
                         edgecolor="k", linewidth=0.3, zorder=3)
-        _colorbar(fig, sc, ax, VAR_LABEL[cv], pts.V[cv])
+        _colorbar(fig, sc, ax, _var_label(cv), pts.V[cv])
     else:
         ax.scatter(t[pos], y[pos], s=14, zorder=3)
     tg = np.geomspace(t.min() / 1.3, t.max() * 1.3, 50)
@@ -278,21 +283,21 @@ def plot_width_depth(vf: VariantFit, out_dir: Path) -> list[Path]:
                 lbl = _fmt_val(_depth(vf, val) if ov == "l" else val)
                 ax.plot(xg, _no_time(vf, V), color=cols[val], lw=1.1)
                 handles.append(plt.Line2D([], [], color=cols[val], marker="o", lw=1.1, label=lbl))
-            _legend_or_bar(fig, ax, u, cols, VAR_LABEL[ov], handles)
-            ax.set_title(f"against {VAR_LABEL[xv]} at fixed {VAR_LABEL[ov]}")
+            _legend_or_bar(fig, ax, u, cols, _var_label(ov), handles)
+            ax.set_title(f"against {_var_label(xv)} at fixed {_var_label(ov)}")
         else:
             ax.scatter(x, y, s=14, zorder=3, edgecolor="k", linewidth=0.3)
             V = {xv: xg}
             if tv is not None:
                 V[tv] = np.full_like(xg, np.inf)
             ax.plot(xg, _no_time(vf, V), "k-", lw=1.1)
-            ax.set_title(f"against {VAR_LABEL[xv]}")
+            ax.set_title(f"against {_var_label(xv)}")
         ax.set_xscale("log")
         _plain_ticks(ax, "x", x)
         if xv == "l" and vf.points.depth_offset:
             ax.set_xlabel(f"effective depth ℓ − {vf.points.depth_offset:g}")
         else:
-            ax.set_xlabel(VAR_LABEL[xv])
+            ax.set_xlabel(_var_label(xv))
     if tv:
         j_t = [i for i, t in enumerate(law.terms) if t.var == tv][0]
         axes[0, 0].set_ylabel(f"L − {_term(law, th, j_t)}  (time term removed)")
@@ -317,7 +322,7 @@ def plot_residuals(vf: VariantFit, out_dir: Path) -> list[Path]:
     cv = "m" if "m" in sv else (sv[0] if sv else None)
     xs = [(pts.V[tv], _time_label(vf), True)] if tv else []
     if "l" in sv:
-        xs.append((pts.V["l"] + pts.depth_offset, VAR_LABEL["l"], True))
+        xs.append((pts.V["l"] + pts.depth_offset, _var_label("l"), True))
     xs.append((pred, "fitted loss", False))
     fig, axes = plt.subplots(1, len(xs), figsize=(4.3 * len(xs) + 0.8, 3.6), squeeze=False, sharey=True)
     rms = 100 * vf.rms_rel_error
@@ -336,7 +341,7 @@ def plot_residuals(vf: VariantFit, out_dir: Path) -> list[Path]:
     axes[0, 0].set_ylabel("residual (L − fit)/L  [%]")
     axes[0, 0].legend(loc="upper right")
     if cv:
-        _colorbar(fig, sc, axes[0, -1], VAR_LABEL[cv], pts.V[cv])
+        _colorbar(fig, sc, axes[0, -1], _var_label(cv), pts.V[cv])
     fig.suptitle(f"{vf.variant}: relative residuals of the {law.name} fit")
     fig.tight_layout()
     return _save(fig, out_dir, f"residuals_{slug(vf.variant)}")
@@ -395,7 +400,7 @@ def plot_eval_curves(table: Mapping[str, Any], out_dir: Path, time: str | None =
             ax.set_ylabel("eval loss (nats/token)")
         if m is not None:
             handles = [plt.Line2D([], [], color=cols[u], lw=1.2, label=_fmt_val(u)) for u in cu]
-            fig.legend(handles=handles, title=VAR_LABEL["m"], loc="center left", bbox_to_anchor=(1.0, 0.5),
+            fig.legend(handles=handles, title=_var_label("m"), loc="center left", bbox_to_anchor=(1.0, 0.5),
                        frameon=False)
         n_cells = len(np.unique(cell[sel]))
         fig.suptitle(f"{v}: eval loss of every cell ({n_cells} cells), whole curves; dots: final points")

@@ -170,12 +170,49 @@ def check_output(path: str | Path, what: str, folder: bool = False) -> None:
         raise AnalysisError(f"{what} {str(p)!r}: the file exists and is not writable")
 
 
+def _preregistered(d: _Doc, pre: Mapping[str, Any]) -> None:
+    """Predictions of the unfinished cells (kept in the store) and the scores of earlier ones."""
+    pend = pre.get("pending")
+    if pend is not None and len(pend["cell"]):
+        level = f"{100 * pre['ci']:g}%" if "ci" in pre else "95%"
+        d.h(2, "Predicted final loss of the unfinished cells")
+        d.p(f"From the fit above (the finished cells only); {level} interval of one run's loss (the law's "
+            "uncertainty from the bootstrap draws plus the fit's residual scatter). "
+            + (f"Kept in the store as predictions/{pre['key']}.json, to be scored when the cells finish."
+               if pre.get("written") else f"The store already holds these predictions (predictions/{pre['key']}"
+               ".json, made when the same cells had finished)." if pre.get("key") else ""))
+        d.table(["cell", "variant", "m", "l", "tokens", "τ", "prediction", "lo", "hi"],
+                [[pend["cell"][i], pend["variant"][i], fmt(float(pend["m"][i])), fmt(float(pend["l"][i])),
+                  fmt(float(pend["tokens"][i]), 3), fmt(float(pend["tau_lr"][i])),
+                  *_iv({"value": float(pend["prediction"][i]), "lo": float(pend["lo"][i]),
+                        "hi": float(pend["hi"][i])})] for i in range(len(pend["cell"]))])
+    d.ul(pre.get("notes", []))
+    scored = [r for r in pre.get("scored", []) if r["rows"]]
+    if scored:
+        d.h(2, "Earlier predictions, scored")
+        d.p("Each record was made by an earlier report, from the cells finished then; its predictions of the "
+            "cells that have finished since are compared with their final loss.")
+        d.table(["made", "record", "law", "fitted on (cells)", "predicted", "finished since", "mean |rel err|",
+                 "max |rel err|", "bias", "inside interval"],
+                [[r["made"], r["key"], r["law"], r["n_fitted"], r["n_predicted"], r["summary"]["n"],
+                  f"{100 * r['summary']['mean_abs_rel_error']:.3g}%", f"{100 * r['summary']['max_abs_rel_error']:.3g}%",
+                  f"{100 * r['summary']['mean_rel_error']:+.3g}%",
+                  f"{r['summary']['n_inside']} of {r['summary']['n']} ({100 * r['ci']:g}% {r['interval']} interval)"]
+                 for r in scored])
+        last = scored[-1]
+        d.table(["cell (latest record)", "actual", "prediction", "lo", "hi", "rel error", "inside"],
+                [[x["cell"], fmt(x["actual"]), *_iv({"value": x["prediction"], "lo": x["lo"], "hi": x["hi"]}),
+                  f"{100 * x['rel_error']:+.2f}%", "yes" if x["inside"] else "NO"] for x in last["rows"]])
+
+
 def write_report(table: Mapping[str, Iterable[Any]], out_dir: str | Path, *, result: FitResult | None = None,
                  title: str = "scaling-grid fit report", provenance: Mapping[str, object] | None = None,
-                 **fit_options: Any) -> Path:
+                 preregistered: Mapping[str, Any] | None = None, **fit_options: Any) -> Path:
     """Fit (unless ``result`` is given; ``fit_options`` go to :func:`run_fit`) and write the report
     directory. ``provenance`` ({label: text}, e.g. source, spec name, spec hash: the table itself
     does not know them) is listed first in the provenance section, before :func:`environment`.
+    ``preregistered`` (grid/prereg.py, a store still running): the predictions of its unfinished
+    cells and the scores of earlier ones, shown after the coefficients.
     Returns the path of ``index.html`` (``index.md`` lies beside it)."""
     if result is None:
         result = run_fit(table, **fit_options)
@@ -186,17 +223,26 @@ def write_report(table: Mapping[str, Iterable[Any]], out_dir: str | Path, *, res
     (root / "provenance.json").write_text(json.dumps(prov, indent=1, ensure_ascii=False) + "\n")
     write_tables(result, root)
     made = P.plot_all(result, root / "plots")
+    if result.options.get("where"):  # the curves of the rows the fit used, not of the rows --where removed
+        from .expr import evaluate
+        from .points import check_table
+        T = check_table(table)
+        keep = evaluate(result.options["where"], T)
+        table = {k: v[keep] for k, v in T.items()}
     made.update(P.plot_eval_curves(table, root / "plots", time=result.options.get("time_column")))
     law, o = result.law, result.options
     units = P.loss_units(o["loss_column"])
     d = _Doc()
     d.h(1, title)
-    d.p(f"Law {law.name}: L = {law.formula}. Loss: {o['loss_column']}, "
+    d.p(f"{law.display_name[0].upper()}{law.display_name[1:]}"
+        + (f" (tied parameters: {', '.join(law.tied)})" if law.tied else "") + f". Loss: {o['loss_column']}, "
         + (f"in {units.replace('/', ' per ')} (mean cross-entropy, natural log)" if units else
            "in the file's own units (a scaling-grid export's losses are nats per token)")
-        + f"; time variable: {o['time_column'] or 'none'} ({o['time'] or '-'}). Robust loss: "
-        + (f"Huber δ = {o['huber_delta']:g}" if o["huber_delta"] else "least squares")
-        + f"; intervals: {100 * o['ci']:g}% percentile bootstrap over whole runs, B = {o['n_boot']}, seed {o['seed']}.")
+        + f"; time variable: {o['time_column'] or 'none'} ({o['time'] or '-'}). Objective: "
+        + result.objective.describe()
+        + f"; intervals: {100 * o['ci']:g}% percentile bootstrap over whole runs, B = {o['n_boot']}, seed {o['seed']}"
+        + "; the JSON's se is a robust scale (1.4826 × the draws' median absolute deviation)."
+        + (f" Rows: only where {o['where']}." if o.get("where") else ""))
 
     # the answer first: coefficients, then how the points were chosen
     d.h(2, "Coefficients per variant")
@@ -207,6 +253,22 @@ def write_report(table: Mapping[str, Iterable[Any]], out_dir: str | Path, *, res
             [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]], md=False)
     d.html.append("<ul>" + "".join(f"<li>{html.escape(ln[2:])}</li>" for ln in md_table.splitlines()
                                    if ln.startswith("- ")) + "</ul>")
+
+    if result.comparison or result.universality_across:
+        from .compare import comparison_table, universality_words
+        d.h(2, f"Comparing variants (reference: {result.comparison.get('reference', '-')})")
+        if result.comparison:
+            md = comparison_table(result.comparison, "markdown")
+            d.md.append(md)
+            lines = [ln for ln in md.splitlines() if ln.startswith("|")]
+            d.table([c.strip() for c in lines[0].strip("|").split("|")],
+                    [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]], md=False)
+            d.html.append("<ul>" + "".join(f"<li>{html.escape(ln[2:])}</li>" for ln in md.splitlines()
+                                           if ln.startswith("- ")) + "</ul>")
+        d.ul(universality_words(result.universality_across))
+
+    if preregistered is not None:
+        _preregistered(d, preregistered)
 
     d.h(2, "Which points were fitted")
     d.ul(result.notes)
@@ -227,10 +289,22 @@ def write_report(table: Mapping[str, Iterable[Any]], out_dir: str | Path, *, res
         d.h(2, f"Variant {v}")
         d.p(f"{vd['n_points']} points from {vd['n_runs']} runs; fit error (rms of relative residuals) "
             f"{100 * vf.rms_rel_error:.3g}%, largest {100 * vd['fit']['max_abs_rel_error']:.3g}%; "
-            f"bootstrap resamples used {vd['n_boot']} (discarded {vd['n_boot_discarded']}).")
+            f"bootstrap resamples used {vd['n_boot']} (discarded {vd['n_boot_discarded']}"
+            + (f"; the optimiser did not converge on {vd['n_boot_not_converged']}" if vd["n_boot_not_converged"]
+               else "") + ")"
+            + ("" if vd["fit"].get("converged", True) else
+               f". THE FIT DID NOT CONVERGE: the optimiser stopped with {vd['fit'].get('stop')!r}") + ".")
         if vd.get("warnings"):
             d.h(3, "Warnings")
             d.ul(vd["warnings"])
+        if "lr_envelope" in vd:   # --points best-lr: which lr won for each shape and budget
+            from .points import shape_text
+            d.h(3, "Best learning rate per shape")
+            d.p(vd["lr_envelope"]["selection"] + ". " + vd["lr_envelope"]["edge"] + ".")
+            d.table(["shape, budget", "best lr", "loss", "lrs swept", "edge"],
+                    [[shape_text(sh), f"{sh['best_lr']:g}", f"{sh['loss']:.4g}",
+                      ", ".join(f"{x:g}" for x in sh["lrs"]), sh["edge"] or ""]
+                     for sh in vd["lr_envelope"]["shapes"]])
         rows = [[k, *_iv(iv), f"{FLAG_TEXT[iv['flag']][0]}: {iv['flag_meaning']}" if "flag" in iv else ""]
                 for k, iv in {**vd["params"], **vd.get("exponents", {})}.items()]
         d.h(3, "Parameters")
@@ -285,6 +359,21 @@ def write_report(table: Mapping[str, Iterable[Any]], out_dir: str | Path, *, res
                       f"{100 * h['mean_abs_rel_error']:.3g}%" if "mean_abs_rel_error" in h else h.get("skipped", ""),
                       f"{100 * h['max_abs_rel_error']:.3g}%" if "max_abs_rel_error" in h else ""]
                      for h in vd["holdout"]])
+        if "holdout_predictions" in vd:
+            h = vd["holdout_predictions"]
+            sm = h["summary"]
+            d.h(3, f"Held-out points ({h['condition']})")
+            d.p(f"{sm['n']} points held out of the fit, predicted from the other {vd['n_points']}: mean |rel error| "
+                f"{100 * sm['mean_abs_rel_error']:.3g}%, max {100 * sm['max_abs_rel_error']:.3g}%, bias "
+                f"{100 * sm['mean_rel_error']:+.3g}%; {sm['n_inside']} of {sm['n']} inside the "
+                f"{100 * h['ci']:g}% interval of the "
+                + ("law's value (fit uncertainty only)." if h["interval"] == "law" else "law plus one run's scatter."))
+            keys = [k for k in h["rows"][0] if k not in ("row", "cell", "actual", "prediction", "lo", "hi",
+                                                         "rel_error", "inside")]
+            d.table(["cell", *keys, "actual", "prediction", "lo", "hi", "rel error", "inside"],
+                    [[x["cell"], *(fmt(x[k]) for k in keys), fmt(x["actual"]), *_iv({"value": x["prediction"],
+                      "lo": x["lo"], "hi": x["hi"]}), f"{100 * x['rel_error']:+.2f}%", "yes" if x["inside"] else "NO"]
+                     for x in h["rows"]])
         if vd["exclusion_scan"]:
             d.h(3, "Exclusion scan")
             names = law.param_names

@@ -22,6 +22,7 @@ from .laws import LATEX, PRETTY
 
 if TYPE_CHECKING:  # fit imports this module (lazily); the names are for annotations only
     from .fit import FitResult, VariantFit
+    from .points import Envelope
 
 DERIVED_COLUMNS = {  # key: (markdown header, LaTeX header)
     "m_over_l_star": ("(m/ℓ)*", r"$(m/\ell)^*$"),
@@ -119,10 +120,16 @@ def rows(result: FitResult) -> tuple[list[tuple[str, str, str, str]], list[dict[
 def _notes(result: FitResult) -> list[str]:
     law = result.law
     o = result.options
-    notes = [f"law {law.name}: L = {law.formula}; fitted on {o['loss_column']}"
-             + (f" against {o['time_column']}" if o.get("time_column") else ""),
+    notes = [f"{law.display_name}; fitted on {o['loss_column']}"
+             + (f" against {o['time_column']}" if o.get("time_column") else "")
+             + (f"; tied: {', '.join(law.tied)}" if law.tied else ""),
+             f"objective: {result.objective.describe()}"
+             + (" (the default for this law)" if result.objective == type(result.objective).for_law(law)
+                else "") + "; --residual log|relative|absolute, --huber-delta none|D",
              f"estimate [{100 * o['ci']:g}% interval]: percentile bootstrap over whole runs "
              f"(B = {o['n_boot']}); fit err = rms of (L - Lhat)/L"]
+    if o.get("where"):
+        notes.append(f"rows: only where {o['where']}")
     present: set[str] = set().union(*(vf.derived for vf in result.variants.values())) if result.variants else set()
     if "m_over_l_star" in present:
         notes.append("(m/ℓ)* = c_m/(2 c_ℓ) at every N" if law.fixed else
@@ -281,7 +288,8 @@ def wrap(lines: list[str], width: int | None) -> list[str]:
 
 
 def write_tables(result: FitResult, out_dir: str | Path, stem: str = "coefficients") -> list[Path]:
-    """Write ``<stem>.md``, ``<stem>.csv`` and ``<stem>.tex`` into out_dir; return their paths."""
+    """Write ``<stem>.md``, ``<stem>.csv`` and ``<stem>.tex`` into out_dir (and ``comparison.*``, the
+    differences between variants, when there are two or more); return their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -289,6 +297,11 @@ def write_tables(result: FitResult, out_dir: str | Path, stem: str = "coefficien
         p = out / f"{stem}.{ext}"
         p.write_text(coefficient_table(result, f))
         paths.append(p)
+        if result.comparison:  # two or more variants: the differences against the reference beside it
+            from .compare import comparison_table
+            p = out / f"comparison.{ext}"
+            p.write_text(comparison_table(result.comparison, f))
+            paths.append(p)
     return paths
 
 
@@ -304,8 +317,12 @@ def echo(result: FitResult, width: int | None = None) -> tuple[list[str], list[s
     if not result.exclusions:
         out.append("no point was excluded")
     ci = f"{100 * result.options['ci']:g}%"
-    from .fit import universality_test
+    from .results import universality_test
+    out.append(f"objective: {result.objective.describe()}")
     for v, vf in result.variants.items():
+        if not vf.info.get("converged", True):
+            out.append(f"NOT CONVERGED ({v}): the optimiser stopped with {vf.info.get('stop', '?')!r}; "
+                       f"see the warning below")
         ut = universality_test(vf)
         if ut.get("verdict") is None:
             continue
@@ -314,8 +331,64 @@ def echo(result: FitResult, width: int | None = None) -> tuple[list[str], list[s
                  for k, x in ut.items() if isinstance(x, dict)]
         out.append(f"universality test ({v}): the exponents (1/3, 1, 1) are {ut['verdict'].upper()} with the "
                    f"{ci} intervals: " + "; ".join(parts))
+    from .compare import universality_words
+    out += universality_words(result.universality_across)
+    out = wrap(out, width)
+    for v, vf in result.variants.items():
+        if vf.points.envelope is not None:
+            out += envelope_lines(vf.points.envelope, v)   # a table: not wrapped
+    for v, vf in result.variants.items():
+        if vf.heldout is not None:
+            summary, table = heldout_lines(vf.heldout, v, len(vf.points))
+            out += wrap(summary, width) + table   # a table is not wrapped: its rows would break
     err = [f"warning ({v}): {w}" for v, vf in result.variants.items() for w in vf.warnings + vf.ctx.warnings]
-    return wrap(out, width), wrap(err, width)
+    return out, wrap(err, width)
+
+
+def envelope_lines(env: Envelope, variant: str, limit: int = 30) -> list[str]:
+    """``--points best-lr``: which lr won for each shape, at each budget (up to ``limit`` shapes; every
+    shape and budget is in the JSON), the lrs swept, and how often the winner is at an edge."""
+    from .points import shape_text
+    groups = env.by_shape()
+    out = [f"best lr per shape ({variant}; budgets by {env.budget_name}, in increasing order):", "",
+           "| shape | best lr at each budget | lrs swept | at an edge |", "|---|---|---|---|"]
+    for g in groups[:limit]:
+        best = g["best_lr"]
+        won = f"{best[0]:g} (all {len(best)})" if len(set(best)) == 1 else ", ".join(f"{x:g}" for x in best)
+        n_edge = sum(e in ("low", "high") for e in g["edge"])
+        single = all(e == "single" for e in g["edge"])
+        out.append(f"| {shape_text(g)} | {won} | {', '.join(f'{x:g}' for x in g['lrs'])} | "
+                   + ("single lr" if single else f"{n_edge} of {len(best)}" if n_edge else "") + " |")
+    if len(groups) > limit:
+        out.append(f"... {len(groups) - limit} more shapes in the JSON (lr_envelope)")
+    return out
+
+
+def heldout_lines(h: dict[str, Any], variant: str, n_train: int, limit: int = 12) -> tuple[list[str], list[str]]:
+    """``fit --holdout``: (summary lines, the held-out points (up to ``limit``) as a table: the row of
+    the table (0-based), the law's variables, the loss, the prediction with its interval)."""
+    s = h["summary"]
+    level = f"{100 * h['ci']:g}%"
+    lines = [f"held out ({variant}): {s['n']} point(s) where {h['condition']}, predicted from a fit of the "
+             f"other {n_train}: mean |rel error| {100 * s['mean_abs_rel_error']:.3g}%, max "
+             f"{100 * s['max_abs_rel_error']:.3g}%, mean (bias) {100 * s['mean_rel_error']:+.3g}%; "
+             f"{s['n_inside']} of {s['n']} inside the {level} interval of the "
+             + ("law (fit uncertainty only; --interval run adds one run's scatter)" if h["interval"] == "law"
+                else "law plus one run's scatter")]
+    rows, table = h["rows"], []
+    keys = [k for k in rows[0] if k not in ("row", "cell", "actual", "prediction", "lo", "hi", "rel_error", "inside")]
+    head = ["row", *keys, "actual", f"prediction [{level}]", "rel error", "inside"]
+    body = [[str(r["row"]), *(fmt(r[k]) for k in keys), fmt(r["actual"]),
+             fmt_interval(r["prediction"], r["lo"], r["hi"]), f"{100 * r['rel_error']:+.2f}%",
+             "yes" if r["inside"] else "NO"] for r in rows[:limit]]
+    widths = [max(len(str(c)) for c in col) for col in zip(head, *body)]
+    table.append("| " + " | ".join(c.ljust(w) for c, w in zip(head, widths)) + " |")
+    table.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    table += ["| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |" for r in body]
+    if len(rows) > limit:
+        table.append(f"... {len(rows) - limit} more held-out point(s) in the JSON "
+                     f"(variants.{variant}.holdout_predictions)")
+    return lines, table
 
 
 def _frac(x: float) -> str:

@@ -54,7 +54,7 @@ def main() -> None:
     theta, info = fit_fixed(law, pts)
     t_fit = time.perf_counter() - t1
     t2 = time.perf_counter()
-    samples, n_bad = bootstrap(law, pts, theta, args.boot, np.random.default_rng(0))
+    samples, n_bad, _ = bootstrap(law, pts, theta, args.boot, np.random.default_rng(0))
     t_boot = time.perf_counter() - t2
 
     fit = result.variants["gpt2"]

@@ -216,13 +216,18 @@ def cmd_export(args: argparse.Namespace) -> int:
 def _add_fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", help="a grid store (folder or URL) or a table file (.csv, .tsv, .parquet)")
     p.add_argument("--law", default="universality",
-                   help="universality (exponents 1/3, 1, 1) | universality-free | chinchilla (default universality)")
+                   help="universality (exponents 1/3, 1, 1) | universality-free | chinchilla (default universality), "
+                        "or a formula: a constant plus terms coef/var^exponent, the exponent a number (fixed) or a "
+                        "name (fitted); a name used twice is one tied parameter, e.g. 'E + A/N^a + B/D^a'; "
+                        "variables tau, D, m, l, N or any column of the table")
     p.add_argument("--loss", default="eval", choices=["eval", "train"], help="which loss to fit (default eval)")
     p.add_argument("--time", choices=["tau_lr", "tokens", "steps"],
                    help="time variable (default tau_lr = sum of lr; tokens for chinchilla)")
-    p.add_argument("--points", default="final", choices=["final", "constant-lr", "final+constant-lr", "all"],
+    p.add_argument("--points", default="final",
+                   choices=["final", "constant-lr", "final+constant-lr", "all", "best-lr"],
                    help="which points are valid: run endpoints / post-cooldown points (default), points "
-                        "where the lr was constant, both, or every point")
+                        "where the lr was constant, both, every point, or best-lr: the endpoint of the "
+                        "lowest-loss lr of each shape and budget (reselected in every bootstrap draw)")
     p.add_argument("--map", metavar="K=COL,...", help="for a file: map the law's variables to its columns, "
                    "e.g. N=model_size,D=tokens,loss=loss or m=d_model,l=n_layers,tau=tokens,loss=loss")
     p.add_argument("--min-tau", type=float, metavar="T", help="drop points whose time is below T")
@@ -235,7 +240,16 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--boot", type=int, default=1000, metavar="B", help="bootstrap resamples over runs (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--huber-delta", default="1e-3", metavar="none|D",
-                   help="Huber threshold of the robust fit (default 1e-3); none = plain weighted least squares")
+                   help="Huber threshold of the robust fit (default 1e-3); none = plain least squares")
+    p.add_argument("--residual", choices=["log", "relative", "absolute"],
+                   help="where residuals are taken: log L - log Lhat, (L - Lhat)/L or L - Lhat (default: log "
+                        "for a law with fitted exponents, relative for fixed exponents)")
+    p.add_argument("--where", metavar="EXPR", help="fit only the rows where EXPR holds, a condition over the "
+                   "table's columns, e.g. \"dataset == 'rpj' and tokens / N >= 20\" (comparisons, and/or/not, "
+                   "arithmetic, in (...), log/sqrt/...); the points it removes are listed")
+    p.add_argument("--reference", metavar="V", help="with two or more variants: the variant every other one is "
+                   "compared with (differences and ratios of every coefficient and derived quantity, with "
+                   "bootstrap intervals); default: the first")
 
 
 def _fit_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -248,10 +262,19 @@ def _fit_options(args: argparse.Namespace) -> dict[str, Any]:
     if delta is not None and not 0 < delta < float("inf"):
         raise ConfigError(f"--huber-delta={args.huber_delta!r}: expected none (plain weighted least squares) "
                           f"or a positive number, e.g. 1e-3")
+    from scaling_grid import analysis
+    from scaling_grid.analysis import expr, laws
+    laws.get(args.law)  # an unknown law or a bad formula: before any data is read
+    for cond, flag in ((args.where, "--where"), (getattr(args, "holdout", None), "--holdout")):
+        if cond is not None:
+            expr.parse(cond, flag)
+    holdout = {} if getattr(args, "holdout", None) is None else dict(holdout=args.holdout,
+                                                                     holdout_interval=args.interval)
     return dict(law=args.law, loss=args.loss, time=args.time, points=args.points, min_tau=args.min_tau,
                 drop_highest=args.drop_highest, exclude_variants=tuple(args.exclude_variant),
                 exclude_cells=tuple(args.exclude_cell), depth_offset=args.depth_offset, n_boot=args.boot,
-                seed=args.seed, huber_delta=delta)
+                seed=args.seed, huber_delta=delta, residual=args.residual, where=args.where,
+                source_columns=analysis.parse_mapping(args.map), reference=args.reference, **holdout)
 
 
 def _points_table(args: argparse.Namespace) -> dict[str, np.ndarray]:
@@ -279,6 +302,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     result = analysis.run_fit(_points_table(args), **options)
     width = None if args.wide else 100  # 100 columns fit a laptop terminal; --wide: one row per variant
     print(result.table_markdown() if width is None else analysis.terminal_table(result, width))
+    if result.comparison:  # the difference table: not wrapped (its rows would break)
+        print(analysis.comparison_text(result, width))
     out, err = analysis.echo(result, width)  # exclusions, the universality verdict, warnings: not only in the JSON
     print("\n".join(out))
     if err:
@@ -298,11 +323,158 @@ def _add_fit_cmd_args(p: argparse.ArgumentParser) -> None:
                    help="write the full fit (intervals, derived quantities, exclusions) as JSON")
     p.add_argument("--wide", action="store_true", help="print the full table, one row per variant (wider than 100 "
                    "columns); default: one row per quantity, 100 columns, numbers to their intervals' precision")
+    p.add_argument("--holdout", metavar="EXPR", help="fit on the points where EXPR does not hold; predict the "
+                   "points where it holds, with intervals, and score them (e.g. 'N >= 1e9')")
+    p.add_argument("--interval", default="law", choices=["law", "run"],
+                   help="with --holdout: the interval of the law's value (fit uncertainty, default), or of one "
+                        "run's loss (plus the fit's residual scatter)")
+
+
+def _add_predict_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("fit", metavar="FIT.json", help="a fit written by `scaling-grid fit ... --json FIT.json`")
+    p.add_argument("--at", required=True, action="append", metavar="TABLE|K=V,...",
+                   help="where to predict: a table file (.csv, .tsv, .parquet), a grid store, or one point as "
+                        "key=value pairs, e.g. N=6.9e9,D=1.4e11 (repeatable for several points)")
+    p.add_argument("--map", metavar="K=COL,...", help="for a table file: its columns, as for `fit` "
+                   "(e.g. N=params,D=tokens,loss=c4_val_loss)")
+    p.add_argument("--where", metavar="EXPR", help="predict only the rows where EXPR holds")
+    p.add_argument("--points", default="final", choices=["final", "all"],
+                   help="a table with is_final: predict its final rows only (default) or every row")
+    p.add_argument("--interval", default="law", choices=["law", "run"],
+                   help="law: the interval of the law's value from the bootstrap draws (default); run: plus "
+                        "one run's scatter about the law (the fit's residuals)")
+    p.add_argument("--ci", type=float, metavar="C", help="interval level (default: the fit's, e.g. 0.95)")
+    p.add_argument("--out", metavar="FILE.csv", help="write every column at full precision as CSV")
+
+
+def _at_table(args: argparse.Namespace) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The points to predict at, and the input's own column names (the output's first columns)."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from scaling_grid import analysis
+    if len(args.at) == 1 and ("=" not in args.at[0] or Path(args.at[0]).is_file()):
+        read = _points_table(argparse.Namespace(source=args.at[0], map=args.map))
+        mapped = analysis.parse_mapping(args.map)
+        return read, [c for c in read if c not in mapped or c in mapped.values()]
+    rows = []
+    for text in args.at:
+        if "=" not in text:
+            raise ConfigError(f"--at {text!r}: give one table, or points as key=value pairs (e.g. N=6.9e9,D=1.4e11)")
+        rows.append(_point(text))
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    missing = [(i, k) for i, r in enumerate(rows) for k in keys if k not in r]
+    if missing:
+        raise ConfigError(f"--at: point {missing[0][0] + 1} has no {missing[0][1]!r}; every point needs the same keys")
+    table: dict[str, np.ndarray] = {}
+    for k in keys:
+        vals = [r[k] for r in rows]
+        try:
+            table[k] = np.array([float(v) for v in vals])
+        except ValueError:
+            table[k] = np.array(vals, dtype=str)
+    return table, keys
+
+
+def _point(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in text.split(","):
+        key, sep, value = (x.strip() for x in item.partition("="))
+        if not sep or not key or not value:
+            raise ConfigError(f"--at {text!r}: expected key=value pairs, e.g. N=6.9e9,D=1.4e11")
+        out[key] = value
+    return out
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from scaling_grid import analysis
+    if args.out:
+        if Path(args.out).suffix.lower() != ".csv":
+            raise ConfigError(f"--out={args.out!r}: expected a .csv file name")
+        analysis.check_output(args.out, "--out")
+    if args.where is not None:
+        from scaling_grid.analysis import expr
+        expr.parse(args.where, "--where")
+    predictor = analysis.Predictor.load(args.fit)
+    table, columns = _at_table(args)
+    mapping = analysis.parse_mapping(args.map) if args.map else {}
+    out, notes, summary = analysis.predict_table(predictor, table, source_columns=mapping, input_columns=columns,
+                                                 ci=args.ci, interval=args.interval, points=args.points,
+                                                 where=args.where)
+    print(_prediction_text(out, summary, predictor))
+    for n in notes:
+        print(f"note: {n}")
+    if args.out:
+        path = analysis.write_prediction_csv(out, args.out)
+        print(f"{summary['n_rows']} prediction(s), every column at full precision -> {path}")
+    return EXIT_OK
+
+
+def _prediction_text(out: dict[str, np.ndarray], summary: dict[str, Any], predictor: Any, limit: int = 40) -> str:
+    """The predictions as a Markdown table (up to ``limit`` rows), then what the interval is and the score."""
+    from scaling_grid.analysis.tables import fmt, fmt_interval, wrap
+    level = f"{100 * summary['ci']:g}%"
+    skip = {"variant", "prediction", "lo", "hi", "actual", "rel_error", "inside"}
+    # the law's variables under the input's own names, then an id column when there is one
+    shown = [c for c in dict.fromkeys([*summary["columns"].values(), "cell", "run"]) if c in out and c not in skip]
+    shown = shown[:6] or [c for c in out if c not in skip][:4]
+    head = shown + ["variant", f"prediction [{level}]"] + (["actual", "rel error", "inside"] if "actual" in out else [])
+    body = []
+    for i in range(min(len(out["prediction"]), limit)):
+        row = [fmt(float(out[c][i])) if out[c].dtype.kind == "f" else str(out[c][i]) for c in shown]
+        row += [str(out["variant"][i]), fmt_interval(out["prediction"][i], out["lo"][i], out["hi"][i])]
+        if "actual" in out:
+            a = float(out["actual"][i])
+            row += [fmt(a), f"{100 * float(out['rel_error'][i]):+.2f}%" if a == a else "",
+                    ("yes" if out["inside"][i] else "NO") if a == a else ""]
+        body.append(row)
+    widths = [max(len(str(c)) for c in col) for col in zip(head, *body)]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(head, widths)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in body]
+    if len(out["prediction"]) > limit:
+        lines.append(f"... {len(out['prediction']) - limit} more row(s): --out FILE.csv writes them all")
+    law, notes = predictor.law, []
+    notes.append(f"{law.display_name}; interval: {level} percentile over "
+                 + ", ".join(f"{n} bootstrap draws ({v})" for v, n in summary["n_draws"].items())
+                 + (" of the law's value (fit uncertainty only; --interval run adds one run's scatter)"
+                    if summary["interval"] == "law" else
+                    " of one run's loss (the law plus the fit's residual scatter)"))
+    if summary.get("n"):
+        notes.append(f"against {summary['loss_column']} ({summary['n']} row(s) with a loss): mean |rel error| "
+                     f"{100 * summary['mean_abs_rel_error']:.3g}%, max {100 * summary['max_abs_rel_error']:.3g}%, "
+                     f"mean (bias) {100 * summary['mean_rel_error']:+.3g}%; {summary['n_inside']} of {summary['n']} "
+                     f"inside the {level} interval")
+    return "\n".join(lines + wrap(notes, 100))  # the table is not wrapped: its rows would break
 
 
 def _add_report_args(p: argparse.ArgumentParser) -> None:
     _add_fit_args(p)
     p.add_argument("--out", required=True, metavar="DIR", help="report folder (index.html, tables, plots)")
+    p.add_argument("--no-predictions", action="store_true", help="for a grid store still running: do not predict "
+                   "the unfinished cells' final loss nor keep the predictions in the store (default: predict, keep, "
+                   "and score earlier predictions of cells finished since)")
+
+
+def _prereg_lines(pre: dict[str, Any]) -> list[str]:
+    from scaling_grid.analysis.tables import wrap
+    lines = []
+    if pre["pending"] is not None:
+        n = len(pre["pending"]["cell"])
+        lines.append(f"predicted the final loss of {n} unfinished cell(s) from the finished ones"
+                     + (f"; kept in the store as predictions/{pre['key']}.json" if pre["written"] else
+                        f"; the store already holds them (predictions/{pre['key']}.json)" if pre["key"] else ""))
+    for r in pre["scored"]:
+        s = r["summary"]
+        if s["n"]:
+            lines.append(f"predictions made {r['made']} ({r['key']}): {s['n']} of {r['n_predicted']} cells finished "
+                         f"since; mean |rel error| {100 * s['mean_abs_rel_error']:.3g}%, max "
+                         f"{100 * s['max_abs_rel_error']:.3g}%; {s['n_inside']} of {s['n']} inside the "
+                         f"{100 * r['ci']:g}% interval")
+    return wrap(lines + [f"note: {n}" for n in pre["notes"]], 100)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -329,12 +501,19 @@ def cmd_report(args: argparse.Namespace) -> int:
         if len(hashes) > 1:
             provenance["specs launched into the store"] = ", ".join(hashes)
     result = analysis.run_fit(table, **options)
+    if result.comparison:
+        print(analysis.comparison_text(result, 100))
     out, err = analysis.echo(result, 100)
     print("\n".join(out))
     if err:
         print("\n".join(err), file=sys.stderr)
+    pre = None
+    if "spec name" in provenance and not args.no_predictions:  # a grid store: pre-register, score (grid/prereg.py)
+        from scaling_grid.grid import prereg
+        pre = prereg.preregister(args.source, result, table)
+        print("\n".join(_prereg_lines(pre)))
     path = _write_into(out_dir, lambda where: analysis.write_report(table, where, result=result,
-                                                                   provenance=provenance))
+                                                                   provenance=provenance, preregistered=pre))
     print(f"report (one self-contained HTML file; tables, plots and JSON beside it): {path}")
     return EXIT_OK
 
@@ -377,6 +556,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argpars
     "status": (cmd_status, _add_store_arg, "table of a grid store's cells (works while the grid runs)"),
     "export": (cmd_export, _add_export_args, "write all points of a grid store as one tidy CSV/parquet table"),
     "fit": (cmd_fit, _add_fit_cmd_args, "fit a scaling law to a store or a table file; print the coefficient table"),
+    "predict": (cmd_predict, _add_predict_args, "predict losses at new points from a fit's JSON, with intervals "
+                "from its bootstrap draws (and score them against losses the table has)"),
     "report": (cmd_report, _add_report_args, "fit and write a self-contained report (HTML, tables, plots)"),
 }
 

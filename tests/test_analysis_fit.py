@@ -35,7 +35,7 @@ def test_interval_coverage_is_about_95_percent():
         for d in range(draws):
             pts = select_points(S.universality_table(seed=1000 + d), UNI)
             theta, _ = F.fit_fixed(UNI, pts)
-            smp, _ = F.bootstrap(UNI, pts, theta, 200, np.random.default_rng(d))
+            smp = F.bootstrap(UNI, pts, theta, 200, np.random.default_rng(d)).samples
             lo, hi = np.quantile(smp, 0.025, axis=0), np.quantile(smp, 0.975, axis=0)
             hits += (lo <= truth) & (truth <= hi)
     lo_ok = binom.ppf(0.0005, draws, 0.95)   # about 88 of 100
@@ -48,7 +48,7 @@ def test_batched_bootstrap_matches_scipy_irls_per_resample():
     theta, info = F.fit_fixed(UNI, pts)
     assert info["converged"]
     counts = F.run_counts(pts, 6, np.random.default_rng(0))
-    batch, valid = F.bootstrap_fixed(UNI, pts, theta, counts, F.HUBER_DELTA)
+    batch, valid = F.bootstrap_fixed(UNI, pts, theta, counts, F.Objective("relative"))
     assert valid.all()
     for b in range(len(counts)):
         ref, _ = F.fit_fixed(UNI, pts, weights=counts[b])

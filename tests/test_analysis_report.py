@@ -24,7 +24,8 @@ def two_variants():
 def test_table_writers_have_a_row_per_variant_with_intervals(tmp_path):
     r = run_fit(two_variants(), n_boot=50, checks=False)
     paths = write_tables(r, tmp_path)
-    assert sorted(p.name for p in paths) == ["coefficients.csv", "coefficients.md", "coefficients.tex"]
+    assert sorted(p.name for p in paths) == ["coefficients.csv", "coefficients.md", "coefficients.tex",
+                                             "comparison.csv", "comparison.md", "comparison.tex"]  # two variants
     md = (tmp_path / "coefficients.md").read_text()
     rows = [ln for ln in md.splitlines() if ln.startswith("| ")]
     assert rows[0].split("|")[3:7] == [" c_τ ", " c_m ", " c_ℓ ", " L0 "]

@@ -197,7 +197,7 @@ def test_fit_output_fits_100_columns_and_wide_prints_one_row_per_variant(tmp_pat
     assert len(repr(c_m["value"])) > 8  # the JSON keeps full precision
     assert main(args + ["--wide"]) == 0
     out = capsys.readouterr().out
-    wide = [ln for ln in out.splitlines() if ln.startswith("| ")]
+    wide = [ln for ln in out.split("\n\n")[0].splitlines() if ln.startswith("| ")]  # not the comparison after it
     assert wide[0].startswith("| variant | points (runs) | c_τ |") and len(wide) == 3
     assert max(map(len, wide)) > 100
 
@@ -223,3 +223,116 @@ def test_report_of_a_store_names_its_spec_and_hash(tmp_path, monkeypatch):
     assert prov["command"] and "UTC" in prov["date (UTC)"]
     html = (tmp_path / "rep" / "index.html").read_text()
     assert h in html and "demo-spec" in html
+
+
+# ---------------------------------------------------------------- issue 14: formulas, objectives, filters, predictions
+def _study_csv(path, seed=3, Ns=(1e7, 3e7, 1e8, 3e8, 1e9), Ds=(1e8, 3e8, 1e9, 3e9, 1e10)):
+    """A published-style file: its own column names, a dataset column, one row per run."""
+    t = synthetic.chinchilla_table(seed=seed, Ns=Ns, Ds=Ds, noise=0.004,
+                                   truth=dict(E=1.69, A=406.4, B=410.7, alpha=0.30, beta=0.30))
+    dataset = np.where(np.arange(len(t["N"])) % 4 == 0, "c4", "rpj")
+    _csv(path, zip(t["N"], t["D"], t["loss"], dataset, t["run"]), ["params", "tokens", "c4_val_loss", "dataset", "id"])
+    return str(path), t, dataset
+
+
+STUDY_MAP = "N=params,D=tokens,loss=c4_val_loss,run=id"
+
+
+def test_fit_a_formula_with_a_chosen_objective_and_a_row_filter(tmp_path, capsys):
+    path, t, dataset = _study_csv(tmp_path / "study.csv")
+    out = tmp_path / "fit.json"
+    assert main(["fit", path, "--law", "E + A/N^a + B/D^a", "--map", STUDY_MAP, "--residual", "absolute",
+                 "--huber-delta", "none", "--where", "dataset == 'rpj' and tokens / params >= 1", "--boot", "30",
+                 "--json", str(out)]) == 0
+    stdout = capsys.readouterr().out.replace("\n  ", " ")
+    assert "law L = E + A/N^a + B/D^a; fitted on c4_val_loss against tokens; tied: a" in stdout
+    assert "objective: least squares on the absolute residual L - Lhat" in stdout
+    keep = (dataset == "rpj") & (t["D"] / t["N"] >= 1)
+    assert f"excluded {int((~keep).sum())} point(s): where (dataset == 'rpj' and tokens / params >= 1)" in stdout
+    d = json.loads(out.read_text())
+    assert d["variants"]["all"]["n_points"] == keep.sum()
+    assert d["objective"] == {"residual": "absolute", "huber_delta": None,
+                              "definition": "least squares on the absolute residual L - Lhat, summed over points"}
+    assert d["columns"] == {"loss": "c4_val_loss", "D": "tokens", "N": "params"} and d["law"]["tied"] == ["a"]
+    assert "universality_test" not in d["variants"]["all"]
+
+
+def test_where_applies_to_a_store_as_to_a_file(tmp_path, capsys, monkeypatch):
+    from scaling_grid.grid import cli
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "spec.yaml").write_text("name: s\n")
+    table = synthetic.universality_table(seed=0)
+    seen = []
+    monkeypatch.setattr(cli, "_points_table", lambda args: seen.append(args.source) or table)
+    assert main(["fit", str(store), "--where", "m >= 128 and l != 2", "--boot", "20",
+                 "--json", str(tmp_path / "f.json")]) == 0
+    assert seen == [str(store)]
+    keep = (table["m"] >= 128) & (table["l"] != 2)
+    assert f"excluded {int((~keep).sum())} point(s): where (m >= 128 and l != 2)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "f.json").read_text())["variants"]["gpt2"]["n_points"] == keep.sum()
+
+
+def test_bad_laws_and_conditions_exit_2_before_any_data_is_read(tmp_path, capsys, monkeypatch):
+    from scaling_grid.grid import cli
+    monkeypatch.setattr(cli, "_points_table", _no_run)
+    for args, why in [(["--law", "E + a/N^a"], "one role"), (["--law", "chinchila"], "unknown law"),
+                      (["--where", "m >> 2"], "not allowed"), (["--where", "__import__('os')"], "not allowed"),
+                      (["--holdout", "m >"], "--holdout")]:
+        assert main(["fit", str(tmp_path / "x.csv"), *args]) == 2, args
+        err = capsys.readouterr().err
+        assert why in err and "Traceback" not in err and err.count("\n") == 1, err
+
+
+def test_predict_a_large_run_from_a_fit_of_small_ones(tmp_path, capsys):
+    path, _, _ = _study_csv(tmp_path / "small.csv")
+    fit = tmp_path / "fit.json"
+    assert main(["fit", path, "--law", "E + A/N^a + B/D^a", "--map", STUDY_MAP, "--boot", "200",
+                 "--json", str(fit)]) == 0
+    big, tb, _ = _study_csv(tmp_path / "big.csv", seed=9, Ns=(6.9e9,), Ds=(1.4e11, 3e11))
+    capsys.readouterr()
+    assert main(["predict", str(fit), "--at", big, "--map", STUDY_MAP, "--out", str(tmp_path / "pred.csv")]) == 0
+    out = capsys.readouterr().out.replace("\n  ", " ")  # undo the wrapping at 100 columns
+    assert "interval: 95% percentile over 200 bootstrap draws (all) of the law's value" in out
+    assert "against c4_val_loss (2 row(s) with a loss)" in out
+    rows = list(csv.DictReader(open(tmp_path / "pred.csv")))
+    assert list(rows[0]) == ["params", "tokens", "c4_val_loss", "dataset", "id", "variant", "prediction", "lo", "hi",
+                             "actual", "rel_error", "inside"]
+    d = json.loads(fit.read_text())
+    law = analysis.laws.get(d["law"]["formula"])
+    v = d["variants"]["all"]
+    theta = np.array([v["params"][n]["value"] if n in v["params"] else v["exponents"][n]["value"] for n in law.param_names])
+    pred = law.predict(theta, {"N": tb["N"], "D": tb["D"]})
+    for r, p, a in zip(rows, pred, tb["loss"]):
+        assert float(r["prediction"]) == pytest.approx(p, rel=1e-12)
+        assert float(r["lo"]) < float(r["prediction"]) < float(r["hi"])
+        assert float(r["rel_error"]) == pytest.approx((a - p) / a, rel=1e-9)
+        assert r["inside"] == ("true" if float(r["lo"]) <= a <= float(r["hi"]) else "false")
+        assert abs(float(r["rel_error"])) < 0.03     # a 7x extrapolation in N of the right law
+    assert main(["predict", str(fit), "--at", "N=6.9e9,D=1.4e11", "--at", "N=1e9,D=2e10", "--interval", "run"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("| all ") == 2 and "of one run's loss" in out
+    for args, why in [([str(tmp_path / "nope.json"), "--at", "N=1,D=1"], "does not exist"),
+                      ([str(fit), "--at", "N=1e9"], "'D'"),
+                      ([str(fit), "--at", "N=1e9,D=2e10", "--at", "N=1e9"], "same keys"),
+                      ([str(fit), "--at", "N=1e9,D=2e10", "--out", str(tmp_path / "p.txt")], ".csv"),
+                      ([str(path), "--at", "N=1e9,D=2e10"], "not JSON")]:
+        assert main(["predict", *args]) == 2, args
+        err = capsys.readouterr().err
+        assert why in err and "Traceback" not in err, err
+
+
+def test_fit_holdout_prints_the_held_out_points_with_their_errors(tmp_path, capsys):
+    path, t, _ = _study_csv(tmp_path / "study.csv")
+    assert main(["fit", path, "--law", "E + A/N^a + B/D^a", "--map", STUDY_MAP, "--boot", "50",
+                 "--holdout", "params >= 1e9", "--json", str(tmp_path / "f.json")]) == 0
+    out = capsys.readouterr().out
+    n_held = int((t["N"] >= 1e9).sum())
+    assert f"excluded {n_held} point(s): holdout (params >= 1e9)" in out
+    assert f"held out (all): {n_held} point(s) where params >= 1e9, predicted from a fit of the other" in out
+    table = [ln for ln in out.splitlines() if ln.startswith("| ") and "prediction [95%]" in ln]
+    assert len(table) == 1 and "actual" in table[0] and "rel error" in table[0]
+    d = json.loads((tmp_path / "f.json").read_text())
+    assert d["variants"]["all"]["n_points"] == len(t["N"]) - n_held
+    assert d["options"]["holdout"] == "params >= 1e9"
+    assert len(d["variants"]["all"]["holdout_predictions"]["rows"]) == n_held
