@@ -377,9 +377,23 @@ def universality_words(u: dict[str, Any]) -> list[str]:
 
 
 def comparison_text(result: FitResult, width: int | None = 100) -> str:
-    """The difference table for a terminal: the Markdown rows as they are, the sentences wrapped."""
-    from .tables import wrap
-    md = comparison_table(result.comparison, "markdown").rstrip("\n").split("\n")
-    rows = [ln for ln in md if not ln.startswith("- ")]
+    """The difference table for a terminal: one aligned block per variant (so a long variant name
+    costs no column), then the sentences wrapped to ``width``."""
+    from .tables import fmt_interval, wrap
+    comp = result.comparison
+    out: list[str] = []
+    for v, rows in comp["variants"].items():
+        table = [["quantity", "difference [interval]", "excludes 0", "ratio [interval]"]]
+        for k, r in rows.items():
+            q = r["ratio"]
+            table.append([NAMES.get(k, _pretty(k)), fmt_interval(r["value"], r["lo"], r["hi"]),
+                          "yes" if r["excludes_zero"] else "no", fmt_interval(q["value"], q["lo"], q["hi"])])
+        w = [max(len(row[i]) for row in table) for i in range(4)]
+        out.append(f"{v} - {comp['reference']}:")
+        out += ["| " + " | ".join(c.ljust(n) for c, n in zip(row, w)) + " |" for row in table[:1]]
+        out.append("|" + "|".join("-" * (n + 2) for n in w) + "|")
+        out += ["| " + " | ".join(c.ljust(n) for c, n in zip(row, w)) + " |" for row in table[1:]]
+        out.append("")
+    md = comparison_table(comp, "markdown").rstrip("\n").split("\n")
     notes = [ln for ln in md if ln.startswith("- ")]
-    return "\n".join(rows + wrap(notes, width)) + "\n"
+    return "\n".join(out + wrap(notes, width)) + "\n"

@@ -77,7 +77,12 @@ def fmt_at(x: float | None, q: int | None) -> str:
 def fmt_interval(value: float, lo: float, hi: float) -> str:
     """``value [lo, hi]`` rounded to the precision the interval supports (module docstring)."""
     q = interval_place(lo, hi) if lo is not None and hi is not None else None
-    return f"{fmt_at(value, q)} [{fmt_at(lo, q)}, {fmt_at(hi, q)}]"
+
+    def at(v: float | None) -> str:  # a wide interval must not round a number to nothing: 5.0 [2.2, 180], not 0 [0, 180]
+        if q is None or v is None or not math.isfinite(v) or v == 0:
+            return fmt_at(v, q)
+        return fmt_at(v, min(q, math.floor(math.log10(abs(v))) - 1))
+    return f"{at(value)} [{at(lo)}, {at(hi)}]"
 
 
 def _columns(result: FitResult) -> list[tuple[str, str, str, str]]:

@@ -120,7 +120,7 @@ def test_cli_reference_flag_prints_the_difference_table_and_writes_it(tmp_path, 
     js = tmp_path / "f.json"
     assert main(["fit", str(path), "--boot", "60", "--reference", "B", "--json", str(js)]) == 0
     out = capsys.readouterr().out
-    assert "| variant - B |" in out and "A - B: the difference excludes zero for" in out
+    assert "A - B:\n| quantity |" in out and "A - B: the difference excludes zero for" in out
     assert "universality across variants: shared exponents are" in out
     assert all(len(ln) <= 100 for ln in out.splitlines() if not ln.startswith("|"))  # prose wrapped, rows not
     assert json.loads(js.read_text())["comparison"]["reference"] == "B"
