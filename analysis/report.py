@@ -104,8 +104,14 @@ class _Doc:
                          f'<figcaption>{html.escape(caption)} (PDF in the report folder: '
                          f'<code>{html.escape(b)}</code>)</figcaption></figure>')
 
-    def raw_md_table(self, text: str) -> None:
+    def md_table(self, text: str) -> None:
+        """A Markdown table with its "- " notes below it (as tables.py writes them), in both documents."""
         self.md.append(text)
+        lines = [ln for ln in text.splitlines() if ln.startswith("|")]
+        self.table([c.strip() for c in lines[0].strip("|").split("|")],
+                   [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]], md=False)
+        self.html.append("<ul>" + "".join(f"<li>{html.escape(ln[2:])}</li>" for ln in text.splitlines()
+                                          if ln.startswith("- ")) + "</ul>")
 
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1300px;margin:1.5em auto;padding:0 1em;color:#222;
@@ -246,25 +252,13 @@ def write_report(table: Mapping[str, Iterable[Any]], out_dir: str | Path, *, res
 
     # the answer first: coefficients, then how the points were chosen
     d.h(2, "Coefficients per variant")
-    md_table = coefficient_table(result, "markdown")
-    d.md.append(md_table)
-    lines = [ln for ln in md_table.splitlines() if ln.startswith("|")]
-    d.table([c.strip() for c in lines[0].strip("|").split("|")],
-            [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]], md=False)
-    d.html.append("<ul>" + "".join(f"<li>{html.escape(ln[2:])}</li>" for ln in md_table.splitlines()
-                                   if ln.startswith("- ")) + "</ul>")
+    d.md_table(coefficient_table(result, "markdown"))
 
     if result.comparison or result.universality_across:
         from .compare import comparison_table, universality_words
         d.h(2, f"Comparing variants (reference: {result.comparison.get('reference', '-')})")
         if result.comparison:
-            md = comparison_table(result.comparison, "markdown")
-            d.md.append(md)
-            lines = [ln for ln in md.splitlines() if ln.startswith("|")]
-            d.table([c.strip() for c in lines[0].strip("|").split("|")],
-                    [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]], md=False)
-            d.html.append("<ul>" + "".join(f"<li>{html.escape(ln[2:])}</li>" for ln in md.splitlines()
-                                           if ln.startswith("- ")) + "</ul>")
+            d.md_table(comparison_table(result.comparison, "markdown"))
         d.ul(universality_words(result.universality_across))
 
     if preregistered is not None:
