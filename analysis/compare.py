@@ -279,16 +279,19 @@ class _Joint:
 
 @one_thread
 def universality_across(law: Law, parts: dict[str, Points], ci: float = 0.95, level: float = 0.05,
-                        starts: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+                        starts: dict[str, np.ndarray] | None = None, reference: str | None = None) -> dict[str, Any]:
     """The cross-variant universality test (module docstring) on the points of each variant:
     ``{test, statistic, df, p_value, level, rejected, verdict, rss_shared, rss_separate,
     shared_exponents, exponents, differences, warnings}``. {} with fewer than two variants or where
     the law cannot be given free exponents. ``starts``: {variant: the law's fitted parameters}, a
-    warm start for the per-variant free fits (else a grid of starts)."""
+    warm start for the per-variant free fits (else a grid of starts). ``reference``: the variant the
+    exponent differences are taken against (default the first), as in the difference table."""
     fl = free_law(law)
     if fl is None or len(parts) < 2 or not fl.exp_names:
         return {}
     names = list(parts)
+    if reference in parts:
+        names = [reference] + [v for v in names if v != reference]
     pts = [parts[v] for v in names]
     sep = _Joint(fl, pts, shared=False)
     obj = Objective("log", None)

@@ -209,5 +209,6 @@ def run_fit(table: Mapping[str, Iterable[Any]], law: str | Law = "universality",
     result.comparison = compare_variants(result, reference)
     if checks and len(fits) >= 2:
         result.universality_across = universality_across(lw, {v: f.points for v, f in fits.items()}, ci,
-                                                         starts={v: f.theta for v, f in fits.items()})
+                                                         starts={v: f.theta for v, f in fits.items()},
+                                                         reference=result.comparison.get("reference"))
     return result

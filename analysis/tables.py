@@ -78,7 +78,7 @@ def fmt_interval(value: float, lo: float, hi: float) -> str:
     """``value [lo, hi]`` rounded to the precision the interval supports (module docstring)."""
     q = interval_place(lo, hi) if lo is not None and hi is not None else None
 
-    def at(v: float | None) -> str:  # a wide interval must not round a number to nothing: 5.0 [2.2, 180], not 0 [0, 180]
+    def at(v: float | None) -> str:  # a wide interval must not round a number away: 5.0 [2.2, 180], not 0 [0, 180]
         if q is None or v is None or not math.isfinite(v) or v == 0:
             return fmt_at(v, q)
         return fmt_at(v, min(q, math.floor(math.log10(abs(v))) - 1))
