@@ -4,16 +4,31 @@ Same flags and JSON-lines output as ../shared/bench/torch_reference.py (the yard
 be run A B A B in one sitting and compared line by line. The step measured is the tool's: the real
 ``trainer.step.build`` (the Transformer of the chosen variant, AdamW with its mask, global-norm
 clipping, the warmup + cosine schedule, donation, k optimizer steps per compiled call), on random
-tokens like the reference. Runs on whatever backend JAX has (CPU, GPU, TPU) with no code changes.
+tokens like the reference. Runs on whatever backend JAX has (CPU, GPU, TPU) with no code changes, on
+every device it sees (the batch is split over them).
 
 usage: python benchmarks/throughput.py [--vocab 256] [--widths 64,128,256] [--depths 2,4,8]
                                        [--seq 256] [--batch 16] [--threads 2] [--seconds 5]
                                        [--variant gpt2] [--steps-per-call auto] [--peak-tflops X]
-One JSON line per shape: width, depth, tokens_per_s, step_s (per optimizer step), flops_per_token
-(model.flops_per_token, the reference's formula), compile_s (lower + compile of the train chunk, kept
-out of the steady state), mfu, backend, device, variant, steps_per_call, loss, and a few more.
-MFU on CPU is relative to a peak measured once on this machine with a large float32 matmul (the
-line says so in `peak_source`); on known accelerators it is the vendor's dense peak for the dtype.
+                                       [--dtype auto] [--attention auto] [--remat none] [--logits-fp32]
+One JSON line per shape: width, depth, tokens_per_s (all devices together), step_s (per optimizer
+step), flops_per_token, compile_s (lower + compile of the train chunk, kept out of the steady state),
+mfu, n_devices, device_kind, peak_tflops (per device) and its source, attention (asked) and
+attention_impl (the kernel that ran; on GPU cudnn_fmha_calls_in_hlo counts cuDNN's fused attention
+calls in the compiled step), remat, peak_bytes_in_use (device memory_stats(), where the
+backend keeps them; None on CPU), xla_temp_bytes (XLA's memory analysis of the compiled step, per
+device), loss, and a few more. A shape that fails (out of memory, say) prints a line with `error`, and
+the exit status is then 1.
+
+MFU = flops_per_token x tokens_per_s / (peak_tflops x 1e12 x n_devices), with flops_per_token from
+``model.flops_per_token``: 6N + 6Vm + 12lTm (N non-embedding parameters, V vocab, m width, l depth,
+T sequence length; the attention term counts the full T x T square). It is model FLOPs: the extra
+forward pass that ``--remat full`` recomputes is not counted, so remat shows as lower MFU.
+
+Peaks: on an accelerator, the vendor's dense peak for the compute dtype, looked up by the exact
+``device_kind`` JAX reports in ``PEAK_TFLOPS`` (a kind not in the table needs ``--peak-tflops``). On
+CPU, a float32 matmul measured once on the whole machine; simulated CPU devices
+(``--xla_force_host_platform_device_count``) share those cores, so each gets that peak / n_devices.
 """
 from __future__ import annotations
 
@@ -23,23 +38,42 @@ import math
 import os
 import sys
 import time
+from typing import Any
 
-# Vendor dense peaks in TFLOP/s by device_kind substring: (bf16, fp32 without TF32 tricks).
-KNOWN_PEAKS = {
-    "H200": (989.0, 67.0), "H100": (989.0, 67.0), "A100": (312.0, 19.5), "L4": (121.0, 30.3),
-    "A10": (125.0, 31.2), "V100": (125.0, 15.7),
-    "TPU v6": (918.0, 918.0), "TPU v5p": (459.0, 459.0), "TPU v5 lite": (197.0, 197.0),
-    "TPU v5e": (197.0, 197.0), "TPU v4": (275.0, 275.0), "TPU v3": (123.0, 123.0),
+# Vendor dense (no sparsity) peaks in TFLOP/s per device, by the exact device_kind JAX reports:
+# (bf16/fp16 tensor cores, fp32 without TF32). TPUs run float32 matmuls as bf16 passes by default,
+# so their fp32 entry is the bf16 peak. Sources: NVIDIA's H100/H200/A100/L4/L40S/A10 datasheets,
+# Google Cloud's TPU system-architecture pages; TPU v5p reports "TPU v5" on some runtimes.
+PEAK_TFLOPS: dict[str, tuple[float, float]] = {
+    "NVIDIA H100 80GB HBM3": (989.4, 66.9),     # SXM5
+    "NVIDIA H100 PCIe": (756.0, 51.2),
+    "NVIDIA H100 NVL": (835.0, 60.0),
+    "NVIDIA H200": (989.4, 66.9),               # SXM; an H200 NVL reports the same kind: --peak-tflops 835
+    "NVIDIA A100-SXM4-80GB": (312.0, 19.5),
+    "NVIDIA A100-SXM4-40GB": (312.0, 19.5),
+    "NVIDIA A100 80GB PCIe": (312.0, 19.5),
+    "NVIDIA A100-PCIE-40GB": (312.0, 19.5),
+    "NVIDIA L4": (121.0, 30.3),
+    "NVIDIA L40S": (362.05, 91.6),
+    "NVIDIA A10": (125.0, 31.2),
+    "TPU v3": (123.0, 123.0),
+    "TPU v4": (275.0, 275.0),
+    "TPU v5 lite": (197.0, 197.0),
+    "TPU v5e": (197.0, 197.0),
+    "TPU v5": (459.0, 459.0),
+    "TPU v5p": (459.0, 459.0),
+    "TPU v6 lite": (918.0, 918.0),
+    "TPU v6e": (918.0, 918.0),
 }
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--vocab", type=int, default=256)
     ap.add_argument("--widths", default="64,128,256")
     ap.add_argument("--depths", default="2,4,8")
     ap.add_argument("--seq", type=int, default=256)
-    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=16, help="global sequences per step (split over all devices)")
     ap.add_argument("--threads", type=int, default=0,
                     help="CPU only: restrict the process to this many cores (0 = all; XLA sizes its "
                          "thread pool from the cores it may use)")
@@ -51,13 +85,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                     help="compute dtype; auto = bf16 on GPU/TPU, fp32 on CPU (as the training loop)")
     ap.add_argument("--peak-tflops", type=float, default=None,
-                    help="peak for MFU; default: vendor peak for known accelerators, measured on CPU")
+                    help="peak TFLOP/s of one device for MFU; default: PEAK_TFLOPS by exact device kind on "
+                         "accelerators, measured on CPU")
     ap.add_argument("--unroll", type=int, default=0,
                     help="blocks per scan iteration (model.unroll); 0 = auto: all on CPU, 1 on GPU/TPU")
+    ap.add_argument("--attention", default="auto", help="model.attention: auto | xla | cudnn | splash")
+    ap.add_argument("--remat", default="none", help="model.remat: none | full | dots_saveable")
+    ap.add_argument("--logits-fp32", action="store_true", help="model.logits_fp32: the head matmul in float32")
     return ap.parse_args(argv)
 
 
-def main(argv=None) -> None:
+def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     if a.threads and hasattr(os, "sched_setaffinity"):  # must precede the first JAX backend call
         cpus = sorted(os.sched_getaffinity(0))
@@ -73,29 +111,49 @@ def main(argv=None) -> None:
     from scaling_grid.trainer.loop import compute_dtype
 
     backend, dev = jax.default_backend(), jax.devices()[0]
-    device = getattr(dev, "device_kind", str(dev))
+    device_kind = getattr(dev, "device_kind", str(dev))
+    n_devices = jax.device_count()
     dtype = compute_dtype(a.dtype)
-    peak, peak_source = peak_tflops(a.peak_tflops, backend, device, dtype)
+    peak, peak_source = peak_tflops(a.peak_tflops, backend, device_kind, dtype, n_devices)
 
+    failed = False
     for width in map(int, a.widths.split(",")):
         for depth in map(int, a.depths.split(",")):
             heads = max(1, width // a.head_dim)
-            mcfg = ModelConfig(variant=a.variant, width=width, depth=depth, heads=heads, seq_len=a.seq,
-                               unroll=a.unroll)
-            arch = model_lib.make_arch(mcfg, a.vocab, dtype)
-            k = (step_lib.default_steps_per_call(arch, a.batch) if a.steps_per_call == "auto"
-                 else int(a.steps_per_call))
-            out = measure(arch, a.batch, k, a.seconds)
-            out.update(
+            line: dict[str, Any] = dict(
                 framework=f"jax-{jax.__version__}", vocab=a.vocab, width=width, depth=depth, seq=a.seq,
-                batch=a.batch, heads=heads, variant=a.variant, backend=backend, device=device,
-                dtype=jnp.dtype(dtype).name, steps_per_call=k, unroll=model_lib.resolve_unroll(arch.unroll, depth),
-                peak_tflops=peak, peak_source=peak_source,
-                mfu=out["flops_per_token"] * out["tokens_per_s"] / (peak * 1e12) if peak else None)
-            print(json.dumps(out), flush=True)
+                batch=a.batch, heads=heads, variant=a.variant, backend=backend, device=device_kind,
+                device_kind=device_kind, n_devices=n_devices, dtype=jnp.dtype(dtype).name,
+                attention=a.attention, remat=a.remat, logits_fp32=a.logits_fp32,
+                peak_tflops=peak, peak_source=peak_source)
+            try:
+                mcfg = ModelConfig(variant=a.variant, width=width, depth=depth, heads=heads, seq_len=a.seq,
+                                   unroll=a.unroll, attention=a.attention, remat=a.remat,
+                                   logits_fp32=a.logits_fp32)
+                arch = model_lib.make_arch(mcfg, a.vocab, dtype)
+                k = (step_lib.default_steps_per_call(arch, a.batch) if a.steps_per_call == "auto"
+                     else int(a.steps_per_call))
+                line.update(steps_per_call=k, unroll=model_lib.resolve_unroll(arch.unroll, depth),
+                            attention_impl=model_lib.resolve_attention(arch))
+                out = measure(arch, a.batch, k, a.seconds)
+                line.update(out)
+                line["mfu"] = mfu(out["flops_per_token"], out["tokens_per_s"], peak, out["n_devices"])
+            except Exception as e:  # noqa: BLE001 - one failed shape (OOM, an unsupported kernel) is a line
+                failed = True
+                line["error"] = f"{type(e).__name__}: {str(e)[:2000]}"
+            print(json.dumps(line), flush=True)
+    return 1 if failed else 0
 
 
-def measure(arch, batch: int, k: int, seconds: float) -> dict:
+def mfu(flops_per_token: float, tokens_per_s: float, peak_tflops_per_device: float | None,
+        n_devices: int) -> float | None:
+    """Model FLOPs utilisation of the whole job: achieved FLOP/s over the peak of all its devices."""
+    if not peak_tflops_per_device:
+        return None
+    return flops_per_token * tokens_per_s / (peak_tflops_per_device * 1e12 * n_devices)
+
+
+def measure(arch: Any, batch: int, k: int, seconds: float) -> dict[str, Any]:
     import jax
     import numpy as np
 
@@ -119,6 +177,9 @@ def measure(arch, batch: int, k: int, seconds: float) -> dict:
     t0 = time.perf_counter()
     train = steps.train.lower(state, xs, ys, lrs).compile()
     compile_s = time.perf_counter() - t0
+    ma = train.memory_analysis()
+    # cuDNN's fused attention shows in the compiled HLO as custom calls (forward and backward).
+    fmha = train.as_text().count("__cudnn$fmha") if jax.default_backend() == "gpu" else None
 
     # Warm-up calls (first-touch allocations, thread-pool spin-up), then the steady state with the
     # training loop's pattern: dispatch call i+1, then wait for call i's metrics.
@@ -133,18 +194,38 @@ def measure(arch, batch: int, k: int, seconds: float) -> dict:
             jax.block_until_ready(prev)
         prev = metrics
         calls += 1
+    assert prev is not None
     loss = float(np.asarray(jax.device_get(prev["loss"]))[-1])
     dt = time.perf_counter() - t0
     cpu1 = _cpu_times()
     step_s = dt / (calls * k)
-    out = dict(step_s=step_s, tokens_per_s=batch * arch.seq_len / step_s,
-               flops_per_token=model_lib.flops_per_token(arch, n_params["non_embedding"]),
-               compile_s=compile_s, init_s=init_s, calls=calls, loss=loss,
-               params_non_embedding=n_params["non_embedding"])
+    out: dict[str, Any] = dict(
+        step_s=step_s, tokens_per_s=batch * arch.seq_len / step_s,
+        flops_per_token=model_lib.flops_per_token(arch, n_params["non_embedding"]),
+        n_devices=int(steps.mesh.size), compile_s=compile_s, init_s=init_s, calls=calls, loss=loss,
+        params_non_embedding=n_params["non_embedding"],
+        xla_temp_bytes=int(ma.temp_size_in_bytes) if ma is not None else None, cudnn_fmha_calls_in_hlo=fmha,
+        peak_bytes_in_use=peak_bytes_in_use())
     if cpu0 and cpu1:  # CPU used by other processes during the timed window (shared machines)
         other = (cpu1[0] - cpu0[0]) - (cpu1[1] - cpu0[1])
         out["other_cpu_load"] = round(max(other, 0.0) / dt, 2)
     return out
+
+
+def peak_bytes_in_use() -> int | None:
+    """The most device memory this process has held so far (the largest over local devices), where the
+    backend keeps memory_stats (GPU, TPU); None elsewhere (CPU)."""
+    import jax
+
+    peaks = []
+    for d in jax.local_devices():
+        try:
+            stats = d.memory_stats()
+        except Exception:  # noqa: BLE001 - some backends raise instead of returning None
+            stats = None
+        if stats and "peak_bytes_in_use" in stats:
+            peaks.append(int(stats["peak_bytes_in_use"]))
+    return max(peaks) if peaks else None
 
 
 def _cpu_times() -> tuple[float, float] | None:
@@ -160,18 +241,22 @@ def _cpu_times() -> tuple[float, float] | None:
         return None
 
 
-def peak_tflops(given: float | None, backend: str, device: str, dtype) -> tuple[float | None, str]:
+def peak_tflops(given: float | None, backend: str, device_kind: str, dtype: Any,
+                n_devices: int = 1) -> tuple[float | None, str]:
+    """(peak TFLOP/s of one device, where it came from)."""
     import jax.numpy as jnp
 
     if given:
         return given, "--peak-tflops"
     if backend == "cpu":
-        return measured_matmul_peak(), "measured: float32 matmul 2048x2048x2048 on this CPU (all cores)"
+        whole = measured_matmul_peak()
+        share = f", shared by {n_devices} simulated devices" if n_devices > 1 else ""
+        return whole / n_devices, f"measured: float32 matmul 2048x2048x2048 on this CPU (all cores{share})"
     low = jnp.dtype(dtype).itemsize < 4
-    for name, (p16, p32) in KNOWN_PEAKS.items():
-        if name.lower() in device.lower():
-            return (p16 if low else p32), f"vendor dense peak for {device} ({'bf16' if low else 'fp32'})"
-    return None, f"unknown device {device!r}: pass --peak-tflops for MFU"
+    if device_kind in PEAK_TFLOPS:
+        p16, p32 = PEAK_TFLOPS[device_kind]
+        return (p16 if low else p32), f"vendor dense peak for {device_kind} ({'bf16' if low else 'fp32'})"
+    return None, f"unknown device kind {device_kind!r}: pass --peak-tflops (one device's peak) for MFU"
 
 
 def measured_matmul_peak(n: int = 2048, seconds: float = 1.5) -> float:

@@ -68,6 +68,15 @@ class ModelConfig:
     seq_len: int = _f(256, "tokens per training sequence (the context length)")
     qk_norm: bool = _f(False, "normalise q and k per head (on top of any variant)")
     unroll: int = _f(0, "blocks per scan iteration; 0 = auto: all on CPU, 1 on GPU/TPU")
+    attention: str = _f("auto", "attention kernel: auto (cuDNN's fused attention on an NVIDIA GPU when the "
+                        "compute dtype is bf16/fp16 and the head dim a multiple of 8 up to 128, else XLA's; "
+                        "a hand-written one on CPU) | xla (jax.nn.dot_product_attention's XLA path) | cudnn "
+                        "(NVIDIA GPU, bf16/fp16) | splash (TPU Pallas kernel; seq_len a multiple of 128)")
+    remat: str = _f("none", "recompute in the backward pass instead of keeping, per block: none | full "
+                    "(keep only each block's input: least memory, ~1/3 more FLOPs) | dots_saveable (keep "
+                    "matmul outputs, recompute the rest)")
+    logits_fp32: bool = _f(False, "run the head (unembedding) matmul in float32 even when the compute dtype "
+                           "is bf16; the loss is float32 either way")
 
 
 @dataclass(frozen=True)
@@ -135,7 +144,7 @@ class MeshConfig:
 # Fields added after cell ids were first pinned: to_dict() leaves them out while they hold their
 # defaults, so the ids of existing grid cells (a hash of to_dict()) and existing runs' configs stay as
 # they were. A non-default value is a different run and is written out.
-_OMITTED_AT_DEFAULT = {"data": ("documents", "text_key")}
+_OMITTED_AT_DEFAULT = {"data": ("documents", "text_key"), "model": ("attention", "remat", "logits_fp32")}
 
 
 @dataclass(frozen=True)
@@ -347,13 +356,15 @@ def _check(ok: bool, name: str, value: Any, allowed: str) -> None:
 def validate(cfg: RunConfig, check_paths: bool = True) -> None:
     """Check every field's value; raise ConfigError naming the first bad one. No compute, no I/O
     beyond checking that input files exist and the output directory is writable."""
-    from .model import VARIANTS  # late import: config must stay importable without jax
+    from .model import ATTENTION, REMAT, VARIANTS  # late import: config must stay importable without jax
     from .sources import SOURCES
     from .tokenizers import TOKENIZERS
 
     m, d, o, t = cfg.model, cfg.data, cfg.optim, cfg.train
     _check(m.variant in VARIANTS, "model.variant", m.variant, f"allowed: {sorted(VARIANTS)}")
     _check(m.unroll >= 0, "model.unroll", m.unroll, "must be >= 0 (0 = auto)")
+    _check(m.attention in ATTENTION, "model.attention", m.attention, f"allowed: {list(ATTENTION)}")
+    _check(m.remat in REMAT, "model.remat", m.remat, f"allowed: {list(REMAT)}")
     for name in ("width", "depth", "heads", "seq_len"):
         v = getattr(m, name)
         _check(v > 0, f"model.{name}", v, "must be a positive integer")
@@ -361,6 +372,17 @@ def validate(cfg: RunConfig, check_paths: bool = True) -> None:
            f"must be divisible by model.heads={m.heads} (head dim = width / heads)")
     _check((m.width // m.heads) % 2 == 0, "model.heads", m.heads,
            f"head dim width/heads = {m.width / m.heads:g} must be even (rotary embeddings pair dims)")
+    if m.attention == "cudnn":  # the backend (an NVIDIA GPU) is checked when the model is traced
+        _check(m.width // m.heads % 8 == 0 and m.width // m.heads <= 128, "model.attention", m.attention,
+               f"cuDNN needs a head dim (width/heads = {m.width // m.heads}) that is a multiple of 8 and at "
+               "most 128; use model.attention=xla or auto")
+        _check(cfg.train.dtype != "float32", "model.attention", m.attention,
+               "cuDNN's fused attention needs bf16/fp16 compute, but train.dtype='float32'; use train.dtype="
+               "bfloat16 (or auto on a GPU), or model.attention=xla")
+    if m.attention == "splash":  # the backend (a TPU) is checked when the model is traced
+        _check(m.seq_len % 128 == 0, "model.attention", m.attention,
+               f"the splash kernel works in blocks of 128 positions: model.seq_len={m.seq_len} must be a "
+               "multiple of 128; use model.attention=xla or auto")
 
     # "" would be the current folder: checkpoints and metrics would land among the user's files.
     _check(cfg.out_dir != "", "out_dir", cfg.out_dir, "must be a folder path")

@@ -2,7 +2,13 @@
 
 Shapes in names: B batch, T sequence, D width (d_model), H heads, K head dim, F MLP hidden, V vocab.
 Blocks run under ``nn.scan`` (parameters stacked on a leading layer axis), so compile time need not
-grow with depth; ``Arch.unroll`` blocks are unrolled per scan iteration.
+grow with depth; ``Arch.unroll`` blocks are unrolled per scan iteration, and ``Arch.remat`` decides
+what the backward pass recomputes instead of keeping.
+
+Precision: parameters are float32; every matmul runs in the compute dtype (``Arch.dtype``), the tied
+or untied head included, unless ``Arch.logits_fp32`` asks for a float32 head. Attention scores and
+softmax are float32 whatever the compute dtype; the logits leave the model as float32, so the loss
+is computed in float32.
 """
 from __future__ import annotations
 
@@ -16,10 +22,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .sharding import batch_sharded
+from .config import ConfigError
+from .sharding import BATCH, batch_sharded
 
 if TYPE_CHECKING:
     from .config import ModelConfig
+
+ATTENTION = ("auto", "xla", "cudnn", "splash")
+REMAT = ("none", "full", "dots_saveable")
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,9 @@ class Arch:
     seq_len: int
     dtype: Any = jnp.float32        # compute dtype; parameters are always float32
     unroll: int = 0                 # blocks per scan iteration; 0 = auto (resolve_unroll, at trace time)
+    attention: str = "auto"         # auto | xla | cudnn | splash (resolve_attention, at trace time)
+    remat: str = "none"             # none | full | dots_saveable: what the backward pass recomputes
+    logits_fp32: bool = False       # the head's matmul in float32 (else in the compute dtype)
 
     @property
     def head_dim(self) -> int:
@@ -74,7 +87,8 @@ class Arch:
 
 def make_arch(model_cfg: ModelConfig, vocab: int, dtype: Any = jnp.float32) -> Arch:
     return Arch(resolve_variant(model_cfg.variant, model_cfg.qk_norm), vocab, model_cfg.width,
-                model_cfg.depth, model_cfg.heads, model_cfg.seq_len, dtype, model_cfg.unroll)
+                model_cfg.depth, model_cfg.heads, model_cfg.seq_len, dtype, model_cfg.unroll,
+                model_cfg.attention, model_cfg.remat, model_cfg.logits_fp32)
 
 
 def resolve_unroll(unroll: int, depth: int) -> int:
@@ -100,24 +114,116 @@ def _dense(arch: Arch, features: int, name: str, std: float = INIT_STD) -> nn.De
                     kernel_init=nn.initializers.normal(std), bias_init=nn.initializers.zeros, name=name)
 
 
-def rope(x_BHTK: jax.Array) -> jax.Array:
+def rope(x_BTHK: jax.Array) -> jax.Array:
     """Rotary position embedding, rotating pairs (i, i + K/2) by position-dependent angles."""
-    T, K = x_BHTK.shape[-2:]
+    T, K = x_BTHK.shape[1], x_BTHK.shape[-1]
     inv_freq = 1.0 / (10000.0 ** (np.arange(0, K, 2, dtype=np.float32) / K))
-    angles_TK2 = np.arange(T, dtype=np.float32)[:, None] * inv_freq[None, :]
-    cos, sin = jnp.asarray(np.cos(angles_TK2), x_BHTK.dtype), jnp.asarray(np.sin(angles_TK2), x_BHTK.dtype)
-    x1, x2 = x_BHTK[..., : K // 2], x_BHTK[..., K // 2:]
+    angles_T1K2 = (np.arange(T, dtype=np.float32)[:, None] * inv_freq[None, :])[:, None, :]
+    cos, sin = jnp.asarray(np.cos(angles_T1K2), x_BTHK.dtype), jnp.asarray(np.sin(angles_T1K2), x_BTHK.dtype)
+    x1, x2 = x_BTHK[..., : K // 2], x_BTHK[..., K // 2:]
     return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
 
 
-def causal_attention(q_BHTK: jax.Array, k_BHTK: jax.Array, v_BHTK: jax.Array) -> jax.Array:
-    """Softmax attention with a causal mask; softmax in float32."""
-    T, K = q_BHTK.shape[-2:]
-    scores_BHTT = jnp.einsum("bhqk,bhsk->bhqs", q_BHTK, k_BHTK).astype(jnp.float32) / math.sqrt(K)
+def resolve_attention(arch: Arch) -> str:
+    """The attention kernel for this arch on this backend: xla | cudnn | splash | manual.
+
+    auto: cuDNN's fused (flash) attention on an NVIDIA GPU when its constraints hold (bf16 or fp16
+    compute, head dim a multiple of 8 and at most 128), else XLA's. On CPU, auto keeps the hand-written
+    ``manual_attention``, measured faster there than ``jax.nn.dot_product_attention``'s XLA path (README,
+    Speed). cudnn and splash fail with a ConfigError where they cannot run. Resolved when the model is
+    traced, as resolve_unroll: describing a cell must not start a JAX backend."""
+    backend, want = jax.default_backend(), arch.attention
+    low = jnp.dtype(arch.dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    cudnn_ok = arch.head_dim % 8 == 0 and arch.head_dim <= 128
+    if want == "auto":
+        if backend == "gpu" and _is_cuda() and low and cudnn_ok:
+            return "cudnn"
+        return "manual" if backend == "cpu" else "xla"
+    if want == "cudnn":
+        if backend != "gpu" or not _is_cuda():
+            raise ConfigError(f"model.attention='cudnn': cuDNN's fused attention needs an NVIDIA GPU; this "
+                              f"JAX backend is {backend!r}. Use model.attention=auto or xla")
+        if not low:
+            raise ConfigError(f"model.attention='cudnn': cuDNN's fused attention needs bf16 or fp16 compute, "
+                              f"got {jnp.dtype(arch.dtype).name}; set train.dtype=bfloat16 (or auto)")
+        if not cudnn_ok:
+            raise ConfigError(f"model.attention='cudnn': head dim width/heads = {arch.head_dim} must be a "
+                              "multiple of 8 and at most 128 for cuDNN; use model.attention=xla")
+        return "cudnn"
+    if want == "splash":
+        if backend != "tpu":
+            raise ConfigError(f"model.attention='splash': the splash kernel runs on TPU only; this JAX backend "
+                              f"is {backend!r}. Use model.attention=auto or xla")
+        return "splash"
+    if want == "xla":
+        return "xla"
+    raise ConfigError(f"model.attention={want!r}: allowed: {list(ATTENTION)}")
+
+
+def _is_cuda() -> bool:
+    import jax.extend
+    return "cuda" in jax.extend.backend.get_backend().platform_version.lower()
+
+
+def manual_attention(q_BTHK: jax.Array, k_BTHK: jax.Array, v_BTHK: jax.Array) -> jax.Array:
+    """Causal softmax attention written out: scores accumulated and normalised in float32. In bf16 the
+    score matmul names the BF16_BF16_F32 algorithm, as jax.nn.dot_product_attention does, so that its
+    gradient (a float32 cotangent times bf16 keys or queries) also runs on bf16 operands. Computed in
+    the (B, H, T, K) layout: on CPU, einsums straight from (B, T, H, K) left XLA more transposes and
+    copies and were 8% slower at width 64 (README, Speed)."""
+    T, K = q_BTHK.shape[1], q_BTHK.shape[-1]
+    bf16 = q_BTHK.dtype == jnp.bfloat16
+    q_BHTK, k_BHTK, v_BHTK = (x.transpose(0, 2, 1, 3) for x in (q_BTHK, k_BTHK, v_BTHK))
+    scores_BHTT = jnp.einsum("bhqk,bhsk->bhqs", q_BHTK, k_BHTK, preferred_element_type=jnp.float32,
+                             precision=jax.lax.DotAlgorithmPreset.BF16_BF16_F32 if bf16 else None) / math.sqrt(K)
     mask_TT = np.tril(np.ones((T, T), dtype=bool))
     scores_BHTT = jnp.where(mask_TT, scores_BHTT, -1e30)
     probs_BHTT = jax.nn.softmax(scores_BHTT, axis=-1).astype(v_BHTK.dtype)
-    return jnp.einsum("bhqs,bhsk->bhqk", probs_BHTT, v_BHTK)
+    return jnp.einsum("bhqs,bhsk->bhqk", probs_BHTT, v_BHTK).transpose(0, 2, 1, 3)
+
+
+def splash_attention(q_BTHK: jax.Array, k_BTHK: jax.Array, v_BTHK: jax.Array,
+                     interpret: bool = False) -> jax.Array:
+    """Causal attention through the TPU Pallas splash kernel (blocks above the diagonal skipped,
+    float32 accumulation). ``interpret`` runs the kernel in Pallas' interpreter on any backend (tests).
+    Traced under a mesh (``step.build`` sets one), each device runs the kernel on its own rows of the
+    batch and, where the heads divide over the ``tensor`` axis, its own heads (``jax.shard_map``): a
+    Pallas call has no partitioning rule of its own, so XLA would otherwise gather the whole batch."""
+    from jax.experimental.pallas.ops.tpu import splash_attention as splash
+    from jax.sharding import PartitionSpec as P
+
+    def local(q_BTHK: jax.Array, k_BTHK: jax.Array, v_BTHK: jax.Array) -> jax.Array:
+        _, T, H, K = q_BTHK.shape
+        blk = next(b for b in (512, 256, 128) if T % b == 0)  # config.validate: seq_len % 128 == 0
+        sizes = splash.BlockSizes(block_q=blk, block_kv=blk, block_kv_compute=blk, block_q_dkv=blk,
+                                  block_kv_dkv=blk, block_kv_dkv_compute=blk, block_q_dq=blk, block_kv_dq=blk)
+        mask = splash.MultiHeadMask([splash.CausalMask((T, T)) for _ in range(H)])
+        kernel = splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1,
+                                        interpret=interpret)
+        q_BHTK, k_BHTK, v_BHTK = (x.transpose(0, 2, 1, 3) for x in (q_BTHK, k_BTHK, v_BTHK))
+        y_BHTK = jax.vmap(kernel)(q_BHTK * jnp.asarray(1 / math.sqrt(K), q_BHTK.dtype), k_BHTK, v_BHTK)
+        return y_BHTK.transpose(0, 2, 1, 3)
+
+    mesh = jax.sharding.get_abstract_mesh()
+    sizes = {} if mesh.empty else dict(mesh.shape)
+    rows = tuple(a for a in BATCH if sizes.get(a, 1) > 1)
+    heads = "tensor" if sizes.get("tensor", 1) > 1 and q_BTHK.shape[2] % sizes["tensor"] == 0 else None
+    if not rows and heads is None:
+        return local(q_BTHK, k_BTHK, v_BTHK)
+    spec = P(rows or None, None, heads)
+    return jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec,
+                         check_vma=False)(q_BTHK, k_BTHK, v_BTHK)
+
+
+def causal_attention(q_BTHK: jax.Array, k_BTHK: jax.Array, v_BTHK: jax.Array, impl: str) -> jax.Array:
+    """Causal softmax attention [B, T, H, K] -> [B, T, H, K] by the kernel ``impl``
+    (resolve_attention); scores accumulated and normalised in float32 by every kernel."""
+    if impl == "manual":
+        return manual_attention(q_BTHK, k_BTHK, v_BTHK)
+    if impl == "splash":
+        return splash_attention(q_BTHK, k_BTHK, v_BTHK)
+    return jax.nn.dot_product_attention(q_BTHK, k_BTHK, v_BTHK, is_causal=True,
+                                        implementation="cudnn" if impl == "cudnn" else "xla")
 
 
 class Attention(nn.Module):
@@ -127,16 +233,15 @@ class Attention(nn.Module):
     def __call__(self, x_BTD: jax.Array) -> jax.Array:
         a = self.arch
         B, T, D = x_BTD.shape
-        qkv_BTD3 = _dense(a, 3 * D, "qkv")(x_BTD)
-        qkv_3BHTK = qkv_BTD3.reshape(B, T, 3, a.heads, a.head_dim).transpose(2, 0, 3, 1, 4)
-        q_BHTK, k_BHTK, v_BHTK = qkv_3BHTK[0], qkv_3BHTK[1], qkv_3BHTK[2]
+        qkv_BT3HK = _dense(a, 3 * D, "qkv")(x_BTD).reshape(B, T, 3, a.heads, a.head_dim)
+        q_BTHK, k_BTHK, v_BTHK = qkv_BT3HK[:, :, 0], qkv_BT3HK[:, :, 1], qkv_BT3HK[:, :, 2]
         if a.variant.qk_norm:
-            q_BHTK = nn.RMSNorm(epsilon=1e-6, dtype=a.dtype, name="q_norm")(q_BHTK)
-            k_BHTK = nn.RMSNorm(epsilon=1e-6, dtype=a.dtype, name="k_norm")(k_BHTK)
+            q_BTHK = nn.RMSNorm(epsilon=1e-6, dtype=a.dtype, name="q_norm")(q_BTHK)
+            k_BTHK = nn.RMSNorm(epsilon=1e-6, dtype=a.dtype, name="k_norm")(k_BTHK)
         if a.variant.position == "rope":
-            q_BHTK, k_BHTK = rope(q_BHTK), rope(k_BHTK)
-        y_BHTK = causal_attention(q_BHTK, k_BHTK, v_BHTK)
-        y_BTD = y_BHTK.transpose(0, 2, 1, 3).reshape(B, T, D)
+            q_BTHK, k_BTHK = rope(q_BTHK), rope(k_BTHK)
+        y_BTHK = causal_attention(q_BTHK, k_BTHK, v_BTHK, resolve_attention(a))
+        y_BTD = y_BTHK.reshape(B, T, D)
         return _dense(a, D, "proj", INIT_STD / math.sqrt(2 * a.depth))(y_BTD)
 
 
@@ -173,19 +278,25 @@ class Transformer(nn.Module):
         """Token ids [B, T] -> logits [B, T, V] in float32."""
         a = self.arch
         T = tokens_BT.shape[1]
-        embed = nn.Embed(a.vocab, a.width, embedding_init=nn.initializers.normal(INIT_STD), name="embed")
+        head_dtype = jnp.float32 if a.logits_fp32 else a.dtype  # nn.Embed's default would promote to f32
+        embed = nn.Embed(a.vocab, a.width, dtype=head_dtype, embedding_init=nn.initializers.normal(INIT_STD),
+                         name="embed")
         x_BTD = batch_sharded(embed(tokens_BT).astype(a.dtype))
         if a.variant.position == "learned":
             pos_TD = self.param("pos_embed", nn.initializers.normal(INIT_STD), (a.seq_len, a.width))
             x_BTD = x_BTD + pos_TD[:T].astype(a.dtype)
-        blocks = nn.scan(Block, variable_axes={"params": 0}, split_rngs={"params": True},
+        block: Any = Block
+        if a.remat != "none":  # keep only each block's input (full) or also its matmul outputs
+            policy = jax.checkpoint_policies.dots_saveable if a.remat == "dots_saveable" else None
+            block = nn.remat(Block, policy=policy, prevent_cse=False)  # no CSE barrier needed under scan
+        blocks = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
                          length=a.depth, unroll=resolve_unroll(a.unroll, a.depth))(a, name="blocks")
         x_BTD, _ = blocks(x_BTD, None)
         x_BTD = _norm(a, "norm_f")(x_BTD)
         if a.variant.tied_embeddings:
             logits_BTV = embed.attend(x_BTD)
         else:
-            logits_BTV = nn.Dense(a.vocab, use_bias=False, dtype=a.dtype,
+            logits_BTV = nn.Dense(a.vocab, use_bias=False, dtype=head_dtype,
                                   kernel_init=nn.initializers.normal(INIT_STD), name="head")(x_BTD)
         return batch_sharded(logits_BTV.astype(jnp.float32))
 
