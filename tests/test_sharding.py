@@ -72,7 +72,7 @@ def test_fsdp_and_tensor_meshes_match_one_device_and_shard_the_state():
         # Arithmetic sequences with a random start and one of 4 strides: learnable, so the curves fall.
         start, stride = rng.integers(0, 256, (20, 1, 16, 1)), rng.choice([1, 3, 5, 7], (20, 1, 16, 1))
         tok = ((start + stride * np.arange(33)) % 256).astype(np.int32)
-        lrs = np.full(20, 1e-2, np.float32)
+        lrs = np.full(20, 5e-3, np.float32)
         def run(mesh):
             st = step.build(arch, optim, 1, mesh)
             state, losses = st.init(jax.random.key(0)), []
@@ -95,10 +95,9 @@ def test_fsdp_and_tensor_meshes_match_one_device_and_shard_the_state():
     one = out.pop("one")
     assert one[-1] < one[0] - 0.5  # it learns: the comparison is not between two flat curves
     for name, (losses, _share) in out.items():
-        # Tensor parallelism splits contraction dimensions (proj, down): partial sums add in another order,
-        # and 20 steps at lr 1e-2 grow that float32 rounding to a few 1e-5.
-        tol = 1e-4 if "tensor" in name else 1e-5
-        assert max(abs(a - b) for a, b in zip(losses, one)) < tol, name
+        # Another mesh sums in another order; at lr 5e-3 twenty steps keep that rounding near 1e-6 (at
+        # lr 1e-2 it grew to 1.1e-5 under fsdp 4 x data 2).
+        assert max(abs(a - b) for a, b in zip(losses, one)) < 1e-5, name
     assert out["fsdp8"][1] <= 0.15
     assert out["fsdp4_data2"][1] <= 0.27
     assert out["fsdp2_tensor2"][1] <= 0.30
