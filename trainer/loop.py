@@ -41,7 +41,7 @@ from .metrics import (
 from .model import Arch, make_arch
 from .paths import is_remote, name_of, path_of
 from .preemption import Preemption
-from .runtime import FailedElsewhere, any_process, barrier, is_writer, together
+from .runtime import agree, any_process, barrier, is_writer, together
 from .sharding import make_mesh
 from .step import Steps, abstract_state, build, check_batch, check_state_fits, lr_table
 
@@ -212,13 +212,9 @@ def train(cfg: RunConfig, sink: MetricsSink, ckpt_dir: str | os.PathLike[str], *
                         if len(pending) >= 2 and pending[-2][0] % t_cfg.log_every == 0:
                             bad = flush(upto=pending[-2][0])
                         chunk = next(batches, None)
-                    except Exception as e:  # noqa: BLE001 - raised below, in every process
+                    except Exception as e:  # noqa: BLE001 - raised by agree, in every process
                         error = e
-                    stop, due, failed = any_process(preempt.requested, ckpt.due(s), error is not None)
-                    if error is not None:
-                        raise error
-                    if failed:
-                        raise FailedElsewhere()
+                    stop, due = agree(error, preempt.requested, ckpt.due(s))
                     if bad is not None:
                         return diverged(bad, "train loss")
                     is_eval = s % t_cfg.eval_every == 0 or s == S

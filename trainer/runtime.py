@@ -100,21 +100,29 @@ class FailedElsewhere(RuntimeError):
         self.fatal = fatal
 
 
-@contextlib.contextmanager
-def together(fatal: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
-    """Run host-side work that may fail in some processes only; then, if it failed in any, raise in
-    every one: the failing processes their own error, the others :class:`FailedElsewhere` (fatal if
-    any failure was one of ``fatal``). One all-gather on many processes; nothing on one."""
-    error: Exception | None = None
-    try:
-        yield
-    except Exception as e:  # noqa: BLE001 - re-raised below, once every process knows
-        error = e
-    failed, stop_all = any_process(error is not None, isinstance(error, fatal))
+def agree(error: Exception | None, *flags: bool, fatal: bool = False) -> tuple[bool, ...]:
+    """One exchange for a local failure and some decisions: raise in every process if ``error`` is set
+    in any (the failing processes their own error, the others :class:`FailedElsewhere`, fatal if any
+    failure was), else return each flag, True if it is True in any process."""
+    failed, stop_all, *agreed = any_process(error is not None, fatal and error is not None, *flags)
     if error is not None:
         raise error
     if failed:
         raise FailedElsewhere(fatal=stop_all)
+    return tuple(agreed)
+
+
+@contextlib.contextmanager
+def together(fatal: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+    """Run host-side work that may fail in some processes only; then, if it failed in any, raise in
+    every one (:func:`agree`; fatal if any failure was one of ``fatal``). One all-gather on many
+    processes; nothing on one."""
+    error: Exception | None = None
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - re-raised by agree, once every process knows
+        error = e
+    agree(error, fatal=isinstance(error, fatal))
 
 
 def from_process_0(values: Sequence[int]) -> list[int]:
