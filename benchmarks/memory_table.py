@@ -57,14 +57,13 @@ def main() -> None:
             compiled = steps.train.lower(abstract, x, x, lrs).compile()
             ma = compiled.memory_analysis()
             state = sharding.bytes_per_device(abstract, steps.state_sharding)
+            total = memory_need(compiled) or 0
             n_params = sum(int(p.size) for p in jax.tree.leaves(abstract.params))
             print(json.dumps({
                 "model": name, "params": n_params, "mesh": mesh_name, "devices": n, "global_batch": batch,
                 "seq": args.seq, "state_gib": round(state / 2**30, 3),
-                "temp_gib": round(ma.temp_size_in_bytes / 2**30, 3),
-                "total_gib": round((memory_need(compiled) or 0) / 2**30, 3),
-                "fits_16gib": (memory_need(compiled) or 0) <= 0.9 * 16 * 2**30,
-                "fits_32gib": (memory_need(compiled) or 0) <= 0.9 * 32 * 2**30}), flush=True)
+                "temp_gib": round(ma.temp_size_in_bytes / 2**30, 3), "total_gib": round(total / 2**30, 3),
+                "fits_16gib": total <= 0.9 * 16 * 2**30, "fits_32gib": total <= 0.9 * 32 * 2**30}), flush=True)
 
 
 if __name__ == "__main__":
