@@ -11,7 +11,8 @@
 #    A line with "error" is a configuration that failed (out of memory, say); the script goes on, and
 #    exits 1 at the end if any command failed. SMOKE on a backend other than gpu skips cudnn; without
 #    SMOKE, a backend other than gpu stops the script at once (exit 2).
-# 2. Packed vs unpacked tiny cells: see the marked place below.
+# 2. Packed vs unpacked tiny cells: K = 1, 2, 4, 8 runs of a width-64 depth-4 shape (vocab 256, seq
+#    256, batch 16) per vmapped call (train.pack); tokens/s summed over each pack's runs.
 # 3. bf16 vs float32: the loss of 200 steps of the same 124M model on the embedded Shakespeare with
 #    GPT-2's tokenizer (benchmarks/precision.py).
 # Each command runs under `timeout`, so the whole script ends inside 8 minutes even if one hangs.
@@ -40,12 +41,14 @@ if [ -n "${SMOKE:-}" ]; then
     SHAPE=(--vocab 256 --widths 64 --depths 2 --seq 128 --batch 8)
     SECONDS_PER=${SECONDS_PER:-0.5}
     PRECISION=(--width 64 --depth 2 --heads 2 --seq 128 --batch 4 --steps 10 --tokenizer bytes)
-    LIMIT_THROUGHPUT=120; LIMIT_PRECISION=120
+    LIMIT_THROUGHPUT=120; LIMIT_PRECISION=120; LIMIT_PACKED=120
+    PACKED=(--vocab 256 --widths 64 --depths 2 --seq 64 --batch 8 --head-dim 32)
 else
     SHAPE=(--vocab 50257 --widths 768 --depths 12 --seq 1024 --batch "${BATCH:-16}")
     SECONDS_PER=${SECONDS_PER:-5}
     PRECISION=(--width 768 --depth 12 --heads 12 --seq 1024 --batch 8 --steps 200 --tokenizer gpt2)
-    LIMIT_THROUGHPUT=75; LIMIT_PRECISION=120
+    LIMIT_THROUGHPUT=75; LIMIT_PRECISION=120; LIMIT_PACKED=60
+    PACKED=(--vocab 256 --widths 64 --depths 4 --seq 256 --batch 16 --head-dim 32)
 fi
 
 section() { printf '{"section": "%s", "elapsed_s": %d}\n' "$1" "$SECONDS"; }
@@ -72,7 +75,10 @@ for attention in "${ATTENTIONS[@]}"; do
 done
 
 # ---- PACKED CELLS: packed vs unpacked tiny cells (K = 1, 2, 4, 8 of a width-64 depth-4 shape) ----
-# Reserved for the "Packed small cells" part of issue 9, which adds its benchmark line here.
+# tokens_per_s of a line is the whole pack's; its ratio to the K=1 line is what packing buys.
+section "packed tiny cells: K = 1, 2, 4, 8 runs per call"
+run "$LIMIT_PACKED" "$PYTHON" benchmarks/throughput.py "${PACKED[@]}" --packs 1,2,4,8 --seconds "$SECONDS_PER" \
+    "${PEAK[@]}"
 # ---- end of PACKED CELLS ----
 
 section "bf16 vs float32: loss of the same steps"

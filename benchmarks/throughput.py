@@ -92,6 +92,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--attention", default="auto", help="model.attention: auto | xla | cudnn | splash")
     ap.add_argument("--remat", default="none", help="model.remat: none | full | dots_saveable")
     ap.add_argument("--logits-fp32", action="store_true", help="model.logits_fp32: the head matmul in float32")
+    ap.add_argument("--packs", default="1", help="runs trained together per call (train.pack), e.g. 1,2,4,8: "
+                    "a line each, tokens_per_s summed over the pack's runs")
     return ap.parse_args(argv)
 
 
@@ -117,31 +119,32 @@ def main(argv: list[str] | None = None) -> int:
     peak, peak_source = peak_tflops(a.peak_tflops, backend, device_kind, dtype, n_devices)
 
     failed = False
-    for width in map(int, a.widths.split(",")):
-        for depth in map(int, a.depths.split(",")):
-            heads = max(1, width // a.head_dim)
-            line: dict[str, Any] = dict(
-                framework=f"jax-{jax.__version__}", vocab=a.vocab, width=width, depth=depth, seq=a.seq,
-                batch=a.batch, heads=heads, variant=a.variant, backend=backend, device=device_kind,
-                device_kind=device_kind, n_devices=n_devices, dtype=jnp.dtype(dtype).name,
-                attention=a.attention, remat=a.remat, logits_fp32=a.logits_fp32,
-                peak_tflops=peak, peak_source=peak_source)
-            try:
-                mcfg = ModelConfig(variant=a.variant, width=width, depth=depth, heads=heads, seq_len=a.seq,
-                                   unroll=a.unroll, attention=a.attention, remat=a.remat,
-                                   logits_fp32=a.logits_fp32)
-                arch = model_lib.make_arch(mcfg, a.vocab, dtype)
-                k = (step_lib.default_steps_per_call(arch, a.batch) if a.steps_per_call == "auto"
-                     else int(a.steps_per_call))
-                line.update(steps_per_call=k, unroll=model_lib.resolve_unroll(arch.unroll, depth),
-                            attention_impl=model_lib.resolve_attention(arch))
-                out = measure(arch, a.batch, k, a.seconds)
-                line.update(out)
-                line["mfu"] = mfu(out["flops_per_token"], out["tokens_per_s"], peak, out["n_devices"])
-            except Exception as e:  # noqa: BLE001 - one failed shape (OOM, an unsupported kernel) is a line
-                failed = True
-                line["error"] = f"{type(e).__name__}: {str(e)[:2000]}"
-            print(json.dumps(line), flush=True)
+    shapes = [(w, d, K) for w in map(int, a.widths.split(",")) for d in map(int, a.depths.split(","))
+              for K in map(int, a.packs.split(","))]
+    for width, depth, pack in shapes:
+        heads = max(1, width // a.head_dim)
+        line: dict[str, Any] = dict(
+            framework=f"jax-{jax.__version__}", vocab=a.vocab, width=width, depth=depth, seq=a.seq,
+            batch=a.batch, heads=heads, variant=a.variant, backend=backend, device=device_kind,
+            device_kind=device_kind, n_devices=n_devices, dtype=jnp.dtype(dtype).name,
+            attention=a.attention, remat=a.remat, logits_fp32=a.logits_fp32,
+            peak_tflops=peak, peak_source=peak_source, pack=pack)
+        try:
+            mcfg = ModelConfig(variant=a.variant, width=width, depth=depth, heads=heads, seq_len=a.seq,
+                               unroll=a.unroll, attention=a.attention, remat=a.remat,
+                               logits_fp32=a.logits_fp32)
+            arch = model_lib.make_arch(mcfg, a.vocab, dtype)
+            k = (step_lib.default_steps_per_call(arch, a.batch) if a.steps_per_call == "auto"
+                 else int(a.steps_per_call))
+            line.update(steps_per_call=k, unroll=model_lib.resolve_unroll(arch.unroll, depth),
+                        attention_impl=model_lib.resolve_attention(arch))
+            out = measure(arch, a.batch, k, a.seconds, pack)
+            line.update(out)
+            line["mfu"] = mfu(out["flops_per_token"], out["tokens_per_s"], peak, out["n_devices"])
+        except Exception as e:  # noqa: BLE001 - one failed shape (OOM, an unsupported kernel) is a line
+            failed = True
+            line["error"] = f"{type(e).__name__}: {str(e)[:2000]}"
+        print(json.dumps(line), flush=True)
     return 1 if failed else 0
 
 
@@ -153,7 +156,9 @@ def mfu(flops_per_token: float, tokens_per_s: float, peak_tflops_per_device: flo
     return flops_per_token * tokens_per_s / (peak_tflops_per_device * 1e12 * n_devices)
 
 
-def measure(arch: Any, batch: int, k: int, seconds: float) -> dict[str, Any]:
+def measure(arch: Any, batch: int, k: int, seconds: float, pack: int = 1) -> dict[str, Any]:
+    """Steady-state speed of the train step; with pack > 1, of `pack` runs in one vmapped call
+    (tokens_per_s is then the pack's total, step_s the time of one step of all of them)."""
     import jax
     import numpy as np
 
@@ -164,15 +169,19 @@ def measure(arch: Any, batch: int, k: int, seconds: float) -> dict[str, Any]:
     # The reference's optimizer settings (lr 3e-4, betas 0.9/0.95, wd 0.1) plus the tool's defaults
     # (warmup + cosine, clip 1.0). A long horizon keeps the schedule from mattering.
     optim = OptimConfig(lr=3e-4)
-    steps = step_lib.build(arch, optim)
-    lrs = jax.device_put(step_lib.lr_table(optim, 1_000_000), steps.lr_sharding)
+    K = pack if pack > 1 else 0
+    steps = step_lib.build(arch, optim, pack=K)
+    table = step_lib.lr_table(optim, 1_000_000)
+    lrs = jax.device_put(np.stack([table] * K) if K else table, steps.lr_sharding)
     t0 = time.perf_counter()
-    state = jax.block_until_ready(steps.init(jax.random.key(0)))
+    key = jax.random.split(jax.random.key(0), K) if K else jax.random.key(0)
+    state = jax.block_until_ready(steps.init(key))
     init_s = time.perf_counter() - t0
-    n_params = model_lib.param_counts(state.params)
+    n_params = model_lib.param_counts(step_lib.abstract_state(steps.lane or steps).params)
     rng = np.random.default_rng(0)
-    xs, ys = (jax.device_put(rng.integers(0, arch.vocab, (k, batch, arch.seq_len), dtype=np.int32),
-                             steps.batch_sharding) for _ in range(2))
+    shape = (K, k, batch, arch.seq_len) if K else (k, batch, arch.seq_len)
+    xs, ys = (jax.device_put(rng.integers(0, arch.vocab, shape, dtype=np.int32), steps.batch_sharding)
+              for _ in range(2))
 
     t0 = time.perf_counter()
     train = steps.train.lower(state, xs, ys, lrs).compile()
@@ -195,12 +204,12 @@ def measure(arch: Any, batch: int, k: int, seconds: float) -> dict[str, Any]:
         prev = metrics
         calls += 1
     assert prev is not None
-    loss = float(np.asarray(jax.device_get(prev["loss"]))[-1])
+    loss = float(np.asarray(jax.device_get(prev["loss"])).reshape(-1)[-1])
     dt = time.perf_counter() - t0
     cpu1 = _cpu_times()
     step_s = dt / (calls * k)
     out: dict[str, Any] = dict(
-        step_s=step_s, tokens_per_s=batch * arch.seq_len / step_s,
+        step_s=step_s, tokens_per_s=max(pack, 1) * batch * arch.seq_len / step_s,
         flops_per_token=model_lib.flops_per_token(arch, n_params["non_embedding"]),
         n_devices=int(steps.mesh.size), compile_s=compile_s, init_s=init_s, calls=calls, loss=loss,
         params_non_embedding=n_params["non_embedding"],

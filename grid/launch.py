@@ -529,22 +529,24 @@ def run(spec_path: str, opts: Options) -> int:
     results: dict[str, str] = {}
     code = EXIT_OK
     with signals.installed():
-        for idx, cell in enumerate(todo):
+        n_run = 0
+        for unit in _packs(todo, store, opts, redo):
             if any_process(signals.requested)[0]:
                 code = EXIT_PREEMPTED
                 break
-            bar.set_postfix_str(f"cells {idx}/{len(todo)}")
+            bar.set_postfix_str(f"cells {n_run}/{len(todo)}")
 
-            def run_one(c: S.Cell, rerun_done: bool = False) -> str:
-                return _run_cell(c, store, tok_stores[c.config.data], tables[c.id], opts, signals, bar, say, writer,
-                                 multi, rerun_done=rerun_done, bars=bars)
-            status = run_one(cell, cell.id in redo)
-            if status == RERUN_TRUNK:  # its start checkpoint was unreadable and has been moved aside
-                trunk = next(c for c in cells if c.id == cell.parent)
-                results[trunk.id] = run_one(trunk, rerun_done=True)
-                status = run_one(cell) if results[trunk.id] == "done" else "skipped"
-            results[cell.id] = status
-            if status == "preempted":
+            def run_these(cs: list[S.Cell], rerun_done: bool = False) -> list[str]:
+                return _run_cells(cs, store, tok_stores[cs[0].config.data], tables[cs[0].id], opts, signals, bar, say,
+                                  writer, multi, rerun_done=rerun_done, bars=bars)
+            statuses = run_these(unit, unit[0].id in redo)  # a cell to redo runs alone (never packed)
+            if statuses == [RERUN_TRUNK]:  # its start checkpoint was unreadable and has been moved aside
+                trunk = next(c for c in cells if c.id == unit[0].parent)
+                results[trunk.id] = run_these([trunk], rerun_done=True)[0]
+                statuses = run_these(unit) if results[trunk.id] == "done" else ["skipped"]
+            results.update(zip((c.id for c in unit), statuses))
+            n_run += len(unit)
+            if "preempted" in statuses:
                 code = EXIT_PREEMPTED
                 break
     bar.close()
@@ -628,7 +630,7 @@ def _claim(cell: S.Cell, store: Store, st: dict[str, Any], gen: bytes, ckpt_dir:
 
 
 def _writer_sinks(sinks: list[Any], cell: S.Cell, store: Store, tok_store: Any, opts: Options, bars: bool,
-                  say: Callable[[str], None]) -> None:
+                  say: Callable[[str], None], position: int = 1) -> None:
     """Process 0's sinks of a cell: the store's metric arrays, a bar or log lines, optional TensorBoard/W&B."""
     from scaling_grid.trainer import (
         LogLineSink,
@@ -640,7 +642,7 @@ def _writer_sinks(sinks: list[Any], cell: S.Cell, store: Store, tok_store: Any, 
     )
     sinks.append(TensorStoreSink(store.root, cell.steps, prefix=store.metrics_prefix(cell.id)))
     if bars:
-        sinks.append(ProgressSink(cell.config.tokens_per_step, desc=cell.name, position=1, leave=False))
+        sinks.append(ProgressSink(cell.config.tokens_per_step, desc=cell.name, position=position, leave=False))
     else:  # a line every 30 s for a long cell; the per-eval lines of `train` would flood a grid's log
         sinks.append(LogLineSink(cell.config.tokens_per_step, prefix=f"{cell.id}: ", evals=False, out=say,
                                  origin=cell.init_step or 0))
@@ -652,95 +654,160 @@ def _writer_sinks(sinks: list[Any], cell: S.Cell, store: Store, tok_store: Any, 
         sinks.append(WandbSink(opts.wandb, cell.id, record))
 
 
-def _run_cell(cell: S.Cell, store: Store, tok_store: Any, table_len: int, opts: Options, signals: Preemption,
-              bar: Any, say: Callable[[str], None], writer: bool, multi: bool, rerun_done: bool = False,
-              bars: bool = False) -> str:
+def _packs(cells: Sequence[S.Cell], store: Store, opts: Options, redo: set[str]) -> list[list[S.Cell]]:
+    """The order of work: single cells, and packs of cells that train together in one compiled step
+    (`train.pack` > 1): separate cells (no WSD trunk or branch) whose configs differ only in seeds, lr
+    schedule and budget (`compile.pack_key`) and that resume from the same step, at most `train.pack`
+    per pack, in run order. Every process forms the packs process 0 forms."""
+    from scaling_grid.trainer import pack_key
+    label: list[int] = []
+    keys: dict[Any, int] = {}
+    for c in cells:
+        if c.config.train.pack > 1 and c.role == "separate" and c.id not in redo:
+            start = max(_checkpoint_steps(store.checkpoint_dir(c.id, opts.checkpoints)), default=0)
+            label.append(keys.setdefault((pack_key(c.config), start), len(keys)))
+        else:
+            label.append(-1)
+    label = from_process_0(label)
+    units: list[list[S.Cell]] = []
+    open_pack: dict[int, list[S.Cell]] = {}
+    for c, key in zip(cells, label):
+        if key < 0:
+            units.append([c])
+            continue
+        unit = open_pack.get(key)
+        if unit is None or len(unit) >= c.config.train.pack:
+            unit = open_pack[key] = []
+            units.append(unit)
+        unit.append(c)
+    return units
+
+
+def _run_cells(cells: Sequence[S.Cell], store: Store, tok_store: Any, table_len: int, opts: Options,
+               signals: Preemption, bar: Any, say: Callable[[str], None], writer: bool, multi: bool,
+               rerun_done: bool = False, bars: bool = False) -> list[str]:
+    """Run one cell, or a pack of cells in one compiled step (`trainer.train_pack`): each is claimed,
+    heartbeats and records its own status; an error fails every cell of the pack. The status of each."""
     from scaling_grid import trainer as T
     from scaling_grid.trainer import FailedElsewhere, Sinks, SinkSetupError, together
 
-    st, gen = store.status(cell.id)
-    ckpt_dir = store.checkpoint_dir(cell.id, opts.checkpoints)
-    skip, init_from, base = _claim(cell, store, st, gen, ckpt_dir, opts, say, writer, rerun_done)
-    # What process 0 read and claimed is what every process does (each reading for itself could differ).
-    code, from_trunk = from_process_0([_SKIPS.index(skip) if skip else -1, init_from is not None])
-    if code >= 0:
-        return _SKIPS[code]
-    if from_trunk:
-        assert cell.parent is not None and cell.init_step is not None  # a branch
-        init_from = (str(store.checkpoint_dir(cell.parent, opts.checkpoints)), cell.init_step)
+    result: dict[str, str] = {}
+    claimed: list[tuple[S.Cell, Any, dict[str, Any]]] = []
+    init_from: tuple[str, int] | None = None
+    for cell in cells:
+        st, gen = store.status(cell.id)
+        ckpt_dir = store.checkpoint_dir(cell.id, opts.checkpoints)
+        skip, init_from, base = _claim(cell, store, st, gen, ckpt_dir, opts, say, writer, rerun_done)
+        # What process 0 read and claimed is what every process does (each reading for itself could differ).
+        code, from_trunk = from_process_0([_SKIPS.index(skip) if skip else -1, init_from is not None])
+        if code >= 0:
+            result[cell.id] = _SKIPS[code]
+            continue
+        if from_trunk:
+            assert cell.parent is not None and cell.init_step is not None  # a branch, alone
+            init_from = (str(store.checkpoint_dir(cell.parent, opts.checkpoints)), cell.init_step)
+        claimed.append((cell, ckpt_dir, base))
+    if not claimed:
+        return [result[c.id] for c in cells]
+    running = [c for c, _, _ in claimed]
 
     t0 = time.perf_counter()
-    live = _LiveSink(cell, bar)
-    heartbeat = _Heartbeat(store, base, live, opts.status_every)
-    result = None
+    lives = [_LiveSink(c, bar) for c in running]
+    beats = [_Heartbeat(store, base, live, opts.status_every) for (_, _, base), live in zip(claimed, lives)]
+
+    def record(update: Callable[[S.Cell, _Heartbeat], dict[str, Any]]) -> None:
+        if writer:
+            for c, beat in zip(running, beats):
+                store.set_status(c.id, update(c, beat))
+
     try:
-        steps = _SHARED.get(cell.config, tok_store.vocab_size)
-        sinks: list[Any] = [live]
+        steps = _SHARED.get(running[0].config, tok_store.vocab_size, pack=len(running))
+        sinks: list[list[Any]] = [[live] for live in lives]
         with together(fatal=(SinkSetupError,)):  # process 0 alone builds the sinks; all go on, or none
             if writer:
-                _writer_sinks(sinks, cell, store, tok_store, opts, bars, say)
-        ctx = heartbeat if writer else contextlib.nullcontext()
-        with ctx:
-            result = T.train(cell.config, Sinks(*sinks), ckpt_dir, store=tok_store, steps=steps,
-                                warn=lambda m: say(f"{cell.id}: warning: {m}"), init_from=init_from,
-                                keep_steps=cell.keep_steps, table_len=table_len, preempt=signals)
+                for i, (c, cell_sinks) in enumerate(zip(running, sinks)):
+                    _writer_sinks(cell_sinks, c, store, tok_store, opts, bars, say, position=1 + i)
+        lanes = [T.Lane(c.config, Sinks(*s), ckpt_dir, init_from, c.keep_steps)
+                 for (c, ckpt_dir, _), s in zip(claimed, sinks)]
+        who = running[0].id if len(running) == 1 else f"pack of {len(running)}"
+        with contextlib.ExitStack() as beating:
+            if writer:
+                for beat in beats:
+                    beating.enter_context(beat)
+            outcome = T.train_pack(lanes, store=tok_store, steps=steps, warn=lambda m: say(f"{who}: warning: {m}"),
+                                   table_len=table_len, preempt=signals)
     except KeyboardInterrupt:
-        if writer:
-            store.set_status(cell.id, {**heartbeat.snapshot(), "state": "preempted",
-                                       "message": "interrupted (Ctrl-C); run again to resume"})
+        record(lambda c, b: {**b.snapshot(), "state": "preempted",
+                             "message": "interrupted (Ctrl-C); run again to resume"})
         raise
     except SinkSetupError as e:  # every cell would fail alike (no W&B login): stop the grid, exit 2
-        if writer:
-            store.set_status(cell.id, {**heartbeat.snapshot(), "state": "failed", "message": str(e)})
+        why = str(e)
+        record(lambda c, b: {**b.snapshot(), "state": "failed", "message": why})
         raise
     except FailedElsewhere as e:  # process 0 recorded why; this process follows it
         if e.fatal:
             raise SinkSetupError("process 0 could not start a metrics sink; its log says why") from None
-        say(f"{cell.id}: FAILED: {e}")
-        return "failed"
+        for c in running:
+            say(f"{c.id}: FAILED: {e}")
+            result[c.id] = "failed"
+        return [result[c.id] for c in cells]
     except UnreadableCheckpoint as e:
         if init_from is None or str(e.directory) != str(path_of(init_from[0])):
             raise
-        where = f"its trunk {cell.parent}'s checkpoint at step {e.step}, where this branch starts, is unreadable"
-        if multi:  # moving shared checkpoints is a decision for one process; left to the user here
-            msg = (f"{where} ({e}); move {e.directory}/{e.step} and the trunk's later checkpoints aside, then run "
-                   "again: the trunk reruns from its previous checkpoint")
-            say(f"{cell.id}: FAILED: {msg}")
-            if writer:
-                store.set_status(cell.id, {**base, "state": "failed", "message": msg})
-            return "failed"
-        moved = [s for s in _checkpoint_steps(e.directory) if s >= e.step]
-        dest = set_aside(e.directory, moved)
-        say(f"{cell.id}: {where}; moved the trunk's checkpoints {moved} to {dest} and rerunning the trunk from its "
-            "previous checkpoint")
-        if writer:
-            assert cell.parent is not None  # init_from is set: a branch
-            store.set_status(cell.id, {**base, "state": "pending", "message": f"{where}; waiting for the trunk"})
-            store.set_status(cell.parent, {**store.status(cell.parent)[0], "state": "preempted",
-                                           "message": f"checkpoint {e.step} unreadable; rerunning from the one before"})
-        return RERUN_TRUNK
+        return [_trunk_unreadable(running[0], claimed[0][2], e, store, say, writer, multi)]
     except Exception as e:  # noqa: BLE001 - record and go on to the next cell
         tb = traceback.format_exc()
         msg = f"{type(e).__name__}: {e}"
-        if writer:
-            store.set_status(cell.id, {**heartbeat.snapshot(), "state": "failed", "message": msg,
-                                       "traceback": tb[-4000:], "elapsed_s": time.perf_counter() - t0})
-        say(f"{cell.id}: FAILED: {msg}")
-        return "failed"
+        record(lambda c, b: {**b.snapshot(), "state": "failed", "message": msg, "traceback": tb[-4000:],
+                             "elapsed_s": time.perf_counter() - t0})
+        for c in running:
+            say(f"{c.id}: FAILED: {msg}")
+            result[c.id] = "failed"
+        return [result[c.id] for c in cells]
     elapsed = time.perf_counter() - t0
-    setup_s = (live.t_start - t0) if live.t_start is not None else elapsed
-    final = {**heartbeat.snapshot(), "state": result.status, "step": result.step, "message": result.message,
-             "elapsed_s": elapsed, "setup_s": setup_s, "train_s": elapsed - setup_s,
-             "trained_steps": (live.step - live.first_step) if live.first_step is not None else 0}
-    final["eval_loss"] = result.eval_loss if math.isfinite(result.eval_loss) else None
+    for c, beat, live, res in zip(running, beats, lives, outcome):
+        setup_s = (live.t_start - t0) if live.t_start is not None else elapsed
+        final = {**beat.snapshot(), "state": res.status, "step": res.step, "message": res.message,
+                 "elapsed_s": elapsed, "setup_s": setup_s, "train_s": elapsed - setup_s,
+                 "trained_steps": (live.step - live.first_step) if live.first_step is not None else 0}
+        final["eval_loss"] = res.eval_loss if math.isfinite(res.eval_loss) else None
+        if len(running) > 1:
+            final["pack"] = [x.id for x in running]
+        if writer:
+            store.set_status(c.id, final)
+        if res.status == "done":
+            tps = final.get("tokens_per_s")
+            loss = final["eval_loss"]
+            with_pack = f" (in a pack of {len(running)})" if len(running) > 1 else ""
+            say(f"{c.id}: done in {elapsed:.1f}s{with_pack}, "
+                + (f"eval loss {loss:.4f}" if loss is not None else "no final eval")
+                + (f", {tps:,.0f} tok/s" if tps else ""))
+        else:
+            msg = res.message
+            say(f"{c.id}: {msg}" if msg.startswith(res.status) else f"{c.id}: {res.status}: {msg}")
+        result[c.id] = res.status
+    return [result[c.id] for c in cells]
+
+
+def _trunk_unreadable(cell: S.Cell, base: dict[str, Any], e: UnreadableCheckpoint, store: Store,
+                      say: Callable[[str], None], writer: bool, multi: bool) -> str:
+    """A branch whose start checkpoint in its trunk is unreadable: set the trunk's checkpoints from
+    there aside and ask for the trunk to rerun (one process alone; on many the user is told how)."""
+    where = f"its trunk {cell.parent}'s checkpoint at step {e.step}, where this branch starts, is unreadable"
+    if multi:  # moving shared checkpoints is a decision for one process; left to the user here
+        msg = (f"{where} ({e}); move {e.directory}/{e.step} and the trunk's later checkpoints aside, then run "
+               "again: the trunk reruns from its previous checkpoint")
+        say(f"{cell.id}: FAILED: {msg}")
+        if writer:
+            store.set_status(cell.id, {**base, "state": "failed", "message": msg})
+        return "failed"
+    moved = [s for s in _checkpoint_steps(e.directory) if s >= e.step]
+    dest = set_aside(e.directory, moved)
+    say(f"{cell.id}: {where}; moved the trunk's checkpoints {moved} to {dest} and rerunning the trunk from its "
+        "previous checkpoint")
     if writer:
-        store.set_status(cell.id, final)
-    if result.status == "done":
-        tps = final.get("tokens_per_s")
-        loss = final["eval_loss"]
-        say(f"{cell.id}: done in {elapsed:.1f}s, " + (f"eval loss {loss:.4f}" if loss is not None else "no final eval")
-            + (f", {tps:,.0f} tok/s" if tps else ""))
-    else:
-        msg = result.message
-        say(f"{cell.id}: {msg}" if msg.startswith(result.status) else f"{cell.id}: {result.status}: {msg}")
-    return result.status
+        assert cell.parent is not None  # init_from is set: a branch
+        store.set_status(cell.id, {**base, "state": "pending", "message": f"{where}; waiting for the trunk"})
+        store.set_status(cell.parent, {**store.status(cell.parent)[0], "state": "preempted",
+                                       "message": f"checkpoint {e.step} unreadable; rerunning from the one before"})
+    return RERUN_TRUNK

@@ -74,8 +74,10 @@ RULES: dict[str, dict[str, tuple[str, ...]]] = {
 }
 RULE_OPTIONAL = {("lr", "width_scaled"): ("exponent",)}
 # Fields that do not change a cell's loss curve or what is recorded: not part of its id. The mesh is
-# among them: a grid resumed on another pod size or mesh keeps its cells (its checkpoints reshard).
-_ID_EXCLUDE = {"out_dir": None, "mesh": None, "data": ("root",), "train": ("ckpt_every", "ckpt_minutes", "keep")}
+# among them: a grid resumed on another pod size or mesh keeps its cells (its checkpoints reshard);
+# so is train.pack: a cell trained in a pack or alone is the same cell.
+_ID_EXCLUDE = {"out_dir": None, "mesh": None, "data": ("root",),
+               "train": ("ckpt_every", "ckpt_minutes", "keep", "pack")}
 ROLES = ("separate", "trunk", "branch")
 
 

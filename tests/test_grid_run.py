@@ -266,13 +266,13 @@ def test_failed_cell_is_recorded_grid_goes_on_and_retried(grid, monkeypatch):
     spec.write_text(SPEC.replace("DATA", str(root / "data")).replace("width: [16, 32]", "width: [16]").replace(
         "tokens: [10240, 20480]", "tokens: [2560, 5120]"))
     store = root / "failing"
-    real = loop.train
+    real = loop.train_pack  # what the launcher calls, for one cell or a pack
 
-    def flaky(cfg, *a, **k):
-        if cfg.train.tokens == 2560:
+    def flaky(lanes, *a, **k):
+        if any(lane.cfg.train.tokens == 2560 for lane in lanes):
             raise RuntimeError("disk on fire")
-        return real(cfg, *a, **k)
-    monkeypatch.setattr(loop, "train", flaky)
+        return real(lanes, *a, **k)
+    monkeypatch.setattr(loop, "train_pack", flaky)
     opts = launch.Options(store=str(store), memory_check=False, progress=False)
     assert launch.run(str(spec), opts) == launch.EXIT_FAILED
     st = {c["config"]["name"]: c["status"] for c in G.Store(str(store)).records()[0]}
@@ -281,7 +281,7 @@ def test_failed_cell_is_recorded_grid_goes_on_and_retried(grid, monkeypatch):
     assert "Traceback" in bad["traceback"]
     assert [s["state"] for s in st.values()] == ["done"]  # the grid went on
     assert "failed" in G.format_status(G.status_rows(str(store)))
-    monkeypatch.setattr(loop, "train", real)
+    monkeypatch.setattr(loop, "train_pack", real)
     assert launch.run(str(spec), opts) == launch.EXIT_OK  # retried by the next launch
     st = {c["config"]["name"]: c["status"] for c in G.Store(str(store)).records()[0]}
     assert st["gpt2-w16-d1-t2.56k-s0"]["state"] == "done" and st["gpt2-w16-d1-t2.56k-s0"]["attempt"] == 2

@@ -9,8 +9,8 @@ that only reads a store (`status`, `fit`) never imports JAX or orbax::
     model: VARIANTS, flops_per_token, make_arch, non_embedding_formula
     tokenstore: TokenStore, prepare, store_path
     step: check_batch, device_memory
-    compile: SharedSteps, measure, memory_need, table_lengths
-    loop: train, train_cli, compute_dtype, accelerator_unused, backend_line
+    compile: SharedSteps, measure, memory_need, pack_key, table_lengths
+    loop: train, train_pack, Lane, train_cli, compute_dtype, accelerator_unused, backend_line
     checkpoint: UnreadableCheckpoint, saved_steps, set_aside
     paths: path_of (a path object for a local path, a file:// or a gs:// URL)
     metrics: EVAL_FIELDS, TRAIN_FIELDS, MetricsDamaged, rewrite_metadata, open_metric, read_metrics,
@@ -58,7 +58,10 @@ _ORIGIN = {
     'measure': 'compile',
     'memory_need': 'compile',
     'table_lengths': 'compile',
+    'pack_key': 'compile',
     'train': 'loop',
+    'train_pack': 'loop',
+    'Lane': 'loop',
     'train_cli': 'loop',
     'compute_dtype': 'loop',
     'accelerator_unused': 'loop',
@@ -98,7 +101,7 @@ _ORIGIN = {
 
 if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports on first use
     from .checkpoint import UnreadableCheckpoint, saved_steps, set_aside
-    from .compile import SharedSteps, measure, memory_need, table_lengths
+    from .compile import SharedSteps, measure, memory_need, pack_key, table_lengths
     from .config import (
         ConfigError,
         DataConfig,
@@ -114,7 +117,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports on 
         read_yaml_text,
         validate,
     )
-    from .loop import accelerator_unused, backend_line, compute_dtype, train, train_cli
+    from .loop import Lane, accelerator_unused, backend_line, compute_dtype, train, train_cli, train_pack
     from .metrics import (
         EVAL_FIELDS,
         TRAIN_FIELDS,
@@ -156,7 +159,7 @@ def __getattr__(name: str) -> Any:
     if name not in _ORIGIN:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     # Not cached here: the module stays the one place a name lives (a test that patches
-    # `loop.train` patches what `trainer.train` returns).
+    # `loop.train_pack` patches what `trainer.train_pack` returns).
     return getattr(importlib.import_module(f".{_ORIGIN[name]}", __name__), name)
 
 
@@ -186,6 +189,9 @@ __all__ = [
     "LogLineSink",
     "make_arch",
     "measure",
+    "pack_key",
+    "train_pack",
+    "Lane",
     "memory_need",
     "MetricsDamaged",
     "ModelConfig",

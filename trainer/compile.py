@@ -37,6 +37,15 @@ def shape_key(cfg: RunConfig, vocab: int) -> tuple[Arch, OptimConfig, int, MeshC
     return arch, fixed, cfg.train.grad_accum, cfg.mesh
 
 
+def pack_key(cfg: RunConfig) -> Hashable:
+    """What the runs of one pack (``loop.train_pack``) share: everything but their seeds, their lr
+    schedule (a table per run) and their token budget. Bookkeeping that does not change a curve
+    (cadences of logs, evals and checkpoints) must be shared too: the loop runs them together."""
+    free_optim = {f: getattr(OptimConfig(), f) for f in SCHEDULE_FIELDS}
+    train = dataclasses.replace(cfg.train, seed=0, data_seed=0, tokens=0, pack=1)
+    return (dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, **free_optim), train=train, out_dir=""),)
+
+
 class SharedSteps:
     """One ``step.build`` per shape key, and one ahead-of-time compile per (shape, chunk, table)."""
 
@@ -44,11 +53,13 @@ class SharedSteps:
         self.steps: dict[Hashable, Steps] = {}
         self.compiled: dict[Hashable, tuple[Any, float]] = {}
 
-    def get(self, cfg: RunConfig, vocab: int) -> Steps:
-        """The Steps for this run's shape (built once, then shared)."""
-        key = shape_key(cfg, vocab)
+    def get(self, cfg: RunConfig, vocab: int, pack: int = 0) -> Steps:
+        """The Steps for this run's shape (built once, then shared); for packs of ``pack`` runs if > 1."""
+        key = (shape_key(cfg, vocab), pack if pack > 1 else 0)
         if key not in self.steps:
-            self.steps[key] = build(key[0], key[1], key[2], make_mesh(key[3]))
+            (arch, optim, accum, mesh), k = key
+            lane = self.get(cfg, vocab) if k else None
+            self.steps[key] = build(arch, optim, accum, make_mesh(mesh), pack=k, lane=lane)
         return self.steps[key]
 
     def lower(self, cfg: RunConfig, vocab: int, table_len: int) -> tuple[Any, Steps, float]:

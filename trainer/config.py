@@ -120,6 +120,9 @@ class TrainConfig:
     batch_size: int = _f(16, "global sequences per optimizer step")
     grad_accum: int = _f(1, "micro-batches per step (batch_size must divide by it)")
     steps_per_call: int = _f(1, "optimizer steps fused into one compiled call (CPU dispatch overhead)")
+    pack: int = _f(1, "a grid trains up to this many cells together in one compiled step (jax.vmap) when they "
+                   "differ only in seeds, lr schedule and token budget; each keeps its own metrics and "
+                   "checkpoints. 1 = off (on a CPU packing lowered aggregate tokens/s: README, Speed)")
     seed: int = _f(0, "parameter init")
     data_seed: int = _f(0, "batch order: the batch at step s is a function of (data_seed, s)")
     log_every: int = _f(10, "record train metrics every k steps (fetched from device in batches)")
@@ -144,7 +147,8 @@ class MeshConfig:
 # Fields added after cell ids were first pinned: to_dict() leaves them out while they hold their
 # defaults, so the ids of existing grid cells (a hash of to_dict()) and existing runs' configs stay as
 # they were. A non-default value is a different run and is written out.
-_OMITTED_AT_DEFAULT = {"data": ("documents", "text_key"), "model": ("attention", "remat", "logits_fp32")}
+_OMITTED_AT_DEFAULT = {"data": ("documents", "text_key"), "train": ("pack",),
+                       "model": ("attention", "remat", "logits_fp32")}
 
 
 @dataclass(frozen=True)
@@ -419,7 +423,7 @@ def validate(cfg: RunConfig, check_paths: bool = True) -> None:
     _check(o.eps > 0, "optim.eps", o.eps, "must be > 0")
     _check(o.clip_norm >= 0, "optim.clip_norm", o.clip_norm, "must be >= 0 (0 disables clipping)")
 
-    for name in ("batch_size", "grad_accum", "steps_per_call", "log_every", "eval_every",
+    for name in ("batch_size", "grad_accum", "steps_per_call", "pack", "log_every", "eval_every",
                  "eval_batches", "ckpt_every", "keep"):
         v = getattr(t, name)
         _check(v > 0, f"train.{name}", v, "must be a positive integer")

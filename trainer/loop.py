@@ -14,7 +14,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,9 +80,10 @@ def _to_global(local: np.ndarray, sharding: Any, global_rows: int, axis: int) ->
 
 
 def evaluate(steps: Steps, params: Any, val_BT1: np.ndarray, batch_size: int,
-             stop: Callable[[], bool] = lambda: False) -> tuple[float, float] | None:
-    """Mean validation loss over the fixed set and its standard error across sequences.
-    Returns None if `stop()` became true part-way (a preemption landed during eval)."""
+             stop: Callable[[], bool] = lambda: False) -> list[tuple[float, float]] | None:
+    """Per run of the state (one, or each of a pack's): the mean validation loss over the fixed set
+    and its standard error across sequences. None if `stop()` became true part-way (a preemption
+    landed during eval)."""
     rows = _host_rows(steps.eval_sharding, batch_size)
     losses = []
     for lo in range(0, len(val_BT1), batch_size):
@@ -90,8 +91,69 @@ def evaluate(steps: Steps, params: Any, val_BT1: np.ndarray, batch_size: int,
             return None
         chunk = val_BT1[lo:lo + batch_size][rows]
         losses.append(steps.eval(params, _to_global(chunk, steps.eval_sharding, batch_size, 0)))
-    per_seq = np.concatenate([np.asarray(x) for x in jax.device_get(losses)]).astype(np.float64)
-    return float(per_seq.mean()), float(per_seq.std(ddof=1) / math.sqrt(len(per_seq)))
+    per_seq = np.concatenate([np.atleast_2d(x) for x in jax.device_get(losses)], axis=1).astype(np.float64)
+    n = per_seq.shape[1]
+    return [(float(r.mean()), float(r.std(ddof=1) / math.sqrt(n))) for r in per_seq]
+
+
+@dataclass
+class Lane:
+    """One run of a pack (`train_pack`): its config, metrics sink and checkpoint folder; where it
+    starts when it has no checkpoint of its own, and the steps it keeps forever (see `train`)."""
+    cfg: RunConfig
+    sink: MetricsSink
+    ckpt_dir: str | os.PathLike[str]
+    init_from: tuple[str | os.PathLike[str], int] | None = None
+    keep_steps: Sequence[int] = ()
+
+
+class _Run:
+    """A lane's own part of the loop: its lr table and tau, checkpoints, sink and outcome."""
+
+    def __init__(self, lane: Lane, table_len: int | None, warn: Callable[[str], None]) -> None:
+        self.lane, self.cfg, self.sink, self.S = lane, lane.cfg, lane.sink, lane.cfg.steps
+        self.table = lr_table(lane.cfg.optim, self.S, table_len)
+        self.lrs = self.table[:self.S].astype(np.float64)
+        self.tau = np.concatenate([[0.0], np.cumsum(self.lrs)])  # tau[s] = sum of the lr of updates 1..s
+        t = lane.cfg.train
+        self.ckpt = Checkpointer(lane.ckpt_dir, t.keep, t.ckpt_every, t.ckpt_minutes, lane.keep_steps, warn)
+        self.meta = {"fingerprint": fingerprint(lane.cfg)}
+        self.result: RunResult | None = None   # set when the run ends (the pack may go on)
+        self.ckpt_step, self.last_eval = 0, math.nan
+
+    def restore(self, lane_steps: Steps) -> tuple[Any, int]:
+        """(state, step): the newest readable checkpoint, else the trunk's state it branches from,
+        else a fresh init from the run's seed."""
+        restored = self.ckpt.restore_latest(abstract_state(lane_steps))
+        if restored is not None:
+            return restored[0], int(restored[1]["step"])
+        if self.lane.init_from is not None:
+            where, step = self.lane.init_from
+            return restore_from(where, step, abstract_state(lane_steps)), step
+        return lane_steps.init(jax.random.key(self.cfg.train.seed)), 0
+
+    def end(self, status: str, step: int, message: str = "") -> RunResult:
+        if status != "diverged":
+            self.ckpt.wait()  # durable before the run says so
+        self.sink.close(status, step, message)
+        self.result = RunResult(status, step, message, self.last_eval)
+        return self.result
+
+    def write(self, s_all: np.ndarray, loss: np.ndarray, gnorm: np.ndarray, log_every: int,
+              tokens_per_step: int) -> int | None:
+        """Write this run's logged steps of fetched metrics; the first step whose loss is not finite."""
+        mine = s_all <= self.S
+        s_all, loss, gnorm = s_all[mine], loss[mine], gnorm[mine]
+        bad = ~np.isfinite(loss)
+        first_bad = int(s_all[bad][0]) if bad.any() else None
+        keep = (s_all % log_every == 0) | (s_all == self.S) | (s_all == first_bad)
+        if first_bad is not None:
+            keep &= s_all <= first_bad
+        s = s_all[keep]
+        if len(s):
+            self.sink.write_train(s, {"tokens": s * float(tokens_per_step), "tau": self.tau[s], "lr": self.lrs[s - 1],
+                                      "loss": loss[keep], "grad_norm": gnorm[keep]})
+        return first_bad
 
 
 def train(cfg: RunConfig, sink: MetricsSink, ckpt_dir: str | os.PathLike[str], *,
@@ -109,97 +171,148 @@ def train(cfg: RunConfig, sink: MetricsSink, ckpt_dir: str | os.PathLike[str], *
 
     On many processes every decision that leads into a collective (stop, save, abandon an eval, fail at
     setup) is taken by all of them together (`runtime.any_process`)."""
+    return train_pack([Lane(cfg, sink, ckpt_dir, init_from, keep_steps)], store=store, steps=steps, warn=warn,
+                      table_len=table_len, preempt=preempt)[0]
+
+
+def train_pack(lanes: Sequence[Lane], *, store: tokenstore.TokenStore | None = None, steps: Steps | None = None,
+               warn: Callable[[str], None] | None = None, table_len: int | None = None,
+               preempt: Preemption | None = None) -> list[RunResult]:
+    """Train several runs of one shape together, in one compiled step vmapped over their stacked
+    states (`step.build(pack=K)`), each with its own lr table, seeds and budget (`compile.pack_key`
+    says what may differ); one lane is `train`. Each run keeps its own metrics, checkpoints and
+    outcome, and resumes on its own: a pack is a way to run, not a record. A run whose budget ends
+    first is saved, evaluated and closed at its last step; it then rides along with lr 0 (frozen
+    parameters) until the pack ends. A pack stops for a preemption or a timed checkpoint only where
+    its chunks of steps_per_call start anew, so a resume meets the same chunk boundaries."""
     warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr, flush=True))
-    t_cfg, S = cfg.train, cfg.steps
+    cfg, K = lanes[0].cfg, (len(lanes) if len(lanes) > 1 else 0)
+    t_cfg = cfg.train
+    if K:
+        from .compile import pack_key
+        if len({pack_key(lane.cfg) for lane in lanes}) > 1:
+            raise ConfigError("the runs of a pack differ in more than seeds, learning-rate schedule and token "
+                              "budget; run them separately")
+        if any(lane.init_from is not None or lane.keep_steps for lane in lanes):
+            raise ConfigError("WSD trunks and branches run unpacked")
     store = store or tokenstore.prepare(cfg.data)
-    arch = make_arch(cfg.model, store.vocab_size, compute_dtype(t_cfg.dtype))
-    steps = steps or build(arch, cfg.optim, t_cfg.grad_accum, make_mesh(cfg.mesh))
+    if steps is None:
+        arch = make_arch(cfg.model, store.vocab_size, compute_dtype(t_cfg.dtype))
+        steps = build(arch, cfg.optim, t_cfg.grad_accum, make_mesh(cfg.mesh), pack=K)
+    if steps.pack != K:
+        raise ValueError(f"steps built for packs of {steps.pack}, given {len(lanes)} run(s)")
     val_BT1 = store.val_set(t_cfg.eval_batches * t_cfg.batch_size, cfg.model.seq_len)
-    lrs = lr_table(cfg.optim, S, table_len)
-    lrs_dev = jax.device_put(lrs, steps.lr_sharding)
-    lrs = lrs[:S].astype(np.float64)
-    tau = np.concatenate([[0.0], np.cumsum(lrs)])  # tau[s] = sum of the lr of updates 1..s
-    tps, k = cfg.tokens_per_step, t_cfg.steps_per_call
+    runs = [_Run(lane, table_len, warn) for lane in lanes]
+    width = max(len(r.table) for r in runs)
+    tables = np.stack([np.pad(r.table, (0, width - len(r.table))) for r in runs])
+    lrs_dev = jax.device_put(tables if K else tables[0], steps.lr_sharding)
+    S_max, k = max(r.S for r in runs), t_cfg.steps_per_call
     rows = _host_rows(steps.eval_sharding, t_cfg.batch_size)
 
-    ckpt = Checkpointer(ckpt_dir, t_cfg.keep, t_cfg.ckpt_every, t_cfg.ckpt_minutes, keep_steps, warn)
     own_signal = preempt is None
     preempt = preempt or Preemption()
     start, failed = 0, False
+
+    def active() -> list[tuple[int, _Run]]:
+        return [(i, r) for i, r in enumerate(runs) if r.result is None]
+
     try:
         # A process failing here alone would leave the others waiting in the first train step.
         with together():
-            restored = ckpt.restore_latest(abstract_state(steps))
-            if restored is None and init_from is not None:
-                state, start = restore_from(init_from[0], init_from[1], abstract_state(steps)), init_from[1]
-            elif restored is None:
-                state, start = steps.init(jax.random.key(t_cfg.seed)), 0
-            else:
-                state, start = restored[0], int(restored[1]["step"])
-            sink.start(S, start)
-        meta = {"fingerprint": fingerprint(cfg)}
+            restored = [r.restore(steps.lane or steps) for r in runs]
+            # A run already at its end is only evaluated and closed; the others go on from one step.
+            starts = sorted({s for (_, s), r in zip(restored, runs) if s < r.S})
+            if len(starts) > 1:
+                raise ConfigError(f"the runs of a pack resume from different steps {starts}; run them unpacked "
+                                  "(train.pack=1) until they are done")
+            start = starts[0] if starts else max(s for _, s in restored)
+            state = steps.stack([st for st, _ in restored]) if K else restored[0][0]
+            for r, (_, s) in zip(runs, restored):
+                r.ckpt_step = s
+                r.sink.start(r.S, s)
 
         pending: list[tuple[int, dict[str, jax.Array]]] = []
 
-        def flush(upto: int | None = None) -> int | None:
-            """Fetch pending chunk metrics (all, or those ending at or before `upto`), write the
-            logged steps, and return the first step whose loss is not finite, if any."""
+        def flush(upto: int | None = None) -> dict[int, int]:
+            """Fetch pending chunk metrics (all, or those ending at or before `upto`), write each active
+            run's logged steps; {lane: first step whose loss is not finite}."""
             nonlocal pending
             take = [p for p in pending if upto is None or p[0] <= upto]
             pending = [p for p in pending if not (upto is None or p[0] <= upto)]
             if not take:
-                return None
+                return {}
             host = jax.device_get([m for _, m in take])
-            s_all = np.concatenate([np.arange(end - len(m["loss"]) + 1, end + 1) for (end, _), m in zip(take, host)])
-            loss = np.concatenate([m["loss"] for m in host]).astype(np.float64)
-            gnorm = np.concatenate([m["grad_norm"] for m in host]).astype(np.float64)
-            bad = ~np.isfinite(loss)
-            first_bad = int(s_all[bad][0]) if bad.any() else None
-            keep = (s_all % t_cfg.log_every == 0) | (s_all == S) | (s_all == first_bad)
-            if first_bad is not None:
-                keep &= s_all <= first_bad
-            s = s_all[keep]
-            sink.write_train(s, {"tokens": s * float(tps), "tau": tau[s], "lr": lrs[s - 1],
-                                 "loss": loss[keep], "grad_norm": gnorm[keep]})
-            return first_bad
+            s_all = np.concatenate([np.arange(end - m["loss"].shape[-1] + 1, end + 1)
+                                    for (end, _), m in zip(take, host)])
+            loss = np.concatenate([np.atleast_2d(m["loss"]) for m in host], axis=1).astype(np.float64)
+            gnorm = np.concatenate([np.atleast_2d(m["grad_norm"]) for m in host], axis=1).astype(np.float64)
+            bad = {i: r.write(s_all, loss[i], gnorm[i], t_cfg.log_every, cfg.tokens_per_step) for i, r in active()}
+            return {i: s for i, s in bad.items() if s is not None}
 
-        def diverged(step: int, what: str) -> RunResult:
-            msg = f"diverged: {what} is not finite at step {step}; no checkpoint saved past step {ckpt_step}"
-            sink.close("diverged", step, msg)
-            return RunResult("diverged", step, msg)
+        def diverged(bad: dict[int, int], what: str) -> None:
+            for i, step in bad.items():
+                r = runs[i]
+                r.end("diverged", step, f"diverged: {what} is not finite at step {step}; no checkpoint saved past "
+                      f"step {r.ckpt_step}")
 
-        def eval_at(step: int) -> float | None:
-            out = evaluate(steps, state.params, val_BT1, t_cfg.batch_size, lambda: any_process(preempt.requested)[0])
+        def eval_at(step: int | None, due: list[tuple[int, _Run]], may_stop: bool = True) -> bool:
+            """Evaluate the runs `due` at `step` (None: each at its checkpoint's); False if a preemption
+            landed during it (and may stop it)."""
+            out = evaluate(steps, state.params, val_BT1, t_cfg.batch_size,
+                           lambda: may_stop and any_process(preempt.requested)[0])
             if out is None:
-                return None
+                return False
+            bad: dict[int, int] = {}
             with together():  # a metrics write: process 0's alone
-                sink.write_eval(step, *out)
-            return out[0]
+                for i, r in due:
+                    at = r.ckpt_step if step is None else step
+                    r.sink.write_eval(at, *out[i])
+                    if math.isfinite(out[i][0]):
+                        r.last_eval = out[i][0]
+                    else:
+                        bad[i] = at
+            diverged(bad, "eval loss")
+            return True
 
-        ckpt_step, last_eval = start, math.nan
+        def lane_state(i: int) -> Any:
+            return steps.unstack(state, i) if K else state
+
+        def save(s: int, which: list[tuple[int, _Run]]) -> None:
+            with together():
+                for _, r in which:
+                    r.sink.flush()  # metrics up to s are durable before checkpoint s exists
+            for i, r in which:
+                r.ckpt.save(s, lane_state(i), {**r.meta, "step": s})
+                r.ckpt_step = s
+
+        def preempted(which: list[tuple[int, _Run]]) -> None:
+            for _, r in which:  # each was saved at its ckpt_step, where it resumes
+                r.end("preempted", r.ckpt_step, f"preempted: checkpoint saved at step {r.ckpt_step}; run again to "
+                      "resume")
+
         with preempt.installed() if own_signal else contextlib.nullcontext():
             # Step 0 (init), or a resume at a step that owes an eval: a preemption may have skipped or
             # abandoned it (at the last step too: the state is saved there, the eval is not).
-            if start % t_cfg.eval_every == 0 or start == S:
-                loss = eval_at(start)
-                if loss is None:  # preempted during this eval: checkpoint `start` holds the state
-                    msg = f"preempted: checkpoint saved at step {start}; run again to resume"
-                    sink.close("preempted", start, msg)
-                    return RunResult("preempted", start, msg)
-                last_eval = loss
-            if start >= S:
-                sink.close("done", S)
-                return RunResult("done", S, "already complete", last_eval)
-            batches = tokenstore.batches(store, t_cfg.data_seed, start, S, t_cfg.batch_size,
-                                       cfg.model.seq_len, k, rows)
-            with contextlib.closing(batches):
+            owed = [(i, r) for i, r in active() if start % t_cfg.eval_every == 0 or r.ckpt_step >= r.S]
+            if owed and not eval_at(None, owed):  # preempted during this eval: their checkpoints hold the state
+                preempted(active())
+            for _, r in active():
+                if r.ckpt_step >= r.S:
+                    r.end("done", r.S, "already complete")
+            if not active():
+                return [r.result for r in runs if r.result is not None]
+            with contextlib.ExitStack() as open_batches:
+                by_seed = {s: open_batches.enter_context(contextlib.closing(tokenstore.batches(
+                    store, s, start, S_max, t_cfg.batch_size, cfg.model.seq_len, k, rows)))
+                    for s in dict.fromkeys(r.cfg.train.data_seed for r in runs)}
+                pieces = _pieces(by_seed, [r.cfg.train.data_seed for r in runs], sorted({r.S for r in runs}), K)
                 with together():
-                    chunk = next(batches, None)
-                while chunk is not None:
-                    first, x, y = chunk
-                    s = first + x.shape[0]
-                    state, metrics = steps.train(state, _to_global(x, steps.batch_sharding, t_cfg.batch_size, 1),
-                                                 _to_global(y, steps.batch_sharding, t_cfg.batch_size, 1), lrs_dev)
+                    piece = next(pieces, None)
+                while piece is not None and active():
+                    s, x, y = piece
+                    axis = 2 if K else 1
+                    state, metrics = steps.train(state, _to_global(x, steps.batch_sharding, t_cfg.batch_size, axis),
+                                                 _to_global(y, steps.batch_sharding, t_cfg.batch_size, axis), lrs_dev)
                     pending.append((s, metrics))
                     # While the device trains: the previous chunk's metrics (lagged fetch) and the next
                     # chunk's batches. Either can fail in one process only (process 0 alone writes metrics;
@@ -207,64 +320,78 @@ def train(cfg: RunConfig, sink: MetricsSink, ckpt_dir: str | os.PathLike[str], *
                     # takes per chunk, with preemption (a SIGTERM may reach one of them only) and the
                     # time-based checkpoint (each has its own clock).
                     error: Exception | None = None
-                    bad = None
+                    bad: dict[int, int] = {}
                     try:
                         if len(pending) >= 2 and pending[-2][0] % t_cfg.log_every == 0:
                             bad = flush(upto=pending[-2][0])
-                        chunk = next(batches, None)
+                        piece = next(pieces, None)
                     except Exception as e:  # noqa: BLE001 - raised by agree, in every process
                         error = e
-                    stop, due = agree(error, preempt.requested, ckpt.due(s))
-                    if bad is not None:
-                        return diverged(bad, "train loss")
-                    is_eval = s % t_cfg.eval_every == 0 or s == S
-                    save = s == S or stop or due
-                    if is_eval or save:
+                    stop, due = agree(error, preempt.requested, any(r.ckpt.due(s) for _, r in active()))
+                    diverged(bad, "train loss")
+                    aligned = (s - start) % k == 0 or s == S_max
+                    stop, due = stop and aligned, due and aligned
+                    ending = [(i, r) for i, r in active() if r.S == s]
+                    is_eval = s % t_cfg.eval_every == 0 or bool(ending)
+                    saving = active() if (stop or due or s == S_max) else ending
+                    if is_eval or saving:
                         with together():
                             bad = flush()
-                        if bad is not None:
-                            return diverged(bad, "train loss")
+                        diverged(bad, "train loss")
+                        saving = [(i, r) for i, r in saving if r.result is None]
                     if is_eval and not stop:
-                        loss = eval_at(s)
-                        if loss is None:  # a preemption landed during the eval: save, then stop
-                            stop = save = True
-                        elif not math.isfinite(loss):
-                            return diverged(s, "eval loss")
-                        else:
-                            last_eval = loss
-                    if save:
-                        with together():
-                            sink.flush()  # metrics up to s are durable before checkpoint s exists
-                        ckpt.save(s, state, {**meta, "step": s})
-                        ckpt_step = s
+                        # A pack's run that ends inside a chunk is evaluated whatever the flag says: the
+                        # pack can stop only where its chunks start anew, and that run has no later step.
+                        owed = [(i, r) for i, r in active() if s % t_cfg.eval_every == 0 or s == r.S]
+                        if owed and not eval_at(s, owed, may_stop=aligned):  # preempted during the eval
+                            stop = True
+                            saving = active()  # the eval is owed to their resume
+                    save(s, [(i, r) for i, r in saving if r.result is None])
+                    for _, r in ending:
+                        if r.result is None and not stop:
+                            r.end("done", r.S)
                     if stop:
-                        ckpt.wait()
-                        msg = f"preempted: checkpoint saved at step {s}; run again to resume"
-                        sink.close("preempted", s, msg)
-                        return RunResult("preempted", s, msg, last_eval)
-        ckpt.wait()
-        sink.close("done", S)
-        return RunResult("done", S, "", last_eval)
+                        preempted(active())
+        return [r.result if r.result is not None else r.end("done", r.S) for r in runs]
     except BaseException:
         failed = True
         raise
     finally:
         try:
-            ckpt.close()  # first, as before sinks had anything to close: its errors are the ones reported
+            for r in runs:  # first, as before sinks had anything to close: its errors are the ones reported
+                r.ckpt.close()
         finally:
             if failed:
                 # Sinks that hold something open (a TensorBoard writer, a W&B run) must end with the run,
                 # or the next cell of a grid starts beside them. The run's own error is what matters: a
                 # sink failing to close as well is not reported.
-                with contextlib.suppress(Exception):
-                    sink.close("failed", start)
+                for r in runs:
+                    if r.result is None:
+                        with contextlib.suppress(Exception):
+                            r.sink.close("failed", start)
+
+
+def _pieces(by_seed: Mapping[int, Iterator[tuple[int, np.ndarray, np.ndarray]]], seeds: Sequence[int],
+            ends: Sequence[int], K: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """(last step, x, y) of each train call: the chunks of each data seed stacked in lane order (a
+    pack), cut where a run's budget ends inside a chunk so that its last state can be saved."""
+    for chunks in zip(*by_seed.values()):
+        got = dict(zip(by_seed, chunks))
+        first, x, y = chunks[0]
+        if K:
+            x = np.stack([got[s][1] for s in seeds])
+            y = np.stack([got[s][2] for s in seeds])
+        n = x.shape[1] if K else x.shape[0]
+        cuts = [e - first for e in ends if first < e < first + n]
+        for a, b in zip([0, *cuts], [*cuts, n]):
+            yield (first + b, x[:, a:b], y[:, a:b]) if K else (first + b, x[a:b], y[a:b])
 
 
 def fingerprint(cfg: RunConfig) -> dict[str, Any]:
     """The parts of a config that change the loss curve (a resume must match them)."""
     d = cfg.to_dict()
-    for key in ("log_every", "eval_every", "ckpt_every", "ckpt_minutes", "keep"):
-        d["train"].pop(key)
+    for key in ("log_every", "eval_every", "ckpt_every", "ckpt_minutes", "keep", "pack"):
+        d["train"].pop(key, None)
     d.pop("out_dir")
     d.pop("mesh", None)  # a checkpoint restores onto any mesh (trainer/sharding.py)
     d["data"].pop("root")

@@ -118,7 +118,9 @@ def eval_losses(params: Any, seqs_BT1: jax.Array, *, model: Transformer) -> jax.
 
 
 class Steps(NamedTuple):
-    """Compiled functions for one shape (any budget or schedule), laid out on a mesh."""
+    """Compiled functions for one shape (any budget or schedule), laid out on a mesh. Packed
+    (``pack`` = K > 1), every argument and result gains a leading axis of K runs: states [K, ...],
+    batches [K, k, B, T], lr tables [K, S], metrics [K, k], eval losses [K, B]; the eval set is shared."""
     init: Any        # key -> TrainState
     train: Any       # (TrainState, x [k,B,T], y [k,B,T], lrs [S]) -> (TrainState, metrics), donates
                      # the state; update i uses lrs[i]
@@ -128,12 +130,21 @@ class Steps(NamedTuple):
     batch_sharding: NamedSharding   # for [k, B, T] arrays: rows split over data x fsdp
     eval_sharding: NamedSharding    # for [B, T+1]
     lr_sharding: NamedSharding      # for the lr table: replicated
+    pack: int = 0                   # runs per call; 0: one run, no leading axis
+    lane: Any = None                # packed: the one-run Steps of this shape (each run's init, checkpoints)
+    stack: Any = None               # packed: [K run states] -> the packed state
+    unstack: Any = None             # packed: (packed state, i) -> run i's state, laid out as `lane` lays it
 
 
-def build(arch: Arch, optim: OptimConfig, accum: int = 1, mesh: Mesh | None = None) -> Steps:
+def build(arch: Arch, optim: OptimConfig, accum: int = 1, mesh: Mesh | None = None, pack: int = 0,
+          lane: Steps | None = None) -> Steps:
     """Init, train and eval for one shape on ``mesh`` (default: every device on the data axis). Of
     ``optim`` only the optimizer's constants are used (betas, eps, weight decay, clipping); the lr
-    schedule arrives as a table with each train call."""
+    schedule arrives as a table with each train call.
+
+    pack = K > 1: the same functions ``jax.vmap``-ed over K runs (seeds, lr tables, budgets of one
+    shape) that train in one call: a small model leaves an accelerator idle, K of them less so. Each
+    run's slice of the packed state is laid out as one run's state (``lane``, built here if not given)."""
     mesh = mesh or make_mesh()
     model, tx0 = Transformer(arch), make_optimizer(optim, optax.constant_schedule(0.0))
     replicated = NamedSharding(mesh, P())
@@ -158,6 +169,8 @@ def build(arch: Arch, optim: OptimConfig, accum: int = 1, mesh: Mesh | None = No
     state_sharding = state_shardings(jax.eval_shape(init, jax.random.key(0)), mesh)
     batch_sharding = NamedSharding(mesh, P(None, BATCH))
     eval_sharding = NamedSharding(mesh, P(BATCH))
+    if pack:
+        return _packed(pack, lane or build(arch, optim, accum, mesh), init, train, evaluate)
     return Steps(
         init=jax.jit(init, out_shardings=state_sharding),
         train=jax.jit(train, donate_argnums=0,
@@ -167,6 +180,32 @@ def build(arch: Arch, optim: OptimConfig, accum: int = 1, mesh: Mesh | None = No
                      out_shardings=replicated),
         mesh=mesh, state_sharding=state_sharding, batch_sharding=batch_sharding, eval_sharding=eval_sharding,
         lr_sharding=replicated,
+    )
+
+
+def _packed(K: int, lane: Steps, init: Any, train: Any, evaluate: Any) -> Steps:
+    """`build`'s functions over a leading axis of K runs; each run's slice sharded as `lane` shards a run."""
+    mesh, replicated = lane.mesh, lane.lr_sharding
+    state_sharding = jax.tree.map(lambda s: NamedSharding(mesh, P(None, *s.spec)), lane.state_sharding)
+    batch_sharding = NamedSharding(mesh, P(None, None, BATCH))
+
+    def stack(states: list[TrainState]) -> TrainState:
+        return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+
+    def unstack(state: TrainState, i: jax.Array) -> TrainState:
+        return jax.tree.map(lambda x: x[i], state)
+
+    return Steps(
+        init=jax.jit(jax.vmap(init), out_shardings=state_sharding),
+        train=jax.jit(jax.vmap(train), donate_argnums=0,
+                      in_shardings=(state_sharding, batch_sharding, batch_sharding, replicated),
+                      out_shardings=(state_sharding, replicated)),
+        eval=jax.jit(jax.vmap(evaluate, in_axes=(0, None)), in_shardings=(state_sharding.params, lane.eval_sharding),
+                     out_shardings=replicated),
+        mesh=mesh, state_sharding=state_sharding, batch_sharding=batch_sharding, eval_sharding=lane.eval_sharding,
+        lr_sharding=replicated, pack=K, lane=lane,
+        stack=jax.jit(stack, out_shardings=state_sharding),
+        unstack=jax.jit(unstack, out_shardings=lane.state_sharding),
     )
 
 
