@@ -77,6 +77,15 @@ class ModelConfig:
                     "matmul outputs, recompute the rest)")
     logits_fp32: bool = _f(False, "run the head (unembedding) matmul in float32 even when the compute dtype "
                            "is bf16; the loss is float32 either way")
+    param: str = _f("sp", "parametrization: sp (standard, GPT-2 init) | mup (muP: per-layer init, output and "
+                    "Adam lr multipliers, so a base lr transfers across widths) | completep (muP plus residual "
+                    "branches scaled by base_depth/depth, so it also transfers across depths)")
+    base_width: int = _f(128, "mup/completep: the width at which they equal sp exactly; keep it fixed across a grid")
+    base_depth: int = _f(4, "completep: the depth at which it equals mup (and sp at base_width); keep it fixed "
+                         "across a grid")
+    base_head_dim: int = _f(0, "mup/completep: the head dim at the base shape (attention logits scale as "
+                            "sqrt(base_head_dim)/head_dim); 0 = this model's head dim, right when head_dim is fixed "
+                            "across widths (grid rule heads: head_dim); set base_width/heads when heads is fixed")
 
 
 @dataclass(frozen=True)
@@ -148,7 +157,8 @@ class MeshConfig:
 # defaults, so the ids of existing grid cells (a hash of to_dict()) and existing runs' configs stay as
 # they were. A non-default value is a different run and is written out.
 _OMITTED_AT_DEFAULT = {"data": ("documents", "text_key"), "train": ("pack",),
-                       "model": ("attention", "remat", "logits_fp32")}
+                       "model": ("attention", "remat", "logits_fp32", "param", "base_width", "base_depth",
+                                 "base_head_dim")}
 
 
 @dataclass(frozen=True)
@@ -361,6 +371,7 @@ def validate(cfg: RunConfig, check_paths: bool = True) -> None:
     """Check every field's value; raise ConfigError naming the first bad one. No compute, no I/O
     beyond checking that input files exist and the output directory is writable."""
     from .model import ATTENTION, REMAT, VARIANTS  # late import: config must stay importable without jax
+    from .parametrization import PARAMS
     from .sources import SOURCES
     from .tokenizers import TOKENIZERS
 
@@ -369,6 +380,10 @@ def validate(cfg: RunConfig, check_paths: bool = True) -> None:
     _check(m.unroll >= 0, "model.unroll", m.unroll, "must be >= 0 (0 = auto)")
     _check(m.attention in ATTENTION, "model.attention", m.attention, f"allowed: {list(ATTENTION)}")
     _check(m.remat in REMAT, "model.remat", m.remat, f"allowed: {list(REMAT)}")
+    _check(m.param in PARAMS, "model.param", m.param, f"allowed: {list(PARAMS)}")
+    for name in ("base_width", "base_depth"):
+        _check(getattr(m, name) > 0, f"model.{name}", getattr(m, name), "must be a positive integer")
+    _check(m.base_head_dim >= 0, "model.base_head_dim", m.base_head_dim, "must be >= 0 (0 = this model's head dim)")
     for name in ("width", "depth", "heads", "seq_len"):
         v = getattr(m, name)
         _check(v > 0, f"model.{name}", v, "must be a positive integer")

@@ -9,6 +9,10 @@ Precision: parameters are float32; every matmul runs in the compute dtype (``Arc
 or untied head included, unless ``Arch.logits_fp32`` asks for a float32 head. Attention scores and
 softmax are float32 whatever the compute dtype; the logits leave the model as float32, so the loss
 is computed in float32.
+
+Parametrization (``Arch.param``: sp | mup | completep): the init stds of the hidden matrices, the
+attention logit scale and the residual-branch and output-logit multipliers come from
+``parametrization.py``; under sp they are the standard ones and take the code paths they always did.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import parametrization as pz
 from .config import ConfigError
 from .sharding import BATCH, batch_sharded
 
@@ -79,6 +84,10 @@ class Arch:
     attention: str = "auto"         # auto | xla | cudnn | splash (resolve_attention, at trace time)
     remat: str = "none"             # none | full | dots_saveable: what the backward pass recomputes
     logits_fp32: bool = False       # the head's matmul in float32 (else in the compute dtype)
+    param: str = "sp"               # sp | mup | completep (trainer/parametrization.py)
+    base_width: int = 128           # mup/completep equal sp at width = base_width ...
+    base_depth: int = 4             # ... and depth = base_depth
+    base_head_dim: int = 0          # ... and head dim = base_head_dim (0: this model's head dim)
 
     @property
     def head_dim(self) -> int:
@@ -88,7 +97,8 @@ class Arch:
 def make_arch(model_cfg: ModelConfig, vocab: int, dtype: Any = jnp.float32) -> Arch:
     return Arch(resolve_variant(model_cfg.variant, model_cfg.qk_norm), vocab, model_cfg.width,
                 model_cfg.depth, model_cfg.heads, model_cfg.seq_len, dtype, model_cfg.unroll,
-                model_cfg.attention, model_cfg.remat, model_cfg.logits_fp32)
+                model_cfg.attention, model_cfg.remat, model_cfg.logits_fp32, model_cfg.param,
+                model_cfg.base_width, model_cfg.base_depth, model_cfg.base_head_dim)
 
 
 def resolve_unroll(unroll: int, depth: int) -> int:
@@ -165,17 +175,20 @@ def _is_cuda() -> bool:
     return "cuda" in jax.extend.backend.get_backend().platform_version.lower()
 
 
-def manual_attention(q_BTHK: jax.Array, k_BTHK: jax.Array, v_BTHK: jax.Array) -> jax.Array:
+def manual_attention(q_BTHK: jax.Array, k_BTHK: jax.Array, v_BTHK: jax.Array,
+                     scale: float | None = None) -> jax.Array:
     """Causal softmax attention written out: scores accumulated and normalised in float32. In bf16 the
     score matmul names the BF16_BF16_F32 algorithm, as jax.nn.dot_product_attention does, so that its
     gradient (a float32 cotangent times bf16 keys or queries) also runs on bf16 operands. Computed in
     the (B, H, T, K) layout: on CPU, einsums straight from (B, T, H, K) left XLA more transposes and
-    copies and were 8% slower at width 64 (README, Speed)."""
+    copies and were 8% slower at width 64 (README, Speed). ``scale`` multiplies the scores (None:
+    divide by sqrt(K), the standard scale)."""
     T, K = q_BTHK.shape[1], q_BTHK.shape[-1]
     bf16 = q_BTHK.dtype == jnp.bfloat16
     q_BHTK, k_BHTK, v_BHTK = (x.transpose(0, 2, 1, 3) for x in (q_BTHK, k_BTHK, v_BTHK))
     scores_BHTT = jnp.einsum("bhqk,bhsk->bhqs", q_BHTK, k_BHTK, preferred_element_type=jnp.float32,
-                             precision=jax.lax.DotAlgorithmPreset.BF16_BF16_F32 if bf16 else None) / math.sqrt(K)
+                             precision=jax.lax.DotAlgorithmPreset.BF16_BF16_F32 if bf16 else None)
+    scores_BHTT = scores_BHTT / math.sqrt(K) if scale is None else scores_BHTT * scale
     mask_TT = np.tril(np.ones((T, T), dtype=bool))
     scores_BHTT = jnp.where(mask_TT, scores_BHTT, -1e30)
     probs_BHTT = jax.nn.softmax(scores_BHTT, axis=-1).astype(v_BHTK.dtype)
@@ -183,7 +196,7 @@ def manual_attention(q_BTHK: jax.Array, k_BTHK: jax.Array, v_BTHK: jax.Array) ->
 
 
 def splash_attention(q_BTHK: jax.Array, k_BTHK: jax.Array, v_BTHK: jax.Array,
-                     interpret: bool = False) -> jax.Array:
+                     interpret: bool = False, scale: float | None = None) -> jax.Array:
     """Causal attention through the TPU Pallas splash kernel (blocks above the diagonal skipped,
     float32 accumulation). ``interpret`` runs the kernel in Pallas' interpreter on any backend (tests).
     Traced under a mesh (``step.build`` sets one), each device runs the kernel on its own rows of the
@@ -201,7 +214,8 @@ def splash_attention(q_BTHK: jax.Array, k_BTHK: jax.Array, v_BTHK: jax.Array,
         kernel = splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1,
                                         interpret=interpret)
         q_BHTK, k_BHTK, v_BHTK = (x.transpose(0, 2, 1, 3) for x in (q_BTHK, k_BTHK, v_BTHK))
-        y_BHTK = jax.vmap(kernel)(q_BHTK * jnp.asarray(1 / math.sqrt(K), q_BHTK.dtype), k_BHTK, v_BHTK)
+        q_scale = 1 / math.sqrt(K) if scale is None else scale  # the kernel does not scale the scores
+        y_BHTK = jax.vmap(kernel)(q_BHTK * jnp.asarray(q_scale, q_BHTK.dtype), k_BHTK, v_BHTK)
         return y_BHTK.transpose(0, 2, 1, 3)
 
     mesh = jax.sharding.get_abstract_mesh()
@@ -215,14 +229,16 @@ def splash_attention(q_BTHK: jax.Array, k_BTHK: jax.Array, v_BTHK: jax.Array,
                          check_vma=False)(q_BTHK, k_BTHK, v_BTHK)
 
 
-def causal_attention(q_BTHK: jax.Array, k_BTHK: jax.Array, v_BTHK: jax.Array, impl: str) -> jax.Array:
+def causal_attention(q_BTHK: jax.Array, k_BTHK: jax.Array, v_BTHK: jax.Array, impl: str,
+                     scale: float | None = None) -> jax.Array:
     """Causal softmax attention [B, T, H, K] -> [B, T, H, K] by the kernel ``impl``
-    (resolve_attention); scores accumulated and normalised in float32 by every kernel."""
+    (resolve_attention); scores accumulated and normalised in float32 by every kernel. ``scale``
+    multiplies q.k (None: 1/sqrt(K); parametrization.attention_scale)."""
     if impl == "manual":
-        return manual_attention(q_BTHK, k_BTHK, v_BTHK)
+        return manual_attention(q_BTHK, k_BTHK, v_BTHK, scale)
     if impl == "splash":
-        return splash_attention(q_BTHK, k_BTHK, v_BTHK)
-    return jax.nn.dot_product_attention(q_BTHK, k_BTHK, v_BTHK, is_causal=True,
+        return splash_attention(q_BTHK, k_BTHK, v_BTHK, scale=scale)
+    return jax.nn.dot_product_attention(q_BTHK, k_BTHK, v_BTHK, scale=scale, is_causal=True,
                                         implementation="cudnn" if impl == "cudnn" else "xla")
 
 
@@ -233,16 +249,17 @@ class Attention(nn.Module):
     def __call__(self, x_BTD: jax.Array) -> jax.Array:
         a = self.arch
         B, T, D = x_BTD.shape
-        qkv_BT3HK = _dense(a, 3 * D, "qkv")(x_BTD).reshape(B, T, 3, a.heads, a.head_dim)
+        qkv_BTE = _dense(a, 3 * D, "qkv", pz.hidden_init_std(a, INIT_STD))(x_BTD)
+        qkv_BT3HK = qkv_BTE.reshape(B, T, 3, a.heads, a.head_dim)
         q_BTHK, k_BTHK, v_BTHK = qkv_BT3HK[:, :, 0], qkv_BT3HK[:, :, 1], qkv_BT3HK[:, :, 2]
         if a.variant.qk_norm:
             q_BTHK = nn.RMSNorm(epsilon=1e-6, dtype=a.dtype, name="q_norm")(q_BTHK)
             k_BTHK = nn.RMSNorm(epsilon=1e-6, dtype=a.dtype, name="k_norm")(k_BTHK)
         if a.variant.position == "rope":
             q_BTHK, k_BTHK = rope(q_BTHK), rope(k_BTHK)
-        y_BTHK = causal_attention(q_BTHK, k_BTHK, v_BTHK, resolve_attention(a))
+        y_BTHK = causal_attention(q_BTHK, k_BTHK, v_BTHK, resolve_attention(a), pz.attention_scale(a))
         y_BTD = y_BTHK.reshape(B, T, D)
-        return _dense(a, D, "proj", INIT_STD / math.sqrt(2 * a.depth))(y_BTD)
+        return _dense(a, D, "proj", pz.out_proj_init_std(a, INIT_STD))(y_BTD)
 
 
 class Mlp(nn.Module):
@@ -251,11 +268,12 @@ class Mlp(nn.Module):
     @nn.compact
     def __call__(self, x_BTD: jax.Array) -> jax.Array:
         a = self.arch
-        F, out_std = mlp_hidden(a.variant, a.width), INIT_STD / math.sqrt(2 * a.depth)
+        F = mlp_hidden(a.variant, a.width)
+        in_std, out_std = pz.hidden_init_std(a, INIT_STD), pz.out_proj_init_std(a, INIT_STD)
         if a.variant.mlp == "swiglu":
-            h_BTF = nn.silu(_dense(a, F, "gate")(x_BTD)) * _dense(a, F, "up")(x_BTD)
+            h_BTF = nn.silu(_dense(a, F, "gate", in_std)(x_BTD)) * _dense(a, F, "up", in_std)(x_BTD)
         else:
-            h_BTF = nn.gelu(_dense(a, F, "up")(x_BTD), approximate=True)
+            h_BTF = nn.gelu(_dense(a, F, "up", in_std)(x_BTD), approximate=True)
         return _dense(a, a.width, "down", out_std)(h_BTF)
 
 
@@ -265,8 +283,14 @@ class Block(nn.Module):
     @nn.compact
     def __call__(self, x_BTD: jax.Array, _: Any = None) -> tuple[jax.Array, None]:
         x_BTD = batch_sharded(x_BTD)
-        x_BTD = x_BTD + Attention(self.arch, name="attn")(_norm(self.arch, "norm1")(x_BTD))
-        x_BTD = x_BTD + Mlp(self.arch, name="mlp")(_norm(self.arch, "norm2")(x_BTD))
+        mult = pz.branch_multiplier(self.arch)  # completep: base_depth/depth; 1 (skipped) otherwise
+        attn_BTD = Attention(self.arch, name="attn")(_norm(self.arch, "norm1")(x_BTD))
+        x_BTD = x_BTD + (attn_BTD if mult == 1 else attn_BTD * jnp.asarray(mult, attn_BTD.dtype))
+        mlp_BTD = Mlp(self.arch, name="mlp")(_norm(self.arch, "norm2")(x_BTD))
+        x_BTD = x_BTD + (mlp_BTD if mult == 1 else mlp_BTD * jnp.asarray(mult, mlp_BTD.dtype))
+        # Coordinate checks (tests/test_param.py) read these with mutable=["intermediates"]; a no-op otherwise.
+        self.sow("intermediates", "attn_out", attn_BTD)
+        self.sow("intermediates", "mlp_out", mlp_BTD)
         return x_BTD, None
 
 
@@ -289,16 +313,20 @@ class Transformer(nn.Module):
         if a.remat != "none":  # keep only each block's input (full) or also its matmul outputs
             policy = jax.checkpoint_policies.dots_saveable if a.remat == "dots_saveable" else None
             block = nn.remat(Block, policy=policy, prevent_cse=False)  # no CSE barrier needed under scan
-        blocks = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+        blocks = nn.scan(block, variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True},
                          length=a.depth, unroll=resolve_unroll(a.unroll, a.depth))(a, name="blocks")
+        self.sow("intermediates", "embedded", x_BTD)
         x_BTD, _ = blocks(x_BTD, None)
+        self.sow("intermediates", "residual", x_BTD)
         x_BTD = _norm(a, "norm_f")(x_BTD)
         if a.variant.tied_embeddings:
             logits_BTV = embed.attend(x_BTD)
         else:
             logits_BTV = nn.Dense(a.vocab, use_bias=False, dtype=head_dtype,
                                   kernel_init=nn.initializers.normal(INIT_STD), name="head")(x_BTD)
-        return batch_sharded(logits_BTV.astype(jnp.float32))
+        logits_BTV = logits_BTV.astype(jnp.float32)
+        mult = pz.output_multiplier(a)  # mup/completep: base_width/width, as muP's MuReadout; 1 (skipped) under sp
+        return batch_sharded(logits_BTV if mult == 1 else logits_BTV * mult)
 
 
 def param_counts(params: Any) -> dict[str, int]:

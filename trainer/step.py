@@ -69,11 +69,36 @@ def decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(is_matrix, params)
 
 
-def make_optimizer(cfg: OptimConfig, lr: optax.Schedule) -> optax.GradientTransformation:
+def make_optimizer(cfg: OptimConfig, lr: optax.Schedule, arch: Arch | None = None) -> optax.GradientTransformation:
     """AdamW with weight decay on matrices only and optional global-norm clipping. The lr must be a
-    schedule (a function of the update count), so the optimizer state is the same for any lr."""
-    adamw = optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
-                        mask=decay_mask)
+    schedule (a function of the update count), so the optimizer state is the same for any lr.
+
+    Under ``arch.param`` mup or completep, Adam's eps, each leaf's weight decay and each leaf's lr
+    get the constants of trainer/parametrization.py. The chain is optax.adamw's own (scale_by_adam,
+    masked decay, lr), so the state has the same layout under every parametrization, and the
+    constants are Python floats per leaf: still a pure function of (params, grads, count)."""
+    if arch is None or arch.param == "sp":
+        adamw = optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
+                            mask=decay_mask)
+    else:
+        from . import parametrization as pz
+
+        def decay(updates: Any, state: Any, params: Any) -> tuple[Any, Any]:
+            # AdamW's decoupled decay g + wd * r * p, r per leaf (optax.add_decayed_weights, scalar wd)
+            rates = pz.leaf_multipliers(arch, params, pz.wd_multiplier)
+            return jax.tree.map(lambda g, p, r: g + (cfg.weight_decay * r) * p, updates, params, rates), state
+
+        inner = optax.chain(
+            optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps * pz.adam_eps_multiplier(arch)),
+            optax.masked(optax.GradientTransformation(lambda _: optax.EmptyState(), decay), decay_mask),
+            optax.scale_by_learning_rate(lr))
+
+        def update(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
+            updates, state = inner.update(updates, state, params)  # per-leaf lr: scale the final step
+            mults = pz.leaf_multipliers(arch, updates, pz.lr_multiplier)
+            return jax.tree.map(lambda u, m: u * m, updates, mults), state
+
+        adamw = optax.GradientTransformation(inner.init, update)
     return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), adamw) if cfg.clip_norm > 0 else adamw
 
 
@@ -146,7 +171,7 @@ def build(arch: Arch, optim: OptimConfig, accum: int = 1, mesh: Mesh | None = No
     shape) that train in one call: a small model leaves an accelerator idle, K of them less so. Each
     run's slice of the packed state is laid out as one run's state (``lane``, built here if not given)."""
     mesh = mesh or make_mesh()
-    model, tx0 = Transformer(arch), make_optimizer(optim, optax.constant_schedule(0.0))
+    model, tx0 = Transformer(arch), make_optimizer(optim, optax.constant_schedule(0.0), arch)
     replicated = NamedSharding(mesh, P())
 
     def init(key: jax.Array) -> TrainState:
@@ -155,7 +180,7 @@ def build(arch: Arch, optim: OptimConfig, accum: int = 1, mesh: Mesh | None = No
 
     def train(state: TrainState, x_KBT: jax.Array, y_KBT: jax.Array, lrs_S: jax.Array
               ) -> tuple[TrainState, dict[str, jax.Array]]:
-        tx = make_optimizer(optim, lambda count: lrs_S[count])
+        tx = make_optimizer(optim, lambda count: lrs_S[count], arch)
         with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):  # the model's activation constraints
             return train_chunk(state, x_KBT, y_KBT, model=model, tx=tx, accum=accum)
 
