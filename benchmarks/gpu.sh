@@ -47,7 +47,7 @@ else
     SHAPE=(--vocab 50257 --widths 768 --depths 12 --seq 1024 --batch "${BATCH:-16}")
     SECONDS_PER=${SECONDS_PER:-5}
     PRECISION=(--width 768 --depth 12 --heads 12 --seq 1024 --batch 8 --steps 200 --tokenizer gpt2)
-    LIMIT_THROUGHPUT=75; LIMIT_PRECISION=120; LIMIT_PACKED=60
+    LIMIT_THROUGHPUT=75; LIMIT_PRECISION=110; LIMIT_PACKED=50
     PACKED=(--vocab 256 --widths 64 --depths 4 --seq 256 --batch 16 --head-dim 32)
 fi
 
