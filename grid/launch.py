@@ -158,9 +158,10 @@ def _memory_candidates(cells: Sequence[S.Cell], records: dict[str, dict[str, Any
 
 
 def _same_shape(a: S.Cell, b: S.Cell) -> bool:
-    return (a.config.model, a.config.train.batch_size, a.config.train.grad_accum,
-            a.config.train.steps_per_call) == (b.config.model, b.config.train.batch_size,
-                                               b.config.train.grad_accum, b.config.train.steps_per_call)
+    def shape(c: S.Cell) -> tuple[Any, ...]:
+        t = c.config.train
+        return c.config.model, t.batch_size, t.grad_accum, t.steps_per_call, t.pack
+    return shape(a) == shape(b)
 
 
 def memory_check(cells: Sequence[S.Cell], records: dict[str, dict[str, Any]], tables: dict[str, int],
@@ -170,18 +171,20 @@ def memory_check(cells: Sequence[S.Cell], records: dict[str, dict[str, Any]], ta
     avail, what = device_memory()
     out = []
     for c in _memory_candidates(cells, records):
-        compiled, steps, dt = _SHARED.lower(c.config, records[c.id]["vocab"], tables[c.id])
+        pack = c.config.train.pack  # a full pack of this shape: what its cells may train in
+        compiled, steps, dt = _SHARED.lower(c.config, records[c.id]["vocab"], tables[c.id], pack)
         need = memory_need(compiled)  # per device, as sharded on the cell's mesh
         if need is None:
             continue
         if need > headroom * avail:
             t, mesh = c.config.train, steps.mesh.shape
+            packed = f", train.pack {pack}" if pack > 1 else ""
             raise ConfigError(
                 f"cell {c.name}: needs {need / 2**30:.1f} GiB per device (XLA memory analysis of its train "
-                f"step: batch_size {t.batch_size}, grad_accum {t.grad_accum}, steps_per_call {t.steps_per_call}, "
-                f"mesh data {mesh['data']} x fsdp {mesh['fsdp']} x tensor {mesh['tensor']}) but {what} is "
-                f"{avail / 2**30:.1f} GiB; raise train.grad_accum or mesh.fsdp, lower train.batch_size or "
-                f"model.seq_len, or drop the largest widths/depths")
+                f"step: batch_size {t.batch_size}, grad_accum {t.grad_accum}, steps_per_call {t.steps_per_call}"
+                f"{packed}, mesh data {mesh['data']} x fsdp {mesh['fsdp']} x tensor {mesh['tensor']}) but {what} is "
+                f"{avail / 2**30:.1f} GiB; {'lower train.pack, ' if pack > 1 else ''}raise train.grad_accum or "
+                "mesh.fsdp, lower train.batch_size or model.seq_len, or drop the largest widths/depths")
         out.append((c, need, dt))
     return out
 

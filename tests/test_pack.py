@@ -213,3 +213,28 @@ def test_a_pack_on_an_fsdp_mesh_of_8_devices(tmp_path):
     assert got["lane_spec"] == got["want_spec"] and "fsdp" in got["want_spec"], got
     assert got["packed_spec"] == got["lane_spec"].replace("P(", "P(None, ", 1), got  # the pack axis whole
     assert got["shard_shape"][0] == 2 and got["shard_shape"] != got["shape"], got
+
+
+def test_the_memory_check_sees_a_whole_pack(runs):
+    """The launcher's ahead-of-time memory check compiles a full pack of the largest shape: K runs
+    need about K times the memory of one."""
+    from scaling_grid.trainer.compile import SharedSteps, memory_need
+    cfgs, store, _ = runs
+    shared = SharedSteps()
+    one = memory_need(shared.lower(cfgs[0], store.vocab_size, TABLE)[0])
+    four = memory_need(shared.lower(cfgs[0], store.vocab_size, TABLE, pack=4)[0])
+    assert one and four and 3.5 * one < four < 4.5 * one, (one, four)
+
+
+def test_one_diverging_run_leaves_its_pack_going(runs, tmp_path):
+    """A run whose lr makes it diverge is recorded as diverged at its first non-finite loss; the
+    other runs of its pack train on and end as they do alone."""
+    cfgs, store, alone = runs
+    wild = dataclasses.replace(cfgs[1], optim=dataclasses.replace(cfgs[1].optim, lr=1e6))
+    out = loop.train_pack(_lanes([cfgs[0], wild, cfgs[2]], tmp_path), store=store, table_len=TABLE)
+    assert [r.status for r in out] == ["done", "diverged", "done"], out
+    assert "not finite" in out[1].message
+    bad = read_metrics(str(tmp_path / "m1"))["loss"]
+    assert not np.isfinite(bad[out[1].step]) and np.isnan(bad[out[1].step + 1:]).all()
+    for i in (0, 2):
+        _close(alone[i], read_metrics(str(tmp_path / f"m{i}")), f"run {i}")

@@ -62,17 +62,19 @@ class SharedSteps:
             self.steps[key] = build(arch, optim, accum, make_mesh(mesh), pack=k, lane=lane)
         return self.steps[key]
 
-    def lower(self, cfg: RunConfig, vocab: int, table_len: int) -> tuple[Any, Steps, float]:
+    def lower(self, cfg: RunConfig, vocab: int, table_len: int, pack: int = 0) -> tuple[Any, Steps, float]:
         """(compiled train chunk, its Steps, compile seconds): lowered ahead of time from abstract
-        shapes, for XLA's memory analysis and for timing; memoized."""
-        steps = self.get(cfg, vocab)
+        shapes, for XLA's memory analysis and for timing; for packs of ``pack`` runs if > 1; memoized."""
+        K = pack if pack > 1 else 0
+        steps = self.get(cfg, vocab, K)
         t = cfg.train
-        key = (shape_key(cfg, vocab), t.steps_per_call, t.batch_size, cfg.model.seq_len, table_len)
+        key = (shape_key(cfg, vocab), t.steps_per_call, t.batch_size, cfg.model.seq_len, table_len, K)
         if key not in self.compiled:
             t0 = time.perf_counter()
-            x = jax.ShapeDtypeStruct((t.steps_per_call, t.batch_size, cfg.model.seq_len), jnp.int32,
+            lead = (K,) if K else ()
+            x = jax.ShapeDtypeStruct((*lead, t.steps_per_call, t.batch_size, cfg.model.seq_len), jnp.int32,
                                      sharding=steps.batch_sharding)
-            lrs = jax.ShapeDtypeStruct((table_len,), jnp.float32, sharding=steps.lr_sharding)
+            lrs = jax.ShapeDtypeStruct((*lead, table_len), jnp.float32, sharding=steps.lr_sharding)
             compiled = steps.train.lower(abstract_state(steps), x, x, lrs).compile()
             self.compiled[key] = (compiled, time.perf_counter() - t0)
         compiled, seconds = self.compiled[key]

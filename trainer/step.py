@@ -235,8 +235,10 @@ def _packed(K: int, lane: Steps, init: Any, train: Any, evaluate: Any) -> Steps:
 
 
 def abstract_state(steps: Steps) -> Any:
-    """Shapes, dtypes and shardings of the train state, for restoring a checkpoint onto this mesh."""
-    return jax.eval_shape(steps.init, jax.random.key(0))
+    """Shapes, dtypes and shardings of the train state (a pack's: stacked), for restoring a checkpoint
+    onto this mesh and for lowering the step ahead of time."""
+    key = jax.random.key(0)
+    return jax.eval_shape(steps.init, jax.random.split(key, steps.pack) if steps.pack else key)
 
 
 def default_steps_per_call(arch: Arch, batch_size: int) -> int:
