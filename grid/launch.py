@@ -700,8 +700,9 @@ def _run_cells(cells: Sequence[S.Cell], store: Store, tok_store: Any, table_len:
     for cell in cells:
         st, gen = store.status(cell.id)
         ckpt_dir = store.checkpoint_dir(cell.id, opts.checkpoints)
-        skip, init_from, base = _claim(cell, store, st, gen, ckpt_dir, opts, say, writer, rerun_done)
-        # What process 0 read and claimed is what every process does (each reading for itself could differ).
+        # Process 0 decides and says why; the others follow its answer (their own reading may race its claim).
+        skip, init_from, base = _claim(cell, store, st, gen, ckpt_dir, opts, say if writer else lambda _: None, writer,
+                                       rerun_done)
         code, from_trunk = from_process_0([_SKIPS.index(skip) if skip else -1, init_from is not None])
         if code >= 0:
             result[cell.id] = _SKIPS[code]

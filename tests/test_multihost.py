@@ -236,3 +236,43 @@ def test_a_failure_in_one_process_fails_the_cell_in_both_and_the_grid_goes_on(tm
     assert 0 < (states[target.id].get("step") or 0) < target.steps  # it failed part-way, not at setup
     assert {st["state"] for c, st in states.items() if c != target.id} == {"done"}
     assert f"{target.id}: FAILED" in log0 and f"{target.id}: FAILED: another process" in log1
+
+
+def test_a_packed_grid_on_two_processes_sigterm_to_one_then_relaunch(tmp_path):
+    """Packs across processes: 4 cells (2 seeds x 2 budgets) in one pack of 4 on 2 processes x 1 device;
+    SIGTERM to process 1 alone once the pack has a checkpoint stops both (143); the relaunch finishes,
+    and every cell's curves equal the unpacked grid's on one process with 2 devices."""
+    from scaling_grid.grid import store as G
+    from scaling_grid.trainer.checkpoint import saved_steps
+    packed = GRID.replace("tokens_mode: wsd\n", "").replace("ckpt_every: 16, keep: 50",
+                                                             "ckpt_every: 8, keep: 50, pack: 4")
+    packed = packed.replace("width: [16, 32]", "width: [16]\n  seed: [0, 1]").replace("[10240, 20480]",
+                                                                                     "[10240, 14336]")
+    spec, plain = tmp_path / "packed.yaml", tmp_path / "plain.yaml"
+    spec.write_text(packed.replace("DATA", str(tmp_path / "data")))
+    plain.write_text(packed.replace(", pack: 4", "").replace("DATA", str(tmp_path / "data")))
+    p = subprocess.run([sys.executable, "-m", "scaling_grid.grid.cli", "run", str(plain), "--store",
+                        str(tmp_path / "ref"), "--no-memory-check", "--no-progress"], capture_output=True, text=True,
+                       timeout=TIMEOUT, env=_env(devices=2))
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    ref = G.Store(str(tmp_path / "ref"))
+    store, ckpts = tmp_path / "store", tmp_path / "store" / "checkpoints"
+    procs = _grid(spec, store)
+    t0 = time.time()
+    while not (ckpts.exists() and any(saved_steps(d) for d in ckpts.iterdir())):
+        assert time.time() - t0 < TIMEOUT and all(p.poll() is None for p in procs), "no checkpoint"
+        time.sleep(0.02)
+    procs[1].send_signal(signal.SIGTERM)
+    (rc0, log0), (rc1, log1) = _finish(procs, timeout=60)
+    assert rc0 == 143 and rc1 == 143, log0[-2000:] + log1[-2000:]
+    s = G.Store(str(store))
+    assert {s.status(c)[0]["state"] for c in s.cell_ids()} == {"preempted"}  # one pack, stopped together
+    (rc0, log0), (rc1, log1) = _finish(_grid(spec, store))
+    assert rc0 == 0 and rc1 == 0, log0[-3000:] + log1[-3000:]
+    assert "in a pack of 4" in log0
+    assert sorted(s.cell_ids()) == sorted(ref.cell_ids())
+    for cid in ref.cell_ids():  # float tolerance: gloo's all-reduce and vmap sum in another order
+        a, b = ref.read_metrics(cid), s.read_metrics(cid)
+        for field in a:
+            rtol = 1e-4 if field == "grad_norm" else 1e-5  # a norm of summed gradients: 3.5e-5 seen
+            np.testing.assert_allclose(a[field], b[field], rtol=rtol, atol=1e-6, err_msg=f"{cid} {field}")

@@ -11,6 +11,7 @@ Checkpoint folders may be local paths, file:// or gs:// URLs: orbax takes an ``e
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -41,6 +42,12 @@ class Checkpointer:
             self.directory,
             options=ocp.CheckpointManagerOptions(
                 create=True, cleanup_tmp_directories=True, enable_async_checkpointing=True,
+                # Its own barrier names: orbax names a save's cross-process barriers by step, so two
+                # managers saving one step at once (the runs of a pack) would meet in each other's
+                # barriers and time out on many processes. Every process names the folder alike.
+                multiprocessing_options=ocp.options.MultiprocessingOptions(
+                    barrier_sync_key_prefix="ckpt-" + hashlib.blake2b(str(self.directory).encode(),
+                                                                      digest_size=6).hexdigest()),
                 preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy([
                     ocp.checkpoint_managers.LatestN(keep),
                     ocp.checkpoint_managers.CustomSteps(sorted(self.keep_steps))])),
