@@ -381,6 +381,7 @@ class _LiveSink:
         self.loss: float | None = None
         self.eval_loss: float | None = None
         self.t_start: float | None = None
+        self.ended: tuple[str, int, str] | None = None  # (status, step, message) once the run has ended
         self.lock = threading.Lock()
 
     def start(self, total_steps: int, first_step: int) -> None:
@@ -404,7 +405,7 @@ class _LiveSink:
         pass
 
     def close(self, status: str, step: int, message: str = "") -> None:
-        pass
+        self.ended = (status, step, message)
 
     def tokens_per_s(self) -> float | None:
         if self.t_start is None or self.first_step is None:
@@ -720,9 +721,24 @@ def _run_cells(cells: Sequence[S.Cell], store: Store, tok_store: Any, table_len:
     beats = [_Heartbeat(store, base, live, opts.status_every) for (_, _, base), live in zip(claimed, lives)]
 
     def record(update: Callable[[S.Cell, _Heartbeat], dict[str, Any]]) -> None:
+        """After an error: the status of each cell. A run of the pack that had already ended done or
+        diverged (a shorter budget) keeps that outcome; the others get `update`."""
         if writer:
-            for c, beat in zip(running, beats):
-                store.set_status(c.id, update(c, beat))
+            for c, beat, live in zip(running, beats, lives):
+                if live.ended is not None and live.ended[0] in FINAL_STATES:
+                    state, step, message = live.ended
+                    store.set_status(c.id, {**beat.snapshot(), "state": state, "step": step, "message": message})
+                else:
+                    store.set_status(c.id, update(c, beat))
+
+    def failed(why: str) -> list[str]:
+        for c, live in zip(running, lives):
+            if live.ended is not None and live.ended[0] in FINAL_STATES:
+                result[c.id] = live.ended[0]
+            else:
+                say(f"{c.id}: FAILED: {why}")
+                result[c.id] = "failed"
+        return [result[c.id] for c in cells]
 
     try:
         steps = _SHARED.get(running[0].config, tok_store.vocab_size, pack=len(running))
@@ -751,10 +767,7 @@ def _run_cells(cells: Sequence[S.Cell], store: Store, tok_store: Any, table_len:
     except FailedElsewhere as e:  # process 0 recorded why; this process follows it
         if e.fatal:
             raise SinkSetupError("process 0 could not start a metrics sink; its log says why") from None
-        for c in running:
-            say(f"{c.id}: FAILED: {e}")
-            result[c.id] = "failed"
-        return [result[c.id] for c in cells]
+        return failed(str(e))
     except UnreadableCheckpoint as e:
         if init_from is None or str(e.directory) != str(path_of(init_from[0])):
             raise
@@ -764,10 +777,7 @@ def _run_cells(cells: Sequence[S.Cell], store: Store, tok_store: Any, table_len:
         msg = f"{type(e).__name__}: {e}"
         record(lambda c, b: {**b.snapshot(), "state": "failed", "message": msg, "traceback": tb[-4000:],
                              "elapsed_s": time.perf_counter() - t0})
-        for c in running:
-            say(f"{c.id}: FAILED: {msg}")
-            result[c.id] = "failed"
-        return [result[c.id] for c in cells]
+        return failed(msg)
     elapsed = time.perf_counter() - t0
     for c, beat, live, res in zip(running, beats, lives, outcome):
         setup_s = (live.t_start - t0) if live.t_start is not None else elapsed

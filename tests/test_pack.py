@@ -238,3 +238,30 @@ def test_one_diverging_run_leaves_its_pack_going(runs, tmp_path):
     assert not np.isfinite(bad[out[1].step]) and np.isnan(bad[out[1].step + 1:]).all()
     for i in (0, 2):
         _close(alone[i], read_metrics(str(tmp_path / f"m{i}")), f"run {i}")
+
+
+def test_an_error_in_a_pack_fails_only_the_runs_it_stopped(tmp_path, monkeypatch):
+    """A pack of 2 budgets: the shorter run is done at step 40; a checkpoint write then fails at step 64.
+    The done cell stays done, the other is failed, and the next launch finishes it from step 48."""
+    from scaling_grid.grid import launch
+    from scaling_grid.trainer.checkpoint import Checkpointer
+    spec = tmp_path / "p.yaml"
+    spec.write_text(SPEC.replace("DATA", str(tmp_path / "data")).replace("PACK", ", pack: 2").replace(
+        "seed: [0, 1]", "seed: [0]").replace("lr: [3e-3, 1e-3]", "lr: [3e-3]").replace(
+        "tokens: [10240, 14336]", "tokens: [2560, 5120]").replace("ckpt_every: 8", "ckpt_every: 16"))
+    real = Checkpointer.save
+
+    def save(self, step, state, meta):
+        if step == 64:
+            raise RuntimeError("disk on fire")
+        return real(self, step, state, meta)
+    monkeypatch.setattr(Checkpointer, "save", save)
+    opts = launch.Options(store=str(tmp_path / "store"), memory_check=False, progress=False)
+    assert launch.run(str(spec), opts) == launch.EXIT_FAILED
+    st = {c["config"]["total_steps"]: c["status"] for c in G.Store(str(tmp_path / "store")).records()[0]}
+    assert st[40]["state"] == "done" and st[40]["step"] == 40
+    assert st[80]["state"] == "failed" and "disk on fire" in st[80]["message"]
+    monkeypatch.setattr(Checkpointer, "save", real)
+    assert launch.run(str(spec), opts) == launch.EXIT_OK
+    st = {c["config"]["total_steps"]: c["status"] for c in G.Store(str(tmp_path / "store")).records()[0]}
+    assert st[80]["state"] == "done" and st[80]["attempt"] == 2 and st[40]["attempt"] == 1
