@@ -169,8 +169,8 @@ def measure(arch: Any, batch: int, k: int, seconds: float, pack: int = 1) -> dic
     # The reference's optimizer settings (lr 3e-4, betas 0.9/0.95, wd 0.1) plus the tool's defaults
     # (warmup + cosine, clip 1.0). A long horizon keeps the schedule from mattering.
     optim = OptimConfig(lr=3e-4)
-    K = pack if pack > 1 else 0
-    steps = step_lib.build(arch, optim, pack=K)
+    steps = step_lib.build(arch, optim, pack=pack)
+    K = steps.pack
     table = step_lib.lr_table(optim, 1_000_000)
     lrs = jax.device_put(np.stack([table] * K) if K else table, steps.lr_sharding)
     t0 = time.perf_counter()

@@ -696,8 +696,7 @@ def _run_cells(cells: Sequence[S.Cell], store: Store, tok_store: Any, table_len:
     from scaling_grid.trainer import FailedElsewhere, Sinks, SinkSetupError, together
 
     result: dict[str, str] = {}
-    claimed: list[tuple[S.Cell, Any, dict[str, Any]]] = []
-    init_from: tuple[str, int] | None = None
+    claimed: list[tuple[S.Cell, Any, dict[str, Any], tuple[str, int] | None]] = []  # cell, ckpt dir, status, trunk
     for cell in cells:
         st, gen = store.status(cell.id)
         ckpt_dir = store.checkpoint_dir(cell.id, opts.checkpoints)
@@ -708,17 +707,18 @@ def _run_cells(cells: Sequence[S.Cell], store: Store, tok_store: Any, table_len:
         if code >= 0:
             result[cell.id] = _SKIPS[code]
             continue
+        init_from = None
         if from_trunk:
             assert cell.parent is not None and cell.init_step is not None  # a branch, alone
             init_from = (str(store.checkpoint_dir(cell.parent, opts.checkpoints)), cell.init_step)
-        claimed.append((cell, ckpt_dir, base))
+        claimed.append((cell, ckpt_dir, base, init_from))
     if not claimed:
         return [result[c.id] for c in cells]
-    running = [c for c, _, _ in claimed]
+    running = [c for c, *_ in claimed]
 
     t0 = time.perf_counter()
     lives = [_LiveSink(c, bar) for c in running]
-    beats = [_Heartbeat(store, base, live, opts.status_every) for (_, _, base), live in zip(claimed, lives)]
+    beats = [_Heartbeat(store, base, live, opts.status_every) for (_, _, base, _), live in zip(claimed, lives)]
 
     def record(update: Callable[[S.Cell, _Heartbeat], dict[str, Any]]) -> None:
         """After an error: the status of each cell. A run of the pack that had already ended done or
@@ -748,7 +748,7 @@ def _run_cells(cells: Sequence[S.Cell], store: Store, tok_store: Any, table_len:
                 for i, (c, cell_sinks) in enumerate(zip(running, sinks)):
                     _writer_sinks(cell_sinks, c, store, tok_store, opts, bars, say, position=1 + i)
         lanes = [T.Lane(c.config, Sinks(*s), ckpt_dir, init_from, c.keep_steps)
-                 for (c, ckpt_dir, _), s in zip(claimed, sinks)]
+                 for (c, ckpt_dir, _, init_from), s in zip(claimed, sinks)]
         who = running[0].id if len(running) == 1 else f"pack of {len(running)}"
         with contextlib.ExitStack() as beating:
             if writer:
@@ -769,9 +769,10 @@ def _run_cells(cells: Sequence[S.Cell], store: Store, tok_store: Any, table_len:
             raise SinkSetupError("process 0 could not start a metrics sink; its log says why") from None
         return failed(str(e))
     except UnreadableCheckpoint as e:
-        if init_from is None or str(e.directory) != str(path_of(init_from[0])):
+        cell, _, base, trunk = claimed[0]  # a branch runs alone
+        if trunk is None or str(e.directory) != str(path_of(trunk[0])):
             raise
-        return [_trunk_unreadable(running[0], claimed[0][2], e, store, say, writer, multi)]
+        return [_trunk_unreadable(cell, base, e, store, say, writer, multi)]
     except Exception as e:  # noqa: BLE001 - record and go on to the next cell
         tb = traceback.format_exc()
         msg = f"{type(e).__name__}: {e}"

@@ -43,7 +43,7 @@ def pack_key(cfg: RunConfig) -> Hashable:
     (cadences of logs, evals and checkpoints) must be shared too: the loop runs them together."""
     free_optim = {f: getattr(OptimConfig(), f) for f in SCHEDULE_FIELDS}
     train = dataclasses.replace(cfg.train, seed=0, data_seed=0, tokens=0, pack=1)
-    return (dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, **free_optim), train=train, out_dir=""),)
+    return dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, **free_optim), train=train, out_dir="")
 
 
 class SharedSteps:
@@ -65,8 +65,8 @@ class SharedSteps:
     def lower(self, cfg: RunConfig, vocab: int, table_len: int, pack: int = 0) -> tuple[Any, Steps, float]:
         """(compiled train chunk, its Steps, compile seconds): lowered ahead of time from abstract
         shapes, for XLA's memory analysis and for timing; for packs of ``pack`` runs if > 1; memoized."""
-        K = pack if pack > 1 else 0
-        steps = self.get(cfg, vocab, K)
+        steps = self.get(cfg, vocab, pack)
+        K = steps.pack
         t = cfg.train
         key = (shape_key(cfg, vocab), t.steps_per_call, t.batch_size, cfg.model.seq_len, table_len, K)
         if key not in self.compiled:

@@ -198,7 +198,7 @@ def train_pack(lanes: Sequence[Lane], *, store: tokenstore.TokenStore | None = N
     store = store or tokenstore.prepare(cfg.data)
     if steps is None:
         arch = make_arch(cfg.model, store.vocab_size, compute_dtype(t_cfg.dtype))
-        steps = build(arch, cfg.optim, t_cfg.grad_accum, make_mesh(cfg.mesh), pack=K)
+        steps = build(arch, cfg.optim, t_cfg.grad_accum, make_mesh(cfg.mesh), pack=len(lanes))
     if steps.pack != K:
         raise ValueError(f"steps built for packs of {steps.pack}, given {len(lanes)} run(s)")
     val_BT1 = store.val_set(t_cfg.eval_batches * t_cfg.batch_size, cfg.model.seq_len)

@@ -167,7 +167,7 @@ def build(arch: Arch, optim: OptimConfig, accum: int = 1, mesh: Mesh | None = No
     ``optim`` only the optimizer's constants are used (betas, eps, weight decay, clipping); the lr
     schedule arrives as a table with each train call.
 
-    pack = K > 1: the same functions ``jax.vmap``-ed over K runs (seeds, lr tables, budgets of one
+    pack = K > 1 (0 or 1: one run): the same functions ``jax.vmap``-ed over K runs (seeds, lr tables, budgets of one
     shape) that train in one call: a small model leaves an accelerator idle, K of them less so. Each
     run's slice of the packed state is laid out as one run's state (``lane``, built here if not given)."""
     mesh = mesh or make_mesh()
@@ -194,7 +194,7 @@ def build(arch: Arch, optim: OptimConfig, accum: int = 1, mesh: Mesh | None = No
     state_sharding = state_shardings(jax.eval_shape(init, jax.random.key(0)), mesh)
     batch_sharding = NamedSharding(mesh, P(None, BATCH))
     eval_sharding = NamedSharding(mesh, P(BATCH))
-    if pack:
+    if pack > 1:
         return _packed(pack, lane or build(arch, optim, accum, mesh), init, train, evaluate)
     return Steps(
         init=jax.jit(init, out_shardings=state_sharding),
