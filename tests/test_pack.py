@@ -264,3 +264,11 @@ def test_an_error_in_a_pack_fails_only_the_runs_it_stopped(tmp_path, monkeypatch
     assert launch.run(str(spec), opts) == launch.EXIT_OK
     st = {c["config"]["total_steps"]: c["status"] for c in G.Store(str(tmp_path / "store")).records()[0]}
     assert st[80]["state"] == "done" and st[80]["attempt"] == 2 and st[40]["attempt"] == 1
+
+
+def test_train_pack_is_validated_and_left_out_of_records_at_its_default():
+    with pytest.raises(C.ConfigError, match=r"train.pack=0: must be a positive integer"):
+        C.load(None, ["train.pack=0"])
+    assert "pack" not in C.RunConfig().to_dict()["train"]
+    assert C.load(None, ["train.pack=8"]).to_dict()["train"]["pack"] == 8
+    assert "pack" not in loop.fingerprint(C.load(None, ["train.pack=8"]))["train"]  # resumes packed or not
