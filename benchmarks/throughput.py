@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     from scaling_grid.trainer import model as model_lib
     from scaling_grid.trainer import step as step_lib
     from scaling_grid.trainer.config import ModelConfig
-    from scaling_grid.trainer.loop import compute_dtype
+    from scaling_grid.trainer.model import compute_dtype
 
     backend, dev = jax.default_backend(), jax.devices()[0]
     device_kind = getattr(dev, "device_kind", str(dev))

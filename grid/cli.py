@@ -117,6 +117,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wandb", metavar="PROJECT", help="also log every cell to Weights & Biases project PROJECT, "
                    "one W&B run per cell (needs wandb; WANDB_MODE=offline logs locally)")
     p.add_argument("--wide", action="store_true", help="dry run: every column, whatever the terminal width")
+    _add_target_arg(p)
     _add_distributed_args(p, "every process runs each cell together")
     _add_compile_cache_arg(p)
 
@@ -141,6 +142,8 @@ def _distributed(args: argparse.Namespace) -> Distributed | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.target:
+        _host_only()
     from pathlib import Path
 
     from scaling_grid.grid import launch
@@ -156,7 +159,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                           measure=not args.no_measure, progress=not args.no_progress,
                           retry_failed=not args.no_retry_failed, distributed=_distributed(args),
                           tensorboard=require_local("--tensorboard", args.tensorboard), wandb=args.wandb,
-                          wide=args.wide, compile_cache=args.compile_cache)
+                          wide=args.wide, compile_cache=args.compile_cache, target=args.target)
+    if args.target and not args.dry_run:
+        raise ConfigError("--target goes with --dry-run (it compiles for a chip that need not be here); a run "
+                          "trains on the devices JAX sees")
     if args.dry_run:
         print(launch.plan_text(args.spec, opts))
         return EXIT_OK
@@ -165,6 +171,49 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume", file=sys.stderr)
         return 130
+
+
+def _add_compile_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", help="YAML run config or grid spec (a spec compiles each distinct shape "
+                   "of its cells, packs included)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides of a run config")
+    _add_target_arg(p, required=True)
+    p.add_argument("--json", metavar="FILE", help="also write one JSON object per shape to FILE")
+
+
+def _add_target_arg(p: argparse.ArgumentParser, required: bool = False) -> None:
+    p.add_argument("--target", required=required, metavar="T", help="compile for this accelerator with its real "
+                   "compiler, no chip needed: tpu:v5e:2x4, tpu:v4:2x2x1, tpu:v5p:2x2x2, tpu:v6e:2x2, gpu:h100, "
+                   "gpu:h100:8, gpu:a100 (needs the aot extra)")
+
+
+def _host_only() -> None:
+    """Compiling for a target runs nothing on this host's accelerator: keep JAX on the CPU, so the aot
+    extra's TPU and CUDA plugins do not probe for chips (and warn) on a machine without them."""
+    import os
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    _host_only()
+    from scaling_grid.grid import aot
+    from scaling_grid.trainer.target import parse_target
+    target = parse_target(args.target)
+    configs, what = aot.configs_of(args.config, args.overrides)
+    print(f"compiling for {target.name} ({what}) with the target's own compiler", flush=True)
+
+    def progress(i: int, n: int, name: str) -> None:
+        print(f"  [{i + 1}/{n}] {name}", file=sys.stderr, flush=True)
+    reports = aot.check(configs, target, progress)
+    print(aot.table(reports))
+    if args.json:
+        aot.write_json(reports, args.json)
+        print(f"{len(reports)} shape(s) -> {args.json}")
+    bad = [i + 1 for i, r in enumerate(reports) if not r.fits]
+    if bad:
+        print(f"does not fit {target.name}: shape(s) {', '.join(map(str, bad))}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def _add_store_arg(p: argparse.ArgumentParser) -> None:
@@ -552,6 +601,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argpars
     "train": (cmd_train, _add_train_args, "train one model (resumes from its checkpoints)"),
     "config": (cmd_config, _add_config_cmd_args, "print every run config field with its default and meaning, "
                "or the resolved config of a run as YAML"),
+    "compile": (cmd_compile, _add_compile_args, "compile a run config's or a grid's train steps for a TPU or GPU "
+                "target with its real compiler (no chip needed): memory per device, kernels, collectives, FLOPs"),
     "run": (cmd_run, _add_run_args, "run a grid spec into a store: every cell not done (resumable, shardable)"),
     "status": (cmd_status, _add_store_arg, "table of a grid store's cells (works while the grid runs)"),
     "export": (cmd_export, _add_export_args, "write all points of a grid store as one tidy CSV/parquet table"),

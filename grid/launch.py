@@ -79,6 +79,7 @@ class Options:
     wandb: str | None = None           # a W&B project: one W&B run per cell, its id the cell id
     wide: bool = False                 # dry run: every column (default: lines fit WIDTH columns)
     compile_cache: str | None = None   # JAX's persistent compile cache: a folder or a gs:// URL (runtime.setup)
+    target: str | None = None          # dry run: check memory for this accelerator with its compiler (grid/aot.py)
     out: Callable[[str], None] = field(default=lambda s: print(s, flush=True))
 
 
@@ -266,12 +267,22 @@ def plan_text(spec_path: str, opts: Options) -> str:
             how = f"measured on {len(points)} finished cell(s) in the store"
     mem_lines = []
     tables = table_lengths(cells, vocab)
-    if opts.memory_check and todo:
+    if opts.target:  # the target's compiler, not this host's: memory, kernels and collectives of every shape
+        from scaling_grid.trainer.target import parse_target
+
+        from . import aot
+        target = parse_target(opts.target)
+        reports = aot.check([c.config for c in todo or cells], target)
+        bad = sum(not r.fits for r in reports)
+        mem_lines.append(f"target {target.name}: {len(reports)} shape(s) compiled with its compiler, "
+                         + (f"{bad} DO NOT FIT" if bad else "every one fits"))
+        mem_lines += aot.table(reports).splitlines()
+    elif opts.memory_check and todo:
         for c, need, _ in memory_check(todo, records, tables):
             avail, what = device_memory()
             mem_lines.append(f"memory: {c.name} needs {need / 2**20:,.0f} MiB per device of {avail / 2**30:.1f} GiB "
                              f"({what}; XLA memory analysis)")
-    if opts.measure and todo and len(points) < 2:
+    if opts.measure and not opts.target and todo and len(points) < 2:  # timings need the target's hardware
         by_f = sorted(todo, key=lambda c: records[c.id]["flops_per_token"])
         picks = [by_f[-1]] if by_f[0] is by_f[-1] else [by_f[0], by_f[-1]]
         for c in picks:

@@ -6,5 +6,5 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
   .venv/bin/pip install -q --upgrade pip
 fi
-.venv/bin/pip install -q -c constraints.txt -e ".[test]"
+.venv/bin/pip install -q -c constraints.txt -e ".[${EXTRAS:-test}]"
 export PATH="$PWD/.venv/bin:$PATH"

@@ -6,11 +6,11 @@ that only reads a store (`status`, `fit`) never imports JAX or orbax::
 
     config: ConfigError, RunConfig, ModelConfig, DataConfig, OptimConfig, load, describe, validate,
             from_dict, parse_count, format_count, check_data_paths, read_yaml_text
-    model: VARIANTS, flops_per_token, make_arch, non_embedding_formula
+    model: VARIANTS, compute_dtype, flops_per_token, make_arch, non_embedding_formula
     tokenstore: TokenStore, prepare, store_path
     step: check_batch, device_memory
     compile: SharedSteps, measure, memory_need, pack_key, table_lengths
-    loop: train, train_pack, Lane, train_cli, compute_dtype, accelerator_unused, backend_line
+    loop: train, train_pack, Lane, train_cli, accelerator_unused, backend_line
     checkpoint: UnreadableCheckpoint, saved_steps, set_aside
     paths: path_of (a path object for a local path, a file:// or a gs:// URL)
     metrics: EVAL_FIELDS, TRAIN_FIELDS, MetricsDamaged, rewrite_metadata, open_metric, read_metrics,
@@ -63,7 +63,7 @@ _ORIGIN = {
     'train_pack': 'loop',
     'Lane': 'loop',
     'train_cli': 'loop',
-    'compute_dtype': 'loop',
+    'compute_dtype': 'model',
     'accelerator_unused': 'loop',
     'backend_line': 'loop',
     'UnreadableCheckpoint': 'checkpoint',
@@ -117,7 +117,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports on 
         read_yaml_text,
         validate,
     )
-    from .loop import Lane, accelerator_unused, backend_line, compute_dtype, train, train_cli, train_pack
+    from .loop import Lane, accelerator_unused, backend_line, train, train_cli, train_pack
     from .metrics import (
         EVAL_FIELDS,
         TRAIN_FIELDS,
@@ -137,7 +137,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports on 
         read_step,
         rewrite_metadata,
     )
-    from .model import VARIANTS, flops_per_token, make_arch, non_embedding_formula
+    from .model import VARIANTS, compute_dtype, flops_per_token, make_arch, non_embedding_formula
     from .paths import path_of
     from .preemption import Preemption
     from .runtime import (

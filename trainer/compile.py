@@ -19,8 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from .config import MeshConfig, OptimConfig, RunConfig
-from .loop import compute_dtype
-from .model import Arch, make_arch
+from .model import Arch, compute_dtype, make_arch
 from .sharding import make_mesh
 from .step import Steps, abstract_state, build, lr_table
 

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import yaml
 
@@ -38,7 +37,7 @@ from .metrics import (
     interactive,
     read_step,
 )
-from .model import Arch, make_arch
+from .model import Arch, compute_dtype, make_arch
 from .paths import is_remote, name_of, path_of
 from .preemption import Preemption
 from .runtime import agree, any_process, barrier, is_writer, together
@@ -52,12 +51,6 @@ class RunResult:
     step: int            # last step completed (for diverged: the first step with a non-finite loss)
     message: str = ""
     eval_loss: float = math.nan
-
-
-def compute_dtype(name: str) -> Any:
-    if name == "auto":  # bf16 matmuls pay on accelerators; on CPU they gained nothing (notes/cpu-speed.md)
-        return jnp.bfloat16 if jax.default_backend() in ("gpu", "tpu") else jnp.float32
-    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
 
 
 def _host_rows(sharding: Any, batch_size: int) -> slice:

@@ -88,6 +88,8 @@ class Arch:
     base_width: int = 128           # mup/completep equal sp at width = base_width ...
     base_depth: int = 4             # ... and depth = base_depth
     base_head_dim: int = 0          # ... and head dim = base_head_dim (0: this model's head dim)
+    platform: str = ""              # cpu | tpu | cuda | rocm: what it compiles for (step.build sets it
+                                    # from the mesh's devices; "" = this process's default backend)
 
     @property
     def head_dim(self) -> int:
@@ -101,7 +103,28 @@ def make_arch(model_cfg: ModelConfig, vocab: int, dtype: Any = jnp.float32) -> A
                 model_cfg.base_width, model_cfg.base_depth, model_cfg.base_head_dim)
 
 
-def resolve_unroll(unroll: int, depth: int) -> int:
+def platform_of(devices: Any) -> str:
+    """cpu | tpu | cuda | rocm: the kind of chip these devices are (the first one's), whether they are
+    this process's devices or a topology's that a compiler targets without the chip (trainer/target.py)."""
+    d = next(iter(devices))
+    if d.platform in ("gpu", "cuda", "rocm"):
+        return "rocm" if d.platform == "rocm" or "amd" in d.device_kind.lower() else "cuda"
+    return str(d.platform)
+
+
+def compute_dtype(name: str, platform: str = "") -> Any:
+    """train.dtype resolved: auto is bf16 where matmuls pay for it (GPU, TPU) and float32 on CPU, where
+    bf16 gained nothing (README, Speed); ``platform`` as platform_of says ("" = the default backend)."""
+    if name == "auto":
+        return jnp.bfloat16 if (platform or _backend()) != "cpu" else jnp.float32
+    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
+
+
+def _backend() -> str:
+    return platform_of(jax.devices()[:1])
+
+
+def resolve_unroll(unroll: int, depth: int, platform: str = "") -> int:
     """0 = auto. On CPU, unroll every block: a rolled scan slices each layer's weights out of the stack
     and writes its activations back into stacked buffers, copies that cost 20-50% of the step there
     (benchmarks/throughput.py, w64-256 x d4-16), while compiling 16 unrolled blocks still takes ~7 s.
@@ -110,7 +133,7 @@ def resolve_unroll(unroll: int, depth: int) -> int:
     which would also be too early for jax.distributed.initialize."""
     if unroll:
         return min(unroll, depth)
-    return depth if jax.default_backend() == "cpu" else 1
+    return depth if (platform or _backend()) == "cpu" else 1
 
 
 def _norm(arch: Arch, name: str) -> nn.Module:
@@ -135,24 +158,25 @@ def rope(x_BTHK: jax.Array) -> jax.Array:
 
 
 def resolve_attention(arch: Arch) -> str:
-    """The attention kernel for this arch on this backend: xla | cudnn | splash | manual.
+    """The attention kernel for this arch on its platform (``arch.platform``, the mesh's devices; else
+    this process's backend): xla | cudnn | splash | manual.
 
     auto: cuDNN's fused (flash) attention on an NVIDIA GPU when its constraints hold (bf16 or fp16
     compute, head dim a multiple of 8 and at most 128), else XLA's. On CPU, auto keeps the hand-written
     ``manual_attention``, measured faster there than ``jax.nn.dot_product_attention``'s XLA path (README,
     Speed). cudnn and splash fail with a ConfigError where they cannot run. Resolved when the model is
     traced, as resolve_unroll: describing a cell must not start a JAX backend."""
-    backend, want = jax.default_backend(), arch.attention
+    backend, want = arch.platform or _backend(), arch.attention
     low = jnp.dtype(arch.dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
     cudnn_ok = arch.head_dim % 8 == 0 and arch.head_dim <= 128
     if want == "auto":
-        if backend == "gpu" and _is_cuda() and low and cudnn_ok:
+        if backend == "cuda" and low and cudnn_ok:
             return "cudnn"
         return "manual" if backend == "cpu" else "xla"
     if want == "cudnn":
-        if backend != "gpu" or not _is_cuda():
-            raise ConfigError(f"model.attention='cudnn': cuDNN's fused attention needs an NVIDIA GPU; this "
-                              f"JAX backend is {backend!r}. Use model.attention=auto or xla")
+        if backend != "cuda":
+            raise ConfigError(f"model.attention='cudnn': cuDNN's fused attention needs an NVIDIA GPU; the "
+                              f"devices are {backend!r}. Use model.attention=auto or xla")
         if not low:
             raise ConfigError(f"model.attention='cudnn': cuDNN's fused attention needs bf16 or fp16 compute, "
                               f"got {jnp.dtype(arch.dtype).name}; set train.dtype=bfloat16 (or auto)")
@@ -162,17 +186,12 @@ def resolve_attention(arch: Arch) -> str:
         return "cudnn"
     if want == "splash":
         if backend != "tpu":
-            raise ConfigError(f"model.attention='splash': the splash kernel runs on TPU only; this JAX backend "
-                              f"is {backend!r}. Use model.attention=auto or xla")
+            raise ConfigError(f"model.attention='splash': the splash kernel runs on TPU only; the devices are "
+                              f"{backend!r}. Use model.attention=auto or xla")
         return "splash"
     if want == "xla":
         return "xla"
     raise ConfigError(f"model.attention={want!r}: allowed: {list(ATTENTION)}")
-
-
-def _is_cuda() -> bool:
-    import jax.extend
-    return "cuda" in jax.extend.backend.get_backend().platform_version.lower()
 
 
 def manual_attention(q_BTHK: jax.Array, k_BTHK: jax.Array, v_BTHK: jax.Array,
@@ -314,7 +333,7 @@ class Transformer(nn.Module):
             policy = jax.checkpoint_policies.dots_saveable if a.remat == "dots_saveable" else None
             block = nn.remat(Block, policy=policy, prevent_cse=False)  # no CSE barrier needed under scan
         blocks = nn.scan(block, variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True},
-                         length=a.depth, unroll=resolve_unroll(a.unroll, a.depth))(a, name="blocks")
+                         length=a.depth, unroll=resolve_unroll(a.unroll, a.depth, a.platform))(a, name="blocks")
         self.sow("intermediates", "embedded", x_BTD)
         x_BTD, _ = blocks(x_BTD, None)
         self.sow("intermediates", "residual", x_BTD)

@@ -10,6 +10,7 @@ tables to its longest run), and tau = sum of lr is summed from exactly the value
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from typing import Any, NamedTuple
@@ -22,7 +23,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from .config import ConfigError, MeshConfig, OptimConfig
-from .model import Arch, Transformer
+from .model import Arch, Transformer, platform_of
 from .sharding import BATCH, axis_sizes, bytes_per_device, make_mesh, state_shardings
 
 
@@ -171,6 +172,8 @@ def build(arch: Arch, optim: OptimConfig, accum: int = 1, mesh: Mesh | None = No
     shape) that train in one call: a small model leaves an accelerator idle, K of them less so. Each
     run's slice of the packed state is laid out as one run's state (``lane``, built here if not given)."""
     mesh = mesh or make_mesh()
+    if not arch.platform:  # every `auto` (kernel, unroll) means what it means on the mesh's devices
+        arch = dataclasses.replace(arch, platform=platform_of(mesh.devices.flat))
     model, tx0 = Transformer(arch), make_optimizer(optim, optax.constant_schedule(0.0), arch)
     replicated = NamedSharding(mesh, P())
 
