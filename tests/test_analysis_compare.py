@@ -23,6 +23,7 @@ def _theta(t):
     return np.array([t["c_tau"], t["c_m"], t["c_l"], t["L0"]])
 
 
+@pytest.mark.slow
 def test_differences_recover_known_truth_within_their_intervals_over_repeated_draws():
     """Over 40 independent two-variant tables, each true difference (B - A) lies inside its 95%
     interval in a number of draws consistent with 95% (binomial, 0.1% level), and the large
@@ -114,6 +115,7 @@ def test_the_json_holds_the_comparison_and_the_universality_test(tmp_path):
         run_fit(S.two_variant_table(1, **SMALL), n_boot=20, reference="nope")
 
 
+@pytest.mark.slow
 def test_cli_reference_flag_prints_the_difference_table_and_writes_it(tmp_path, capsys):
     path = tmp_path / "two.csv"
     S.write_csv(S.two_variant_table(2, truths=(TRUTH_A, TRUTH_B), **SMALL), str(path))

@@ -120,6 +120,7 @@ def test_zero_time_points_are_dropped_and_recorded_not_fatal():
         run_fit(t, points="all", n_boot=20, checks=False)
 
 
+@pytest.mark.slow
 def test_frontier_beyond_the_measured_compute_is_marked_as_extrapolation(tmp_path, monkeypatch):
     r = run_fit(S.universality_table(seed=0), n_boot=30, checks=False)
     fr = json.loads(r.to_json())["variants"]["gpt2"]["frontier"]

@@ -42,6 +42,7 @@ def test_a_formula_with_a_name_used_twice_has_one_tied_parameter():
             laws.get(bad)
 
 
+@pytest.mark.slow
 def test_a_tied_exponent_law_recovers_its_parameters_within_its_intervals_over_repeated_draws():
     """20 independent tables x 50 bootstrap refits, plain squares of log L (the objective of the
     published fits): each parameter's 90% interval covers the truth in a fraction consistent with 90%

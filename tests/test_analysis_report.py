@@ -48,6 +48,7 @@ def test_table_writers_have_a_row_per_variant_with_intervals(tmp_path):
     assert r"\begin{tabular}" in tex and r"$c_\tau$" in tex
 
 
+@pytest.mark.slow
 def test_report_writes_every_plot_and_an_index(tmp_path):
     index = write_report(two_variants(), tmp_path / "rep", n_boot=40)
     root = index.parent
@@ -156,6 +157,7 @@ def _section(html: str, title: str) -> int:
     return i
 
 
+@pytest.mark.slow
 def test_report_is_one_self_contained_html_file(tmp_path):
     t = with_curves(S.universality_table(seed=0))
     index = write_report(t, tmp_path / "rep", n_boot=30,

@@ -29,6 +29,8 @@ from scaling_grid.grid import store as G
 from scaling_grid.trainer import paths as P
 from scaling_grid.trainer.metrics import EVAL_FIELDS, TRAIN_FIELDS, read_metrics
 
+pytestmark = pytest.mark.slow  # every test here starts processes
+
 BUCKET = "bkt"
 SPEC = """\
 name: cloud

@@ -249,6 +249,7 @@ tokenstore.prepare(DataConfig(source="parquet", paths=(sys.argv[1],), tokenizer=
 """
 
 
+@pytest.mark.slow
 def test_sigkill_mid_prepare_leaves_no_complete_store(tmp_path, docs):
     # ~6M tokens, so the kill lands after the first shard write (every 4M tokens) and before the end.
     big = [f"{d}\n[copy {i}]" for i in range(3) for d in docs] + docs[:400]

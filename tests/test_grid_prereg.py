@@ -3,6 +3,7 @@ store once, and scored when the cells finish (issue 14, pre-registered extrapola
 import json
 
 import numpy as np
+import pytest
 
 from scaling_grid.analysis import run_fit, synthetic
 from scaling_grid.grid import cli
@@ -45,6 +46,7 @@ def _final_rows(cells, rng):
             "eval_loss": L, "is_final": np.ones(len(cells), bool), "flops_per_token": 72 * m * m * l}
 
 
+@pytest.mark.slow
 def test_report_predicts_unfinished_cells_keeps_them_once_and_scores_them_when_they_finish(tmp_path, monkeypatch,
                                                                                            capsys):
     st, cells = _grid(tmp_path / "store")

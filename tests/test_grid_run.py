@@ -87,6 +87,7 @@ def reference(grid):
     return store, _all_metrics(store)
 
 
+@pytest.mark.slow
 def test_reference_grid_complete(reference):
     store, m = reference
     assert len(m) == N_CELLS
@@ -101,6 +102,7 @@ def test_reference_grid_complete(reference):
     assert "width: [16, 32]" in spec_text and json.loads((store / "store.json").read_text())["version"] == 1
 
 
+@pytest.mark.slow
 def test_rerun_trains_nothing(grid, reference):
     root, spec = grid
     store, before = reference
@@ -143,6 +145,7 @@ def _mid_cell(store, exclude=()):
 
 
 @pytest.mark.parametrize("as_url", [False, True], ids=["paths", "file-urls"])
+@pytest.mark.slow
 def test_sigkill_and_sigterm_mid_cell_then_relaunch(grid, reference, as_url):
     """With file-urls, every path is a file:// URL: the store, --checkpoints and data.root (the token
     store prepared by the reference is found again, content-keyed), and nothing named 'file:' appears."""
@@ -181,6 +184,7 @@ def test_sigkill_and_sigterm_mid_cell_then_relaunch(grid, reference, as_url):
         assert not list(root.rglob("file:")) and not Path("file:").exists()
 
 
+@pytest.mark.slow
 def test_two_shards_share_one_store_and_status_reads_it_live(grid, reference):
     root, spec = grid
     store = root / "sharded"
@@ -246,6 +250,7 @@ axes:
 """
 
 
+@pytest.mark.slow
 def test_diverged_cell_is_recorded_and_grid_goes_on(grid):
     root, _ = grid
     spec = root / "div.yaml"
@@ -303,6 +308,7 @@ axes:
 """
 
 
+@pytest.mark.slow
 def test_wsd_branches_start_from_trunk_and_continue_its_tau(grid):
     from scaling_grid.trainer.step import lr_table
     root, _ = grid
@@ -340,6 +346,7 @@ def _optim(record):
     return from_dict(record["config"]).optim
 
 
+@pytest.mark.slow
 def test_shared_steps_padded_tables_change_nothing():
     """The launcher shares one Steps per shape and pads each cell's lr table to the longest run of its
     shape: one function serves every budget and schedule, and padding leaves every update bit for
@@ -404,6 +411,7 @@ axes:
 """
 
 
+@pytest.mark.slow
 def test_preempted_in_the_last_chunk_then_relaunch_evaluates_the_end(grid):
     """A one-chunk cell SIGTERMed while it trains saves its last step without its eval. The relaunch
     must evaluate it (before: the cell was 'done' with no final eval, and the launcher crashed)."""
@@ -434,6 +442,7 @@ def test_preempted_in_the_last_chunk_then_relaunch_evaluates_the_end(grid):
     assert G.Store(str(ref)).read_metrics(cid)["eval_loss"][S] == final  # as if never interrupted
 
 
+@pytest.mark.slow
 def test_damaged_store_is_reported_by_name_and_repaired_by_run(grid, reference, tmp_path):
     """Damaged records are named by `status`, `export` refuses to drop them silently, and `run`
     repairs what can be repaired: the store then exports every cell with its reference final point."""
@@ -475,6 +484,7 @@ def test_damaged_store_is_reported_by_name_and_repaired_by_run(grid, reference, 
     assert subprocess.run(_cmd("status", str(store)), capture_output=True, timeout=120).returncode == 0
 
 
+@pytest.mark.slow
 def test_wsd_branch_whose_trunk_checkpoint_is_unreadable_reruns_the_trunk(grid, tmp_path):
     """A branch whose start checkpoint (in its trunk) does not restore: `run` says which, moves the
     trunk's checkpoints from there on aside, reruns the trunk from the one before, then the branch,
@@ -545,6 +555,7 @@ def test_dry_run_and_status_fit_100_columns_on_the_demo_spec(tmp_path, capsys, m
     assert message.strip() in capsys.readouterr().out  # whole
 
 
+@pytest.mark.slow
 def test_full_disk_in_a_grid_is_a_message_and_the_grid_finishes_after(grid, reference, tmp_path):
     """The store fills up at a checkpoint and the failure's own status write fails too (before: a
     traceback, the cell left 'running'): exit 2 with one message; with space again (the store moved

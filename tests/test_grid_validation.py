@@ -147,6 +147,7 @@ def test_eval_set_larger_than_validation_split(capsys, workdir):
     assert not store.exists()
 
 
+@pytest.mark.slow
 def test_cell_too_big_for_memory(capsys, workdir):
     """Ahead-of-time compile of the largest cell against this machine's memory (no allocation)."""
     tmp, data = workdir

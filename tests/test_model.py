@@ -92,6 +92,7 @@ def test_flops_formula_matches_reference_convention():
 
 
 @pytest.mark.parametrize("unroll", [2, 3])
+@pytest.mark.slow
 def test_unrolled_scan_computes_the_same_function(unroll):
     """Unrolling blocks inside the scan (all of them, or with a remainder) is a speed choice only: same
     parameter layout, same logits as the rolled loop, for the forward and the gradient."""

@@ -16,6 +16,8 @@ from floats import assert_reordered_curves_close
 
 from scaling_grid.trainer.metrics import read_metrics
 
+pytestmark = pytest.mark.slow  # every test here starts processes
+
 STEPS = 200
 RUN = ["model.width=32", "model.depth=2", "model.heads=2", "model.seq_len=64", "train.batch_size=8",
        f"train.tokens={STEPS * 8 * 64}", "train.steps_per_call=2", "train.log_every=2", "train.eval_every=20",

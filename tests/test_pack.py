@@ -63,6 +63,7 @@ def _lanes(cfgs, where: Path):
     return [loop.Lane(c, TensorStoreSink(str(where / f"m{i}"), c.steps), where / f"ck{i}") for i, c in enumerate(cfgs)]
 
 
+@pytest.mark.slow
 def test_a_pack_trains_each_run_as_it_trains_alone(runs, tmp_path):
     cfgs, store, alone, packed, root = runs
     for i in range(3):
@@ -75,6 +76,7 @@ def test_a_pack_trains_each_run_as_it_trains_alone(runs, tmp_path):
 
 
 @pytest.mark.parametrize("after_calls", [3, 7], ids=["early", "where-one-run-ends"])
+@pytest.mark.slow
 def test_a_preempted_pack_resumes_to_the_same_curves(runs, tmp_path, after_calls):
     """The flag is raised after some train calls (7: while the 26-step run is in its last chunk, which
     is cut at step 26); the pack stops where its chunks start anew, every run saved there, then the
@@ -131,6 +133,7 @@ def _metrics(store):
     return {cid: s.read_metrics(cid) for cid in s.cell_ids()}
 
 
+@pytest.mark.slow
 def test_a_packed_grid_sigtermed_and_resumed_equals_the_unpacked_grid(tmp_path):
     """8 cells (2 seeds x 2 lr x 2 budgets) in packs of 4; SIGTERM once a pack has checkpoints, exit
     143 with the pack's cells preempted; the relaunch finishes; every cell's curves equal the unpacked
@@ -169,6 +172,7 @@ def test_a_packed_grid_sigtermed_and_resumed_equals_the_unpacked_grid(tmp_path):
         _close(ref[cid], got[cid], cid)
 
 
+@pytest.mark.slow
 def test_a_pack_on_an_fsdp_mesh_of_8_devices(tmp_path):
     """Two runs packed on fsdp 4 x data 2 (8 simulated devices): each run's losses equal its unpacked
     run's on the same mesh, the packed state is sharded as a run's with the pack axis whole, and a
@@ -215,6 +219,7 @@ def test_a_pack_on_an_fsdp_mesh_of_8_devices(tmp_path):
     assert got["shard_shape"][0] == 2 and got["shard_shape"] != got["shape"], got
 
 
+@pytest.mark.slow
 def test_the_memory_check_sees_a_whole_pack(runs):
     """The launcher's ahead-of-time memory check compiles a full pack of the largest shape: K runs
     need about K times the memory of one."""
@@ -226,6 +231,7 @@ def test_the_memory_check_sees_a_whole_pack(runs):
     assert one and four and 3.5 * one < four < 4.5 * one, (one, four)
 
 
+@pytest.mark.slow
 def test_one_diverging_run_leaves_its_pack_going(runs, tmp_path):
     """A run whose lr makes it diverge is recorded as diverged at its first non-finite loss; the
     other runs of its pack train on and end as they do alone."""
@@ -240,6 +246,7 @@ def test_one_diverging_run_leaves_its_pack_going(runs, tmp_path):
         _close(alone[i], read_metrics(str(tmp_path / f"m{i}")), f"run {i}")
 
 
+@pytest.mark.slow
 def test_an_error_in_a_pack_fails_only_the_runs_it_stopped(tmp_path, monkeypatch):
     """A pack of 2 budgets: the shorter run is done at step 40; a checkpoint write then fails at step 64.
     The done cell stays done, the other is failed, and the next launch finishes it from step 48."""

@@ -46,6 +46,7 @@ def _batches(steps: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 # ---- base shape: mup and completep are sp -----------------------------------------------------------
 
 @pytest.mark.parametrize("variant", ["gpt2", "llama"])
+@pytest.mark.slow
 def test_base_shape_equals_sp(variant):
     """Through step.build (init, optimizer, train, eval): same losses as sp at width = base_width and
     depth = base_depth, for the tied (gpt2) and untied (llama) head."""
@@ -84,6 +85,7 @@ def _std(params, *keys) -> float:
     return float(np.std(np.asarray(x)))
 
 
+@pytest.mark.slow
 def test_init_stds():
     """Hidden kernels' init std shrinks like sqrt(base_width/width) under mup (and completep);
     embeddings keep 0.02; the residual output projections keep GPT-2's 1/sqrt(2 depth) under sp and
@@ -121,6 +123,7 @@ def test_forward_multipliers():
     assert pz.attention_scale(_arch("sp", 128, 8)) is None
 
 
+@pytest.mark.slow
 def test_per_leaf_optimizer_constants():
     """Adam lr multipliers: hidden matrices base_width/width, everything else 1; completep's weight
     decay on hidden matrices width/base_width (lr x decay independent of width); its eps
@@ -204,6 +207,7 @@ def depth_sweep():
 
 
 @pytest.mark.parametrize("what", ["logits", "residual", "attn", "mlp"])
+@pytest.mark.slow
 def test_coord_check_width(width_sweep, what):
     """Width 16 -> 128 at depth 2: under mup the change stays flat (|slope| in log-log below 0.25;
     measured -0.05 to 0.05), under sp it grows (threshold 0.6; measured 0.92 logits, 1.55-1.9 the rest)."""
@@ -213,6 +217,7 @@ def test_coord_check_width(width_sweep, what):
     assert sp > 0.6, (what, mup, sp)
 
 
+@pytest.mark.slow
 def test_coord_check_depth(depth_sweep):
     """Depth 2 -> 16 at width 32: under completep the change of the residual stream stays flat
     (|slope| below 0.25; measured ~0), under sp (= mup at base width) it grows like depth (measured

@@ -57,6 +57,7 @@ def test_mesh_is_not_part_of_a_cells_identity_or_default_dict():
     assert _identity(plain) == _identity(sharded)  # a grid resumed on another pod size keeps its cells
 
 
+@pytest.mark.slow
 def test_fsdp_and_tensor_meshes_match_one_device_and_shard_the_state():
     """20 steps of the same batches on 1 device and on fsdp 8, fsdp 4 x data 2 and fsdp 2 x tensor 2 x
     data 2: losses within 1e-5; under fsdp 8, device 0 holds at most 15% of the state's bytes."""
@@ -103,6 +104,7 @@ def test_fsdp_and_tensor_meshes_match_one_device_and_shard_the_state():
     assert out["fsdp2_tensor2"][1] <= 0.30
 
 
+@pytest.mark.slow
 def test_checkpoints_restore_onto_another_mesh_and_training_continues(tmp_path):
     """One run preempted on fsdp 8, resumed on fsdp 4 x data 2, preempted again, finished on one device
     with parameters replicated: every logged loss and eval within 1e-5 of an uninterrupted 1-device run."""

@@ -63,6 +63,7 @@ def _logged(a: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.isfinite(a))
 
 
+@pytest.mark.slow
 def test_tensorboard_reads_every_cells_curves_equal_to_the_store(grid):
     from tensorboard.backend.event_processing import event_accumulator as ea
     _, _, tb, metrics, _ = grid
@@ -114,6 +115,7 @@ def test_tensorboard_resume_shows_each_step_once(tmp_path):
     assert [(e.step, e.value) for e in acc.Scalars("eval/loss")] == [(0, 5.0), (8, 4.5), (16, 3.5)]
 
 
+@pytest.mark.slow
 def test_train_with_tensorboard_and_wandb_then_run_again(tmp_path):
     """`train --tensorboard DIR --wandb P`: TensorBoard run DIR/<out_dir name>, W&B run id <name>-<hash>;
     training the finished run again (it re-evaluates its last step) leaves every step once."""
@@ -169,6 +171,7 @@ def _wandb_records(path: Path) -> list:
     return out
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_per_cell_with_the_scalars(grid):
     root, store, _, metrics, _ = grid
     files = {cid: list((root / "wandb").glob(f"offline-run-*-{cid}/run-{cid}.wandb")) for cid in metrics}

@@ -131,6 +131,7 @@ def _reference_losses(variant: str) -> np.ndarray:
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.slow
 def test_every_cpu_attention_kernel_trains_as_before(variant):
     """float32 on CPU, every variant (QK-norm and RoPE included): the hand-written kernel (auto on CPU)
     and jax.nn.dot_product_attention's XLA path give today's 20 losses within 1e-5."""
@@ -145,6 +146,7 @@ def test_every_cpu_attention_kernel_trains_as_before(variant):
 
 
 @pytest.mark.parametrize("variant,remat", [("gpt2-qknorm", "full"), ("llama", "dots_saveable")])
+@pytest.mark.slow
 def test_remat_trains_as_before(variant, remat):
     """Recomputing in the backward pass changes memory, not the function or its gradient."""
     arch = _arch(variant, remat=remat, unroll=1)
@@ -188,6 +190,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow
 def test_splash_kernel_runs_per_device_under_a_mesh():
     """On 8 devices (data x fsdp x tensor), the splash kernel runs on each device's rows and heads with no
     gather of the batch, and gives the same attention and gradients as on one device."""
@@ -263,6 +266,7 @@ def test_bf16_train_step_has_no_float32_matmul(variant):
 
 # ------------------------------------------------------------------------------------ remat
 
+@pytest.mark.slow
 def test_full_remat_cuts_temporaries_of_gpt2_124m():
     """GPT-2 124M (vocab 50257, width 768, 12 layers, 12 heads), seq 1024, batch 8, bf16, compiled ahead
     of time on CPU (never run): XLA's temporaries with model.remat=full are at most 40% of none's
@@ -289,6 +293,7 @@ def _throughput_module():
     return mod
 
 
+@pytest.mark.slow
 def test_benchmark_mfu_divides_by_every_device():
     """8 simulated CPU devices and --peak-tflops P: MFU = flops/token x tokens/s / (P x 8), to 1e-9."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
@@ -320,6 +325,7 @@ def test_benchmark_device_table_matches_exactly():
 
 
 
+@pytest.mark.slow
 def test_gpu_script_smoke_runs_on_cpu():
     """benchmarks/gpu.sh, prepared for a GPU session with little time, runs end to end in SMOKE mode
     here: every section prints its JSON lines (packed cells K = 1, 2, 4, 8 included), cudnn is skipped (not failed) off a GPU, exit status 0."""

@@ -65,6 +65,7 @@ def _assert_same_curves(a: dict, b: dict) -> None:
         np.testing.assert_array_equal(a[field], b[field], err_msg=field)  # NaN == NaN here: unwritten steps
 
 
+@pytest.mark.slow
 def test_reference_run_learns(reference):
     _, m = reference
     logged = np.flatnonzero(~np.isnan(m["loss"]))
@@ -90,6 +91,7 @@ def _wait_for_checkpoint(out: Path, proc: subprocess.Popen, at_least: int, timeo
     raise AssertionError("timed out waiting for a checkpoint")
 
 
+@pytest.mark.slow
 def test_sigkill_anywhere_then_resume_is_bit_exact(reference, tmp_path, data_root):
     """SIGKILL at three different points (after a checkpoint, mid-chunk, right at start), resume each
     time: the finished curve equals the uninterrupted one bit for bit, every step recorded once."""
@@ -109,6 +111,7 @@ def test_sigkill_anywhere_then_resume_is_bit_exact(reference, tmp_path, data_roo
 
 
 @pytest.mark.parametrize("as_url", [False, True], ids=["paths", "file-urls"])
+@pytest.mark.slow
 def test_sigterm_saves_and_exits_cleanly(reference, tmp_path, data_root, as_url):
     """With file-urls, out_dir and data.root are file:// URLs (the token store is found again)."""
     _, ref = reference
@@ -137,6 +140,7 @@ def _cfg(out: Path, data_root: Path, *extra: str) -> C.RunConfig:
     return C.load(None, _overrides(out, data_root, *extra))
 
 
+@pytest.mark.slow
 def test_sigterm_during_eval(reference, tmp_path, data_root):
     """A SIGTERM that lands while the eval runs: the eval is abandoned, the state saved at that step,
     and the resumed run redoes that eval; the curve still matches the uninterrupted run."""
@@ -184,6 +188,7 @@ def test_corrupt_latest_checkpoint_falls_back(reference, tmp_path, data_root):
     _assert_same_curves(ref, _metrics(out))
 
 
+@pytest.mark.slow
 def test_divergence_stops_with_clear_message(tmp_path, data_root):
     out = tmp_path / "run"
     proc = subprocess.run(_cli("train", *_overrides(out, data_root, "optim.lr=1e30", "optim.clip_norm=0")),
@@ -204,6 +209,7 @@ def test_changed_config_in_same_out_dir_is_refused(reference, tmp_path, data_roo
         loop.train_cli(_cfg(out, data_root, "optim.lr=1e-2"))
 
 
+@pytest.mark.slow
 def test_preempted_in_the_last_chunk_then_resume_owes_the_final_eval(tmp_path, data_root):
     """One chunk of 4000 steps SIGTERMed while it trains: the state at the last step is saved but its
     eval is not. The resumed run must evaluate it (before: 'already complete', eval NaN, invalid JSON)."""
@@ -272,6 +278,7 @@ def test_unreadable_checkpoint_is_set_aside_and_saved_anew(reference, tmp_path, 
     _assert_same_curves(ref, _metrics(out))
 
 
+@pytest.mark.slow
 def test_damaged_metric_arrays_of_a_run_folder(reference, tmp_path, data_root):
     """Damaged metadata is rewritten from the config (the data chunks beside it are kept); a damaged
     data chunk is an exit-2 message naming the array, not a traceback."""
@@ -294,6 +301,7 @@ def test_damaged_metric_arrays_of_a_run_folder(reference, tmp_path, data_root):
     assert "metrics/loss: a data chunk is damaged" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_full_disk_is_a_message_and_the_run_resumes_after(reference, tmp_path, data_root):
     """A run folder on a 600 KiB tmpfs fills up at its second checkpoint: exit 2 with one message
     (before: a 458-line orbax traceback); with space again the run resumes and matches the reference."""
