@@ -1,69 +1,66 @@
-"""Per-device memory of GPT-2-shaped train steps under data parallelism and FSDP, from XLA's memory
-analysis of the step compiled ahead of time (nothing is allocated, so it runs on this CPU with
-simulated devices). One JSON line per (model, mesh):
+"""Per-device memory of GPT-2-shaped train steps, from the target's own compiler (trainer/target.py): a
+TPU topology through libtpu, or a GPU through XLA's GPU compiler and a target config; no chip needed
+(the aot extra). One JSON line per (model, mesh, remat, attention):
 
-    python benchmarks/memory_table.py                  # 124M, 350M, 760M, 1.3B x dp8, fsdp8, fsdp64
-    python benchmarks/memory_table.py --models 124M --meshes fsdp8
+    python benchmarks/memory_table.py --target tpu:v5e:2x4                        # 124M-1.3B x dp, fsdp
+    python benchmarks/memory_table.py --target tpu:v5e:2x4 --models 1.3B --remat none full
+    python benchmarks/memory_table.py --target gpu:h100 --models 124M --batch 16 --attention xla cudnn
 
-Per device: a batch of 1 sequence of 1024 tokens, bf16 compute, float32 parameters and Adam moments,
-the scan over blocks rolled (as on GPU/TPU, model.unroll=1). XLA's CPU backend plans temporaries
-somewhat differently from GPU/TPU, so read the figures as estimates; the state's share is exact.
+Per device one sequence of --seq tokens (data parallel over every device, or FSDP over every device),
+unless --batch gives the global batch; bf16 compute, float32 parameters and Adam moments, the scan over
+blocks rolled (as `auto` resolves on an accelerator). "fits" is the compiler's word on TPU (a step that
+does not fit fails there with RESOURCE_EXHAUSTED) and bytes <= the device's memory on GPU.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import sys
+import time
 
 MODELS = {  # name: (width, depth, heads), GPT-3 paper shapes with head dim 64 (GPT-2 124M for the first)
     "124M": (768, 12, 12), "350M": (1024, 24, 16), "760M": (1536, 24, 24), "1.3B": (2048, 24, 32)}
-MESHES = {"dp8": (8, {"data": 8, "fsdp": 1}), "fsdp8": (8, {"data": 1, "fsdp": 8}),
-          "fsdp64": (64, {"data": 1, "fsdp": 64})}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--target", required=True, help="tpu:v5e:2x4, tpu:v4:2x2x2, gpu:h100, ...")
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    ap.add_argument("--meshes", nargs="+", default=list(MESHES), choices=list(MESHES))
+    ap.add_argument("--meshes", nargs="+", default=["dp", "fsdp"], choices=["dp", "fsdp"])
+    ap.add_argument("--remat", nargs="+", default=["none"], choices=["none", "full", "dots_saveable"])
+    ap.add_argument("--attention", nargs="+", default=["xla"], choices=["xla", "splash", "cudnn"])
     ap.add_argument("--seq", type=int, default=1024)
-    ap.add_argument("--remat", default=None, help="model.remat, where the model has it (none | full | ...)")
+    ap.add_argument("--batch", type=int, default=0, help="global batch (default: one sequence per device)")
     args = ap.parse_args()
-    devices = max(MESHES[m][0] for m in args.meshes)
-    if "jax" not in sys.modules:  # the device count is fixed when JAX starts
-        os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-        os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    import jax
-    import jax.numpy as jnp
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")  # this host only compiles
 
-    from scaling_grid.trainer import sharding, step
-    from scaling_grid.trainer.compile import memory_need
-    from scaling_grid.trainer.config import MeshConfig, ModelConfig, OptimConfig
-    from scaling_grid.trainer.model import make_arch
-
+    from scaling_grid.trainer import config as C
+    from scaling_grid.trainer.target import compile_shape, parse_target
+    target = parse_target(args.target)
+    devices = target.devices()
+    n = len(devices)
     for name in args.models:
         width, depth, heads = MODELS[name]
-        extra = {"remat": args.remat} if args.remat else {}
-        arch = make_arch(ModelConfig(width=width, depth=depth, heads=heads, seq_len=args.seq, unroll=1, **extra),
-                         50257, jnp.bfloat16)
-        for mesh_name in args.meshes:
-            n, axes = MESHES[mesh_name]
-            mesh = sharding.make_mesh(MeshConfig(**axes), jax.devices()[:n])
-            steps = step.build(arch, OptimConfig(), 1, mesh)
-            batch = sharding.batch_devices(mesh)  # one sequence per device
-            x = jax.ShapeDtypeStruct((1, batch, args.seq), jnp.int32, sharding=steps.batch_sharding)
-            lrs = jax.ShapeDtypeStruct((16,), jnp.float32, sharding=steps.lr_sharding)
-            abstract = step.abstract_state(steps)
-            compiled = steps.train.lower(abstract, x, x, lrs).compile()
-            ma = compiled.memory_analysis()
-            state = sharding.bytes_per_device(abstract, steps.state_sharding)
-            total = memory_need(compiled) or 0
-            n_params = sum(int(p.size) for p in jax.tree.leaves(abstract.params))
-            print(json.dumps({
-                "model": name, "params": n_params, "mesh": mesh_name, "devices": n, "global_batch": batch,
-                "seq": args.seq, "state_gib": round(state / 2**30, 3),
-                "temp_gib": round(ma.temp_size_in_bytes / 2**30, 3), "total_gib": round(total / 2**30, 3),
-                "fits_16gib": total <= 0.9 * 16 * 2**30, "fits_32gib": total <= 0.9 * 32 * 2**30}), flush=True)
+        for mesh in args.meshes:
+            for remat in args.remat:
+                for attention in args.attention:
+                    cfg = C.RunConfig(
+                        model=C.ModelConfig(width=width, depth=depth, heads=heads, seq_len=args.seq,
+                                            remat=remat, attention=attention),
+                        data=C.DataConfig(tokenizer="gpt2"),
+                        mesh=C.MeshConfig(data=-1, fsdp=1) if mesh == "dp" else C.MeshConfig(data=1, fsdp=-1),
+                        train=C.TrainConfig(batch_size=args.batch or n, tokens=(args.batch or n) * args.seq * 100))
+                    t0 = time.perf_counter()
+                    r = compile_shape(cfg, 50257, target, devices=devices, count_flops=False)
+                    print(json.dumps({
+                        "model": name, "target": target.name, "mesh": f"{mesh}{n}", "remat": remat,
+                        "attention": attention, "global_batch": cfg.train.batch_size, "seq": args.seq,
+                        "state_gib": round(r.state_bytes / 2**30, 3),
+                        "temp_gib": None if r.temp_bytes is None else round(r.temp_bytes / 2**30, 3),
+                        "total_gib": None if r.bytes_per_device is None else round(r.bytes_per_device / 2**30, 3),
+                        "hbm_gib": round(target.hbm_bytes / 2**30, 2), "fits": r.fits, "error": r.error[:200],
+                        "kernels": r.attention_kernel_calls, "compile_s": round(time.perf_counter() - t0, 1)}),
+                        flush=True)
 
 
 if __name__ == "__main__":

@@ -349,7 +349,8 @@ def plan_text(spec_path: str, opts: Options) -> str:
     div = sum(1 for c in mine if states[c.id].get("state") == "diverged")
     lines.append(f"already: {done} done, {div} diverged; to run: {len(todo)} cells, {_fmt_tokens(tot_tok)} tokens, "
                  f"{_fmt_flops(tot_fl)} FLOPs, estimated {_fmt_time(tot_t)}"
-                 + (f" ({how})" if how else " (no throughput measured: --no-measure)"))
+                 + (f" ({how})" if how else " (no time estimate for a --target: timings need its hardware)"
+                    if opts.target else " (no throughput measured: --no-measure)"))
     lines += mem_lines
     lines.append("compute by token mode (whole grid, all shards):")
     for mode in S.TOKEN_MODES:

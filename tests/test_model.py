@@ -1,4 +1,5 @@
 """The network itself: causality, init loss, learning, parameter counts, FLOPs formula."""
+import dataclasses
 import math
 
 import jax
@@ -137,3 +138,25 @@ def test_schedules(schedule):
         assert np.all(np.diff(lr[10:]) <= 1e-12) and lr[-1] == pytest.approx(1e-4, rel=0.05)
     else:  # stable until the last 20% then linear to zero
         assert np.allclose(lr[10:80], 1e-3) and np.all(np.diff(lr[80:]) < 0) and lr[-1] < 1e-4
+
+
+@pytest.mark.parametrize("variant", ["gpt2", "llama"])
+def test_vocab_pad_rounds_the_tables_up_and_keeps_the_logits_to_the_vocabulary(variant):
+    """model.vocab_pad: embedding (and an untied head) get rows up to a multiple of 128; the logits and
+    so the loss cover the real vocabulary only; padded rows get no gradient (never an input, their
+    logits cut); a config without it keeps its dict (and so its cell id)."""
+    from scaling_grid.trainer.config import ModelConfig, RunConfig
+    vocab = 300
+    arch = dataclasses.replace(_arch(variant), vocab=vocab, vocab_pad=True)
+    assert arch.vocab_rows == 384 and dataclasses.replace(arch, vocab_pad=False).vocab_rows == vocab
+    model, params = _init(arch)
+    assert params["embed"]["embedding"].shape == (384, 64)
+    if variant == "llama":
+        assert params["head"]["kernel"].shape == (64, 384)
+    x = np.random.default_rng(0).integers(0, vocab, (2, T))
+    assert model.apply({"params": params}, x).shape == (2, T, vocab)
+    grads = jax.grad(lambda p: optax.softmax_cross_entropy_with_integer_labels(
+        model.apply({"params": p}, x), x).mean())(params)
+    assert not np.any(np.asarray(grads["embed"]["embedding"][vocab:]))  # tied too: their logits are cut
+    assert "vocab_pad" not in RunConfig().to_dict()["model"]
+    assert RunConfig(model=ModelConfig(vocab_pad=True)).to_dict()["model"]["vocab_pad"] is True

@@ -77,6 +77,10 @@ class ModelConfig:
                     "matmul outputs, recompute the rest)")
     logits_fp32: bool = _f(False, "run the head (unembedding) matmul in float32 even when the compute dtype "
                            "is bf16; the loss is float32 either way")
+    vocab_pad: bool = _f(False, "pad the embedding and head to a multiple of 128 rows (e.g. GPT-2's 50257 -> "
+                         "50304) so accelerator matmul tiles and mesh axes divide the vocabulary; the padded "
+                         "rows are never inputs and their logits are cut before the loss, but the init draw "
+                         "differs, so it is a different run (and cell)")
     param: str = _f("sp", "parametrization: sp (standard, GPT-2 init) | mup (muP: per-layer init, output and "
                     "Adam lr multipliers, so a base lr transfers across widths) | completep (muP plus residual "
                     "branches scaled by base_depth/depth, so it also transfers across depths)")
@@ -158,7 +162,7 @@ class MeshConfig:
 # they were. A non-default value is a different run and is written out.
 _OMITTED_AT_DEFAULT = {"data": ("documents", "text_key"), "train": ("pack",),
                        "model": ("attention", "remat", "logits_fp32", "param", "base_width", "base_depth",
-                                 "base_head_dim")}
+                                 "base_head_dim", "vocab_pad")}
 
 
 @dataclass(frozen=True)

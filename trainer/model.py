@@ -57,6 +57,7 @@ VARIANTS: dict[str, Variant] = {
 }
 
 INIT_STD = 0.02
+VOCAB_PAD = 128  # a multiple of TPU/GPU matmul tiles and of any power-of-two mesh axis up to 128
 
 
 def resolve_variant(name: str, qk_norm: bool = False) -> Variant:
@@ -88,6 +89,7 @@ class Arch:
     base_width: int = 128           # mup/completep equal sp at width = base_width ...
     base_depth: int = 4             # ... and depth = base_depth
     base_head_dim: int = 0          # ... and head dim = base_head_dim (0: this model's head dim)
+    vocab_pad: bool = False         # embedding and head rows rounded up to a multiple of VOCAB_PAD
     platform: str = ""              # cpu | tpu | cuda | rocm: what it compiles for (step.build sets it
                                     # from the mesh's devices; "" = this process's default backend)
 
@@ -95,12 +97,17 @@ class Arch:
     def head_dim(self) -> int:
         return self.width // self.heads
 
+    @property
+    def vocab_rows(self) -> int:
+        """Rows of the embedding and the head: the vocabulary, padded when ``vocab_pad`` asks."""
+        return -(-self.vocab // VOCAB_PAD) * VOCAB_PAD if self.vocab_pad else self.vocab
+
 
 def make_arch(model_cfg: ModelConfig, vocab: int, dtype: Any = jnp.float32) -> Arch:
     return Arch(resolve_variant(model_cfg.variant, model_cfg.qk_norm), vocab, model_cfg.width,
                 model_cfg.depth, model_cfg.heads, model_cfg.seq_len, dtype, model_cfg.unroll,
                 model_cfg.attention, model_cfg.remat, model_cfg.logits_fp32, model_cfg.param,
-                model_cfg.base_width, model_cfg.base_depth, model_cfg.base_head_dim)
+                model_cfg.base_width, model_cfg.base_depth, model_cfg.base_head_dim, model_cfg.vocab_pad)
 
 
 def platform_of(devices: Any) -> str:
@@ -322,7 +329,7 @@ class Transformer(nn.Module):
         a = self.arch
         T = tokens_BT.shape[1]
         head_dtype = jnp.float32 if a.logits_fp32 else a.dtype  # nn.Embed's default would promote to f32
-        embed = nn.Embed(a.vocab, a.width, dtype=head_dtype, embedding_init=nn.initializers.normal(INIT_STD),
+        embed = nn.Embed(a.vocab_rows, a.width, dtype=head_dtype, embedding_init=nn.initializers.normal(INIT_STD),
                          name="embed")
         x_BTD = batch_sharded(embed(tokens_BT).astype(a.dtype))
         if a.variant.position == "learned":
@@ -341,9 +348,9 @@ class Transformer(nn.Module):
         if a.variant.tied_embeddings:
             logits_BTV = embed.attend(x_BTD)
         else:
-            logits_BTV = nn.Dense(a.vocab, use_bias=False, dtype=head_dtype,
+            logits_BTV = nn.Dense(a.vocab_rows, use_bias=False, dtype=head_dtype,
                                   kernel_init=nn.initializers.normal(INIT_STD), name="head")(x_BTD)
-        logits_BTV = logits_BTV.astype(jnp.float32)
+        logits_BTV = logits_BTV[..., :a.vocab].astype(jnp.float32)  # padded rows: never a target
         mult = pz.output_multiplier(a)  # mup/completep: base_width/width, as muP's MuReadout; 1 (skipped) under sp
         return batch_sharded(logits_BTV if mult == 1 else logits_BTV * mult)
 

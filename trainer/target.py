@@ -31,7 +31,7 @@ import jax.numpy as jnp
 
 from .config import ConfigError, RunConfig
 from .model import compute_dtype, flops_per_token, make_arch, non_embedding_formula, platform_of, resolve_attention
-from .sharding import axis_sizes, make_mesh
+from .sharding import axis_sizes, bytes_per_device, make_mesh
 from .step import Steps, abstract_state, build
 
 GiB = 2**30
@@ -163,6 +163,7 @@ class ShapeReport:
     attention: str = ""                   # the kernel asked for, resolved for the target
     attention_kernel_calls: dict[str, int] = field(default_factory=dict)
     collectives: dict[str, dict[str, int]] = field(default_factory=dict)  # op -> {element type: count}
+    state_bytes: int = 0                  # the train state's shard on one device (params, Adam moments)
     replicated_state_bytes: int = 0       # state leaves over 1 KiB that every device holds whole
     compile_s: float = 0.0
 
@@ -221,6 +222,7 @@ def compile_shape(cfg: RunConfig, vocab: int, target: Target, table_len: int | N
         lowered, steps = _lower(cfg, vocab, devices, platform, table_len, pack)
     report.attention = resolve_attention(dataclasses.replace(arch, platform=platform))
     report.replicated_state_bytes = replicated_bytes(steps)
+    report.state_bytes = bytes_per_device(abstract_state(steps), steps.state_sharding)
     try:
         with _no_persistent_cache():
             compiled = lowered.compile()
