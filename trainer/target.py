@@ -207,9 +207,7 @@ def _check_batch(cfg: RunConfig, n_devices: int) -> dict[str, int]:
 def compile_shape(cfg: RunConfig, vocab: int, target: Target, table_len: int | None = None, pack: int = 0,
                   devices: list[Any] | None = None, count_flops: bool = True) -> ShapeReport:
     """Compile the train step of ``cfg`` (a pack of ``pack`` runs if > 1) on its mesh over the target's
-    devices and report memory, kernels, collectives and FLOPs. FLOPs come from a second compile with
-    every block unrolled, one step per call, the micro-batch and XLA's attention (XLA counts a rolled
-    scan's body once and cannot see inside a custom kernel); None where the compiler gives no count."""
+    devices and report memory, kernels, collectives and FLOPs (``xla_flops_per_token``: TPU only)."""
     devices = devices or target.devices()
     platform = platform_of(devices)
     sizes = _check_batch(cfg, len(devices))
@@ -249,22 +247,42 @@ def compile_shape(cfg: RunConfig, vocab: int, target: Target, table_len: int | N
 
 def xla_flops_per_token(cfg: RunConfig, vocab: int, devices: list[Any], platform: str, pack: int = 0) -> float | None:
     """FLOPs per token of one optimizer step as XLA counts them (all devices together; a pack's runs
-    together), from an unrolled compile; None where the compiler gives no cost analysis (GPU targets)."""
-    t = cfg.train
+    together); None where the compiler gives no cost analysis (GPU targets) or cannot fit the counting
+    compile. XLA counts a loop's body once, so the count is taken from programs without loops over
+    layers or shards: every block unrolled, one step per call, the micro-batch, XLA's attention (no
+    custom kernel, whose FLOPs it cannot see) and data parallelism over every device (FSDP's windowed
+    matmuls are loops too). Blocks are identical, so depth 1 and 2 are compiled and the count is
+    extrapolated linearly in depth, which keeps the compile small whatever the model's depth."""
+    t, n = cfg.train, len(devices)
     micro = t.batch_size // max(t.grad_accum, 1)
-    one = dataclasses.replace(
-        cfg, model=dataclasses.replace(cfg.model, unroll=cfg.model.depth,
-                                       attention="xla" if cfg.model.attention in ("splash", "cudnn") else
-                                       cfg.model.attention),
-        train=dataclasses.replace(t, steps_per_call=1, grad_accum=1, batch_size=micro))
-    with _no_persistent_cache():
-        costs = _lower(one, vocab, devices, platform, 1, pack)[0].compile().cost_analysis()
-    if isinstance(costs, list):
-        costs = costs[0] if costs else None
-    if not costs or "flops" not in costs:
-        return None
-    # cost_analysis is per device (SPMD: one program for all); the step's tokens are split over them
-    return float(costs["flops"]) * len(devices) / (micro * cfg.model.seq_len)
+    batch = micro if micro % n == 0 else n
+
+    def count(depth: int) -> float | None:
+        one = dataclasses.replace(
+            cfg, model=dataclasses.replace(cfg.model, depth=depth, unroll=depth,
+                                           attention="xla" if cfg.model.attention in ("splash", "cudnn") else
+                                           cfg.model.attention),
+            mesh=dataclasses.replace(cfg.mesh, data=-1, fsdp=1, tensor=1),
+            train=dataclasses.replace(t, steps_per_call=1, grad_accum=1, batch_size=batch))
+        try:
+            with _no_persistent_cache():
+                costs = _lower(one, vocab, devices, platform, 1, pack)[0].compile().cost_analysis()
+        except Exception as e:  # noqa: BLE001 - a counting program too large for the chip: no count
+            if "RESOURCE_EXHAUSTED" in str(e):
+                return None
+            raise
+        if isinstance(costs, list):
+            costs = costs[0] if costs else None
+        if not costs or "flops" not in costs:
+            return None
+        # cost_analysis is per device (SPMD: one program for all); the step's tokens are split over them
+        return float(costs["flops"]) * n / (batch * cfg.model.seq_len)
+
+    depth = cfg.model.depth
+    if depth <= 2:
+        return count(depth)
+    f1, f2 = count(1), count(2)
+    return None if f1 is None or f2 is None else f1 + (depth - 1) * (f2 - f1)
 
 
 def replicated_bytes(steps: Steps, min_bytes: int = 1024) -> int:
