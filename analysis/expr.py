@@ -24,6 +24,7 @@ import numpy as np
 from .errors import AnalysisError
 
 MAX_LENGTH = 2000
+MAX_DEPTH = 64  # nested operators: the evaluator recurses once per level
 FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "log": np.log, "log10": np.log10, "log2": np.log2, "exp": np.exp, "sqrt": np.sqrt, "abs": np.abs}
 _ARITH: dict[type, Callable[[Any, Any], Any]] = {
@@ -47,6 +48,10 @@ def parse(expr: str, what: str = "--where") -> ast.Expression:
     except SyntaxError as e:
         raise AnalysisError(f"{what} {expr!r}: not a valid condition ({e.msg} at column {e.offset}); "
                             f"e.g. \"dataset == 'rpj' and tokens / N >= 20\"") from None
+    except (RecursionError, MemoryError):
+        raise AnalysisError(f"{what}: the condition nests deeper than Python can parse") from None
+    if _depth(tree) > MAX_DEPTH:
+        raise AnalysisError(f"{what}: the condition nests more than {MAX_DEPTH} levels deep")
     for node in ast.walk(tree):
         if isinstance(node, (ast.Expression, ast.BoolOp, ast.And, ast.Or, ast.UnaryOp, ast.Not, ast.USub, ast.UAdd,
                              ast.BinOp, ast.Compare, ast.Name, ast.Load, ast.Tuple, ast.List,
@@ -66,6 +71,16 @@ def parse(expr: str, what: str = "--where") -> ast.Expression:
                             f"a condition uses column names, numbers, strings, arithmetic, comparisons, "
                             f"in, and/or/not")
     return tree
+
+
+def _depth(tree: ast.AST) -> int:
+    """The deepest nesting of the tree, counted without recursion."""
+    deepest, todo = 0, [(tree, 1)]
+    while todo:
+        node, d = todo.pop()
+        deepest = max(deepest, d)
+        todo.extend((child, d + 1) for child in ast.iter_child_nodes(node))
+    return deepest
 
 
 def evaluate(expr: str, table: Mapping[str, Any], what: str = "--where") -> np.ndarray:
@@ -104,6 +119,11 @@ class _Evaluator:
 
     def value(self, node: ast.expr) -> Any:
         if isinstance(node, ast.Constant):
+            if isinstance(node.value, int) and not isinstance(node.value, bool):
+                try:  # in float64, as the columns are compared: a Python int would wrap in an int64 column
+                    return float(node.value)
+                except OverflowError:
+                    raise self.fail(f"the number {ast.unparse(node)[:40]} is too large for a float") from None
             return node.value
         if isinstance(node, ast.Name):
             if node.id not in self.cols:
@@ -122,7 +142,11 @@ class _Evaluator:
             x = self.number(node.operand, "-" if isinstance(node.op, ast.USub) else "+")
             return np.negative(x) if isinstance(node.op, ast.USub) else x
         if isinstance(node, ast.BinOp):
-            return _ARITH[type(node.op)](self.number(node.left, "arithmetic"), self.number(node.right, "arithmetic"))
+            a, b = self.number(node.left, "arithmetic"), self.number(node.right, "arithmetic")
+            res = _ARITH[type(node.op)](np.asarray(a, float), np.asarray(b, float))
+            if np.any(~np.isfinite(res) & np.isfinite(a) & np.isfinite(b)):
+                raise self.fail(f"{ast.unparse(node)} overflows or divides by zero")
+            return res
         if isinstance(node, ast.Call):
             assert isinstance(node.func, ast.Name)  # checked by parse
             return FUNCTIONS[node.func.id](self.number(node.args[0], node.func.id + "()"))

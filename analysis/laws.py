@@ -21,6 +21,7 @@ of first appearance; a law with every exponent fixed is linear in its parameters
 from __future__ import annotations
 
 import functools
+import math
 import re
 from dataclasses import dataclass
 from fractions import Fraction
@@ -156,6 +157,7 @@ class Law:
 
 
 _REGISTRY: dict[str, Law] = {}
+MAX_EXPONENT = 100.0  # a fixed exponent outside (0, 100] in size is a typo, not a law
 _IDENT = r"[A-Za-z_][A-Za-z_0-9]*"
 _TERM = re.compile(rf"^({_IDENT})\s*/\s*({_IDENT})\s*(?:\^\s*(.+))?$")
 
@@ -167,10 +169,17 @@ def _parse_exponent(text: str, formula: str) -> tuple[float | None, str | None]:
     if re.fullmatch(_IDENT, s):
         return None, s
     try:
-        return float(Fraction(s)), None
+        value = float(Fraction(s))
+    except OverflowError:
+        value = math.inf  # refused below, by size
     except (ValueError, ZeroDivisionError):
         raise AnalysisError(f"law formula {formula!r}: exponent {text!r} is neither a number "
                             f"(1/3, 0.5) nor a parameter name") from None
+    if not 0 < abs(value) <= MAX_EXPONENT:
+        why = ("c/x^0 is a constant, which the law's constant already is: the two could not be told apart"
+               if value == 0 else f"beyond +-{MAX_EXPONENT:g}, x^a overflows or vanishes for any x in a table")
+        raise AnalysisError(f"law formula {formula!r}: exponent {text!r}: {why}")
+    return value, None
 
 
 def parse(name: str, formula: str, description: str = "") -> Law:

@@ -278,10 +278,33 @@ def test_bad_laws_and_conditions_exit_2_before_any_data_is_read(tmp_path, capsys
     monkeypatch.setattr(cli, "_points_table", _no_run)
     for args, why in [(["--law", "E + a/N^a"], "one role"), (["--law", "chinchila"], "unknown law"),
                       (["--where", "m >> 2"], "not allowed"), (["--where", "__import__('os')"], "not allowed"),
-                      (["--holdout", "m >"], "--holdout")]:
+                      (["--holdout", "m >"], "--holdout"), (["--law", "E + A/N^1e400 + B/D^b"], "overflows"),
+                      (["--law", "E + A/N^0 + B/D^b"], "could not be told apart"),
+                      (["--where", "m > " + "-" * 1500 + "1"], "nests")]:
         assert main(["fit", str(tmp_path / "x.csv"), *args]) == 2, args
         err = capsys.readouterr().err
         assert why in err and "Traceback" not in err and err.count("\n") == 1, err
+
+
+def test_where_compares_in_float64_and_refuses_overflow_and_empty_selections(tmp_path, capsys, monkeypatch):
+    """Integers in a condition are compared as float64 whatever the column's dtype (an int64 column
+    against 10**19 used to wrap), an overflowing number is exit 2 naming it, and a condition that keeps
+    no row is exit 2."""
+    from scaling_grid.grid import cli
+    table = dict(synthetic.universality_table(seed=0))
+    table["m"] = np.asarray(table["m"]).astype(np.int64)
+    monkeypatch.setattr(cli, "_points_table", lambda args: table)
+    n = len(table["m"])
+    for where, code, said in [("m > 2 ** -1", 0, None), ("m < 2**64", 0, None), ("m > 10**19", 2, "no point"),
+                              ("m > 10.0**400", 2, "overflows"), ("m / 0 > 1", 2, "divides by zero")]:
+        got = main(["fit", "t.csv", "--where", where, "--boot", "10", "--json", str(tmp_path / "f.json")])
+        out, err = capsys.readouterr()
+        assert got == code, (where, out[-2000:], err[-2000:])
+        if code == 0:
+            assert json.loads((tmp_path / "f.json").read_text())["variants"]["gpt2"]["n_points"] == n
+            assert "where (" not in out  # nothing excluded
+        else:
+            assert said in err and "Traceback" not in err, (where, err)
 
 
 def test_predict_a_large_run_from_a_fit_of_small_ones(tmp_path, capsys):

@@ -529,17 +529,19 @@ def test_parquet_text_key_chooses_the_column(tmp_path, docs, gpt2):
 @pytest.mark.parametrize("case,records,needles", [
     ("key missing from the first record", [{"body": "a"}, {"body": "b"}], ["bad.jsonl", "'text'", "['body']"]),
     ("key missing from a later record", [{"text": "a"}, {"text": "b"}, {"body": "c"}, {"text": "d"}],
-     ["bad.jsonl", "record 3", "'text'"]),
-    ("null text", [{"text": "a"}, {"text": None}], ["bad.jsonl", "record 2", "'text'", "null"]),
+     ["bad.jsonl", "line 3", "no 'text'"]),
+    ("null text", [{"text": "a"}, {"text": None}], ["bad.jsonl", "line 2", "'text'", "null"]),
+    ("a number as text, later", [{"text": "a"}, {"text": 12345}], ["bad.jsonl", "line 2", "holds a int"]),
     ("text not a string", [{"text": 5}], ["bad.jsonl", "'text'", "int", "expected a string"]),
     ("record not an object", [["a", "b"]], ["bad.jsonl", "object", "list"]),
     ("not json", None, ["bad.jsonl", "not a readable JSON Lines file"]),
-    ("bad line later", "bad line", ["bad.jsonl", "not valid JSON Lines"]),
+    ("bad line later", "bad line", ["bad.jsonl", "line 6: not JSON"]),
     ("only empty files", [], ["corpus is empty", "no records", "bad.jsonl"]),
 ])
 def test_bad_jsonl_inputs(tmp_path, case, records, needles):
-    """Rows without the key, malformed files and empty corpora: a ConfigError naming the file and
-    the key, and no store left behind."""
+    """Rows without the key or with other than a string under it, malformed files and empty corpora:
+    a ConfigError naming the file, the line and the key (one line, no library noise), and no store
+    left behind."""
     bad = tmp_path / "in" / "bad.jsonl"
     if records is None:
         bad.parent.mkdir()
@@ -554,6 +556,7 @@ def test_bad_jsonl_inputs(tmp_path, case, records, needles):
         tokenstore.prepare(DataConfig(source="jsonl", paths=(str(bad),), root=str(tmp_path / "stores")), progress=False)
     for needle in needles:
         assert needle in str(e.value), (needle, str(e.value))
+    assert "\n" not in str(e.value)
     assert not list(tmp_path.glob("stores/*/meta.json")) and not list(tmp_path.glob("stores/*/data-*"))
 
 

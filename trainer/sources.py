@@ -106,22 +106,14 @@ def _check_parquet(cfg: DataConfig, files: list[Path]) -> int:
     return rows
 
 
-def _hf_text_batches(ds: Any, key: str = "text", strict: Path | None = None) -> DocBatches:
-    """Documents from a streaming ``datasets.IterableDataset`` with a text column ``key``, in batches.
-    The one row path for ``jsonl``, ``parquet`` and ``fineweb``: Arrow batches, text column only.
-    Rows without text are skipped, unless ``strict`` (the file being read) is given: then a row
-    without the column (or with null) is an error naming that file and the key."""
+def _hf_text_batches(ds: Any, key: str = "text") -> DocBatches:
+    """Documents from a streaming ``datasets.IterableDataset`` with a text column ``key``, in batches
+    (``parquet`` and ``fineweb``): Arrow batches, text column only; rows without text are skipped."""
     import datasets
     it = ds.select_columns([key]).with_format("arrow").iter(batch_size=DOCS_PER_JOB)
-    row = 0
     try:
         for table in it:
-            texts = table.column(key).to_pylist()
-            if strict is not None and None in texts:
-                raise ConfigError(f"data.paths: {str(strict)!r}: record {row + texts.index(None) + 1} has no "
-                                  f"{key!r} (data.text_key), or it is null; every record needs its text there")
-            row += len(texts)
-            yield [t for t in texts if t]
+            yield [t for t in table.column(key).to_pylist() if t]
     finally:
         # Closing a streaming iterator early (max_docs) makes datasets sleep 5 s to let Arrow's
         # threads wind down before interpreter exit; this process keeps running, so skip the wait.
@@ -178,18 +170,40 @@ def _check_jsonl(cfg: DataConfig, files: list[Path]) -> list[Path]:
 
 
 def _jsonl_batches(files: list[Path], key: str) -> DocBatches:
-    """Documents of JSON Lines files, one ``datasets`` stream per file, so an error names its file
-    and files need not share one schema."""
-    import datasets
+    """Documents of JSON Lines files (gzip-compressed if they end in .gz), read line by line, so that
+    every record is checked as it is read: an error names the file and the line (a record that is not
+    an object, has no text under ``key``, or holds something other than a string there: a number
+    would otherwise be read as its digits)."""
+    import gzip
     for f in files:
+        batch: list[str] = []
         try:
-            ds = datasets.load_dataset("json", data_files=[str(f)], split="train", streaming=True)
-            yield from _hf_text_batches(ds, key, strict=f)
-        except ConfigError:
-            raise
-        except Exception as e:  # a malformed line, a type that changes between records
-            raise ConfigError(f"data.paths: {str(f)!r} is not valid JSON Lines with a string {key!r} "
-                              f"(data.text_key) in every record ({type(e).__name__}: {str(e)[:200]})") from None
+            with (gzip.open(f, "rt", encoding="utf-8") if f.name.endswith(".gz") else open(f, encoding="utf-8")) as fh:
+                for n, line in enumerate(fh, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        rec = json.loads(line)
+                    except ValueError as e:
+                        raise ConfigError(f"data.paths: {str(f)!r} line {n}: not JSON ({e})") from None
+                    text = rec.get(key) if isinstance(rec, dict) else None
+                    if not isinstance(text, str):
+                        held = "null" if text is None else "a " + type(text).__name__
+                        what = (f"a {type(rec).__name__}, not an object" if not isinstance(rec, dict) else
+                                f"no {key!r} (data.text_key)" if key not in rec else
+                                f"{key!r} (data.text_key) holds {held}")
+                        raise ConfigError(f"data.paths: {str(f)!r} line {n}: {what}; every record needs its text "
+                                          f"as a string under {key!r}")
+                    if text:
+                        batch.append(text)
+                    if len(batch) >= DOCS_PER_JOB:
+                        yield batch
+                        batch = []
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"data.paths: {str(f)!r} cannot be read as UTF-8 JSON Lines ({type(e).__name__}: "
+                              f"{str(e)[:200]})") from None
+        if batch:
+            yield batch
 
 
 def _fineweb_help(hf_config: str, reason: str) -> str:
