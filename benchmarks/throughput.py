@@ -26,7 +26,7 @@ T sequence length; the attention term counts the full T x T square). It is model
 forward pass that ``--remat full`` recomputes is not counted, so remat shows as lower MFU.
 
 Peaks: on an accelerator, the vendor's dense peak for the compute dtype, looked up by the exact
-``device_kind`` JAX reports in ``PEAK_TFLOPS`` (a kind not in the table needs ``--peak-tflops``). On
+``device_kind`` JAX reports in ``trainer/peaks.py`` (a kind not in the table needs ``--peak-tflops``). On
 CPU, a float32 matmul measured once on the whole machine; simulated CPU devices
 (``--xla_force_host_platform_device_count``) share those cores, so each gets that peak / n_devices.
 """
@@ -39,32 +39,6 @@ import os
 import sys
 import time
 from typing import Any
-
-# Vendor dense (no sparsity) peaks in TFLOP/s per device, by the exact device_kind JAX reports:
-# (bf16/fp16 tensor cores, fp32 without TF32). TPUs run float32 matmuls as bf16 passes by default,
-# so their fp32 entry is the bf16 peak. Sources: NVIDIA's H100/H200/A100/L4/L40S/A10 datasheets,
-# Google Cloud's TPU system-architecture pages; TPU v5p reports "TPU v5" on some runtimes.
-PEAK_TFLOPS: dict[str, tuple[float, float]] = {
-    "NVIDIA H100 80GB HBM3": (989.4, 66.9),     # SXM5
-    "NVIDIA H100 PCIe": (756.0, 51.2),
-    "NVIDIA H100 NVL": (835.0, 60.0),
-    "NVIDIA H200": (989.4, 66.9),               # SXM; an H200 NVL reports the same kind: --peak-tflops 835
-    "NVIDIA A100-SXM4-80GB": (312.0, 19.5),
-    "NVIDIA A100-SXM4-40GB": (312.0, 19.5),
-    "NVIDIA A100 80GB PCIe": (312.0, 19.5),
-    "NVIDIA A100-PCIE-40GB": (312.0, 19.5),
-    "NVIDIA L4": (121.0, 30.3),
-    "NVIDIA L40S": (362.05, 91.6),
-    "NVIDIA A10": (125.0, 31.2),
-    "TPU v3": (123.0, 123.0),
-    "TPU v4": (275.0, 275.0),
-    "TPU v5 lite": (197.0, 197.0),
-    "TPU v5e": (197.0, 197.0),
-    "TPU v5": (459.0, 459.0),
-    "TPU v5p": (459.0, 459.0),
-    "TPU v6 lite": (918.0, 918.0),
-    "TPU v6e": (918.0, 918.0),
-}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -85,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                     help="compute dtype; auto = bf16 on GPU/TPU, fp32 on CPU (as the training loop)")
     ap.add_argument("--peak-tflops", type=float, default=None,
-                    help="peak TFLOP/s of one device for MFU; default: PEAK_TFLOPS by exact device kind on "
+                    help="peak TFLOP/s of one device for MFU; default: trainer/peaks.py by exact device kind on "
                          "accelerators, measured on CPU")
     ap.add_argument("--unroll", type=int, default=0,
                     help="blocks per scan iteration (model.unroll); 0 = auto: all on CPU, 1 on GPU/TPU")
@@ -261,10 +235,11 @@ def peak_tflops(given: float | None, backend: str, device_kind: str, dtype: Any,
         whole = measured_matmul_peak()
         share = f", shared by {n_devices} simulated devices" if n_devices > 1 else ""
         return whole / n_devices, f"measured: float32 matmul 2048x2048x2048 on this CPU (all cores{share})"
+    from scaling_grid.trainer.peaks import device_peak_tflops
     low = jnp.dtype(dtype).itemsize < 4
-    if device_kind in PEAK_TFLOPS:
-        p16, p32 = PEAK_TFLOPS[device_kind]
-        return (p16 if low else p32), f"vendor dense peak for {device_kind} ({'bf16' if low else 'fp32'})"
+    peak = device_peak_tflops(device_kind, dtype)
+    if peak is not None:
+        return peak, f"vendor dense peak for {device_kind} ({'bf16' if low else 'fp32'})"
     return None, f"unknown device kind {device_kind!r}: pass --peak-tflops (one device's peak) for MFU"
 
 

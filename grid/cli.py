@@ -254,6 +254,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         if Path(out).is_dir():
             raise ConfigError(f"--out={out!r}: is a folder; give a file name")
         analysis.check_output(Path(out).parent, "--out", folder=True)  # before reading the store
+        try:  # permissions can say yes where the file system says no (/proc, a read-only mount)
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"--out={out!r}: its folder cannot be created ({e.strerror})") from None
     table = store.export_table(args.store)
     path = store.write_table(table, out)
     n = len(table["step"])

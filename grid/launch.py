@@ -58,7 +58,7 @@ from scaling_grid.trainer import (
 )
 
 from . import spec as S
-from .store import FINAL_STATES, Store, check_writable, host_id, is_stale, lost, now
+from .store import FINAL_STATES, Store, check_writable, host_id, is_stale, lost, now, process_start
 
 EXIT_OK, EXIT_FAILED, EXIT_PREEMPTED, EXIT_INTERRUPTED = 0, 1, 143, 130
 
@@ -209,16 +209,13 @@ def _prepare_data(cells: Sequence[S.Cell]) -> dict[Any, Any]:
 
 def check_data(cells: Sequence[S.Cell], stores: dict[Any, Any]) -> None:
     for c in cells:
-        st, t, T = stores.get(c.config.data), c.config.train, c.config.model.seq_len
+        st, t = stores.get(c.config.data), c.config.train
         if st is None:
             continue
-        need = t.eval_batches * t.batch_size * T + 1
-        if need > st.n_val:
-            raise ConfigError(f"cell {c.name}: train.eval_batches={t.eval_batches}: its eval set needs {need:,} "
-                              f"validation tokens (eval_batches x batch_size x seq_len) but {st.path} has "
-                              f"{st.n_val:,}; lower train.eval_batches or raise data.val_fraction")
-        if st.n_train <= T:
-            raise ConfigError(f"cell {c.name}: model.seq_len={T}: the train split has only {st.n_train:,} tokens")
+        try:
+            st.check_fits(t.eval_batches * t.batch_size, c.config.model.seq_len)
+        except ConfigError as e:
+            raise ConfigError(f"cell {c.name}: {e}") from None
 
 
 # ------------------------------------------------------------------------------------------ plan
@@ -272,7 +269,7 @@ def plan_text(spec_path: str, opts: Options) -> str:
 
         from . import aot
         target = parse_target(opts.target)
-        reports = aot.check([c.config for c in todo or cells], target)
+        reports = aot.check([c.config for c in todo or cells], target, count_flops=False)  # clearance: fits, kernels
         bad = sum(not r.fits for r in reports)
         mem_lines.append(f"target {target.name}: {len(reports)} shape(s) compiled with its compiler, "
                          + (f"{bad} DO NOT FIT" if bad else "every one fits"))
@@ -637,6 +634,7 @@ def _claim(cell: S.Cell, store: Store, st: dict[str, Any], gen: bytes, ckpt_dir:
     attempt = int(st.get("attempt", 0)) + 1
     base: dict[str, Any] = {
         "id": cell.id, "state": "running", "total": cell.steps, "host": host_id(), "pid": os.getpid(),
+        "pid_start": process_start(os.getpid()),
         "shard": f"{opts.shard[0]}/{opts.shard[1]}", "attempt": attempt, "started": now(), "message": ""}
     # A conditional write: of two launchers (or two launches of one multi-host job) only one gets it.
     if writer and not store.set_status(cell.id, {**base, "step": st.get("step")}, if_equal=gen):
@@ -660,8 +658,14 @@ def _writer_sinks(sinks: list[Any], cell: S.Cell, store: Store, tok_store: Any, 
     if bars:
         sinks.append(ProgressSink(cell.config.tokens_per_step, desc=cell.name, position=position, leave=False))
     else:  # a line every 30 s for a long cell; the per-eval lines of `train` would flood a grid's log
+        import jax
+
+        from scaling_grid.trainer import compute_dtype
+        from scaling_grid.trainer.peaks import peak_flops
         sinks.append(LogLineSink(cell.config.tokens_per_step, prefix=f"{cell.id}: ", evals=False, out=say,
-                                 origin=cell.init_step or 0))
+                                 origin=cell.init_step or 0,
+                                 flops_per_token=S.derived(cell, tok_store.vocab_size)["flops_per_token"],
+                                 peak_flops=peak_flops(jax.devices(), compute_dtype(cell.config.train.dtype))))
     if opts.tensorboard is not None:
         sinks.append(TensorBoardSink(Path(opts.tensorboard) / cell.id, recorded=lambda step: read_step(
             store.root, step, prefix=store.metrics_prefix(cell.id))))

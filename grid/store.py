@@ -219,13 +219,14 @@ class Store:
                                 r["config"]["tokens"], r["config"]["id"]))
         return out, damage
 
-    def read_metrics(self, cell_id: str) -> dict[str, np.ndarray] | None:
+    def read_metrics(self, cell_id: str, total_steps: int | None = None) -> dict[str, np.ndarray] | None:
         """The cell's metric arrays (NaN where unwritten), or None if it has none yet. Re-reads data
         from storage on every call, so it sees a writer's progress. MetricsDamaged for an array that
-        exists but does not read."""
+        exists but does not read (or, given ``total_steps``, is not of that run's length)."""
         from scaling_grid.trainer import read_metrics
         try:
-            return read_metrics(self.root, prefix=self.metrics_prefix(cell_id))
+            return read_metrics(self.root, prefix=self.metrics_prefix(cell_id),
+                                length=None if total_steps is None else total_steps + 1)
         except ValueError as e:
             if "NOT_FOUND" in str(e):  # arrays not created yet
                 return None
@@ -237,7 +238,7 @@ class Store:
         A done cell must have its final train and eval points: every fit of its budget needs them."""
         from scaling_grid.trainer import MetricsDamaged
         try:
-            m = self.read_metrics(cell_id)
+            m = self.read_metrics(cell_id, total_steps)
         except MetricsDamaged as e:
             return None, [str(e)], e.in_metadata
         if state != "done":
@@ -252,7 +253,9 @@ class Store:
         for f in TRAIN_FIELDS + EVAL_FIELDS:
             key = self.metrics_prefix(cell_id) + f
             try:
-                open_metric(self.root_kvstore(), key, total_steps + 1, create=False)
+                arr = open_metric(self.root_kvstore(), key, total_steps + 1, create=False)
+                if arr.shape[-1] != total_steps + 1:  # parses, but describes another array
+                    raise MetricsDamaged(key, in_metadata=True)
             except MetricsDamaged:
                 rewrite_metadata(self.root_kvstore(), key, total_steps + 1)
                 fixed.append(f)
@@ -318,13 +321,30 @@ def age_s(status: Mapping[str, Any]) -> float:
         return math.inf
 
 
+def process_start(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, from /proc), or None where that cannot
+    be read: with the pid it names one process for good, since the kernel reuses pids."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()  # after the command name, which may hold spaces
+    return fields[19] if len(fields) > 19 else None  # field 22 of proc(5): starttime
+
+
 def is_stale(status: Mapping[str, Any], stale_after_s: float) -> bool:
-    """A 'running' status whose writer is gone: a dead pid on this host, or no heartbeat for a while."""
+    """A 'running' status whose writer is gone: no heartbeat for ``stale_after_s``, whatever its pid
+    says; or, on this host, sooner: its pid dead, or alive but started at another time than the writer
+    (the pid reused), or this very process."""
     if status.get("state") != "running":
         return True
+    if age_s(status) > stale_after_s:
+        return True
     if status.get("host") == host_id() and isinstance(status.get("pid"), int):
-        return not pid_alive(status["pid"]) or status["pid"] == os.getpid()
-    return age_s(status) > stale_after_s
+        pid, started = status["pid"], status.get("pid_start")
+        return (not pid_alive(pid) or pid == os.getpid()
+                or started is not None and process_start(pid) not in (None, started))
+    return False
 
 
 # ------------------------------------------------------------------------------------------- export
@@ -456,7 +476,7 @@ def _read_run_folder(url: str) -> tuple[Any, dict[str, Any], dict[str, np.ndarra
     problems: list[str] = []
     fixable = True
     try:
-        m = read_metrics(P.join(url, "metrics"))
+        m = read_metrics(P.join(url, "metrics"), length=cfg.steps + 1)
     except MetricsDamaged as e:
         m, fixable = None, e.in_metadata
         problems.append(str(e))

@@ -118,6 +118,36 @@ def test_rerun_trains_nothing(grid, reference):
     assert {p: p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file()} == files  # dry run writes nothing
 
 
+@pytest.mark.slow
+def test_a_running_record_of_a_live_but_other_process_is_taken_over(grid, reference, tmp_path):
+    """A cell recorded as running on this host by a pid that is alive but is not the launcher that
+    wrote it (the kernel reused the pid: another start time), or whose heartbeat is older than
+    --stale-after whatever its pid says, is taken over and finished; a live launcher's fresh record is
+    left alone."""
+    import shutil
+    root, spec = grid
+    store = tmp_path / "store"
+    shutil.copytree(reference[0], store)
+    s = G.Store(str(store))
+    cid = sorted(s.cell_ids())[0]
+    other = subprocess.Popen(["sleep", "300"])  # a live process that is not a launcher
+    try:
+        real = G.process_start(other.pid)
+        assert real is not None
+        base = {"id": cid, "state": "running", "total": 160, "host": G.host_id(), "pid": other.pid, "step": 160}
+        cases = [({"pid_start": str(int(real) + 1)}, G.now(), "600", True),        # pid reused
+                 ({"pid_start": real}, "2000-01-01T00:00:00+00:00", "5", True),    # no heartbeat for 5 s
+                 ({"pid_start": real}, G.now(), "600", False)]                     # alive and beating
+        for extra, updated, stale_after, taken in cases:
+            s.write_json(s.cell_key(cid, "status.json"), {**base, **extra, "updated": updated})
+            _run(spec, store, "--stale-after", stale_after)
+            st = s.status(cid)[0]
+            assert (st["state"] == "done") == taken, (extra, st)
+            assert (st.get("pid") != other.pid) == taken, (extra, st)
+    finally:
+        other.kill()
+
+
 def _wait(pred, proc, timeout=240, what="condition"):
     t0 = time.time()
     while time.time() - t0 < timeout:
@@ -445,7 +475,8 @@ def test_preempted_in_the_last_chunk_then_relaunch_evaluates_the_end(grid):
 @pytest.mark.slow
 def test_damaged_store_is_reported_by_name_and_repaired_by_run(grid, reference, tmp_path):
     """Damaged records are named by `status`, `export` refuses to drop them silently, and `run`
-    repairs what can be repaired: the store then exports every cell with its reference final point."""
+    repairs what can be repaired: the store then exports every cell with its reference final point.
+    A metric's metadata that parses but gives another length is damage too (it was an IndexError)."""
     import shutil
     root, spec = grid
     ref_store, ref = reference
@@ -457,6 +488,10 @@ def test_damaged_store_is_reported_by_name_and_repaired_by_run(grid, reference, 
     a, b, c, d = sorted(ref)
     (store / "cells" / a / "config.json").write_text("{garbled")
     (store / "cells" / b / "metrics" / "eval_loss" / "zarr.json").write_text("not json")
+    tau_meta = store / "cells" / b / "metrics" / "tau" / "zarr.json"  # parses, but a shorter array
+    meta = json.loads(tau_meta.read_text())
+    meta["shape"][-1] //= 2
+    tau_meta.write_text(json.dumps(meta))
     next((store / "cells" / c / "metrics" / "eval_loss" / "c").iterdir()).unlink()  # the final eval's chunk
     (store / "cells" / d / "status.json").write_bytes(b"\xff\xfe")
     _run(spec, store, "--dry-run", check_rc=None)  # a dry run writes nothing, repairs nothing
@@ -467,7 +502,7 @@ def test_damaged_store_is_reported_by_name_and_repaired_by_run(grid, reference, 
     assert p.returncode == 1, p.stdout + p.stderr
     damaged = p.stdout[p.stdout.index("DAMAGED"):]
     assert f"{a}: cells/{a}/config.json is damaged" in damaged.replace(str(store) + "/", "")
-    assert f"{b}: metric array" in damaged and "eval_loss: its metadata (zarr.json) is damaged" in damaged
+    assert f"{b}: metric array" in damaged and "tau: its metadata (zarr.json) is damaged (shape" in damaged
     assert f"{c}: done, but its final point" in damaged and "has no eval_loss" in damaged
     assert f"{d}: " in damaged and "status.json is damaged" in damaged and "repairs" in damaged
     p = subprocess.run(_cmd("export", str(store), "--out", str(tmp_path / "x.csv")), capture_output=True, text=True)

@@ -143,7 +143,7 @@ def test_eval_set_larger_than_validation_split(capsys, workdir):
     """Needs the data (prepared once, outside the store); still rejected before the store is touched."""
     tmp, data = workdir
     rc, err, _, store = _run(capsys, GOOD.replace("eval_batches: 1", "eval_batches: 5000"), tmp, data)
-    assert rc == 2 and "train.eval_batches=5000" in err and "validation tokens" in err
+    assert rc == 2 and "train.eval_batches" in err and "but 20000 were asked" in err
     assert not store.exists()
 
 

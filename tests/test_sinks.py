@@ -243,3 +243,36 @@ def test_missing_sink_package_is_exit_2_naming_the_install(command, flag, packag
     assert f"scaling-grid {command}: error: {flag} needs the Python package {package}, which is not installed: " \
            f"pip install {package}" in err, err
     assert list(tmp_path.iterdir()) == []  # checked before anything is written
+
+
+def test_log_lines_show_an_eval_only_where_it_was_measured_with_speed_and_mfu():
+    """Timed lines carry step, loss, ms/step, tok/s and (with a known peak) MFU, never a stale eval;
+    an eval has its own line at its step; behind a long grid cell id a line wraps within 100 columns."""
+    import time
+
+    from scaling_grid.trainer.metrics import LogLineSink
+    from scaling_grid.trainer.peaks import device_peak_tflops
+    prefix = "llama-w128-d24-s0-trunk-ba51f7: "
+    lines: list[str] = []
+    sink = LogLineSink(8192, prefix=prefix, every_s=0, out=lines.append, flops_per_token=6e9, peak_flops=8e17,
+                       origin=99_900)
+    sink.start(1_000_000, 99_900)
+    for step, loss in ((100_000, 3.25), (100_100, 3.0)):
+        time.sleep(0.05)
+        sink.write_train(np.array([step]), {"loss": np.array([loss])})
+        if step == 100_000:
+            sink.write_eval(step, 3.1, 0.0123)
+    timed, ev, later = lines
+    assert timed.startswith(prefix + "step 100,000/1,000,000 loss 3.2500 ") and "eval" not in timed
+    assert " ms/step " in timed and " tok/s MFU " in timed and timed.endswith("%")
+    assert ev == prefix + "step 100,000/1,000,000 eval 3.1000 (se 0.0123)"
+    assert "eval" not in later and later.startswith(prefix + "step 100,100/1,000,000 loss 3.0000")
+    assert all(len(line) <= 100 for line in lines), [len(line) for line in lines]
+    wrapped: list[str] = []
+    long = LogLineSink(8192, prefix="gpt2-w16-d1-t14.336k-s1-lr0.003-305f32: " * 2, every_s=0, out=wrapped.append)
+    long.start(10, 0)
+    time.sleep(0.01)
+    long.write_train(np.array([5]), {"loss": np.array([3.0])})
+    assert len(wrapped) == 2 and all(len(line) <= 100 for line in wrapped) and wrapped[1].startswith("    ")
+    assert "MFU" not in " ".join(wrapped) and "tok/s" in " ".join(wrapped)  # no peak known: no MFU, never a guess
+    assert device_peak_tflops("NVIDIA H100 80GB HBM3", np.float32) == 66.9 and device_peak_tflops("cpu", "float32") is None

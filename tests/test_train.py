@@ -356,6 +356,9 @@ def test_status_and_export_of_a_run_folder(reference_run, tmp_path, capsys):
     assert text.splitlines()[1].split()[:5] == ["run", "done", f"{STEPS}/{STEPS}",
                                                 f"{ref['loss'][STEPS]:.4f}", f"{ref['eval_loss'][STEPS]:.4f}"]
     assert cli.main(["export", str(out), "--out", str(tmp_path / "x.csv")]) == 0
+    capsys.readouterr()
+    assert cli.main(["export", str(out), "--out", "/proc/sg-bar/x.csv"]) == 2  # root may, /proc does not
+    assert "--out='/proc/sg-bar/x.csv': its folder cannot be created" in capsys.readouterr().err
     t = G.export_table(str(out))
     assert tuple(t) == G.EXPORT_COLUMNS and (tmp_path / "x.csv").read_text().count("\n") == len(t["step"]) + 1
     steps = np.flatnonzero(np.isfinite(ref["loss"]) | np.isfinite(ref["eval_loss"]))

@@ -463,12 +463,13 @@ def train_cli(cfg: RunConfig, *, progress: bool = True, tensorboard: str | None 
     store = tokenstore.prepare(cfg.data)
     if writer:
         barrier("token store prepared")
+    store.check_fits(cfg.train.eval_batches * cfg.train.batch_size, cfg.model.seq_len)
     arch = make_arch(cfg.model, store.vocab_size, compute_dtype(cfg.train.dtype))
     steps = build(arch, cfg.optim, cfg.train.grad_accum, make_mesh(cfg.mesh))
     check_state_fits(steps)
     if not writer:
         return train(cfg, Sinks(), out / "checkpoints", store=store, steps=steps)
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)  # only now: a run refused above leaves nothing behind
     with _exclusive(out):
         if not saved.exists():
             saved.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -524,7 +525,9 @@ def _train_in(out: Any, cfg: RunConfig, store: tokenstore.TokenStore, arch: Arch
     if progress and interactive():
         shown: MetricsSink = ProgressSink(cfg.tokens_per_step, desc=out.name)
     else:  # a log file: a line every 30 s and one per eval instead of a bar's redraws
-        shown = LogLineSink(cfg.tokens_per_step)
+        from .peaks import peak_flops
+        shown = LogLineSink(cfg.tokens_per_step, flops_per_token=counts["flops_per_token"],
+                            peak_flops=peak_flops(steps.mesh.devices.flat, arch.dtype))
     t0 = time.perf_counter()
     result = train(cfg, Sinks(TensorStoreSink(os.fspath(out / "metrics"), cfg.steps), shown, *extra),
                    out / "checkpoints", store=store, steps=steps)

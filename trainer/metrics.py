@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import math
 import sys
+import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -205,8 +206,11 @@ class TensorStoreSink:
         self._wait()
 
 
-def read_metrics(url_or_path: str, row: int | None = None, prefix: str = "") -> dict[str, np.ndarray]:
-    """Read a run's metric arrays (as written by TensorStoreSink) into numpy, NaN where unwritten."""
+def read_metrics(url_or_path: str, row: int | None = None, prefix: str = "",
+                 length: int | None = None) -> dict[str, np.ndarray]:
+    """Read a run's metric arrays (as written by TensorStoreSink) into numpy, NaN where unwritten.
+    With ``length`` (the run's steps + 1), an array of another length is damaged metadata: a zarr.json
+    that parses but describes another array."""
     kv = kvstore_spec(url_or_path)
     out = {}
     for f in TRAIN_FIELDS + EVAL_FIELDS:
@@ -217,6 +221,9 @@ def read_metrics(url_or_path: str, row: int | None = None, prefix: str = "") -> 
             if "NOT_FOUND" in str(e):
                 raise
             raise damaged(kv, prefix + f, e) from None
+        if length is not None and arr.shape[-1] != length:
+            raise damaged(kv, prefix + f, ValueError(f"shape {list(arr.shape)}, where the run has {length} steps "
+                                                     "and step 0"))
         try:
             out[f] = (arr if row is None else arr[row]).read().result()
         except ValueError as e:  # a data chunk that does not decode
@@ -281,20 +288,34 @@ def interactive() -> bool:
     return hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
 
 
+WIDTH = 100  # log lines fit a laptop terminal
+
+
+def _short(x: float) -> str:
+    """16384000 -> '16.4M': a rate in a few characters."""
+    for suffix, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if x >= scale:
+            return f"{x / scale:.3g}{suffix}"
+    return f"{x:.0f}"
+
+
 class LogLineSink:
     """Plain progress lines for a log file, where a bar's carriage-return redraws are noise: one every
-    `every_s` seconds and, with `evals`, one per evaluation: step, train loss, eval loss, tokens/s
-    (averaged since the previous line)."""
+    `every_s` seconds (step, train loss, ms per step, tokens/s and, where the devices' peak is known,
+    MFU, each averaged since the previous line) and, with `evals`, one per evaluation with its value:
+    an eval appears on the line of the step where it was measured, never repeated as if current."""
 
     def __init__(self, tokens_per_step: int, prefix: str = "", every_s: float = 30.0, evals: bool = True,
-                 out: Callable[[str], None] | None = None, origin: int = 0):
+                 out: Callable[[str], None] | None = None, origin: int = 0, flops_per_token: float | None = None,
+                 peak_flops: float | None = None):
         self.tokens_per_step, self.prefix, self.every_s, self.evals = tokens_per_step, prefix, every_s, evals
         self.origin = origin  # where a fresh run starts (a wsd branch: its trunk's step); later is a resume
         self.out = out or (lambda line: print(line, flush=True))
+        self.flops_per_token, self.peak_flops = flops_per_token, peak_flops  # peak: all devices, FLOP/s
         self.total = 0
         self.step = self.step_line = 0
         self.t_line = 0.0
-        self.loss = self.eval = self.stderr = math.nan
+        self.loss = math.nan
 
     def start(self, total_steps: int, first_step: int) -> None:
         self.total, self.step = total_steps, first_step
@@ -302,27 +323,35 @@ class LogLineSink:
         if first_step > self.origin:
             self.out(f"{self.prefix}resuming at step {first_step:,}/{total_steps:,}")
 
-    def _line(self) -> None:
+    def _timed_line(self) -> None:
         now = time.perf_counter()
         parts = [f"step {self.step:,}/{self.total:,}"]
         if math.isfinite(self.loss):
             parts.append(f"loss {self.loss:.4f}")
-        if not math.isnan(self.eval):
-            parts.append(f"eval {self.eval:.4f} (se {self.stderr:.4f})")
-        if self.step > self.step_line and now > self.t_line:
-            parts.append(f"{(self.step - self.step_line) * self.tokens_per_step / (now - self.t_line):,.0f} tok/s")
-        self.out(self.prefix + "  ".join(parts))
+        steps, dt = self.step - self.step_line, now - self.t_line
+        if steps > 0 and dt > 0:
+            tok_s = steps * self.tokens_per_step / dt
+            ms = 1000 * dt / steps
+            parts += [f"{ms:.1f} ms/step" if ms < 10 else f"{ms:,.0f} ms/step", f"{_short(tok_s)} tok/s"]
+            if self.flops_per_token and self.peak_flops:
+                parts.append(f"MFU {100 * self.flops_per_token * tok_s / self.peak_flops:.0f}%")
+        self._say(" ".join(parts))
         self.step_line, self.t_line = self.step, now
+
+    def _say(self, text: str) -> None:
+        """One line, or a few within WIDTH columns behind a long prefix (a grid cell's id)."""
+        for piece in textwrap.wrap(self.prefix + text, WIDTH, subsequent_indent="    ",
+                                   break_long_words=False, break_on_hyphens=False):
+            self.out(piece)
 
     def write_train(self, steps: np.ndarray, values: dict[str, np.ndarray]) -> None:
         self.step, self.loss = int(steps[-1]), float(values["loss"][-1])
         if time.perf_counter() - self.t_line >= self.every_s:
-            self._line()
+            self._timed_line()
 
     def write_eval(self, step: int, loss: float, stderr: float) -> None:
-        self.step, self.eval, self.stderr = step, loss, stderr
         if self.evals:
-            self._line()
+            self._say(f"step {step:,}/{self.total:,} eval {loss:.4f} (se {stderr:.4f})")
 
     def flush(self) -> None:
         pass

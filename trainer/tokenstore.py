@@ -267,17 +267,27 @@ class TokenStore:
         w = self._windows(np.atleast_1d(starts), seq_len + 1)
         return np.ascontiguousarray(w[:, :-1]), np.ascontiguousarray(w[:, 1:])
 
-    def val_set(self, n_seqs: int, seq_len: int) -> np.ndarray:
-        """[n_seqs, seq_len + 1] int32: consecutive windows from the start of the val split, with
-        stride seq_len, so every target token is scored once (window i's last token is window
-        i+1's first input)."""
-        need = n_seqs * seq_len + 1
+    def check_fits(self, eval_seqs: int, seq_len: int) -> None:
+        """ConfigError unless the validation split holds ``eval_seqs`` windows of ``seq_len`` tokens
+        (a run's eval set) and the train split one window: checked before a run writes anything."""
+        need = eval_seqs * seq_len + 1
         if need > self.n_val:
             can = max(0, (self.n_val - 1) // seq_len)
             raise ConfigError(
                 f"train.eval_batches: the validation split of {str(self.path)!r} has {self.n_val:,} tokens, "
-                f"enough for {can} sequences of seq_len {seq_len}, but {n_seqs} were asked; lower "
-                f"train.eval_batches or raise data.val_fraction (now {self.meta.get('val_fraction')})")
+                f"enough for {can} sequences of seq_len {seq_len}, but {eval_seqs} were asked (eval_batches x "
+                f"batch_size); lower train.eval_batches or raise data.val_fraction (now "
+                f"{self.meta.get('val_fraction')})")
+        if self.n_train <= seq_len:
+            raise ConfigError(f"model.seq_len={seq_len}: the train split of {str(self.path)!r} has only "
+                              f"{self.n_train:,} tokens")
+
+    def val_set(self, n_seqs: int, seq_len: int) -> np.ndarray:
+        """[n_seqs, seq_len + 1] int32: consecutive windows from the start of the val split, with
+        stride seq_len, so every target token is scored once (window i's last token is window
+        i+1's first input)."""
+        self.check_fits(n_seqs, seq_len)
+        need = n_seqs * seq_len + 1
         flat = self._val[0:need].read().result().astype(np.int32)
         idx = np.arange(n_seqs)[:, None] * seq_len + np.arange(seq_len + 1)
         return flat[idx]
