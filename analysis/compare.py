@@ -1,4 +1,4 @@
-"""Comparing variants (SCIENCE.md section 5): differences against a reference, and a cross-variant
+"""Comparing variants (docs/science.md section 5): differences against a reference, and a cross-variant
 universality test.
 
 **Differences.** Each variant's bootstrap resamples only its own runs, from its own random stream

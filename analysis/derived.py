@@ -1,6 +1,6 @@
 """What a fitted law implies: optimal shape, off-optimal penalty, compute-optimal frontier.
 
-Formulas (SCIENCE.md section 2), for ``L = L0 + c_tau tau^-a_tau + c_m m^-a + c_l l^-b`` with
+Formulas (docs/science.md section 2), for ``L = L0 + c_tau tau^-a_tau + c_m m^-a + c_l l^-b`` with
 N = 12 m^2 l:
 
 - optimal shape at fixed N: ``a c_m m^-a = 2 b c_l l^-b``, i.e.

@@ -1,4 +1,4 @@
-"""The estimator: one objective, two solvers, the bootstrap over runs (SCIENCE.md section 3).
+"""The estimator: one objective, two solvers, the bootstrap over runs (docs/science.md section 3).
 
 The objective is ``sum_i w_i rho(r_i)`` with r_i the residual of point i, taken where the user says
 (:class:`Objective`):

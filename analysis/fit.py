@@ -1,4 +1,4 @@
-"""Fitting a law to every variant of a table, with uncertainty (SCIENCE.md section 3): the entry point.
+"""Fitting a law to every variant of a table, with uncertainty (docs/science.md section 3): the entry point.
 
 :func:`run_fit` selects the points (points.py), and for each variant :func:`fit_variant` checks
 that the points can determine the law (identify.py), fits it under the chosen objective and

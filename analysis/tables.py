@@ -161,8 +161,8 @@ def _text(iv: dict[str, Any] | None) -> str:
     return fmt(iv["value"], 3)
 
 
-def coefficient_table(result: FitResult, fmt_: str = "markdown") -> str:
-    """The table as ``markdown``, ``csv`` or ``latex`` text."""
+def coefficient_table(result: FitResult, fmt_: str = "markdown", label: str = "tab:coefficients") -> str:
+    """The table as ``markdown``, ``csv`` or ``latex`` text (``label``: the LaTeX table's \\label)."""
     cols, rs = rows(result)
     if fmt_ == "markdown":
         head = ["variant", "points (runs)"] + [c[2] for c in cols]
@@ -188,15 +188,21 @@ def coefficient_table(result: FitResult, fmt_: str = "markdown") -> str:
             w.writerow(row + [";".join(flags)])
         return buf.getvalue()
     if fmt_ == "latex":
-        # plain tabular with \hline (no booktabs/siunitx needed); every number in math mode
-        head = ["variant", "points"] + [c[3] for c in cols]
-        lines = [r"\begin{tabular}{l" + "r" * (len(head) - 1) + "}", r"\hline",
-                 " & ".join(head) + r" \\", r"\hline"]
+        # a float with caption and label, booktabs rules (\usepackage{booktabs}); every number in math mode
+        o = result.options
+        caption = (f"Coefficients of {result.law.display_name}, fitted on {o['loss_column']}: estimates with "
+                   f"{100 * o['ci']:g}% percentile-bootstrap intervals over whole runs (B = {o['n_boot']}); "
+                   "points (runs) fitted per variant; fit err is the rms relative error.")
+        head = ["variant", "points (runs)"] + [c[3] for c in cols]
+        lines = [r"\begin{table}[htbp]", r"\centering", r"\caption{" + _tex_escape(caption) + "}",
+                 r"\label{" + label + "}", r"\begin{tabular}{l" + "r" * (len(head) - 1) + "}", r"\toprule",
+                 " & ".join(head) + r" \\", r"\midrule"]
         for r in rs:
-            cells = [_tex_escape(r["variant"]), str(r["n_points"])] + [_tex_cell(r[c[0]]) for c in cols]
+            cells = [_tex_escape(r["variant"]), f"{r['n_points']} ({r['n_runs']})"] + [_tex_cell(r[c[0]]) for c in cols]
             lines.append(" & ".join(cells) + r" \\")
-        lines += [r"\hline", r"\end{tabular}"]
-        return "% " + "\n% ".join(_notes(result)) + "\n" + "\n".join(lines) + "\n"
+        lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+        notes = ["needs \\usepackage{booktabs}", *_notes(result)]
+        return "% " + "\n% ".join(notes) + "\n" + "\n".join(lines) + "\n"
     raise ValueError(f"unknown table format {fmt_!r}: markdown, csv or latex")
 
 
@@ -300,7 +306,7 @@ def write_tables(result: FitResult, out_dir: str | Path, stem: str = "coefficien
     paths = []
     for ext, f in (("md", "markdown"), ("csv", "csv"), ("tex", "latex")):
         p = out / f"{stem}.{ext}"
-        p.write_text(coefficient_table(result, f))
+        p.write_text(coefficient_table(result, f, label=f"tab:{stem}"))
         paths.append(p)
         if result.comparison:  # two or more variants: the differences against the reference beside it
             from .compare import comparison_table

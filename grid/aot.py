@@ -41,8 +41,10 @@ def distinct_shapes(configs: Sequence[RunConfig]) -> list[tuple[RunConfig, int, 
     return list(out.values())
 
 
-def check(configs: Sequence[RunConfig], target: Target, progress: Any = None) -> list[ShapeReport]:
-    """Compile every distinct shape of ``configs`` for ``target``; ``progress(i, n, name)`` before each."""
+def check(configs: Sequence[RunConfig], target: Target, progress: Any = None,
+          count_flops: bool = True) -> list[ShapeReport]:
+    """Compile every distinct shape of ``configs`` for ``target``; ``progress(i, n, name)`` before each;
+    ``count_flops``: XLA's FLOPs per token too (two more, smaller compiles per shape)."""
     from scaling_grid.trainer.target import shape_name
     shapes = distinct_shapes(configs)
     devices = target.devices()
@@ -50,7 +52,7 @@ def check(configs: Sequence[RunConfig], target: Target, progress: Any = None) ->
     for i, (cfg, vocab, table_len, pack) in enumerate(shapes):
         if progress:
             progress(i, len(shapes), shape_name(cfg, pack))
-        reports.append(compile_shape(cfg, vocab, target, table_len, pack, devices=devices))
+        reports.append(compile_shape(cfg, vocab, target, table_len, pack, devices=devices, count_flops=count_flops))
     return reports
 
 

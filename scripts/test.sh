@@ -12,4 +12,4 @@ if [ "${1:-}" = "--fast" ]; then
   shift
   exec pytest -q -m "not slow and not aot" "$@"
 fi
-exec pytest -q "$@"
+exec pytest -q --durations=25 "$@"  # the slowest 25 in the log: where CI time goes

@@ -42,10 +42,12 @@ def test_table_writers_have_a_row_per_variant_with_intervals(tmp_path):
         assert float(t["m_over_l_star"]) == vf.derived["m_over_l_star"][0]
     tex = (tmp_path / "coefficients.tex").read_text()
     lines = tex.splitlines()
-    rules = [i for i, ln in enumerate(lines) if ln == r"\hline"]
-    body = lines[rules[1] + 1:rules[2]]
-    assert len(body) == 2 and body[1].startswith(r"qk\_norm & 80 & $")
-    assert r"\begin{tabular}" in tex and r"$c_\tau$" in tex
+    body = lines[lines.index(r"\midrule") + 1:lines.index(r"\bottomrule")]
+    n_runs = r.variants["qk_norm"].points.n_runs
+    assert len(body) == 2 and body[1].startswith(rf"qk\_norm & 80 ({n_runs}) & $")  # points (runs)
+    assert r"\begin{tabular}" in tex and r"$c_\tau$" in tex and r"\toprule" in tex  # booktabs
+    assert r"\caption{Coefficients of " in tex and r"\label{tab:coefficients}" in tex
+    assert lines[0] == "% needs \\usepackage{booktabs}" and lines[-1] == r"\end{table}"
 
 
 @pytest.mark.slow
@@ -130,7 +132,8 @@ def test_latex_table_is_valid_latex_and_compiles(tmp_path):
         pytest.skip("pdflatex is not installed (apt-get install texlive-latex-base): the LaTeX text was "
                     "checked, not compiled")
     doc = tmp_path / "t.tex"
-    doc.write_text("\\documentclass{article}\n\\usepackage[margin=1cm,landscape]{geometry}\n\\begin{document}\n"
+    doc.write_text("\\documentclass{article}\n\\usepackage[margin=1cm,landscape]{geometry}\n\\usepackage{booktabs}\n"
+                   "\\begin{document}\n"
                    + tex + "\\end{document}\n")
     proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)

@@ -13,8 +13,8 @@ import pytest
 
 from scaling_grid.trainer import config as C
 from scaling_grid.trainer.config import ConfigError
-from scaling_grid.trainer.model import compute_dtype, resolve_unroll
-from scaling_grid.trainer.target import Target, _lower, compile_shape, parse_target
+from scaling_grid.trainer.model import compute_dtype, flops_per_token, make_arch, non_embedding_formula, resolve_unroll
+from scaling_grid.trainer.target import Target, _lower, compile_shape, parse_target, xla_flops_per_token
 
 pytestmark = pytest.mark.aot
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,15 +119,16 @@ def test_a_pack_is_k_times_the_flops_in_the_same_dots(v5e):
 
 
 def test_xla_counts_the_flops_the_formula_says(v5e):
-    """gpt2 width 512, depth 4 on an FSDP mesh, 64 sequences a step (Adam's per-step cost spread over
+    """gpt2 width 512, depth 4 on an FSDP mesh, 32 sequences a step (Adam's per-step cost spread over
     enough tokens): XLA's count (depth 1 and 2 compiled data-parallel, extrapolated to 4) within 3%
     of 6N + 6Vm + 12lTm; the rest is norms, activations and the optimizer, which the formula leaves out.
     The count does not depend on the mesh: FSDP's windowed matmuls (loops XLA counts once) are avoided."""
-    target, devices = v5e
-    fsdp = compile_shape(_cfg(width=512, heads=8, depth=4, seq=128, batch=64, mesh="fsdp"), 256, target,
-                         devices=devices)
-    assert fsdp.flops_per_token_xla == pytest.approx(fsdp.flops_per_token_formula, rel=0.03), fsdp
-    assert fsdp.flops_per_token_xla > fsdp.flops_per_token_formula  # XLA sees more than the matmuls
+    _, devices = v5e
+    cfg = _cfg(width=512, heads=8, depth=4, seq=128, batch=32, mesh="fsdp")
+    xla = xla_flops_per_token(cfg, 256, devices, "tpu")
+    arch = make_arch(cfg.model, 256)
+    formula = flops_per_token(arch, non_embedding_formula(arch))
+    assert xla == pytest.approx(formula, rel=0.03) and xla > formula  # XLA sees more than the matmuls
 
 
 def _cli(*args, timeout=600):
@@ -153,6 +154,33 @@ def test_compile_command_reports_fits_and_refusals(tmp_path):
     p = _cli("compile", *huge, "--target", "tpu:v5e:2x2")
     assert p.returncode == 1, p.stdout + p.stderr[-3000:]
     assert "RESOURCE_EXHAUSTED" in p.stdout and "NO" in p.stdout, p.stdout
+
+
+def test_a_packed_spec_compiles_each_shape_once_with_its_full_pack(tmp_path):
+    """A grid spec: cells that differ in seed and budget share one compiled step, packed as `run`
+    packs them (train.pack 4 over 4 cells: one pack of 4); another width is another shape."""
+    from scaling_grid.grid import aot
+    spec = tmp_path / "p.yaml"
+    spec.write_text("""name: p
+base:
+  model: {variant: gpt2, seq_len: 16}
+  data: {source: shakespeare, tokenizer: bytes}
+  train: {batch_size: 4, steps_per_call: 4, log_every: 4, eval_every: 16, ckpt_every: 16, pack: 4}
+rules:
+  heads: {rule: head_dim, head_dim: 8}
+  warmup: {rule: fraction, fraction: 0.1}
+axes:
+  width: [16, 32]
+  depth: [1]
+  seed: [0, 1]
+  tokens: [2560, 5120]
+""")
+    configs, what = aot.configs_of(str(spec), [])
+    assert len(configs) == 8 and what == "grid spec, 8 cells"
+    shapes = aot.distinct_shapes(configs)
+    assert [(c.model.width, pack, table) for c, _, table, pack in shapes] == [(16, 4, 80), (32, 4, 80)]
+    with pytest.raises(ConfigError, match="overrides apply to a run config"):
+        aot.configs_of(str(spec), ["model.width=64"])
 
 
 @pytest.mark.slow

@@ -390,7 +390,8 @@ def flops_per_token(arch: Arch, n_non_embedding: int) -> int:
         6 N  +  6 V m  +  12 l T m
         |       |         attention scores and weighted values, 2 matmuls x 2T m per token per layer,
         |       |         counted over the full T x T square as is conventional for MFU (PaLM, and
-        |       |         ../shared/bench/torch_reference.py), although causal masking needs half
+        |       |         the PyTorch yardstick benchmarks/throughput.py compares with), although
+        |       |         causal masking needs half
         |       the head (unembedding) matmul, tied or not
         non-embedding parameters (matmuls in the blocks; norms and biases are negligible)
     """

@@ -192,8 +192,9 @@ def build(arch: Arch, optim: OptimConfig, accum: int = 1, mesh: Mesh | None = No
             return eval_losses(params, seqs_BT1, model=model)
 
     # Explicit out_shardings for the whole state, from its abstract shapes: jit(tx.init) alone would
-    # leave Adam's moments and the step counter on one device (see shared/notes/pitfalls.md), and the
-    # step's output must keep the input's layout so the donated state is reused in place.
+    # leave Adam's moments and the step counter on one device (a sharded step then fails with
+    # "incompatible devices"), and the step's output must keep the input's layout so the donated
+    # state is reused in place.
     state_sharding = state_shardings(jax.eval_shape(init, jax.random.key(0)), mesh)
     batch_sharding = NamedSharding(mesh, P(None, BATCH))
     eval_sharding = NamedSharding(mesh, P(BATCH))
@@ -246,7 +247,7 @@ def abstract_state(steps: Steps) -> Any:
 
 def default_steps_per_call(arch: Arch, batch_size: int) -> int:
     """Optimizer steps per compiled call. On CPU a small model's step is short enough that per-call
-    dispatch costs 15-40% (shared/notes/cpu-speed.md: best near 8 at width 64, 2-4 at width 256);
+    dispatch costs 15-40% (measured: best near 8 at width 64, 2-4 at width 256; README, Speed);
     accelerators dispatch asynchronously, so one step per call suffices there."""
     if jax.default_backend() != "cpu":
         return 1
@@ -283,11 +284,12 @@ def check_state_fits(steps: Steps, headroom: float = 0.9) -> None:
 
 
 def check_batch(batch_size: int, grad_accum: int = 1, what: str = "train.batch_size",
-                mesh: MeshConfig | None = None) -> None:
-    """The mesh fits the devices, and the (micro)batch splits evenly over the data x fsdp devices of
-    all processes, or the first step fails deep in XLA. Checked before any compute."""
-    sizes = axis_sizes(mesh or MeshConfig(), jax.device_count())
-    n, procs = sizes["data"] * sizes["fsdp"], jax.process_count()
+                mesh: MeshConfig | None = None, n_devices: int | None = None) -> dict[str, int]:
+    """The mesh fits the devices (this job's, or ``n_devices`` of a target compiled for), and the
+    (micro)batch splits evenly over the data x fsdp devices of all processes, or the first step fails
+    deep in XLA. Checked before any compute; returns the mesh's axis sizes."""
+    sizes = axis_sizes(mesh or MeshConfig(), n_devices or jax.device_count())
+    n, procs = sizes["data"] * sizes["fsdp"], 1 if n_devices else jax.process_count()
     micro = batch_size // max(grad_accum, 1)
     if micro % n or micro % procs:
         where = f"{n} devices (mesh data x fsdp)" + (f" of {procs} processes" if procs > 1 else "")
@@ -295,3 +297,4 @@ def check_batch(batch_size: int, grad_accum: int = 1, what: str = "train.batch_s
         unit = math.lcm(n, procs) * max(grad_accum, 1)
         raise ConfigError(f"{what}={batch_size}{accum}: must split evenly over the {where}; use a multiple "
                           f"of {unit}")
+    return sizes

@@ -29,10 +29,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from .compile import memory_need
 from .config import ConfigError, RunConfig
 from .model import compute_dtype, flops_per_token, make_arch, non_embedding_formula, platform_of, resolve_attention
-from .sharding import axis_sizes, bytes_per_device, make_mesh
-from .step import Steps, abstract_state, build
+from .sharding import bytes_per_device, make_mesh
+from .step import Steps, abstract_state, build, check_batch
 
 GiB = 2**30
 _SPECS = Path(__file__).parent / "targets"
@@ -48,6 +49,7 @@ TPU_CHIPS = {
 }
 # GPUs: the target config file and the device's memory (as the file states it).
 GPU_CHIPS = {"h100": "h100_sxm.txtpb", "a100": "a100_sxm_80.txtpb"}
+GPU_HEADROOM = 0.9  # of a GPU's memory, as the launcher's memory check allows
 COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "collective-permute", "all-to-all")
 
 
@@ -194,23 +196,14 @@ def _lower(cfg: RunConfig, vocab: int, devices: list[Any], platform: str, table_
     return steps.train.lower(abstract_state(steps), x, x, lrs), steps
 
 
-def _check_batch(cfg: RunConfig, n_devices: int) -> dict[str, int]:
-    sizes = axis_sizes(cfg.mesh, n_devices)
-    split = sizes["data"] * sizes["fsdp"]
-    micro = cfg.train.batch_size // max(cfg.train.grad_accum, 1)
-    if micro % split:
-        raise ConfigError(f"train.batch_size={cfg.train.batch_size}: the (micro)batch {micro} must split evenly "
-                          f"over the {split} devices of mesh data x fsdp on this target; use a multiple of {split}")
-    return sizes
-
-
 def compile_shape(cfg: RunConfig, vocab: int, target: Target, table_len: int | None = None, pack: int = 0,
                   devices: list[Any] | None = None, count_flops: bool = True) -> ShapeReport:
     """Compile the train step of ``cfg`` (a pack of ``pack`` runs if > 1) on its mesh over the target's
     devices and report memory, kernels, collectives and FLOPs (``xla_flops_per_token``: TPU only)."""
     devices = devices or target.devices()
     platform = platform_of(devices)
-    sizes = _check_batch(cfg, len(devices))
+    t = cfg.train
+    sizes = check_batch(t.batch_size, t.grad_accum, mesh=cfg.mesh, n_devices=len(devices))
     table_len = table_len or cfg.steps
     arch = make_arch(cfg.model, vocab, compute_dtype(cfg.train.dtype, platform))
     report = ShapeReport(shape_name(cfg, pack, sizes), target.name, len(devices), sizes, True, None, target.hbm_bytes,
@@ -235,8 +228,10 @@ def compile_shape(cfg: RunConfig, vocab: int, target: Target, table_len: int | N
     if ma is not None:
         report.argument_bytes, report.output_bytes = int(ma.argument_size_in_bytes), int(ma.output_size_in_bytes)
         report.alias_bytes, report.temp_bytes = int(ma.alias_size_in_bytes), int(ma.temp_size_in_bytes)
-        report.bytes_per_device = report.argument_bytes + report.output_bytes - report.alias_bytes + report.temp_bytes
-        report.fits = report.bytes_per_device <= target.hbm_bytes
+        report.bytes_per_device = memory_need(compiled)
+        # TPU: the compiler refused what does not fit (above). GPU: the launcher's headroom; JAX itself
+        # preallocates 75% of the memory unless XLA_PYTHON_CLIENT_MEM_FRACTION says otherwise.
+        report.fits = target.platform == "tpu" or (report.bytes_per_device or 0) <= GPU_HEADROOM * target.hbm_bytes
     hlo = compiled.as_text()
     report.attention_kernel_calls = kernel_calls(hlo)
     report.collectives = collectives(hlo)
