@@ -54,7 +54,7 @@ Public API (what ``grid/cli.py`` calls)::
     check_output(path, what, folder=False) -> None
         raise AnalysisError naming ``what`` (e.g. "--json") if path (a file, or a folder to create)
         cannot be written; call it before a fit
-    echo(result, width=None) -> (stdout lines, stderr lines)
+    echo(result, width=None, verbose=False) -> (stdout lines, stderr lines)
         every exclusion and the universality verdict; every warning, prefixed with its variant;
         wrapped at width columns when given
     AnalysisError(ValueError)

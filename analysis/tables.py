@@ -316,20 +316,20 @@ def write_tables(result: FitResult, out_dir: str | Path, stem: str = "coefficien
     return paths
 
 
-def echo(result: FitResult, width: int | None = None) -> tuple[list[str], list[str]]:
-    """What a terminal must show beside the table: (lines for stdout: every exclusion and the
-    universality verdict; lines for stderr: every warning, prefixed with its variant), wrapped at
-    ``width`` columns when given."""
+def echo(result: FitResult, width: int | None = None, verbose: bool = False) -> tuple[list[str], list[str]]:
+    """What a terminal must show beside the table: (lines for stdout: one line per exclusion rule (its
+    cells too when ``verbose``; always in the JSON) and the universality verdict; lines for stderr:
+    every warning, prefixed with its variant), wrapped at ``width`` columns when given. The objective
+    is in the table's notes, not repeated here."""
     out = []
     for e in result.exclusions:
         value = "" if e["value"] is None else f" ({e['value']})"
-        out.append(f"excluded {e['n_points']} point(s): {e['rule']}{value}: {e['detail']}; cells "
-                   + ", ".join(map(str, e["cells"])))
+        line = f"excluded {e['n_points']:,} point(s): {e['rule']}{value}: {e['detail']}"
+        out.append(line + ("; cells " + ", ".join(map(str, e["cells"])) if verbose else ""))
     if not result.exclusions:
         out.append("no point was excluded")
     ci = f"{100 * result.options['ci']:g}%"
     from .results import universality_test
-    out.append(f"objective: {result.objective.describe()}")
     for v, vf in result.variants.items():
         if not vf.info.get("converged", True):
             out.append(f"NOT CONVERGED ({v}): the optimiser stopped with {vf.info.get('stop', '?')!r}; "

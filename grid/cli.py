@@ -268,6 +268,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def _add_fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", help="a grid store (folder or URL) or a table file (.csv, .tsv, .parquet)")
+    p.add_argument("--verbose", action="store_true", help="also list the cells of every exclusion (always in "
+                   "the JSON)")
     p.add_argument("--law", default="universality",
                    help="universality (exponents 1/3, 1, 1) | universality-free | chinchilla (default universality), "
                         "or a formula: a constant plus terms coef/var^exponent, the exponent a number (fixed) or a "
@@ -354,13 +356,13 @@ def cmd_fit(args: argparse.Namespace) -> int:
         analysis.check_output(args.json, "--json")
     result = analysis.run_fit(_points_table(args), **options)
     width = None if args.wide else 100  # 100 columns fit a laptop terminal; --wide: one row per variant
-    print(result.table_markdown() if width is None else analysis.terminal_table(result, width))
-    if result.comparison:  # the difference table: not wrapped (its rows would break)
-        print(analysis.comparison_text(result, width))
-    out, err = analysis.echo(result, width)  # exclusions, the universality verdict, warnings: not only in the JSON
+    out, err = analysis.echo(result, width, args.verbose)  # exclusions, verdicts, warnings: not only in the JSON
     print("\n".join(out))
     if err:
-        print("\n".join(err), file=sys.stderr)
+        print("\n".join(err), file=sys.stderr, flush=True)
+    if result.comparison:  # the difference table: not wrapped (its rows would break)
+        print(analysis.comparison_text(result, width))
+    print(result.table_markdown() if width is None else analysis.terminal_table(result, width))  # the result, last
     if args.json:
         import textwrap
         from pathlib import Path
@@ -554,12 +556,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         if len(hashes) > 1:
             provenance["specs launched into the store"] = ", ".join(hashes)
     result = analysis.run_fit(table, **options)
-    if result.comparison:
-        print(analysis.comparison_text(result, 100))
-    out, err = analysis.echo(result, 100)
+    out, err = analysis.echo(result, 100, args.verbose)
     print("\n".join(out))
     if err:
-        print("\n".join(err), file=sys.stderr)
+        print("\n".join(err), file=sys.stderr, flush=True)
     pre = None
     if "spec name" in provenance and not args.no_predictions:  # a grid store: pre-register, score (grid/prereg.py)
         from scaling_grid.grid import prereg
@@ -567,6 +567,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         print("\n".join(_prereg_lines(pre)))
     path = _write_into(out_dir, lambda where: analysis.write_report(table, where, result=result,
                                                                    provenance=provenance, preregistered=pre))
+    if result.comparison:
+        print(analysis.comparison_text(result, 100))
+    print(analysis.terminal_table(result, 100))  # the result and where the report is, last
     print(f"report (one self-contained HTML file; tables, plots and JSON beside it): {path}")
     return EXIT_OK
 

@@ -197,9 +197,12 @@ def test_fit_output_fits_100_columns_and_wide_prints_one_row_per_variant(tmp_pat
     assert len(repr(c_m["value"])) > 8  # the JSON keeps full precision
     assert main(args + ["--wide"]) == 0
     out = capsys.readouterr().out
-    wide = [ln for ln in out.split("\n\n")[0].splitlines() if ln.startswith("| ")]  # not the comparison after it
-    assert wide[0].startswith("| variant | points (runs) | c_τ |") and len(wide) == 3
-    assert max(map(len, wide)) > 100
+    table = next(b for b in out.split("\n\n") if b.startswith("| variant | points (runs) | c_τ |"))
+    wide = [ln for ln in table.splitlines() if ln.startswith("| ")]  # not the comparison before it
+    assert len(wide) == 3 and max(map(len, wide)) > 100  # the head and a row per variant
+    # the result last: verdicts and notes first, then the comparison, then the coefficients and the JSON's path
+    assert out.index("| quantity ") < out.index("| variant | points (runs)") < out.index("full precision")
+    assert out.count("objective:") == 1 and "; cells " not in out  # the cell lists: --verbose and the JSON
 
 
 def test_report_of_a_store_names_its_spec_and_hash(tmp_path, monkeypatch):
