@@ -493,7 +493,7 @@ def run(spec_path: str, opts: Options) -> int:
     records = _records(cells, {})
     mine = _mine(cells, opts.shard, _costs(records, cells))
     states = {c.id: store.status(c.id)[0] for c in mine}
-    redo = _damaged_done_cells(store, mine, states, writer, out)
+    redo, damaged = _damaged_done_cells(store, mine, states, writer, out)
     flags = from_process_0([c.id in redo for c in mine])  # every process must run the same cells
     redo = {c.id for c, f in zip(mine, flags) if f}
     todo = [c for c in mine if (states[c.id].get("state") not in FINAL_STATES or c.id in redo)
@@ -525,7 +525,7 @@ def run(spec_path: str, opts: Options) -> int:
     out(f"grid {spec.name!r}: {len(cells)} cells{shard}"
         + f"; {n_done} done, {len(mine) - n_done - len(todo)} diverged/final, {len(todo)} to run; store {opts.store}")
     if not todo:
-        return EXIT_OK
+        return _still_damaged(damaged, out) or EXIT_OK
 
     from tqdm.auto import tqdm
 
@@ -573,16 +573,26 @@ def run(spec_path: str, opts: Options) -> int:
         return code
     if counts.get("failed") or counts.get("skipped"):
         return EXIT_FAILED
-    return EXIT_OK
+    return _still_damaged(damaged, out) or EXIT_OK
+
+
+def _still_damaged(damaged: list[str], out: Callable[[str], None]) -> int:
+    """EXIT_FAILED, said once at the end, while a done cell's record has damage `run` cannot repair:
+    the grid is not whole, whatever else ran."""
+    if not damaged:
+        return 0
+    out(f"{len(damaged)} cell(s) still DAMAGED (their values are lost; see above): {', '.join(damaged)}")
+    return EXIT_FAILED
 
 
 def _damaged_done_cells(store: Store, cells: Sequence[S.Cell], states: dict[str, dict[str, Any]], writer: bool,
-                        out: Callable[[str], None]) -> set[str]:
+                        out: Callable[[str], None]) -> tuple[set[str], list[str]]:
     """Repair what a finished cell's records lost: damaged metric metadata is rewritten (it is a
     function of the cell's length), and a done cell whose final point is missing is returned, to be
     run again: it resumes from its last checkpoint and re-evaluates. Values lost with a damaged data
-    chunk cannot be repaired here; that is said, with the way out."""
-    redo = set()
+    chunk cannot be repaired here; that is said, with the way out. Returns (cells to run again, cells
+    still damaged)."""
+    redo, damaged = set(), []
     for c in cells:
         if states[c.id].get("state") != "done":
             continue
@@ -595,7 +605,8 @@ def _damaged_done_cells(store: Store, cells: Sequence[S.Cell], states: dict[str,
             redo.add(c.id)
         elif problems:
             out(f"{c.id}: DAMAGED: {'; '.join(problems)}; {lost(store, c.id)}")
-    return redo
+            damaged.append(c.id)
+    return redo, damaged
 
 
 _SKIPS = ("done", "diverged", "running elsewhere", "skipped")

@@ -517,6 +517,9 @@ def test_damaged_store_is_reported_by_name_and_repaired_by_run(grid, reference, 
     assert list(got["cell"][fin]) == list(want["cell"][ref_fin]) and fin.sum() == N_CELLS
     np.testing.assert_array_equal(got["eval_loss"][fin], want["eval_loss"][ref_fin])  # bit for bit
     assert subprocess.run(_cmd("status", str(store)), capture_output=True, timeout=120).returncode == 0
+    next((store / "cells" / a / "metrics" / "loss" / "c").iterdir()).write_bytes(b"xx")  # values lost for good
+    p = _run(spec, store, check_rc=1)  # nothing to train, but the grid is not whole: not exit 0
+    assert f"{a}: DAMAGED" in p.stdout and f"1 cell(s) still DAMAGED (their values are lost; see above): {a}" in p.stdout
 
 
 @pytest.mark.slow
