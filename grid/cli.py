@@ -270,6 +270,8 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", help="a grid store (folder or URL) or a table file (.csv, .tsv, .parquet)")
     p.add_argument("--verbose", action="store_true", help="also list the cells of every exclusion (always in "
                    "the JSON)")
+    p.add_argument("--complete", action="store_true", help="a grid store: refuse to fit unless every cell has "
+                   "finished (done or diverged); by default a grid still running is fitted on its finished cells")
     p.add_argument("--law", default="universality",
                    help="universality (exponents 1/3, 1, 1) | universality-free | chinchilla (default universality), "
                         "or a formula: a constant plus terms coef/var^exponent, the exponent a number (fixed) or a "
@@ -349,11 +351,36 @@ def _points_table(args: argparse.Namespace) -> dict[str, np.ndarray]:
     return store.export_table(src)
 
 
+def _grid_progress(args: argparse.Namespace) -> None:
+    """For a grid store: one line first saying how much of it has finished (a fit of a grid still
+    running reads like a finished one otherwise); with --complete, refuse one that has not."""
+    from pathlib import Path
+
+    from scaling_grid.grid import store
+    src = args.source
+    if Path(src).is_file() or store.is_run_folder(src) or not store.Store(src).exists():
+        return
+    records, _ = store.Store(src).records()
+    states: dict[str, int] = {}
+    for r in records:
+        state = r["status"].get("state", "pending")
+        states[state] = states.get(state, 0) + 1
+    n, done = len(records), states.pop("done", 0)
+    rest = ", ".join(f"{v} {k}" for k, v in sorted(states.items()))
+    line = f"grid {src}: {done} of {n} cells done" + (f" ({rest})" if rest else "")
+    unfinished = sum(v for k, v in states.items() if k not in store.FINAL_STATES)
+    if unfinished and args.complete:
+        raise ConfigError(f"--complete: {line}; wait for the grid (`scaling-grid status {src}`), or drop --complete "
+                          "to fit what has finished")
+    print(line + ("; fitting the finished cells" if unfinished else ""), flush=True)
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     from scaling_grid import analysis
     options = _fit_options(args)
     if args.json:  # before the fit: a bad path must not cost a fit, nor leave half an output
         analysis.check_output(args.json, "--json")
+    _grid_progress(args)
     result = analysis.run_fit(_points_table(args), **options)
     width = None if args.wide else 100  # 100 columns fit a laptop terminal; --wide: one row per variant
     out, err = analysis.echo(result, width, args.verbose)  # exclusions, verdicts, warnings: not only in the JSON
@@ -538,6 +565,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from scaling_grid import analysis
     options = _fit_options(args)
     out_dir = _check_output_folder(args.out, "--out")  # before the fit
+    _grid_progress(args)
     table = _points_table(args)
     provenance = {"source": args.source}
     if not Path(args.source).is_file():  # a store (checked above): name the spec it was run from

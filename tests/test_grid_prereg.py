@@ -103,3 +103,23 @@ def test_report_predicts_unfinished_cells_keeps_them_once_and_scores_them_when_t
     assert main(["report", str(tmp_path / "store"), "--boot", "20", "--no-predictions",
                  "--out", str(tmp_path / "r4")]) == 0
     assert "Earlier predictions" not in (tmp_path / "r4" / "index.html").read_text()
+
+
+def test_fit_of_an_unfinished_grid_says_so_first_and_complete_refuses_it(tmp_path, monkeypatch, capsys):
+    """27 of 48 cells done: `fit` and `report` open with how much has finished; --complete is exit 2."""
+    st, cells = _grid(tmp_path / "store")
+    done = cells[:27]
+    for c in done:
+        st.set_status(c["id"], {"state": "done"})
+    for c in cells[27:30]:
+        st.set_status(c["id"], {"state": "running"})
+    table = _final_rows(done, np.random.default_rng(0))
+    monkeypatch.setattr(cli, "_points_table", lambda args: table)
+    assert main(["fit", str(tmp_path / "store"), "--boot", "20"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == f"grid {tmp_path / 'store'}: 27 of 48 cells done (18 pending, 3 running); fitting the finished cells"
+    assert main(["fit", str(tmp_path / "store"), "--boot", "20", "--complete"]) == 2
+    err = capsys.readouterr().err
+    assert "--complete: grid" in err and "27 of 48 cells done" in err and "drop --complete" in err
+    assert main(["report", str(tmp_path / "store"), "--complete", "--out", str(tmp_path / "r")]) == 2
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
