@@ -85,11 +85,11 @@ class Store:
         P.check_readable("store", self.url)  # an unsupported scheme, or a bucket that does not answer: exit 2
         if is_url(self.url):
             spec: Any = self.url if self.url.endswith("/") else self.url + "/"
-        else:
-            spec = {"driver": "file", "path": str(Path(self.url).expanduser().absolute()) + "/"}
+        else:  # normalised: TensorStore refuses a path with '..' in it (--store ../stores/x)
+            spec = {"driver": "file", "path": os.path.abspath(os.path.expanduser(self.url)) + "/"}
         self.kv = ts.KvStore.open(spec).result()
         # What TensorStoreSink / read_metrics get: a local absolute path or the URL as given.
-        self.root = self.url if is_url(self.url) else str(Path(self.url).expanduser().absolute())
+        self.root = self.url if is_url(self.url) else os.path.abspath(os.path.expanduser(self.url))
 
     # ---- raw objects
     def read_bytes(self, key: str) -> tuple[bytes | None, bytes]:

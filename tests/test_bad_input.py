@@ -56,6 +56,8 @@ CASES = [
      ["--status-every=0: must be a positive number of seconds"]),
     ("run: negative --stale-after", lambda t: ["run", "configs/demo.yaml", "--store", f"{t}/s", "--stale-after", "-5"],
      ["--stale-after=-5: must be a positive number of seconds"]),
+    ("status: a store path with '..' in it (TensorStore refuses those unless normalised)",
+     lambda t: ["status", f"{_folder(t, 'sub')}/../nostore"], ["not a grid store (no store.json)"]),
     ("export: --out under a regular file",
      lambda t: ["export", f"{t}/store", "--out", f"{_regular_file(t)}/x.csv"], ["--out", "is a file, not a folder"]),
     ("export: --out with an unknown suffix", lambda t: ["export", f"{t}/store", "--out", f"{t}/x.txt"],

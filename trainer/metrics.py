@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
 import sys
 import textwrap
 import time
@@ -80,7 +81,7 @@ def kvstore_spec(url_or_path: str) -> KvStoreSpec:
     """A TensorStore kvstore for a local path or a URL (file://, gs://, s3://, memory://)."""
     if "://" in url_or_path:
         return url_or_path
-    return {"driver": "file", "path": str(url_or_path)}
+    return {"driver": "file", "path": os.path.abspath(url_or_path)}  # TensorStore refuses '..' in a path
 
 
 class MetricsDamaged(ConfigError):
