@@ -58,7 +58,17 @@ from scaling_grid.trainer import (
 )
 
 from . import spec as S
-from .store import FINAL_STATES, Store, check_writable, host_id, is_stale, lost, now, process_start
+from .store import (
+    FINAL_STATES,
+    Store,
+    check_writable,
+    first_lost_step,
+    host_id,
+    is_stale,
+    lost,
+    now,
+    process_start,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_PREEMPTED, EXIT_INTERRUPTED = 0, 1, 143, 130
 
@@ -493,7 +503,7 @@ def run(spec_path: str, opts: Options) -> int:
     records = _records(cells, {})
     mine = _mine(cells, opts.shard, _costs(records, cells))
     states = {c.id: store.status(c.id)[0] for c in mine}
-    redo, damaged = _damaged_done_cells(store, mine, states, writer, out)
+    redo, damaged = _damaged_done_cells(store, mine, states, writer, out, opts.checkpoints)
     flags = from_process_0([c.id in redo for c in mine])  # every process must run the same cells
     redo = {c.id for c, f in zip(mine, flags) if f}
     todo = [c for c in mine if (states[c.id].get("state") not in FINAL_STATES or c.id in redo)
@@ -586,7 +596,8 @@ def _still_damaged(damaged: list[str], out: Callable[[str], None]) -> int:
 
 
 def _damaged_done_cells(store: Store, cells: Sequence[S.Cell], states: dict[str, dict[str, Any]], writer: bool,
-                        out: Callable[[str], None]) -> tuple[set[str], list[str]]:
+                        out: Callable[[str], None], opts_checkpoints: str | None = None
+                        ) -> tuple[set[str], list[str]]:
     """Repair what a finished cell's records lost: damaged metric metadata is rewritten (it is a
     function of the cell's length), and a done cell whose final point is missing is returned, to be
     run again: it resumes from its last checkpoint and re-evaluates. Values lost with a damaged data
@@ -596,11 +607,21 @@ def _damaged_done_cells(store: Store, cells: Sequence[S.Cell], states: dict[str,
     for c in cells:
         if states[c.id].get("state") != "done":
             continue
-        _, problems, fixable = store.checked_metrics(c.id, c.steps, "done")
+        m, problems, fixable = store.checked_metrics(c.id, c.steps, "done")
         if problems and fixable and writer and store.repair_metadata(c.id, c.steps):
             out(f"{c.id}: rewrote damaged metric metadata ({problems[0]})")
-            _, problems, fixable = store.checked_metrics(c.id, c.steps, "done")
-        if problems and fixable:
+            m, problems, fixable = store.checked_metrics(c.id, c.steps, "done")
+        lost_from = first_lost_step(m) if problems and m is not None else None
+        if lost_from is not None:
+            # Training is a pure function of the config: rerun from the newest checkpoint before the
+            # first lost value (or from the start), which writes every value from there on again.
+            ckpts = store.checkpoint_dir(c.id, opts_checkpoints)
+            later = [s for s in _checkpoint_steps(ckpts) if s >= lost_from]
+            if writer and later:
+                set_aside(ckpts, later)  # kept beside the cell's checkpoints, never listed as steps
+            out(f"{c.id}: {problems[0]}; running it again from before step {lost_from:,}")
+            redo.add(c.id)
+        elif problems and fixable:
             out(f"{c.id}: {problems[0]}; running it again (it resumes from its last checkpoint)")
             redo.add(c.id)
         elif problems:

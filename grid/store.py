@@ -284,7 +284,25 @@ def check_final(m: dict[str, np.ndarray] | None, total_steps: int, where: str) -
     missing = [f for f in ("loss", "eval_loss") if not np.isfinite(m[f][total_steps])]
     if missing:
         return [f"done, but its final point (step {total_steps}) has no {' or '.join(missing)}"], "loss" not in missing
+    first = first_lost_step(m)
+    if first is not None:
+        return [f"done, but values are missing from step {first:,} on where other fields were recorded: a data "
+                "chunk was lost"], False
     return [], True
+
+
+def first_lost_step(m: dict[str, np.ndarray]) -> int | None:
+    """The fields of a train (eval) record are written together, so a step recorded in one field and
+    not in another is a lost data chunk, anywhere on the curve: the first such step, or None."""
+    from scaling_grid.trainer import EVAL_FIELDS, TRAIN_FIELDS
+    firsts = []
+    for fields in (TRAIN_FIELDS, EVAL_FIELDS):
+        logged = [~np.isnan(m[f]) for f in fields]
+        every, common = np.logical_or.reduce(logged), np.logical_and.reduce(logged)
+        gaps = np.flatnonzero(every & ~common)
+        if len(gaps):
+            firsts.append(int(gaps[0]))
+    return min(firsts) if firsts else None
 
 
 def _json_default(o: Any) -> Any:
