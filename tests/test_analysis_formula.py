@@ -9,7 +9,7 @@ from scipy.optimize import OptimizeResult
 from scipy.optimize import minimize as scipy_minimize
 from scipy.stats import binom
 
-from scaling_grid.analysis import AnalysisError, echo, laws, run_fit
+from scaling_grid.analysis import AnalysisError, echo, laws, run_fit, terminal_table
 from scaling_grid.analysis import estimators as E
 from scaling_grid.analysis import synthetic as S
 from scaling_grid.analysis.points import select_points
@@ -157,7 +157,8 @@ def test_defaults_are_unchanged_and_printed_with_every_fit():
     assert fixed.objective == E.Objective("relative", 1e-3) and free.objective == E.Objective("log", 1e-3)
     for r, text in ((fixed, "relative residual (L - Lhat)/L"), (free, "log residual log L - log Lhat")):
         assert f"Huber (delta = 0.001) on the {text}" in r.table_markdown()
-        assert any(text in ln for ln in echo(r)[0])
+        assert terminal_table(r, 100).count(text) == 1  # printed once, in the table's notes, with every fit
+        assert not any(text in ln for ln in echo(r)[0])  # not again beside it
     ls = run_fit(tab, huber_delta=None, residual="absolute", n_boot=0, checks=False)
     assert "least squares on the absolute residual L - Lhat" in ls.table_markdown()
     with pytest.raises(AnalysisError, match="residual"):
