@@ -11,7 +11,8 @@ from collections.abc import Hashable, Sequence
 from typing import Any
 
 from scaling_grid.trainer import RunConfig
-from scaling_grid.trainer.compile import pack_key, shape_key
+from scaling_grid.trainer.compile import shape_key
+from scaling_grid.trainer.config import pack_key
 from scaling_grid.trainer.paths import path_of
 from scaling_grid.trainer.target import ShapeReport, Target, compile_shape
 

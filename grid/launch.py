@@ -709,7 +709,7 @@ def _writer_sinks(sinks: list[Any], cell: S.Cell, store: Store, tok_store: Any, 
 def _packs(cells: Sequence[S.Cell], store: Store, opts: Options, redo: set[str]) -> list[list[S.Cell]]:
     """The order of work: single cells, and packs of cells that train together in one compiled step
     (`train.pack` > 1): separate cells (no WSD trunk or branch) whose configs differ only in seeds, lr
-    schedule and budget (`compile.pack_key`) and that resume from the same step, at most `train.pack`
+    schedule and budget (`config.pack_key`) and that resume from the same step, at most `train.pack`
     per pack, in run order. Every process forms the packs process 0 forms."""
     from scaling_grid.trainer import pack_key
     label: list[int] = []

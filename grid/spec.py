@@ -58,9 +58,11 @@ from scaling_grid.trainer import (
     check_data_paths,
     format_count,
     from_dict,
+    identity,
     parse_count,
     read_yaml_text,
 )
+from scaling_grid.trainer import expected_vocab as tokenizer_vocab
 
 TOP_KEYS = ("name", "description", "tokens_mode", "base", "rules", "axes", "cells")
 AXES = ("variant", "width", "depth", "tokens", "seed", "lr")
@@ -73,11 +75,6 @@ RULES: dict[str, dict[str, tuple[str, ...]]] = {
     "batch_size": {"fixed": (), "by_tokens": ("table",)},
 }
 RULE_OPTIONAL = {("lr", "width_scaled"): ("exponent",)}
-# Fields that do not change a cell's loss curve or what is recorded: not part of its id. The mesh is
-# among them: a grid resumed on another pod size or mesh keeps its cells (its checkpoints reshard);
-# so is train.pack: a cell trained in a pack or alone is the same cell.
-_ID_EXCLUDE = {"out_dir": None, "mesh": None, "data": ("root",),
-               "train": ("ckpt_every", "ckpt_minutes", "keep", "pack")}
 ROLES = ("separate", "trunk", "branch")
 
 
@@ -383,17 +380,6 @@ def _resolve(spec: GridSpec, where: str, p: Mapping[str, Any], *, schedule: str 
     return d
 
 
-def _identity(cfg: RunConfig) -> dict[str, Any]:
-    d = cfg.to_dict()
-    for sect, keys in _ID_EXCLUDE.items():
-        if keys is None:
-            d.pop(sect, None)
-        else:
-            for k in keys:
-                d[sect].pop(k, None)
-    return d
-
-
 def _short_hash(obj: Any) -> str:
     return hashlib.blake2b(json.dumps(obj, sort_keys=True).encode(), digest_size=3).hexdigest()
 
@@ -440,7 +426,7 @@ def expand(spec: GridSpec, check_paths: bool = True, lenient_wsd: bool = False) 
             cfg = from_dict(_resolve(spec, wh, p))
             _check_cell(wh, cfg)
             name = _name(p, cfg, with_lr, cfg.train.tokens)
-            cid = f"{name}-{_short_hash({'config': _identity(cfg), 'role': 'separate'})}"
+            cid = f"{name}-{_short_hash({'config': identity(cfg), 'role': 'separate'})}"
             cells.append(Cell(cid, name, cfg, "separate", cfg.model.variant, cfg.model.width,
                               cfg.model.depth, cfg.train.seed, cfg.train.tokens, group=cid))
     else:
@@ -519,7 +505,7 @@ def _expand_wsd(spec: GridSpec, pts: list[tuple[str, dict[str, Any]]], with_lr: 
         _check_cell(f"{wh0} trunk", trunk_cfg)
         keep = tuple(sorted({bp for *_, bp in plan}))
         tname = _name(p_big, trunk_cfg, with_lr, None, "-trunk")
-        tid = f"{tname}-{_short_hash({'config': _identity(trunk_cfg), 'role': 'trunk', 'keep': list(keep)})}"
+        tid = f"{tname}-{_short_hash({'config': identity(trunk_cfg), 'role': 'trunk', 'keep': list(keep)})}"
         cells.append(Cell(tid, tname, trunk_cfg, "trunk", trunk_cfg.model.variant, trunk_cfg.model.width,
                           trunk_cfg.model.depth, trunk_cfg.train.seed, trunk_cfg.train.tokens,
                           keep_steps=keep, group=tid))
@@ -527,10 +513,10 @@ def _expand_wsd(spec: GridSpec, pts: list[tuple[str, dict[str, Any]]], with_lr: 
             frac = (S - bp) / S
             bd = _resolve(spec, wh, p, schedule="wsd", warmup_steps=warm, decay_fraction=frac)
             bcfg = from_dict(bd)
-            assert max(1, round(bcfg.optim.decay_fraction * S)) == S - bp
+            assert bcfg.optim.decay_steps(S) == S - bp
             _check_cell(wh, bcfg)
             bname = _name(p, bcfg, with_lr, bcfg.train.tokens, "-wsd")
-            bkey = {'config': _identity(bcfg), 'role': 'branch', 'parent': tid, 'init_step': bp}
+            bkey = {'config': identity(bcfg), 'role': 'branch', 'parent': tid, 'init_step': bp}
             bid = f"{bname}-{_short_hash(bkey)}"
             cells.append(Cell(bid, bname, bcfg, "branch", bcfg.model.variant, bcfg.model.width,
                               bcfg.model.depth, bcfg.train.seed, bcfg.train.tokens, parent=tid,
@@ -547,7 +533,7 @@ def with_mode(spec: GridSpec, mode: str) -> GridSpec:
 
 def expected_vocab(cfg: RunConfig) -> int:
     """Vocabulary size a data config will have (exact for bytes and gpt2; bpe: the requested size)."""
-    return {"bytes": 256, "gpt2": 50257}.get(cfg.data.tokenizer, cfg.data.bpe_vocab)
+    return tokenizer_vocab(cfg.data.tokenizer, cfg.data.bpe_vocab)
 
 
 def derived(cell: Cell, vocab: int) -> dict[str, Any]:
@@ -562,7 +548,7 @@ def derived(cell: Cell, vocab: int) -> dict[str, Any]:
         "variant": cell.variant, "m": cell.m, "l": cell.l, "heads": cfg.model.heads, "seed": cell.seed,
         "tokens": cell.tokens, "total_steps": cfg.steps, "tokens_per_step": cfg.tokens_per_step,
         "schedule": cfg.optim.schedule, "peak_lr": cfg.optim.lr, "warmup_steps": cfg.optim.warmup_steps,
-        "decay_steps": (max(1, round(cfg.optim.decay_fraction * cfg.steps)) if cfg.optim.schedule == "wsd" else 0),
+        "decay_steps": cfg.optim.decay_steps(cfg.steps),
         "vocab": vocab, "N": n, "flops_per_token": flops_per_token(arch, n),
     }
 

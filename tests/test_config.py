@@ -6,10 +6,11 @@ import sys
 import pytest
 
 from scaling_grid.trainer import config as C
+from scaling_grid.trainer import configfile
 
 
 def _load(tmp_path, *overrides):
-    return C.load(None, [f"out_dir={tmp_path / 'run'}", f"data.root={tmp_path / 'data'}", *overrides])
+    return configfile.load(None, [f"out_dir={tmp_path / 'run'}", f"data.root={tmp_path / 'data'}", *overrides])
 
 
 def test_defaults_are_valid(tmp_path):
@@ -69,29 +70,29 @@ def test_bad_fields_are_named(tmp_path, overrides, needles):
 def test_unwritable_out_dir(tmp_path):
     # /proc refuses new files even to root, whose permission bits are never checked.
     with pytest.raises(C.ConfigError, match="out_dir.*not writable"):
-        C.load(None, ["out_dir=/proc/scaling-grid-run", f"data.root={tmp_path / 'data'}"])
+        configfile.load(None, ["out_dir=/proc/scaling-grid-run", f"data.root={tmp_path / 'data'}"])
     with pytest.raises(C.ConfigError, match="data.root.*not writable"):
-        C.load(None, [f"out_dir={tmp_path / 'run'}", "data.root=/proc/scaling-grid-data"])
+        configfile.load(None, [f"out_dir={tmp_path / 'run'}", "data.root=/proc/scaling-grid-data"])
 
 
 def test_out_dir_that_is_a_file(tmp_path):
     f = tmp_path / "file"
     f.write_text("x")
     with pytest.raises(C.ConfigError, match="out_dir.*not writable"):
-        C.load(None, [f"out_dir={f / 'run'}", f"data.root={tmp_path / 'data'}"])
+        configfile.load(None, [f"out_dir={f / 'run'}", f"data.root={tmp_path / 'data'}"])
 
 
 def test_missing_and_malformed_config_files(tmp_path):
     with pytest.raises(C.ConfigError, match="does not exist"):
-        C.load(tmp_path / "nope.yaml")
+        configfile.load(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: [1, 2\n")
     with pytest.raises(C.ConfigError, match="not valid YAML"):
-        C.load(bad)
+        configfile.load(bad)
     nested = tmp_path / "nested.yaml"
     nested.write_text("model: 3\n")
     with pytest.raises(C.ConfigError, match="model: expected a mapping"):
-        C.load(nested)
+        configfile.load(nested)
 
 
 def test_cli_reports_bad_input_without_compute(tmp_path):
@@ -182,7 +183,7 @@ def test_config_command_lists_every_field_with_default_and_meaning(capsys):
     assert cli.main(["config"]) == 0
     out = capsys.readouterr().out
     listed = _fields_in(out)
-    expected = {f"{s}.{f.name}" for s, cls in C._SECTIONS.items() for f in dataclasses.fields(cls)} | {"out_dir"}
+    expected = {f"{s}.{f.name}" for s, cls in C.SECTIONS.items() for f in dataclasses.fields(cls)} | {"out_dir"}
     assert set(listed) == expected
     assert all(len(meaning) > 5 for meaning in listed.values()), listed
     assert "m = d_model" in listed["model.width"] and "gpt2, llama" in listed["model.variant"]
@@ -207,7 +208,7 @@ def test_config_command_prints_the_resolved_config(tmp_path, capsys):
     assert resolved["train"]["tokens"] == 3_000_000 and resolved["optim"]["eps"] == 1e-6
     assert resolved["data"]["documents"] == "<|endoftext|>"
     assert resolved["data"]["paths"] == [str(tmp_path / "input.txt")]
-    assert C.from_dict(resolved) == C.load(cfg, ["train.tokens=3M", "data.documents=<|endoftext|>", "optim.eps=1e-6",
+    assert C.from_dict(resolved) == configfile.load(cfg, ["train.tokens=3M", "data.documents=<|endoftext|>", "optim.eps=1e-6",
                                                  f"data.root={tmp_path / 'data'}"])
     listed = _fields_in(out)
     assert "(default: 128)" in listed["model.width"] and "default" not in listed["model.depth"]

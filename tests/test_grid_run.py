@@ -416,7 +416,7 @@ def test_a_new_optimizer_field_is_part_of_the_shape_unless_it_is_a_schedule_fiel
     import dataclasses
 
     from scaling_grid.trainer.compile import shape_key
-    from scaling_grid.trainer.config import load
+    from scaling_grid.trainer.configfile import load
     base = load(None, ["model.width=16", "model.heads=2", "model.depth=1"])
     key = shape_key(base, 256)
     assert shape_key(dataclasses.replace(base, optim=dataclasses.replace(

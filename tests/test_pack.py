@@ -17,7 +17,7 @@ from floats import assert_reordered_curves_close, assert_same_curves
 
 from scaling_grid.grid import store as G
 from scaling_grid.trainer import config as C
-from scaling_grid.trainer import loop, step, tokenstore
+from scaling_grid.trainer import configfile, loop, step, tokenstore
 from scaling_grid.trainer.checkpoint import saved_steps
 from scaling_grid.trainer.metrics import TensorStoreSink, read_metrics
 from scaling_grid.trainer.model import make_arch
@@ -276,7 +276,7 @@ def test_an_error_in_a_pack_fails_only_the_runs_it_stopped(tmp_path, monkeypatch
 
 def test_train_pack_is_validated_and_left_out_of_records_at_its_default():
     with pytest.raises(C.ConfigError, match=r"train.pack=0: must be a positive integer"):
-        C.load(None, ["train.pack=0"])
+        configfile.load(None, ["train.pack=0"])
     assert "pack" not in C.RunConfig().to_dict()["train"]
-    assert C.load(None, ["train.pack=8"]).to_dict()["train"]["pack"] == 8
-    assert "pack" not in loop.fingerprint(C.load(None, ["train.pack=8"]))["train"]  # resumes packed or not
+    assert configfile.load(None, ["train.pack=8"]).to_dict()["train"]["pack"] == 8
+    assert "pack" not in C.fingerprint(configfile.load(None, ["train.pack=8"]))["train"]  # resumes packed or not

@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 
 from scaling_grid.trainer import config as C
+from scaling_grid.trainer import configfile
 from scaling_grid.trainer import parametrization as pz
 from scaling_grid.trainer.config import OptimConfig
 from scaling_grid.trainer.model import INIT_STD, Arch, Transformer, resolve_variant
+from scaling_grid.trainer.registry import PARAMS
 from scaling_grid.trainer.step import TrainState, build, lr_table, make_optimizer, train_chunk
 
 V, T, B = 256, 32, 8
@@ -53,7 +55,7 @@ def test_base_shape_equals_sp(variant):
     optim = OptimConfig(lr=3e-3, warmup_steps=2, schedule="cosine")
     xs, ys = _batches(6)
     curves = {}
-    for param in pz.PARAMS:
+    for param in PARAMS:
         steps = build(_arch(param, 32, 2, variant), optim)
         state = steps.init(jax.random.key(0))
         state, metrics = steps.train(state, xs, ys, jnp.asarray(lr_table(optim, 6)))
@@ -71,7 +73,7 @@ def test_state_layout_is_the_same():
                             jax.random.key(0))
     optim = OptimConfig()
     layouts = {p: jax.tree.structure(jax.eval_shape(make_optimizer(optim, lambda c: 1e-3, _arch(p, 64, 4)).init,
-                                                    params)) for p in pz.PARAMS}
+                                                    params)) for p in PARAMS}
     assert layouts["sp"] == layouts["mup"] == layouts["completep"]
     assert jax.tree.structure(jax.eval_shape(make_optimizer(optim, lambda c: 1e-3).init, params)) == layouts["sp"]
 
@@ -91,7 +93,7 @@ def test_init_stds():
     embeddings keep 0.02; the residual output projections keep GPT-2's 1/sqrt(2 depth) under sp and
     mup, and freeze it at base_depth under completep."""
     got = {}
-    for param in pz.PARAMS:
+    for param in PARAMS:
         for width, depth in ((32, 2), (128, 8)):
             arch = _arch(param, width, depth, "llama")
             p = jax.jit(Transformer(arch).init)(jax.random.key(0), jnp.zeros((1, T), jnp.int32))["params"]
@@ -235,12 +237,12 @@ def test_coord_check_depth(depth_sweep):
 
 def test_config_param_field():
     with pytest.raises(C.ConfigError, match=r"model\.param='umP'.*'sp', 'mup', 'completep'"):
-        C.load(None, ["model.param=umP", "out_dir=/tmp/x"])
+        configfile.load(None, ["model.param=umP", "out_dir=/tmp/x"])
     with pytest.raises(C.ConfigError, match=r"model\.base_width=0"):
-        C.load(None, ["model.base_width=0", "out_dir=/tmp/x"])
+        configfile.load(None, ["model.base_width=0", "out_dir=/tmp/x"])
     d = C.RunConfig().to_dict()["model"]
     assert not {"param", "base_width", "base_depth", "base_head_dim"} & set(d)
-    cfg = C.load(None, ["model.param=completep", "model.base_width=64", "out_dir=/tmp/x"])
+    cfg = configfile.load(None, ["model.param=completep", "model.base_width=64", "out_dir=/tmp/x"])
     d = cfg.to_dict()["model"]
     assert d["param"] == "completep" and d["base_width"] == 64 and "base_depth" not in d
     assert C.from_dict(cfg.to_dict()) == cfg

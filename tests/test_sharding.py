@@ -9,7 +9,8 @@ import textwrap
 
 import pytest
 
-from scaling_grid.trainer.config import ConfigError, MeshConfig, RunConfig, from_dict, load
+from scaling_grid.trainer.config import ConfigError, MeshConfig, RunConfig, from_dict
+from scaling_grid.trainer.configfile import load
 from scaling_grid.trainer.sharding import axis_sizes, leaf_spec
 
 TIMEOUT = 400
@@ -50,7 +51,7 @@ def test_leaf_rules_never_shard_the_scanned_layer_axis():
 
 
 def test_mesh_is_not_part_of_a_cells_identity_or_default_dict():
-    from scaling_grid.grid.spec import _identity
+    from scaling_grid.trainer.config import identity as _identity
     plain, sharded = RunConfig(), from_dict({"mesh": {"fsdp": 8, "data": 1}})
     assert "mesh" not in plain.to_dict()  # configs and ids written before the mesh existed stay the same
     assert sharded.to_dict()["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
@@ -112,7 +113,7 @@ def test_checkpoints_restore_onto_another_mesh_and_training_continues(tmp_path):
         import json
         import jax
         from scaling_grid.trainer import loop, sharding, step, tokenstore
-        from scaling_grid.trainer.config import load
+        from scaling_grid.trainer.configfile import load
         from scaling_grid.trainer.model import make_arch
         from scaling_grid.trainer.preemption import Preemption
 

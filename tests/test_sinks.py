@@ -121,8 +121,7 @@ def test_train_with_tensorboard_and_wandb_then_run_again(tmp_path):
     training the finished run again (it re-evaluates its last step) leaves every step once."""
     from tensorboard.backend.event_processing import event_accumulator as ea
 
-    from scaling_grid.trainer import config as C
-    from scaling_grid.trainer import loop
+    from scaling_grid.trainer import configfile, loop
     from scaling_grid.trainer.metrics import read_metrics
     out, tb = tmp_path / "myrun", tmp_path / "tb"
     args = [f"out_dir={out}", f"data.root={tmp_path}/data", "model.width=16", "model.depth=1", "model.heads=2",
@@ -142,7 +141,7 @@ def test_train_with_tensorboard_and_wandb_then_run_again(tmp_path):
         got = acc.Scalars(tag)
         assert [e.step for e in got] == list(_logged(want)), tag  # each step once, after two attempts
         np.testing.assert_array_equal([e.value for e in got], want[_logged(want)].astype(np.float32))
-    name = loop.run_name(C.load(None, args))
+    name = loop.run_name(configfile.load(None, args))
     assert name.startswith("myrun-") and len(list((tmp_path / "wandb").glob(f"offline-run-*-{name}"))) == 2
 
 

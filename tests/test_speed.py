@@ -20,7 +20,8 @@ import numpy as np
 import optax
 import pytest
 
-from scaling_grid.trainer.config import ConfigError, ModelConfig, OptimConfig, RunConfig, TrainConfig, validate
+from scaling_grid.trainer.checks import validate
+from scaling_grid.trainer.config import ConfigError, ModelConfig, OptimConfig, RunConfig, TrainConfig
 from scaling_grid.trainer.model import (
     VARIANTS,
     Arch,

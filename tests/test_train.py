@@ -15,7 +15,7 @@ import pytest
 from conftest import small_disk
 
 from scaling_grid.trainer import config as C
-from scaling_grid.trainer import loop
+from scaling_grid.trainer import configfile, loop
 from scaling_grid.trainer.metrics import TensorStoreSink, read_metrics
 
 STEPS = 120
@@ -137,7 +137,7 @@ def test_sigterm_saves_and_exits_cleanly(reference, tmp_path, data_root, as_url)
 
 
 def _cfg(out: Path, data_root: Path, *extra: str) -> C.RunConfig:
-    return C.load(None, _overrides(out, data_root, *extra))
+    return configfile.load(None, _overrides(out, data_root, *extra))
 
 
 @pytest.mark.slow
@@ -327,9 +327,9 @@ def test_a_changed_field_that_to_dict_omits_at_its_default_is_named(tmp_path, da
     out = tmp_path / "run"
     base = [f"out_dir={out}", f"data.root={data_root}", "data.source=text", f"data.paths=[{corpus}]"]
     out.mkdir()
-    (out / "config.yaml").write_text(__import__("yaml").safe_dump(C.load(None, base).to_dict()))
+    (out / "config.yaml").write_text(__import__("yaml").safe_dump(configfile.load(None, base).to_dict()))
     with pytest.raises(C.ConfigError, match=r"data.documents: '\(default\)' -> 'blank_lines'"):
-        loop.train_cli(C.load(None, [*base, "data.documents=blank_lines"]))
+        loop.train_cli(configfile.load(None, [*base, "data.documents=blank_lines"]))
 
 
 def test_log_without_a_terminal_is_plain_lines(reference_run):

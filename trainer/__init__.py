@@ -4,12 +4,15 @@ checkpoint folder in; a trained run with its curves and checkpoints out. Knows n
 The face `grid/` (the floor above) uses, by module of origin. Names resolve on first use, so a command
 that only reads a store (`status`, `fit`) never imports JAX or orbax::
 
-    config: ConfigError, RunConfig, ModelConfig, DataConfig, OptimConfig, load, describe, validate,
-            from_dict, parse_count, format_count, check_data_paths, read_yaml_text
+    config: ConfigError, RunConfig, ModelConfig, DataConfig, OptimConfig, from_dict, parse_count,
+            format_count, identity, pack_key
+    configfile: load, describe, read_yaml_text
+    checks: validate, check_data_paths
+    registry: expected_vocab
     model: VARIANTS, compute_dtype, flops_per_token, make_arch, non_embedding_formula
     tokenstore: TokenStore, prepare, store_path
     step: check_batch, device_memory
-    compile: SharedSteps, measure, memory_need, pack_key, table_lengths
+    compile: SharedSteps, measure, memory_need, table_lengths
     loop: train, train_pack, Lane, train_cli, accelerator_unused, backend_line
     checkpoint: UnreadableCheckpoint, saved_steps, set_aside
     paths: path_of (a path object for a local path, a file:// or a gs:// URL)
@@ -37,14 +40,16 @@ _ORIGIN = {
     'ModelConfig': 'config',
     'DataConfig': 'config',
     'OptimConfig': 'config',
-    'load': 'config',
-    'describe': 'config',
-    'validate': 'config',
+    'load': 'configfile',
+    'describe': 'configfile',
+    'validate': 'checks',
     'from_dict': 'config',
     'parse_count': 'config',
     'format_count': 'config',
-    'check_data_paths': 'config',
-    'read_yaml_text': 'config',
+    'check_data_paths': 'checks',
+    'read_yaml_text': 'configfile',
+    'identity': 'config',
+    'expected_vocab': 'registry',
     'VARIANTS': 'model',
     'flops_per_token': 'model',
     'make_arch': 'model',
@@ -58,7 +63,7 @@ _ORIGIN = {
     'measure': 'compile',
     'memory_need': 'compile',
     'table_lengths': 'compile',
-    'pack_key': 'compile',
+    'pack_key': 'config',
     'train': 'loop',
     'train_pack': 'loop',
     'Lane': 'loop',
@@ -101,22 +106,21 @@ _ORIGIN = {
 
 if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports on first use
     from .checkpoint import UnreadableCheckpoint, saved_steps, set_aside
-    from .compile import SharedSteps, measure, memory_need, pack_key, table_lengths
+    from .checks import check_data_paths, validate
+    from .compile import SharedSteps, measure, memory_need, table_lengths
     from .config import (
         ConfigError,
         DataConfig,
         ModelConfig,
         OptimConfig,
         RunConfig,
-        check_data_paths,
-        describe,
         format_count,
         from_dict,
-        load,
+        identity,
+        pack_key,
         parse_count,
-        read_yaml_text,
-        validate,
     )
+    from .configfile import describe, load, read_yaml_text
     from .loop import Lane, accelerator_unused, backend_line, train, train_cli, train_pack
     from .metrics import (
         EVAL_FIELDS,
@@ -140,6 +144,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports on 
     from .model import VARIANTS, compute_dtype, flops_per_token, make_arch, non_embedding_formula
     from .paths import path_of
     from .preemption import Preemption
+    from .registry import expected_vocab
     from .runtime import (
         Distributed,
         FailedElsewhere,
@@ -190,6 +195,8 @@ __all__ = [
     "make_arch",
     "measure",
     "pack_key",
+    "identity",
+    "expected_vocab",
     "train_pack",
     "Lane",
     "memory_need",

@@ -9,7 +9,6 @@ needs an edit in ``grid/``.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Hashable
@@ -18,31 +17,17 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .config import MeshConfig, OptimConfig, RunConfig
+from .config import MeshConfig, OptimConfig, RunConfig, reset
 from .model import Arch, compute_dtype, make_arch
 from .sharding import make_mesh
 from .step import Steps, abstract_state, build, lr_table
 
-# The fields `lr_table` reads: they reach the step as a table, not as constants compiled into it.
-SCHEDULE_FIELDS = ("lr", "schedule", "warmup_steps", "decay_fraction", "final_lr_ratio")
-
 
 def shape_key(cfg: RunConfig, vocab: int) -> tuple[Arch, OptimConfig, int, MeshConfig]:
     """What one compiled train step serves: the architecture, the optimizer with its schedule fields
-    reset (a field not listed in SCHEDULE_FIELDS counts as compiled in: a forgotten one costs a
-    compile, never a wrongly shared step), gradient accumulation and the mesh."""
+    reset (they reach the step as a table: config.ROLES), gradient accumulation and the mesh."""
     arch = make_arch(cfg.model, vocab, compute_dtype(cfg.train.dtype))
-    fixed = dataclasses.replace(cfg.optim, **{f: getattr(OptimConfig(), f) for f in SCHEDULE_FIELDS})
-    return arch, fixed, cfg.train.grad_accum, cfg.mesh
-
-
-def pack_key(cfg: RunConfig) -> Hashable:
-    """What the runs of one pack (``loop.train_pack``) share: everything but their seeds, their lr
-    schedule (a table per run) and their token budget. Bookkeeping that does not change a curve
-    (cadences of logs, evals and checkpoints) must be shared too: the loop runs them together."""
-    free_optim = {f: getattr(OptimConfig(), f) for f in SCHEDULE_FIELDS}
-    train = dataclasses.replace(cfg.train, seed=0, data_seed=0, tokens=0, pack=1)
-    return dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, **free_optim), train=train, out_dir="")
+    return arch, reset(cfg.optim, "schedule"), cfg.train.grad_accum, cfg.mesh
 
 
 class SharedSteps:

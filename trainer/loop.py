@@ -25,7 +25,7 @@ import yaml
 
 from . import tokenstore
 from .checkpoint import Checkpointer, restore_from
-from .config import ConfigError, RunConfig
+from .config import ConfigError, RunConfig, fingerprint
 from .metrics import (
     LogLineSink,
     MetricsSink,
@@ -172,7 +172,7 @@ def train_pack(lanes: Sequence[Lane], *, store: tokenstore.TokenStore | None = N
                warn: Callable[[str], None] | None = None, table_len: int | None = None,
                preempt: Preemption | None = None) -> list[RunResult]:
     """Train several runs of one shape together, in one compiled step vmapped over their stacked
-    states (`step.build(pack=K)`), each with its own lr table, seeds and budget (`compile.pack_key`
+    states (`step.build(pack=K)`), each with its own lr table, seeds and budget (`config.pack_key`
     says what may differ); one lane is `train`. Each run keeps its own metrics, checkpoints and
     outcome, and resumes on its own: a pack is a way to run, not a record. A run whose budget ends
     first is saved, evaluated and closed at its last step; it then rides along with lr 0 (frozen
@@ -182,7 +182,7 @@ def train_pack(lanes: Sequence[Lane], *, store: tokenstore.TokenStore | None = N
     cfg, K = lanes[0].cfg, (len(lanes) if len(lanes) > 1 else 0)
     t_cfg = cfg.train
     if K:
-        from .compile import pack_key
+        from .config import pack_key
         if len({pack_key(lane.cfg) for lane in lanes}) > 1:
             raise ConfigError("the runs of a pack differ in more than seeds, learning-rate schedule and token "
                               "budget; run them separately")
@@ -378,17 +378,6 @@ def _pieces(by_seed: Mapping[int, Iterator[tuple[int, np.ndarray, np.ndarray]]],
         cuts = [e - first for e in ends if first < e < first + n]
         for a, b in zip([0, *cuts], [*cuts, n]):
             yield (first + b, x[:, a:b], y[:, a:b]) if K else (first + b, x[a:b], y[a:b])
-
-
-def fingerprint(cfg: RunConfig) -> dict[str, Any]:
-    """The parts of a config that change the loss curve (a resume must match them)."""
-    d = cfg.to_dict()
-    for key in ("log_every", "eval_every", "ckpt_every", "ckpt_minutes", "keep", "pack"):
-        d["train"].pop(key, None)
-    d.pop("out_dir")
-    d.pop("mesh", None)  # a checkpoint restores onto any mesh (trainer/sharding.py)
-    d["data"].pop("root")
-    return d
 
 
 def backend_line() -> str:

@@ -28,33 +28,11 @@ import numpy as np
 
 from . import parametrization as pz
 from .config import ConfigError
+from .registry import ATTENTION, VARIANTS, Variant
 from .sharding import BATCH, batch_sharded
 
 if TYPE_CHECKING:
     from .config import ModelConfig
-
-ATTENTION = ("auto", "xla", "cudnn", "splash")
-REMAT = ("none", "full", "dots_saveable")
-
-
-@dataclass(frozen=True)
-class Variant:
-    """Architecture switches. A new variant is one more entry in VARIANTS."""
-    norm: str = "layernorm"         # layernorm | rmsnorm
-    mlp: str = "gelu"               # gelu (4x) | swiglu (8/3 x, rounded up to a multiple of 8)
-    position: str = "learned"       # learned absolute | rope
-    tied_embeddings: bool = True    # the head reuses the token embedding matrix
-    bias: bool = True               # biases in dense layers and norms
-    qk_norm: bool = False           # RMS-normalise queries and keys per head
-
-
-VARIANTS: dict[str, Variant] = {
-    "gpt2": Variant(),
-    "llama": Variant(norm="rmsnorm", mlp="swiglu", position="rope", tied_embeddings=False, bias=False),
-    "gpt2-qknorm": Variant(qk_norm=True),
-    "llama-qknorm": Variant(norm="rmsnorm", mlp="swiglu", position="rope", tied_embeddings=False,
-                            bias=False, qk_norm=True),
-}
 
 INIT_STD = 0.02
 VOCAB_PAD = 128  # a multiple of TPU/GPU matmul tiles and of any power-of-two mesh axis up to 128

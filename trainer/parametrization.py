@@ -26,7 +26,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-PARAMS = ("sp", "mup", "completep")
 ALPHA = 1.0  # CompleteP's depth exponent: branches scaled by m_L^-alpha; alpha = 1 is CompleteP proper
 
 

@@ -24,8 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, DataConfig
-
-SOURCES = ("shakespeare", "text", "jsonl", "parquet", "fineweb")
+from .registry import SOURCES
 
 DOCS_PER_JOB = 256             # documents per tokenizer job (FineWeb: ~200k tokens, ~0.1 s)
 # One pass over a source: batches of document texts (a generator, so an abandoned pass can be closed).

@@ -40,7 +40,7 @@ def schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
     if cfg.schedule == "cosine":
         after = optax.cosine_decay_schedule(peak, rest, alpha=cfg.final_lr_ratio)
     elif cfg.schedule == "wsd":
-        decay = max(1, round(cfg.decay_fraction * total_steps))
+        decay = cfg.decay_steps(total_steps)
         stable = max(rest - decay, 0)
         after = optax.join_schedules([optax.constant_schedule(peak),
                                       optax.linear_schedule(peak, 0.0, decay)], [stable])

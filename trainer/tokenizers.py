@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .config import ConfigError
+from .registry import TOKENIZERS, VOCAB
 
 if TYPE_CHECKING:
     import tiktoken
 
-TOKENIZERS = ("bytes", "gpt2", "bpe")
 
 EOT_TEXT = "<|endoftext|>"
 # GPT-2's pre-tokenizer split pattern (tiktoken_ext.openai_public.r50k_pat_str).
@@ -41,7 +41,7 @@ def _n_cpus() -> int:
 class BytesTokenizer:
     """UTF-8 bytes: vocab 256, no end-of-text token (documents are concatenated directly)."""
     name = "bytes"
-    vocab_size = 256
+    vocab_size = VOCAB["bytes"]
     eot: int | None = None
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
@@ -66,14 +66,14 @@ def _gpt2_encoding() -> tiktoken.Encoding:
         str(d / "vocab.bpe"), str(d / "encoder.json"),
         vocab_bpe_hash=GPT2_VOCAB_BPE_SHA256, encoder_json_hash=GPT2_ENCODER_JSON_SHA256)
     return tiktoken.Encoding("gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
-                             special_tokens={EOT_TEXT: 50256}, explicit_n_vocab=50257)
+                             special_tokens={EOT_TEXT: VOCAB["gpt2"] - 1}, explicit_n_vocab=VOCAB["gpt2"])
 
 
 class Gpt2Tokenizer:
     """GPT-2's BPE through tiktoken; ``<|endoftext|>`` = 50256. Text is encoded as ordinary text
     (a literal "<|endoftext|>" inside a document is not turned into the special token)."""
     name = "gpt2"
-    vocab_size = 50257
+    vocab_size = VOCAB["gpt2"]
     eot: int | None = 50256
 
     def __init__(self) -> None:
