@@ -43,8 +43,8 @@ def final_tau(config: Mapping[str, Any]) -> float:
 def _tau(optim_json: str, steps: int) -> float:
     # cached: the cells of a grid share a few schedules, and each table is a compiled JAX function
     from scaling_grid.trainer.config import OptimConfig
-    from scaling_grid.trainer.step import lr_table
-    return float(lr_table(OptimConfig(**json.loads(optim_json)), steps)[:steps].astype(np.float64).sum())
+    from scaling_grid.trainer.step import lr_table, tau
+    return float(tau(lr_table(OptimConfig(**json.loads(optim_json)), steps)[:steps])[-1])
 
 
 def planned_finals(records: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:

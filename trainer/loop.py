@@ -42,7 +42,7 @@ from .paths import is_remote, name_of, path_of
 from .preemption import Preemption
 from .runtime import agree, any_process, barrier, is_writer, together
 from .sharding import make_mesh
-from .step import Steps, abstract_state, build, check_batch, check_state_fits, lr_table
+from .step import Steps, abstract_state, build, check_batch, check_state_fits, lr_table, tau
 
 
 @dataclass
@@ -107,7 +107,7 @@ class _Run:
         self.lane, self.cfg, self.sink, self.S = lane, lane.cfg, lane.sink, lane.cfg.steps
         self.table = lr_table(lane.cfg.optim, self.S, table_len)
         self.lrs = self.table[:self.S].astype(np.float64)
-        self.tau = np.concatenate([[0.0], np.cumsum(self.lrs)])  # tau[s] = sum of the lr of updates 1..s
+        self.tau = tau(self.lrs)
         t = lane.cfg.train
         self.ckpt = Checkpointer(lane.ckpt_dir, t.keep, t.ckpt_every, t.ckpt_minutes, lane.keep_steps, warn)
         self.meta = {"fingerprint": fingerprint(lane.cfg)}

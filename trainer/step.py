@@ -62,6 +62,13 @@ def lr_table(cfg: OptimConfig, total_steps: int, length: int | None = None) -> n
     return table
 
 
+def tau(lrs: np.ndarray) -> np.ndarray:
+    """Training time after each update: tau[s] = the sum of the lr of updates 1..s, tau[0] = 0, summed in
+    float64 in update order. The one place tau is computed (the loop records it; a pre-registration
+    predicts with it), so a prediction's tau is the value the run will record, bit for bit."""
+    return np.concatenate([[0.0], np.cumsum(np.asarray(lrs, np.float64))])
+
+
 def decay_mask(params: Any) -> Any:
     """True for matrices (dense kernels, embeddings). Decided by name, not ndim: under nn.scan a
     stack of per-layer biases or norm scales is 2-D too."""
