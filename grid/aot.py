@@ -16,6 +16,7 @@ from scaling_grid.trainer.config import pack_key
 from scaling_grid.trainer.paths import path_of
 from scaling_grid.trainer.target import ShapeReport, Target, compile_shape
 
+from . import expand as E
 from . import spec as S
 
 GiB = 2**30
@@ -141,6 +142,6 @@ def configs_of(path: str | None, overrides: Sequence[str]) -> tuple[list[RunConf
         if isinstance(doc, dict) and "axes" in doc:
             if overrides:
                 raise ConfigError("key=value overrides apply to a run config; edit the spec's base for a grid")
-            cells = S.expand(S.load_spec(path), check_paths=False)
+            cells = E.expand(S.load_spec(path), check_paths=False)
             return [c.config for c in cells], f"grid spec, {len(cells)} cells"
     return [load(path, list(overrides))], "run config"

@@ -57,6 +57,7 @@ from scaling_grid.trainer import (
     setup,
 )
 
+from . import expand as E
 from . import spec as S
 from .store import (
     FINAL_STATES,
@@ -100,7 +101,7 @@ WIDTH = 100  # the dry run fits a laptop terminal unless --wide
 
 def _load(spec_path: str, opts: Options, check_paths: bool = True) -> tuple[S.GridSpec, list[S.Cell]]:
     spec = S.load_spec(spec_path)
-    cells = S.expand(spec, check_paths=check_paths)
+    cells = E.expand(spec, check_paths=check_paths)
     check_writable(opts.store)
     if opts.checkpoints is not None:  # a bucket that cannot be reached fails here, before any compute
         check_writable(opts.checkpoints, "--checkpoints")
@@ -362,7 +363,7 @@ def plan_text(spec_path: str, opts: Options) -> str:
     lines.append("compute by token mode (whole grid, all shards):")
     for mode in S.TOKEN_MODES:
         try:
-            mc = cells if mode == spec.tokens_mode else S.expand(S.with_mode(spec, mode), check_paths=False,
+            mc = cells if mode == spec.tokens_mode else E.expand(E.with_mode(spec, mode), check_paths=False,
                                                                  lenient_wsd=True)
         except ConfigError as e:
             lines.append(f"  {mode:9s} not possible for this spec: {e}")

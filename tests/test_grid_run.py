@@ -383,7 +383,8 @@ def test_shared_steps_padded_tables_change_nothing():
     bit as with the cell's own exact-length table."""
     import jax
 
-    from scaling_grid.grid.spec import expand, parse_spec
+    from scaling_grid.grid.expand import expand
+    from scaling_grid.grid.spec import parse_spec
     from scaling_grid.trainer.step import lr_table
     cells = []
     for schedule, budgets in (("cosine", "[1024, 2048]"), ("wsd", "[2048]")):  # 16 and 32 steps
@@ -566,6 +567,7 @@ def test_dry_run_and_status_fit_100_columns_on_the_demo_spec(tmp_path, capsys, m
     """Every line of `run --dry-run` and of `status` fits 100 columns on the demo grid (48 cells, long
     ids, long notes); --wide prints every column and whole notes."""
     from scaling_grid.grid import cli
+    from scaling_grid.grid import expand as E
     from scaling_grid.grid import spec as S
     monkeypatch.chdir(Path(__file__).resolve().parent.parent)
     store = tmp_path / "store"
@@ -580,7 +582,7 @@ def test_dry_run_and_status_fit_100_columns_on_the_demo_spec(tmp_path, capsys, m
 
     # A store of the demo spec's cells in every state a note is shown for (no training needed).
     spec = S.load_spec("configs/demo.yaml")
-    cells = S.expand(spec, check_paths=False)
+    cells = E.expand(spec, check_paths=False)
     records = launch._records(cells, {})
     st = G.Store(str(store))
     st.init(spec.text, spec.hash, spec.name)

@@ -5,6 +5,7 @@ import textwrap
 import numpy as np
 import pytest
 
+from scaling_grid.grid import expand as E
 from scaling_grid.grid import spec as S
 from scaling_grid.trainer.config import ConfigError
 
@@ -43,7 +44,7 @@ EXPECTED_IDS = [
 
 
 def _cells(text=SPEC):
-    return S.expand(S.parse_spec(text), check_paths=False)
+    return E.expand(S.parse_spec(text), check_paths=False)
 
 
 def test_expected_stable_ids():

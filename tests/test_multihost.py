@@ -221,11 +221,12 @@ def test_a_failure_in_one_process_fails_the_cell_in_both_and_the_grid_goes_on(tm
     so process 0 fails in the middle of that cell while process 1 is ready for the next train step.
     Both fail the cell together, finish the other cells, and exit 1 (before: process 1 waited in the
     step's all-reduce until the job's heartbeat gave up)."""
+    from scaling_grid.grid import expand as E
     from scaling_grid.grid import spec as S
     from scaling_grid.grid import store as G
     spec = tmp_path / "mp.yaml"
     spec.write_text(GRID.replace("DATA", str(tmp_path / "data")))
-    cells = S.expand(S.load_spec(spec))
+    cells = E.expand(S.load_spec(spec))
     target = max((c for c in cells if c.role == "branch"), key=lambda c: (c.config.model.width, c.steps))
     store = tmp_path / "store"
     procs = _grid(spec, store)
