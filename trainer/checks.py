@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, DataConfig, RunConfig
+from .config import ConfigError, DataConfig, ModelConfig, OptimConfig, RunConfig
 from .registry import ATTENTION, PARAMS, REMAT, SOURCES, TOKENIZERS, VARIANTS
 
 
@@ -20,7 +20,21 @@ def _check(ok: bool, name: str, value: Any, allowed: str) -> None:
 def validate(cfg: RunConfig, check_paths: bool = True) -> None:
     """Check every field's value; raise ConfigError naming the first bad one. No compute, no I/O
     beyond checking that input files exist and the output directory is writable."""
-    m, d, o, t = cfg.model, cfg.data, cfg.optim, cfg.train
+    _check_model(cfg.model, cfg.train.dtype)
+    _check_data(cfg.data, cfg.out_dir)
+    _check_optim(cfg.optim)
+    _check_train(cfg)
+    axes = dataclasses.asdict(cfg.mesh)
+    for name, v in axes.items():
+        _check(v == -1 or v > 0, f"mesh.{name}", v, "must be a positive device count or -1 (the devices left over)")
+    _check(list(axes.values()).count(-1) <= 1, "mesh", axes, "at most one axis can be -1 (the devices left over)")
+
+    if check_paths:
+        _check_writable("out_dir", cfg.out_dir)
+        check_data_paths(cfg.data)
+
+
+def _check_model(m: ModelConfig, dtype: str) -> None:
     _check(m.variant in VARIANTS, "model.variant", m.variant, f"allowed: {sorted(VARIANTS)}")
     _check(m.unroll >= 0, "model.unroll", m.unroll, "must be >= 0 (0 = auto)")
     _check(m.attention in ATTENTION, "model.attention", m.attention, f"allowed: {list(ATTENTION)}")
@@ -40,7 +54,7 @@ def validate(cfg: RunConfig, check_paths: bool = True) -> None:
         _check(m.width // m.heads % 8 == 0 and m.width // m.heads <= 128, "model.attention", m.attention,
                f"cuDNN needs a head dim (width/heads = {m.width // m.heads}) that is a multiple of 8 and at "
                "most 128; use model.attention=xla or auto")
-        _check(cfg.train.dtype != "float32", "model.attention", m.attention,
+        _check(dtype != "float32", "model.attention", m.attention,
                "cuDNN's fused attention needs bf16/fp16 compute, but train.dtype='float32'; use train.dtype="
                "bfloat16 (or auto on a GPU), or model.attention=xla")
     if m.attention == "splash":  # the backend (a TPU) is checked when the model is traced
@@ -48,8 +62,11 @@ def validate(cfg: RunConfig, check_paths: bool = True) -> None:
                f"the splash kernel works in blocks of 128 positions: model.seq_len={m.seq_len} must be a "
                "multiple of 128; use model.attention=xla or auto")
 
+
+
+def _check_data(d: DataConfig, out_dir: str) -> None:
     # "" would be the current folder: checkpoints and metrics would land among the user's files.
-    _check(cfg.out_dir != "", "out_dir", cfg.out_dir, "must be a folder path")
+    _check(out_dir != "", "out_dir", out_dir, "must be a folder path")
     _check(d.source in SOURCES, "data.source", d.source, f"allowed: {sorted(SOURCES)}")
     _check(d.tokenizer in TOKENIZERS, "data.tokenizer", d.tokenizer, f"allowed: {sorted(TOKENIZERS)}")
     _check(0 < d.val_fraction < 1, "data.val_fraction", d.val_fraction, "must be in (0, 1)")
@@ -71,6 +88,9 @@ def validate(cfg: RunConfig, check_paths: bool = True) -> None:
     _check(d.text_key == "text" or d.source in ("jsonl", "parquet"), "data.text_key", d.text_key,
            f"applies to data.source 'jsonl' and 'parquet' only (source is {d.source!r})")
 
+
+
+def _check_optim(o: OptimConfig) -> None:
     _check(o.schedule in ("cosine", "wsd", "constant"), "optim.schedule", o.schedule,
            "allowed: ['constant', 'cosine', 'wsd']")
     _check(o.lr > 0 and math.isfinite(o.lr), "optim.lr", o.lr, "must be a positive finite number")
@@ -83,6 +103,10 @@ def validate(cfg: RunConfig, check_paths: bool = True) -> None:
     _check(o.eps > 0, "optim.eps", o.eps, "must be > 0")
     _check(o.clip_norm >= 0, "optim.clip_norm", o.clip_norm, "must be >= 0 (0 disables clipping)")
 
+
+
+def _check_train(cfg: RunConfig) -> None:
+    o, t = cfg.optim, cfg.train
     for name in ("batch_size", "grad_accum", "steps_per_call", "pack", "log_every", "eval_every",
                  "eval_batches", "ckpt_every", "keep"):
         v = getattr(t, name)
@@ -101,14 +125,6 @@ def validate(cfg: RunConfig, check_paths: bool = True) -> None:
            "allowed: ['auto', 'bfloat16', 'float32']")
     _check(o.warmup_steps <= cfg.steps, "optim.warmup_steps", o.warmup_steps,
            f"exceeds the run's {cfg.steps} steps")
-    axes = dataclasses.asdict(cfg.mesh)
-    for name, v in axes.items():
-        _check(v == -1 or v > 0, f"mesh.{name}", v, "must be a positive device count or -1 (the devices left over)")
-    _check(list(axes.values()).count(-1) <= 1, "mesh", axes, "at most one axis can be -1 (the devices left over)")
-
-    if check_paths:
-        _check_writable("out_dir", cfg.out_dir)
-        check_data_paths(d)
 
 
 def check_data_paths(d: DataConfig) -> None:
