@@ -10,7 +10,7 @@ import json
 from collections.abc import Hashable, Sequence
 from typing import Any
 
-from scaling_grid.trainer import RunConfig
+from scaling_grid.trainer import RunConfig, approx_count
 from scaling_grid.trainer.compile import shape_key
 from scaling_grid.trainer.config import pack_key
 from scaling_grid.trainer.paths import path_of
@@ -65,13 +65,7 @@ def _bytes(b: int | None) -> str:
 
 
 def _count(x: float | None) -> str:
-    """1234567 -> '1.235M': FLOP counts that span tiny test models and 1.3B ones."""
-    if x is None:
-        return "-"
-    for suffix, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(x) >= scale:
-            return f"{x / scale:.4g}{suffix}"
-    return f"{x:.4g}"
+    return "-" if x is None else approx_count(x)
 
 
 def table(reports: Sequence[ShapeReport]) -> str:

@@ -5,7 +5,7 @@ The face `grid/` (the floor above) uses, by module of origin. Names resolve on f
 that only reads a store (`status`, `fit`) never imports JAX or orbax::
 
     config: ConfigError, RunConfig, ModelConfig, DataConfig, OptimConfig, from_dict, parse_count,
-            format_count, identity, pack_key
+            format_count, approx_count, identity, pack_key
     configfile: load, describe, read_yaml_text
     checks: validate, check_data_paths
     registry: expected_vocab
@@ -46,6 +46,7 @@ _ORIGIN = {
     'from_dict': 'config',
     'parse_count': 'config',
     'format_count': 'config',
+    'approx_count': 'config',
     'check_data_paths': 'checks',
     'read_yaml_text': 'configfile',
     'identity': 'config',
@@ -114,6 +115,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports on 
         ModelConfig,
         OptimConfig,
         RunConfig,
+        approx_count,
         format_count,
         from_dict,
         identity,
@@ -185,6 +187,7 @@ __all__ = [
     "EVAL_FIELDS",
     "flops_per_token",
     "format_count",
+    "approx_count",
     "from_dict",
     "from_process_0",
     "interactive",

@@ -63,6 +63,16 @@ ROLES: dict[str, tuple[bool, bool, bool]] = {
 }
 
 
+def approx_count(x: float, digits: int = 4) -> str:
+    """A count for reading, rounded to ``digits`` significant digits with parse_count's suffixes:
+    16384000 -> '16.38M', 2.1e9 -> '2.1B'. The one rule for counts on screen (tokens, FLOPs, rates);
+    `format_count` is its exact form, for names."""
+    for suffix, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.{digits}g}{suffix}"
+    return f"{x:.{digits}g}" if x != int(x) else f"{x:.0f}"
+
+
 def _f(default: Any, meaning: str, role: str = "curve", late: bool = False) -> Any:
     """A dataclass field with its meaning (`scaling-grid config` prints it) and its role. ``late``: the
     field was added after cell ids were first pinned, so `to_dict` leaves it out at its default and the
