@@ -60,7 +60,8 @@ Public API (what ``grid/cli.py`` calls)::
     AnalysisError(ValueError)
         raised for bad input; the message names the problem (column, coefficient, variant, fix).
 
-Modules: points (schema, loading, point selection, exclusions), laws (laws as short formulas, a
+Modules: columns (the schema, typed column reads), loading (files in), points (the Points and Envelope
+types), selection (valid points, exclusions), laws (laws as short formulas, a
 registry of named ones), expr (safe row conditions), identify (what the points can determine; flags),
 estimators (the objective, the linear and nonlinear solvers, the bootstrap over runs), validation
 (held-out checks, exclusion scan), results (VariantFit, FitResult, JSON), fit (run_fit), predict
@@ -72,10 +73,11 @@ from .compare import comparison_text
 from .errors import AnalysisError
 from .estimators import Objective
 from .fit import FitResult, VariantFit, run_fit
-from .points import load_table, parse_mapping, select_points
+from .loading import load_table, parse_mapping
 from .predict import Predictor, predict_table
 from .predict import write_csv as write_prediction_csv
 from .report import check_output, write_report
+from .selection import select_points
 from .tables import echo, fmt_interval, terminal_table
 
 __all__ = ["AnalysisError", "FitResult", "Objective", "Predictor", "VariantFit", "check_output", "comparison_text",

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import derived as dv
+from .columns import check_table
 from .compare import compare_variants, universality_across
 from .errors import AnalysisError
 from .estimators import (
@@ -37,9 +38,10 @@ from .estimators import (
 )
 from .identify import BOUND_REL, VAR_WORDS, check_identifiable, parameter_flags, term_text
 from .laws import Law
-from .points import Points, _cells_of, check_table
+from .points import Points
 from .predict import INTERVALS, heldout_predictions
 from .results import FitResult, VariantFit, interval, universality_targets, universality_test
+from .selection import cells_of
 from .validation import exclusion_scan, holdout_checks, rel_residuals
 
 __all__ = ["BOUND_REL", "HUBER_DELTA", "RESIDUALS", "VAR_WORDS", "Draws", "FitResult", "Objective", "VariantFit",
@@ -152,7 +154,7 @@ def run_fit(table: Mapping[str, Iterable[Any]], law: str | Law = "universality",
     from . import laws as L
     from .expr import evaluate
     from .expr import parse as parse_condition
-    from .points import select_points
+    from .selection import select_points
     lw = L.get(law) if isinstance(law, str) else law
     if not 0 < ci < 1:
         raise AnalysisError(f"ci={ci!r}: must be in (0, 1), e.g. 0.95")
@@ -178,7 +180,7 @@ def run_fit(table: Mapping[str, Iterable[Any]], law: str | Law = "universality",
         if not held.any():
             raise AnalysisError(f"--holdout {holdout!r} matches none of the {len(pts)} points selected for the fit")
         pts.exclusions.append({"rule": "holdout", "value": holdout, "n_points": int(held.sum()),
-                               "cells": _cells_of(pts.cell, held),
+                               "cells": cells_of(pts.cell, held),
                                "detail": "held out of the fit, then predicted and scored"})
     rng = np.random.default_rng(seed)
     fits = {}

@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import laws as LW
+from .columns import LOSSES, as_bool, as_str, check_table, law_variables, pick_column
 from .errors import AnalysisError
 from .laws import Law
-from .points import LOSSES, _bool, _pick, _str, check_table, law_variables
 
 if TYPE_CHECKING:
     from .results import FitResult
@@ -175,7 +175,7 @@ def predict_table(predictor: Predictor, table: Mapping[str, Iterable[Any]], *,
     if points not in ("final", "all"):
         raise AnalysisError(f"points={points!r}: allowed: final, all")
     if points == "final" and "is_final" in T:
-        fin = _bool(T["is_final"], "is_final")
+        fin = as_bool(T["is_final"], "is_final")
         if not fin.all():
             notes.append(f"{int((~fin).sum())} row(s) that are not a run's final point skipped (--points all "
                          f"keeps them)")
@@ -198,13 +198,13 @@ def predict_table(predictor: Predictor, table: Mapping[str, Iterable[Any]], *,
     rows = np.flatnonzero(keep)
     if not len(rows):
         raise AnalysisError("no row to predict: " + ("; ".join(notes) or "the table has no rows"))
-    loss_col = _pick(T, LOSSES.get(predictor.loss, ("eval_loss", "loss")))
+    loss_col = pick_column(T, LOSSES.get(predictor.loss, ("eval_loss", "loss")))
     actual = None
     if loss_col is not None and T[loss_col].dtype.kind in "fiu":
         actual = T[loss_col].astype(float)
     fitted = list(predictor.variants)
     if "variant" in T:
-        var = _str(T["variant"])
+        var = as_str(T["variant"])
         unknown = sorted(set(var[rows].tolist()) - set(fitted))
         if unknown:
             raise AnalysisError(f"variant(s) {unknown} were not fitted; the fit has: {', '.join(fitted)}")

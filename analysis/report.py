@@ -230,8 +230,8 @@ def write_report(table: Mapping[str, Iterable[Any]], out_dir: str | Path, *, res
     write_tables(result, root)
     made = P.plot_all(result, root / "plots")
     if result.options.get("where"):  # the curves of the rows the fit used, not of the rows --where removed
+        from .columns import check_table
         from .expr import evaluate
-        from .points import check_table
         T = check_table(table)
         keep = evaluate(result.options["where"], T)
         table = {k: v[keep] for k, v in T.items()}

@@ -10,8 +10,8 @@ from scaling_grid.analysis import AnalysisError, Predictor, echo, laws, predict_
 from scaling_grid.analysis import estimators as E
 from scaling_grid.analysis import synthetic as S
 from scaling_grid.analysis.expr import evaluate
-from scaling_grid.analysis.points import select_points
 from scaling_grid.analysis.predict import law_interval
+from scaling_grid.analysis.selection import select_points
 
 UNI = laws.get("universality")
 TRUTH = S.UNIVERSALITY_TRUTH
