@@ -34,7 +34,7 @@ Public API (what ``grid/cli.py`` calls)::
         AnalysisError; a parameter on its bound ("at_bound") or not determined ("unidentified") is
         flagged in .flags, the intervals, the tables and the warnings. Rows whose time variable is 0
         are dropped and recorded. An optimiser that stops abnormally is retried, then reported
-        "converged": false unless a Newton step predicts no further decrease (estimators.py).
+        "converged": false unless a Newton step predicts no further decrease (nonlinear.py).
         Intervals are percentiles of the bootstrap draws; "se" is 1.4826 x their MAD (robust). The
         JSON keeps the draws (variants.<v>.bootstrap.draws): predictions are made from them.
     Predictor.load(fit_json) / Predictor.from_result(result) -> Predictor
@@ -63,7 +63,8 @@ Public API (what ``grid/cli.py`` calls)::
 Modules: columns (the schema, typed column reads), loading (files in), points (the Points and Envelope
 types), selection (valid points, exclusions), laws (laws as short formulas, a
 registry of named ones), expr (safe row conditions), identify (what the points can determine; flags),
-estimators (the objective, the linear and nonlinear solvers, the bootstrap over runs), validation
+objective,
+linear, nonlinear (the solvers; fit_law picks one), bootstrap (over runs), validation
 (held-out checks, exclusion scan), results (VariantFit, FitResult, JSON), fit (run_fit), predict
 (predictions with intervals from the draws), derived (optimal shape, penalty, frontiers), tables
 (md/csv/tex), plots (png/pdf), report (report directory: one self-contained HTML file and the files
@@ -71,9 +72,9 @@ beside it).
 """
 from .compare import comparison_text
 from .errors import AnalysisError
-from .estimators import Objective
 from .fit import FitResult, VariantFit, run_fit
 from .loading import load_table, parse_mapping
+from .objective import Objective
 from .predict import Predictor, predict_table
 from .predict import write_csv as write_prediction_csv
 from .report import check_output, write_report

@@ -35,8 +35,9 @@ from scipy.optimize import minimize
 
 from . import derived as dv
 from .errors import AnalysisError
-from .estimators import Objective, _Free, fit_free, one_thread
 from .laws import Law, parse
+from .nonlinear import LogSumExpProblem, fit_free, one_thread
+from .objective import Objective
 from .points import Points
 
 if TYPE_CHECKING:
@@ -203,13 +204,13 @@ def _term_of(law: Law, exp_name: str) -> int:
 
 
 class _Joint:
-    """Least squares on log L summed over variants, each variant's objective that of estimators._Free;
+    """Least squares on log L summed over variants, each variant's objective that of nonlinear.LogSumExpProblem;
     the exponents either shared (one set) or per variant. Parameter vector: per variant its log
     coefficients and log constant, then the exponents (one set, or one set per variant)."""
 
     def __init__(self, law: Law, parts: list[Points], shared: bool):
         obj = Objective("log", None)
-        self.F = [_Free(law, p, obj) for p in parts]
+        self.F = [LogSumExpProblem(law, p, obj) for p in parts]
         self.w = [np.ones(len(p)) for p in parts]
         self.nc = law.const_index + 1
         self.ne = len(law.exp_names)

@@ -1,10 +1,10 @@
 """Fitting a law to every variant of a table, with uncertainty (docs/science.md section 3): the entry point.
 
-:func:`run_fit` selects the points (points.py), and for each variant :func:`fit_variant` checks
-that the points can determine the law (identify.py), fits it under the chosen objective and
-bootstraps over runs (estimators.py), derives what the law implies (derived.py), runs the held-out
-checks and the exclusion scan (validation.py), and with ``holdout`` predicts and scores the
-held-out points (predict.py). The result and its JSON are in results.py.
+:func:`run_fit` selects the points (selection.py), and for each variant :func:`fit_variant` checks
+that the points can determine the law (identify.py), fits it under the chosen objective (objective.py,
+linear.py, nonlinear.py) and bootstraps over runs (bootstrap.py), derives what the law implies
+(derived.py), runs the held-out checks and the exclusion scan (validation.py), and with ``holdout``
+predicts and scores the held-out points (predict.py). The result and its JSON are in results.py.
 
 The names below were all defined here before the split and stay importable from here.
 """
@@ -16,28 +16,15 @@ from typing import Any
 import numpy as np
 
 from . import derived as dv
+from .bootstrap import Draws, bootstrap, envelope_counts, run_counts
 from .columns import check_table
 from .compare import compare_variants, universality_across
 from .errors import AnalysisError
-from .estimators import (
-    HUBER_DELTA,
-    RESIDUALS,
-    Draws,
-    Objective,
-    bootstrap,
-    bootstrap_fixed,
-    envelope_counts,
-    fit_fixed,
-    fit_free,
-    fit_law,
-    huber,
-    nnls_normal_batch,
-    one_thread,
-    run_counts,
-    single_threaded_blas,
-)
 from .identify import BOUND_REL, VAR_WORDS, check_identifiable, parameter_flags, term_text
 from .laws import Law
+from .linear import bootstrap_fixed, fit_fixed, nnls_normal_batch
+from .nonlinear import fit_free, fit_law, one_thread, single_threaded_blas
+from .objective import HUBER_DELTA, RESIDUALS, Objective, huber
 from .points import Points
 from .predict import INTERVALS, heldout_predictions
 from .results import FitResult, VariantFit, interval, universality_targets, universality_test

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from . import derived as dv
-from .estimators import Objective
 from .laws import Law
+from .objective import Objective
 from .points import Points
 
 SE_METHOD = ("1.4826 x the median absolute deviation of the bootstrap draws (a robust standard error: "
