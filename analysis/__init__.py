@@ -60,26 +60,35 @@ Public API (what ``grid/cli.py`` calls)::
     AnalysisError(ValueError)
         raised for bad input; the message names the problem (column, coefficient, variant, fix).
 
-Modules: columns (the schema, typed column reads), loading (files in), points (the Points and Envelope
-types), selection (valid points, exclusions), laws (laws as short formulas, a
-registry of named ones), expr (safe row conditions), identify (what the points can determine; flags),
-objective,
-linear, nonlinear (the solvers; fit_law picks one), bootstrap (over runs), validation
-(held-out checks, exclusion scan), results (VariantFit, FitResult, JSON), fit (run_fit), predict
-(predictions with intervals from the draws), derived (optimal shape, penalty, frontiers), tables
-(md/csv/tex), plots (png/pdf), report (report directory: one self-contained HTML file and the files
-beside it).
+Modules, in layers (each imports only from the ones before it; results.py's table_* methods import
+coefficients lazily):
+- the table: errors, laws (laws as short formulas, a registry of named ones), expr (safe row
+  conditions), columns (the schema, typed column reads), loading (CSV/parquet in), csvfile (the one
+  CSV writer);
+- the points: points (the Points and Envelope types), selection (valid points, exclusions), identify
+  (what the points can determine; flags);
+- the estimator: objective, linear and nonlinear (the solvers; nonlinear.fit_law picks one), bootstrap
+  (over runs), derived (optimal shape, penalty, frontiers), validation (held-out checks, exclusion
+  scan), results (VariantFit, FitResult, JSON), compare (variants against each other), predict
+  (predictions with intervals from the draws), fit (run_fit);
+- the text: formatting (numbers, intervals, Markdown/LaTeX cells), coefficients (the coefficient
+  table), compare_text (the comparison as words and tables), tables (table files, terminal lines);
+- the pictures and the report: plot_style, plots (png/pdf), report_doc (one document as Markdown and
+  HTML), report_sections, report (the report directory: one self-contained HTML file and the files
+  beside it).
 """
-from .compare import comparison_text
+from .coefficients import terminal_table
+from .compare_text import comparison_text
+from .csvfile import write_csv as write_prediction_csv
 from .errors import AnalysisError
 from .fit import FitResult, VariantFit, run_fit
+from .formatting import fmt_interval
 from .loading import load_table, parse_mapping
 from .objective import Objective
 from .predict import Predictor, predict_table
-from .predict import write_csv as write_prediction_csv
 from .report import check_output, write_report
 from .selection import select_points
-from .tables import echo, fmt_interval, terminal_table
+from .tables import echo
 
 __all__ = ["AnalysisError", "FitResult", "Objective", "Predictor", "VariantFit", "check_output", "comparison_text",
            "echo", "fmt_interval",

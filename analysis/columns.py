@@ -39,6 +39,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .errors import AnalysisError
 from .laws import VARIABLES, Law
@@ -182,3 +183,9 @@ def shape_columns(T: Mapping[str, np.ndarray], law: Law) -> list[str]:
     the law's own non-time variables (a formula's columns)."""
     return ([c for c in ("m", "l") if c in T] or (["N"] if "N" in T else [])
             or [v for v in dict.fromkeys(law.variables) if v not in ("tau", "D") and v not in VARIABLES and v in T])
+
+
+def truthy(x: ArrayLike) -> np.ndarray:
+    """A boolean column, also when a CSV reader left it as text ("True"/"False")."""
+    x = np.asarray(x)
+    return x.astype(bool) if x.dtype.kind in "biuf" else np.isin(np.char.lower(x.astype(str)), ("true", "1", "1.0"))

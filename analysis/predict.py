@@ -154,21 +154,11 @@ def score(actual: np.ndarray, pred: np.ndarray, lo: np.ndarray, hi: np.ndarray, 
             "fraction_inside": float(inside.mean()), "nominal": ci}
 
 
-def predict_table(predictor: Predictor, table: Mapping[str, Iterable[Any]], *,
-                  source_columns: Mapping[str, str] | None = None, input_columns: Iterable[str] | None = None,
-                  ci: float | None = None, interval: str = "law", points: str = "final", where: str | None = None
-                  ) -> tuple[dict[str, np.ndarray], list[str], dict[str, Any]]:
-    """Predict at every row of ``table`` (read as a fit reads it: schema names, ``--map`` applied).
-
-    Rows: with an ``is_final`` column and ``points="final"``, only final rows; ``where`` filters
-    further; rows whose variables are missing or not positive are skipped (and said). A row takes its
-    ``variant`` column's fit; without one, a single-variant fit serves every row, and a fit of several
-    variants predicts every row once per variant. Returns (output columns, notes, summary)."""
-    T = check_table(table)
-    law = predictor.law
-    ci = predictor.ci if ci is None else float(ci)
-    if not 0 < ci < 1:
-        raise AnalysisError(f"ci={ci!r}: must be in (0, 1), e.g. 0.95")
+def _rows_to_predict(T: Mapping[str, np.ndarray], predictor: Predictor, points: str, where: str | None,
+                     source_columns: Mapping[str, str] | None
+                     ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, str], list[str]]:
+    """The rows :func:`predict_table` predicts at (final points, ``where``, positive variables), the law's
+    variables, {variable: column}, and notes on every row skipped."""
     n = len(next(iter(T.values())))
     keep = np.ones(n, bool)
     notes: list[str] = []
@@ -185,7 +175,7 @@ def predict_table(predictor: Predictor, table: Mapping[str, Iterable[Any]], *,
         m = evaluate(where, T, "--where")
         notes.append(f"--where {where}: {int((keep & ~m).sum())} row(s) removed")
         keep &= m
-    V, cols, _, _, var_notes = law_variables(T, law, predictor.time, predictor.depth_offset, source_columns)
+    V, cols, _, _, var_notes = law_variables(T, predictor.law, predictor.time, predictor.depth_offset, source_columns)
     notes += var_notes
     okv = np.ones(n, bool)
     for v, a in V.items():
@@ -198,6 +188,25 @@ def predict_table(predictor: Predictor, table: Mapping[str, Iterable[Any]], *,
     rows = np.flatnonzero(keep)
     if not len(rows):
         raise AnalysisError("no row to predict: " + ("; ".join(notes) or "the table has no rows"))
+    return rows, V, cols, notes
+
+
+def predict_table(predictor: Predictor, table: Mapping[str, Iterable[Any]], *,
+                  source_columns: Mapping[str, str] | None = None, input_columns: Iterable[str] | None = None,
+                  ci: float | None = None, interval: str = "law", points: str = "final", where: str | None = None
+                  ) -> tuple[dict[str, np.ndarray], list[str], dict[str, Any]]:
+    """Predict at every row of ``table`` (read as a fit reads it: schema names, ``--map`` applied).
+
+    Rows: with an ``is_final`` column and ``points="final"``, only final rows; ``where`` filters
+    further; rows whose variables are missing or not positive are skipped (and said). A row takes its
+    ``variant`` column's fit; without one, a single-variant fit serves every row, and a fit of several
+    variants predicts every row once per variant. Returns (output columns, notes, summary)."""
+    T = check_table(table)
+    law = predictor.law
+    ci = predictor.ci if ci is None else float(ci)
+    if not 0 < ci < 1:
+        raise AnalysisError(f"ci={ci!r}: must be in (0, 1), e.g. 0.95")
+    rows, V, cols, notes = _rows_to_predict(T, predictor, points, where, source_columns)
     loss_col = pick_column(T, LOSSES.get(predictor.loss, ("eval_loss", "loss")))
     actual = None
     if loss_col is not None and T[loss_col].dtype.kind in "fiu":
@@ -252,25 +261,3 @@ def heldout_predictions(law: Law, theta: np.ndarray, draws: np.ndarray, test_V: 
              "inside": bool(lo[i] <= actual[i] <= hi[i])} for i, c in enumerate(cells)]
     return {"condition": condition, "interval": kind, "ci": ci, "rows": rows,
             "summary": score(actual, pred, lo, hi, ci)}
-
-
-def write_csv(columns: Mapping[str, np.ndarray], path: str | Path) -> Path:
-    """The prediction table as CSV (full precision; booleans as true/false, NaN empty)."""
-    import csv
-    p = Path(path)
-    keys = list(columns)
-    n = len(next(iter(columns.values()))) if keys else 0
-    with p.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(keys)
-        for i in range(n):
-            w.writerow([_cell(columns[k][i]) for k in keys])
-    return p
-
-
-def _cell(x: Any) -> str:
-    if isinstance(x, (bool, np.bool_)):
-        return "true" if x else "false"
-    if isinstance(x, (float, np.floating)):
-        return "" if not np.isfinite(x) else repr(float(x))
-    return str(x)

@@ -7,7 +7,7 @@ import pytest
 from scipy.stats import binom
 
 from scaling_grid.analysis import AnalysisError, Predictor, echo, laws, predict_table, run_fit
-from scaling_grid.analysis import nonlinear as E
+from scaling_grid.analysis import fit as E
 from scaling_grid.analysis import synthetic as S
 from scaling_grid.analysis.expr import evaluate
 from scaling_grid.analysis.predict import law_interval
