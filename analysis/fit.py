@@ -39,14 +39,9 @@ __all__ = ["BOUND_REL", "HUBER_DELTA", "RESIDUALS", "VAR_WORDS", "Draws", "FitRe
            "universality_test"]
 
 
-def fit_variant(law: Law, pts: Points, label: str, n_boot: int, rng: np.random.Generator,
-                objective: Objective | None = None, ci: float = 0.95, checks: bool = True) -> VariantFit:
-    objective = objective or Objective.for_law(law)
-    where = f" (variant {label})" if label else ""
-    warn = check_identifiable(law, pts, label)
-    if pts.envelope is not None:   # best-lr: shapes whose best lr is the smallest or largest swept
-        warn += pts.envelope.warnings()
-    theta, info = fit_law(law, pts, objective)
+def _estimate_warnings(law: Law, pts: Points, theta: np.ndarray, info: dict[str, Any], where: str) -> list[str]:
+    """Raise when no term is measurable; warn when the optimiser did not converge."""
+    warn: list[str] = []
     # nothing but the constant measurable: every other parameter would be reported from where the
     # optimiser stopped, so this is an error rather than a table of flags
     at_start = parameter_flags(law, theta, pts, np.empty((0, len(theta))))
@@ -63,7 +58,13 @@ def fit_variant(law: Law, pts: Points, label: str, n_boot: int, rng: np.random.G
                     + (f", and a Newton step still predicts a decrease of {dec:.3g} in the objective "
                        f"({info['objective']:.3g})" if dec is not None else "")
                     + ": the values are where it stopped, not an optimum")
-    ctx = dv.make_context(law, pts, pts.time or "tau_lr")
+    return warn
+
+
+def _bootstrap_draws(law: Law, pts: Points, theta: np.ndarray, n_boot: int, rng: np.random.Generator,
+                     objective: Objective, where: str, warn: list[str]) -> tuple[np.ndarray, int, int]:
+    """The bootstrap draws (samples, resamples discarded, resamples not converged); warnings appended
+    to ``warn``."""
     n_runs = pts.n_runs
     if n_runs < 2 and n_boot > 0:
         raise AnalysisError(f"too few runs{where}: the bootstrap resamples whole runs and there is only {n_runs}")
@@ -83,6 +84,14 @@ def fit_variant(law: Law, pts: Points, label: str, n_boot: int, rng: np.random.G
         samples, n_bad = np.empty((0, len(theta))), 0
     if n_boot == 0:
         warn.append("n_boot = 0: no bootstrap, so no intervals (lo/hi are null)")
+    return samples, n_bad, n_bad_opt
+
+
+def _design_warnings(law: Law, pts: Points, theta: np.ndarray, samples: np.ndarray, ci: float,
+                     sc: dict[str, np.ndarray], ctx: dv.Context) -> list[str]:
+    """What the grid's design leaves loose: wide exponent intervals, too few widths or depths, shapes
+    all near the optimal aspect ratio."""
+    warn: list[str] = []
     for name in law.exp_names:
         if len(samples) >= 10:
             i = law.param_names.index(name)
@@ -95,13 +104,28 @@ def fit_variant(law: Law, pts: Points, label: str, n_boot: int, rng: np.random.G
         if nm < 3 or nl < 3:
             warn.append(f"grid design: {nm} widths and {nl} depths; at least 3 of each (varied independently, "
                         f"m/l spanning about x8) are needed to pin c_m against c_l")
-    sc, fr = dv.derived(law, theta, ctx)
     if "m_over_l_star" in sc and ctx.aspect is not None and law.fixed and np.isfinite(sc["m_over_l_star"][0]):
         x = ctx.aspect / sc["m_over_l_star"][0]
         lo5, hi5 = dv.penalty_band(0.05)
         if np.min(x) > lo5 and np.max(x) < hi5:
             warn.append("every shape lies within the 5% penalty band around the optimal aspect ratio: "
                         "such shapes carry little information about c_l against c_m")
+    return warn
+
+
+def fit_variant(law: Law, pts: Points, label: str, n_boot: int, rng: np.random.Generator,
+                objective: Objective | None = None, ci: float = 0.95, checks: bool = True) -> VariantFit:
+    objective = objective or Objective.for_law(law)
+    where = f" (variant {label})" if label else ""
+    warn = check_identifiable(law, pts, label)
+    if pts.envelope is not None:   # best-lr: shapes whose best lr is the smallest or largest swept
+        warn += pts.envelope.warnings()
+    theta, info = fit_law(law, pts, objective)
+    warn += _estimate_warnings(law, pts, theta, info, where)
+    ctx = dv.make_context(law, pts, pts.time or "tau_lr")
+    samples, n_bad, n_bad_opt = _bootstrap_draws(law, pts, theta, n_boot, rng, objective, where, warn)
+    sc, fr = dv.derived(law, theta, ctx)
+    warn += _design_warnings(law, pts, theta, samples, ci, sc, ctx)
     if len(samples):
         sc_b, fr_b = dv.derived(law, samples, ctx)
     else:
