@@ -1,7 +1,7 @@
 """scaling_grid.analysis: tables of losses in; fits with honest uncertainty, tables, plots, report out.
 
 Knows nothing of the store, of JAX or of grids: its input is a *table*, a dict of equal-length 1-D
-numpy arrays (columns; the schema is in ``points.py``). The CLI builds it from a store, or
+numpy arrays (columns; the schema is in ``columns.py``). The CLI builds it from a store, or
 :func:`load_table` reads a CSV/parquet file.
 
 Public API (what ``grid/cli.py`` calls)::

@@ -44,7 +44,7 @@ PLOT_TEXT = {
 
 
 def interval_cells(iv: dict[str, Any]) -> list[str]:
-    """value, lo, hi at the precision the interval supports (tables.fmt_interval)."""
+    """value, lo, hi at the precision the interval supports (formatting.fmt_interval)."""
     lo, hi = iv.get("lo"), iv.get("hi")
     q = interval_place(lo, hi) if lo is not None and hi is not None else None
     return [fmt_at(iv.get("value"), q), fmt_at(lo, q), fmt_at(hi, q)]
