@@ -63,7 +63,8 @@ class Doc:
                          f'<code>{html.escape(b)}</code>)</figcaption></figure>')
 
     def md_table(self, text: str) -> None:
-        """A Markdown table with its "- " notes below it (as coefficients.py and compare_text.py write them), in both documents."""
+        """A Markdown table with its "- " notes below it (as coefficients.py and compare_text.py write
+        them), in both documents."""
         self.md.append(text)
         lines = [ln for ln in text.splitlines() if ln.startswith("|")]
         self.table([c.strip() for c in lines[0].strip("|").split("|")],
