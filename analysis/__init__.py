@@ -67,10 +67,11 @@ coefficients lazily):
   CSV writer);
 - the points: points (the Points and Envelope types), selection (valid points, exclusions), identify
   (what the points can determine; flags);
-- the estimator: objective, linear and nonlinear (the solvers; nonlinear.fit_law picks one), bootstrap
-  (over runs), derived (optimal shape, penalty, frontiers), validation (held-out checks, exclusion
-  scan), results (VariantFit, FitResult, JSON), compare (variants against each other), predict
-  (predictions with intervals from the draws), fit (run_fit);
+- the estimator: objective, linear (the convex solver), resampling (the bootstrap's draws of runs),
+  nonlinear (the other solver; its fit_law and bootstrap pick the solver), derived (optimal shape,
+  penalty, frontiers), validation (held-out checks, exclusion scan), results (VariantFit, FitResult,
+  JSON), compare (variants against each other), predict (predictions with intervals from the draws),
+  fit (run_fit);
 - the text: formatting (numbers, intervals, Markdown/LaTeX cells), coefficients (the coefficient
   table), compare_text (the comparison as words and tables), tables (table files, terminal lines);
 - the pictures and the report: plot_style, plots (png/pdf), report_doc (one document as Markdown and

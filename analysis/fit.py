@@ -2,7 +2,7 @@
 
 :func:`run_fit` selects the points (selection.py), and for each variant :func:`fit_variant` checks
 that the points can determine the law (identify.py), fits it under the chosen objective (objective.py,
-linear.py, nonlinear.py) and bootstraps over runs (bootstrap.py), derives what the law implies
+linear.py, nonlinear.py) and bootstraps over runs (resampling.py, nonlinear.bootstrap), derives what the law implies
 (derived.py), runs the held-out checks and the exclusion scan (validation.py), and with ``holdout``
 predicts and scores the held-out points (predict.py). The result and its JSON are in results.py.
 
@@ -16,17 +16,17 @@ from typing import Any
 import numpy as np
 
 from . import derived as dv
-from .bootstrap import Draws, bootstrap, envelope_counts, run_counts
 from .columns import check_table
 from .compare import compare_variants, universality_across
 from .errors import AnalysisError
 from .identify import BOUND_REL, VAR_WORDS, check_identifiable, parameter_flags, term_text
 from .laws import Law
 from .linear import bootstrap_fixed, fit_fixed, nnls_normal_batch
-from .nonlinear import fit_free, fit_law, one_thread, single_threaded_blas
+from .nonlinear import bootstrap, fit_free, fit_law, one_thread, single_threaded_blas
 from .objective import HUBER_DELTA, RESIDUALS, Objective, huber
 from .points import Points
 from .predict import INTERVALS, heldout_predictions
+from .resampling import Draws, envelope_counts, run_counts
 from .results import FitResult, VariantFit, interval, universality_targets, universality_test
 from .selection import cells_of
 from .validation import exclusion_scan, holdout_checks, rel_residuals

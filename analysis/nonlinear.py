@@ -1,5 +1,5 @@
-"""The nonlinear solver (a fitted exponent, or the log residual), and :func:`fit_law`, which picks the
-solver a problem needs.
+"""The nonlinear solver (a fitted exponent, or the log residual), and the two entry points that pick the
+solver a problem needs: :func:`fit_law` and :func:`bootstrap` (a linear problem goes to :mod:`linear`).
 
 L-BFGS-B on the log-sum-exp parameterisation ``log Lhat = LSE(log K, log c_j - a_j log x_j)``
 (positivity and conditioning) from the best starts of a grid, restarted from the best solution until
@@ -22,10 +22,12 @@ import numpy as np
 from scipy.optimize import minimize
 
 from .errors import AnalysisError
+from .identify import too_few_distinct
 from .laws import Law
-from .linear import fit_fixed
+from .linear import bootstrap_fixed, fit_fixed
 from .objective import Objective
 from .points import Points
+from .resampling import Draws, envelope_counts, run_counts
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -273,3 +275,36 @@ def fit_law(law: Law, pts: Points, objective: Objective | None = None, weights: 
     else:
         theta, info = fit_free(law, pts, objective, weights, start=start)
     return theta, {"objective_definition": objective.describe(), **info}
+
+
+@one_thread
+def bootstrap(law: Law, pts: Points, theta: np.ndarray, n_boot: int, rng: np.random.Generator,
+              objective: Objective | None = None, select_in_draw: bool = True) -> Draws:
+    """Refit on ``n_boot`` resamples of whole runs (:mod:`resampling`), starting from ``theta``; resamples
+    that leave a coefficient unidentified are discarded and counted, resamples whose optimiser did not
+    converge are kept and counted. For best-lr points
+    (``pts.envelope``), each draw also redoes the lr selection (:func:`envelope_counts`), and the
+    fit runs over every candidate with the draw's weights (zero for the runs not picked)."""
+    objective = objective or Objective.for_law(law)
+    if pts.envelope is not None:
+        pts, counts = envelope_counts(law, pts, theta, n_boot, rng, select_in_draw)
+    else:
+        counts = run_counts(pts, n_boot, rng)
+    n_bad_opt = 0
+    if objective.linear(law):
+        samples, valid = bootstrap_fixed(law, pts, theta, counts, objective)
+    else:
+        samples = np.full((n_boot, len(theta)), np.nan)
+        valid = np.ones(n_boot, bool)
+        F = LogSumExpProblem(law, pts, objective)
+        th0 = F.from_params(theta)
+        for b in range(n_boot):
+            w = counts[b].astype(float)
+            used = w > 0
+            if too_few_distinct(law, pts.V, used) is not None:
+                valid[b] = False
+                continue
+            s = F.minimize(th0, w, max_restarts=1)
+            n_bad_opt += not s.converged
+            samples[b] = F.to_params(s.th)
+    return Draws(samples[valid], int((~valid).sum()), n_bad_opt)

@@ -58,7 +58,7 @@ class Points:
 class Envelope:
     """best-lr: every candidate run (one final point per swept lr of each shape, budget and seed) and
     which one won. ``candidates.family`` groups them; the bootstrap redoes the selection inside each
-    draw from these (:func:`bootstrap.envelope_counts`)."""
+    draw from these (:func:`resampling.envelope_counts`)."""
     candidates: Points
     lr: np.ndarray                      # each candidate's lr
     budget_name: str                    # the column that names a budget (tokens, step, ...)

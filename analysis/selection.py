@@ -13,7 +13,7 @@ Which points are valid (``points=``):
   lowest final loss over the swept lrs (the lr envelope). The lr of a run: ``peak_lr``, else ``lr``
   (a file's lr column, ``--map lr=<column>``); a budget: tokens, else steps (a file with only tau:
   tau / lr). The other lrs are recorded (rule ``not the best lr``) and kept in ``Points.envelope``:
-  the bootstrap redoes the selection in every draw (``bootstrap.envelope_counts``). A winner at
+  the bootstrap redoes the selection in every draw (``resampling.envelope_counts``). A winner at
   the smallest or largest swept lr is warned about; a shape swept at one lr is kept, with a note.
 
 A table without ``is_final`` (a published file) is taken as it is: every row is a point.

@@ -10,7 +10,7 @@ import pytest
 
 from scaling_grid.analysis import laws, run_fit
 from scaling_grid.analysis import synthetic as S
-from scaling_grid.analysis.bootstrap import bootstrap
+from scaling_grid.analysis.nonlinear import bootstrap
 from scaling_grid.analysis.selection import select_points
 from scaling_grid.grid.cli import main
 

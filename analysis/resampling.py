@@ -1,18 +1,13 @@
-"""The bootstrap over runs: whole runs are resampled (a run's points move together); resamples that
-leave a coefficient unidentified are discarded and counted, resamples whose optimiser did not
-converge are kept and counted. For best-lr points the choice of lr is a step of each draw
-(:func:`envelope_counts`)."""
+"""The bootstrap's resampling: whole runs are drawn with replacement (a run's points move together),
+as point weights per draw (:func:`run_counts`); for best-lr points the choice of lr is a step of each
+draw (:func:`envelope_counts`). The refits on these weights are :func:`nonlinear.bootstrap`."""
 from __future__ import annotations
 
 from typing import NamedTuple
 
 import numpy as np
 
-from .identify import too_few_distinct
 from .laws import Law
-from .linear import bootstrap_fixed
-from .nonlinear import LogSumExpProblem, one_thread
-from .objective import Objective
 from .points import Points
 
 
@@ -80,34 +75,3 @@ def envelope_counts(law: Law, pts: Points, theta: np.ndarray, n_boot: int, rng: 
         pick = np.broadcast_to(members[np.arange(F), np.argmin(logL[None] + shift, axis=2)], copies.shape)
         np.add.at(W, (np.broadcast_to(rows, pick.shape), pick), copies >= k)   # pick: (B, F) candidate index
     return cand, W
-
-
-@one_thread
-def bootstrap(law: Law, pts: Points, theta: np.ndarray, n_boot: int, rng: np.random.Generator,
-              objective: Objective | None = None, select_in_draw: bool = True) -> Draws:
-    """Refit on ``n_boot`` resamples of whole runs, starting from ``theta``. For best-lr points
-    (``pts.envelope``), each draw also redoes the lr selection (:func:`envelope_counts`), and the
-    fit runs over every candidate with the draw's weights (zero for the runs not picked)."""
-    objective = objective or Objective.for_law(law)
-    if pts.envelope is not None:
-        pts, counts = envelope_counts(law, pts, theta, n_boot, rng, select_in_draw)
-    else:
-        counts = run_counts(pts, n_boot, rng)
-    n_bad_opt = 0
-    if objective.linear(law):
-        samples, valid = bootstrap_fixed(law, pts, theta, counts, objective)
-    else:
-        samples = np.full((n_boot, len(theta)), np.nan)
-        valid = np.ones(n_boot, bool)
-        F = LogSumExpProblem(law, pts, objective)
-        th0 = F.from_params(theta)
-        for b in range(n_boot):
-            w = counts[b].astype(float)
-            used = w > 0
-            if too_few_distinct(law, pts.V, used) is not None:
-                valid[b] = False
-                continue
-            s = F.minimize(th0, w, max_restarts=1)
-            n_bad_opt += not s.converged
-            samples[b] = F.to_params(s.th)
-    return Draws(samples[valid], int((~valid).sum()), n_bad_opt)
