@@ -1,7 +1,7 @@
 """scaling_grid.analysis: tables of losses in; fits with honest uncertainty, tables, plots, report out.
 
 Knows nothing of the store, of JAX or of grids: its input is a *table*, a dict of equal-length 1-D
-numpy arrays (columns; the schema is in ``points.py``). The CLI builds it from a store, or
+numpy arrays (columns; the schema is in ``columns.py``). The CLI builds it from a store, or
 :func:`load_table` reads a CSV/parquet file.
 
 Public API (what ``grid/cli.py`` calls)::
@@ -34,7 +34,7 @@ Public API (what ``grid/cli.py`` calls)::
         AnalysisError; a parameter on its bound ("at_bound") or not determined ("unidentified") is
         flagged in .flags, the intervals, the tables and the warnings. Rows whose time variable is 0
         are dropped and recorded. An optimiser that stops abnormally is retried, then reported
-        "converged": false unless a Newton step predicts no further decrease (estimators.py).
+        "converged": false unless a Newton step predicts no further decrease (nonlinear.py).
         Intervals are percentiles of the bootstrap draws; "se" is 1.4826 x their MAD (robust). The
         JSON keeps the draws (variants.<v>.bootstrap.draws): predictions are made from them.
     Predictor.load(fit_json) / Predictor.from_result(result) -> Predictor
@@ -60,23 +60,36 @@ Public API (what ``grid/cli.py`` calls)::
     AnalysisError(ValueError)
         raised for bad input; the message names the problem (column, coefficient, variant, fix).
 
-Modules: points (schema, loading, point selection, exclusions), laws (laws as short formulas, a
-registry of named ones), expr (safe row conditions), identify (what the points can determine; flags),
-estimators (the objective, the linear and nonlinear solvers, the bootstrap over runs), validation
-(held-out checks, exclusion scan), results (VariantFit, FitResult, JSON), fit (run_fit), predict
-(predictions with intervals from the draws), derived (optimal shape, penalty, frontiers), tables
-(md/csv/tex), plots (png/pdf), report (report directory: one self-contained HTML file and the files
-beside it).
+Modules, in layers (each imports only from the ones before it; results.py's table_* methods import
+coefficients lazily):
+- the table: errors, laws (laws as short formulas, a registry of named ones), expr (safe row
+  conditions), columns (the schema, typed column reads), loading (CSV/parquet in), csvfile (the one
+  CSV writer);
+- the points: points (the Points and Envelope types), selection (valid points, exclusions), identify
+  (what the points can determine; flags);
+- the estimator: objective, linear (the convex solver), resampling (the bootstrap's draws of runs),
+  nonlinear (the other solver; its fit_law and bootstrap pick the solver), derived (optimal shape,
+  penalty, frontiers), validation (held-out checks, exclusion scan), results (VariantFit, FitResult,
+  JSON), compare (variants against each other), predict (predictions with intervals from the draws),
+  fit (run_fit);
+- the text: formatting (numbers, intervals, Markdown/LaTeX cells), coefficients (the coefficient
+  table), compare_text (the comparison as words and tables), tables (table files, terminal lines);
+- the pictures and the report: plot_style, plots (png/pdf), report_doc (one document as Markdown and
+  HTML), report_sections, report (the report directory: one self-contained HTML file and the files
+  beside it).
 """
-from .compare import comparison_text
+from .coefficients import terminal_table
+from .compare_text import comparison_text
+from .csvfile import write_csv as write_prediction_csv
 from .errors import AnalysisError
-from .estimators import Objective
 from .fit import FitResult, VariantFit, run_fit
-from .points import load_table, parse_mapping, select_points
+from .formatting import fmt_interval
+from .loading import load_table, parse_mapping
+from .objective import Objective
 from .predict import Predictor, predict_table
-from .predict import write_csv as write_prediction_csv
 from .report import check_output, write_report
-from .tables import echo, fmt_interval, terminal_table
+from .selection import select_points
+from .tables import echo
 
 __all__ = ["AnalysisError", "FitResult", "Objective", "Predictor", "VariantFit", "check_output", "comparison_text",
            "echo", "fmt_interval",

@@ -22,6 +22,8 @@ it reject too often (a warning says so). The exponent differences are reported w
 from the per-variant fits' Gauss-Newton covariance (pooled residual variance), the same
 approximation the F-test makes, Bonferroni-corrected over all k (V - 1) differences so that the
 set as a whole holds at the stated level.
+
+The words and tables of both are in :mod:`compare_text`.
 """
 from __future__ import annotations
 
@@ -35,17 +37,14 @@ from scipy.optimize import minimize
 
 from . import derived as dv
 from .errors import AnalysisError
-from .estimators import Objective, _Free, fit_free, one_thread
 from .laws import Law, parse
+from .nonlinear import LogSumExpProblem, fit_free, one_thread
+from .objective import Objective
 from .points import Points
 
 if TYPE_CHECKING:
     from .results import FitResult, VariantFit
 
-# how the quantities print (terminal, Markdown); LaTeX reuses laws.LATEX where it has the name
-NAMES = {"m_over_l_star": "(m/ℓ)*", "D_over_N_star": "D*/N*", "L_star_at_C": "L*(C)", "c_N": "c_N", "c_D": "c_D",
-         "N_star_exponent": "N* ∝ C^a: a", "L_star_exponent": "L* - L0 ∝ C^-b: b",
-         "shape_exponent": "(m/ℓ)* ∝ N^e: e", "shape_loss_exponent": "S* ∝ N^-s: s"}
 TEST_NAME = ("extra-sum-of-squares F-test (least squares on log L) of exponents shared across variants "
              "against exponents per variant")
 
@@ -123,68 +122,6 @@ def compare_variants(result: FitResult, reference: str | None = None) -> dict[st
     return out
 
 
-def comparison_words(comp: dict[str, Any]) -> list[str]:
-    """One sentence per variant: which differences exclude zero, which do not."""
-    out = []
-    ref = comp["reference"]
-    for v, rows in comp["variants"].items():
-        yes = [NAMES.get(k, _pretty(k)) for k, r in rows.items() if r["excludes_zero"]]
-        no = [NAMES.get(k, _pretty(k)) for k, r in rows.items() if not r["excludes_zero"]]
-        out.append(f"{v} - {ref}: the difference excludes zero for "
-                   + (", ".join(yes) if yes else "none of the quantities")
-                   + "; it does not for " + (", ".join(no) if no else "none") + ".")
-    return out
-
-
-def _pretty(k: str) -> str:
-    from .laws import PRETTY
-    return PRETTY.get(k, k)
-
-
-def comparison_table(comp: dict[str, Any], fmt_: str = "markdown") -> str:
-    """The differences as ``markdown`` (one row per variant and quantity, then the words), ``csv``
-    (full precision) or ``latex``."""
-    import csv
-    import io
-
-    from .laws import LATEX
-    from .tables import _tex_cell, _tex_escape, fmt_interval
-    ref = comp["reference"]
-    body = [(v, k, r) for v, rows in comp["variants"].items() for k, r in rows.items()]
-    if fmt_ == "markdown":
-        lines = [f"| variant - {ref} | quantity | difference [interval] | excludes 0 | ratio [interval] |",
-                 "|---|---|---|---|---|"]
-        for v, k, r in body:
-            q = r["ratio"]
-            lines.append(f"| {v} | {NAMES.get(k, _pretty(k))} | {fmt_interval(r['value'], r['lo'], r['hi'])} | "
-                         f"{'yes' if r['excludes_zero'] else 'no'} | {fmt_interval(q['value'], q['lo'], q['hi'])} |")
-        notes = comparison_words(comp) + [comp["interval"]]
-        if comp.get("C_for_L_star") is not None:
-            notes.append(f"L*(C) at C = {comp['C_for_L_star']:.4g} FLOPs, the largest compute of any variant's runs "
-                         f"(closed form, C = 6 N D)")
-        return "\n".join(lines + [""] + [f"- {n}" for n in notes]) + "\n"
-    if fmt_ == "csv":
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["variant", "reference", "quantity", "difference", "lo", "hi", "excludes_zero",
-                    "ratio", "ratio_lo", "ratio_hi", "ratio_excludes_one"])
-        for v, k, r in body:
-            q = r["ratio"]
-            w.writerow([v, ref, k, *(repr(float(x)) for x in (r["value"], r["lo"], r["hi"])), r["excludes_zero"],
-                        *(repr(float(x)) for x in (q["value"], q["lo"], q["hi"])), q["excludes_one"]])
-        return buf.getvalue()
-    if fmt_ == "latex":
-        lines = [r"\begin{tabular}{llrcr}", r"\hline",
-                 rf"variant $-$ {_tex_escape(ref)} & quantity & difference & excludes 0 & ratio \\", r"\hline"]
-        for v, k, r in body:
-            name = LATEX.get(k) or _tex_escape(NAMES.get(k, k))
-            lines.append(f"{_tex_escape(v)} & {name} & {_tex_cell(r)} & {'yes' if r['excludes_zero'] else 'no'} & "
-                         rf"{_tex_cell(r['ratio'])} \\")
-        lines += [r"\hline", r"\end{tabular}"]
-        return "% " + "\n% ".join(comparison_words(comp) + [comp["interval"]]) + "\n" + "\n".join(lines) + "\n"
-    raise ValueError(f"unknown table format {fmt_!r}: markdown, csv or latex")
-
-
 # ------------------------------------------------------------------------------ universality across variants
 def free_law(law: Law) -> Law | None:
     """``law`` with every fixed exponent made a fitted one (``alpha_<var>``); tied exponents stay
@@ -203,13 +140,13 @@ def _term_of(law: Law, exp_name: str) -> int:
 
 
 class _Joint:
-    """Least squares on log L summed over variants, each variant's objective that of estimators._Free;
+    """Least squares on log L summed over variants, each variant's objective that of nonlinear.LogSumExpProblem;
     the exponents either shared (one set) or per variant. Parameter vector: per variant its log
     coefficients and log constant, then the exponents (one set, or one set per variant)."""
 
     def __init__(self, law: Law, parts: list[Points], shared: bool):
         obj = Objective("log", None)
-        self.F = [_Free(law, p, obj) for p in parts]
+        self.F = [LogSumExpProblem(law, p, obj) for p in parts]
         self.w = [np.ones(len(p)) for p in parts]
         self.nc = law.const_index + 1
         self.ne = len(law.exp_names)
@@ -358,45 +295,3 @@ def universality_across(law: Law, parts: dict[str, Points], ci: float = 0.95, le
             "warnings": warn}
 
 
-def universality_words(u: dict[str, Any]) -> list[str]:
-    """The verdict and the exponent differences as sentences."""
-    if not u:
-        return []
-    if "skipped" in u:
-        return [f"universality across variants: not tested ({u['skipped']})"]
-    q, dof = u["df"]
-    shared = ", ".join(f"{_pretty(k)} = {x:.4g}" for k, x in u["shared_exponents"].items())
-    out = [f"universality across variants: shared exponents are {u['verdict'].upper()} "
-           f"(F = {u['statistic']:.3g} on ({q}, {dof}) df, p = {u['p_value']:.3g}, level {u['level']:g}; "
-           f"{u['test']}); shared fit: {shared}"]
-    from .tables import fmt_interval
-    d = u["differences"]
-    for v, rows in d["variants"].items():
-        out.append(f"exponent differences {v} - {d['reference']} (Bonferroni-corrected intervals): " + "; ".join(
-            f"{_pretty(e)} {fmt_interval(r['value'], r['lo'], r['hi'])}" + (" (excludes 0)" if r["excludes_zero"]
-                                                                           else "")
-            for e, r in rows.items()))
-    return out + [f"warning: {w}" for w in u.get("warnings", [])]
-
-
-def comparison_text(result: FitResult, width: int | None = 100) -> str:
-    """The difference table for a terminal: one aligned block per variant (so a long variant name
-    costs no column), then the sentences wrapped to ``width``."""
-    from .tables import fmt_interval, wrap
-    comp = result.comparison
-    out: list[str] = []
-    for v, rows in comp["variants"].items():
-        table = [["quantity", "difference [interval]", "excludes 0", "ratio [interval]"]]
-        for k, r in rows.items():
-            q = r["ratio"]
-            table.append([NAMES.get(k, _pretty(k)), fmt_interval(r["value"], r["lo"], r["hi"]),
-                          "yes" if r["excludes_zero"] else "no", fmt_interval(q["value"], q["lo"], q["hi"])])
-        w = [max(len(row[i]) for row in table) for i in range(4)]
-        out.append(f"{v} - {comp['reference']}:")
-        out += ["| " + " | ".join(c.ljust(n) for c, n in zip(row, w)) + " |" for row in table[:1]]
-        out.append("|" + "|".join("-" * (n + 2) for n in w) + "|")
-        out += ["| " + " | ".join(c.ljust(n) for c, n in zip(row, w)) + " |" for row in table[1:]]
-        out.append("")
-    md = comparison_table(comp, "markdown").rstrip("\n").split("\n")
-    notes = [ln for ln in md if ln.startswith("- ")]
-    return "\n".join(out + wrap(notes, width)) + "\n"

@@ -1,10 +1,10 @@
 """Fitting a law to every variant of a table, with uncertainty (docs/science.md section 3): the entry point.
 
-:func:`run_fit` selects the points (points.py), and for each variant :func:`fit_variant` checks
-that the points can determine the law (identify.py), fits it under the chosen objective and
-bootstraps over runs (estimators.py), derives what the law implies (derived.py), runs the held-out
-checks and the exclusion scan (validation.py), and with ``holdout`` predicts and scores the
-held-out points (predict.py). The result and its JSON are in results.py.
+:func:`run_fit` selects the points (selection.py), and for each variant :func:`fit_variant` checks
+that the points can determine the law (identify.py), fits it under the chosen objective (objective.py,
+linear.py, nonlinear.py) and bootstraps over runs (resampling.py, nonlinear.bootstrap), derives what the law implies
+(derived.py), runs the held-out checks and the exclusion scan (validation.py), and with ``holdout``
+predicts and scores the held-out points (predict.py). The result and its JSON are in results.py.
 
 The names below were all defined here before the split and stay importable from here.
 """
@@ -16,30 +16,19 @@ from typing import Any
 import numpy as np
 
 from . import derived as dv
+from .columns import check_table
 from .compare import compare_variants, universality_across
 from .errors import AnalysisError
-from .estimators import (
-    HUBER_DELTA,
-    RESIDUALS,
-    Draws,
-    Objective,
-    bootstrap,
-    bootstrap_fixed,
-    envelope_counts,
-    fit_fixed,
-    fit_free,
-    fit_law,
-    huber,
-    nnls_normal_batch,
-    one_thread,
-    run_counts,
-    single_threaded_blas,
-)
 from .identify import BOUND_REL, VAR_WORDS, check_identifiable, parameter_flags, term_text
 from .laws import Law
-from .points import Points, _cells_of, check_table
+from .linear import bootstrap_fixed, fit_fixed, nnls_normal_batch
+from .nonlinear import bootstrap, fit_free, fit_law, one_thread, single_threaded_blas
+from .objective import HUBER_DELTA, RESIDUALS, Objective, huber
+from .points import Points
 from .predict import INTERVALS, heldout_predictions
+from .resampling import Draws, envelope_counts, run_counts
 from .results import FitResult, VariantFit, interval, universality_targets, universality_test
+from .selection import cells_of
 from .validation import exclusion_scan, holdout_checks, rel_residuals
 
 __all__ = ["BOUND_REL", "HUBER_DELTA", "RESIDUALS", "VAR_WORDS", "Draws", "FitResult", "Objective", "VariantFit",
@@ -50,14 +39,9 @@ __all__ = ["BOUND_REL", "HUBER_DELTA", "RESIDUALS", "VAR_WORDS", "Draws", "FitRe
            "universality_test"]
 
 
-def fit_variant(law: Law, pts: Points, label: str, n_boot: int, rng: np.random.Generator,
-                objective: Objective | None = None, ci: float = 0.95, checks: bool = True) -> VariantFit:
-    objective = objective or Objective.for_law(law)
-    where = f" (variant {label})" if label else ""
-    warn = check_identifiable(law, pts, label)
-    if pts.envelope is not None:   # best-lr: shapes whose best lr is the smallest or largest swept
-        warn += pts.envelope.warnings()
-    theta, info = fit_law(law, pts, objective)
+def _estimate_warnings(law: Law, pts: Points, theta: np.ndarray, info: dict[str, Any], where: str) -> list[str]:
+    """Raise when no term is measurable; warn when the optimiser did not converge."""
+    warn: list[str] = []
     # nothing but the constant measurable: every other parameter would be reported from where the
     # optimiser stopped, so this is an error rather than a table of flags
     at_start = parameter_flags(law, theta, pts, np.empty((0, len(theta))))
@@ -74,7 +58,13 @@ def fit_variant(law: Law, pts: Points, label: str, n_boot: int, rng: np.random.G
                     + (f", and a Newton step still predicts a decrease of {dec:.3g} in the objective "
                        f"({info['objective']:.3g})" if dec is not None else "")
                     + ": the values are where it stopped, not an optimum")
-    ctx = dv.make_context(law, pts, pts.time or "tau_lr")
+    return warn
+
+
+def _bootstrap_draws(law: Law, pts: Points, theta: np.ndarray, n_boot: int, rng: np.random.Generator,
+                     objective: Objective, where: str, warn: list[str]) -> tuple[np.ndarray, int, int]:
+    """The bootstrap draws (samples, resamples discarded, resamples not converged); warnings appended
+    to ``warn``."""
     n_runs = pts.n_runs
     if n_runs < 2 and n_boot > 0:
         raise AnalysisError(f"too few runs{where}: the bootstrap resamples whole runs and there is only {n_runs}")
@@ -94,6 +84,14 @@ def fit_variant(law: Law, pts: Points, label: str, n_boot: int, rng: np.random.G
         samples, n_bad = np.empty((0, len(theta))), 0
     if n_boot == 0:
         warn.append("n_boot = 0: no bootstrap, so no intervals (lo/hi are null)")
+    return samples, n_bad, n_bad_opt
+
+
+def _design_warnings(law: Law, pts: Points, theta: np.ndarray, samples: np.ndarray, ci: float,
+                     sc: dict[str, np.ndarray], ctx: dv.Context) -> list[str]:
+    """What the grid's design leaves loose: wide exponent intervals, too few widths or depths, shapes
+    all near the optimal aspect ratio."""
+    warn: list[str] = []
     for name in law.exp_names:
         if len(samples) >= 10:
             i = law.param_names.index(name)
@@ -106,13 +104,28 @@ def fit_variant(law: Law, pts: Points, label: str, n_boot: int, rng: np.random.G
         if nm < 3 or nl < 3:
             warn.append(f"grid design: {nm} widths and {nl} depths; at least 3 of each (varied independently, "
                         f"m/l spanning about x8) are needed to pin c_m against c_l")
-    sc, fr = dv.derived(law, theta, ctx)
     if "m_over_l_star" in sc and ctx.aspect is not None and law.fixed and np.isfinite(sc["m_over_l_star"][0]):
         x = ctx.aspect / sc["m_over_l_star"][0]
         lo5, hi5 = dv.penalty_band(0.05)
         if np.min(x) > lo5 and np.max(x) < hi5:
             warn.append("every shape lies within the 5% penalty band around the optimal aspect ratio: "
                         "such shapes carry little information about c_l against c_m")
+    return warn
+
+
+def fit_variant(law: Law, pts: Points, label: str, n_boot: int, rng: np.random.Generator,
+                objective: Objective | None = None, ci: float = 0.95, checks: bool = True) -> VariantFit:
+    objective = objective or Objective.for_law(law)
+    where = f" (variant {label})" if label else ""
+    warn = check_identifiable(law, pts, label)
+    if pts.envelope is not None:   # best-lr: shapes whose best lr is the smallest or largest swept
+        warn += pts.envelope.warnings()
+    theta, info = fit_law(law, pts, objective)
+    warn += _estimate_warnings(law, pts, theta, info, where)
+    ctx = dv.make_context(law, pts, pts.time or "tau_lr")
+    samples, n_bad, n_bad_opt = _bootstrap_draws(law, pts, theta, n_boot, rng, objective, where, warn)
+    sc, fr = dv.derived(law, theta, ctx)
+    warn += _design_warnings(law, pts, theta, samples, ci, sc, ctx)
     if len(samples):
         sc_b, fr_b = dv.derived(law, samples, ctx)
     else:
@@ -152,7 +165,7 @@ def run_fit(table: Mapping[str, Iterable[Any]], law: str | Law = "universality",
     from . import laws as L
     from .expr import evaluate
     from .expr import parse as parse_condition
-    from .points import select_points
+    from .selection import select_points
     lw = L.get(law) if isinstance(law, str) else law
     if not 0 < ci < 1:
         raise AnalysisError(f"ci={ci!r}: must be in (0, 1), e.g. 0.95")
@@ -178,7 +191,7 @@ def run_fit(table: Mapping[str, Iterable[Any]], law: str | Law = "universality",
         if not held.any():
             raise AnalysisError(f"--holdout {holdout!r} matches none of the {len(pts)} points selected for the fit")
         pts.exclusions.append({"rule": "holdout", "value": holdout, "n_points": int(held.sum()),
-                               "cells": _cells_of(pts.cell, held),
+                               "cells": cells_of(pts.cell, held),
                                "detail": "held out of the fit, then predicted and scored"})
     rng = np.random.default_rng(seed)
     fits = {}

@@ -18,7 +18,6 @@ For all variants together:
 from __future__ import annotations
 
 import dataclasses
-import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,42 +29,31 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from . import derived as dv  # noqa: E402
+from .columns import truthy  # noqa: E402
 from .laws import PRETTY  # noqa: E402
+from .plot_style import (  # noqa: E402
+    TIME_LABEL,
+    colorbar,
+    colours,
+    depth_of,
+    exponent_text,
+    legend_or_bar,
+    loss_label,
+    plain_ticks,
+    shape_vars,
+    slug,
+    term_label,
+    time_label,
+    value_label,
+    var_label,
+)
 
 if TYPE_CHECKING:
-    from matplotlib.axes import Axes
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colorbar import Colorbar
-    from matplotlib.colorizer import ColorizingArtist
     from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-    from numpy.typing import ArrayLike
 
-    from .fit import FitResult, VariantFit
-    from .laws import Law
-
-VAR_LABEL = {"tau": "τ", "D": "D (tokens)", "m": "width m", "l": "depth ℓ", "N": "N (parameters)"}
-TIME_LABEL = {"tau_lr": "τ = Σ lr", "tokens": "tokens D", "steps": "steps"}
-plt.rcParams.update({"figure.dpi": 110, "font.size": 9, "axes.titlesize": 10, "legend.fontsize": 8,
-                     "axes.grid": True, "grid.alpha": 0.3})
-
-
-def loss_units(column: str) -> str:
-    """The unit of a loss column: a store export's losses are mean cross-entropy in nats per token;
-    a file's own column is whatever the file holds."""
-    return "nats/token" if column in ("eval_loss", "train_loss") else ""
-
-
-def _loss_label(column: str) -> str:
-    u = loss_units(column)
-    return f"loss ({column}, {u})" if u else f"loss ({column})"
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)) or "_"
+    from .results import FitResult, VariantFit
 
 
 def _save(fig: Figure, out_dir: Path, name: str) -> list[Path]:
@@ -77,98 +65,13 @@ def _save(fig: Figure, out_dir: Path, name: str) -> list[Path]:
     return paths
 
 
-def _time_label(vf: VariantFit) -> str:
-    tv = vf.law.time_var or ""  # (callers plot a time variable)
-    return TIME_LABEL.get(vf.points.time or "", VAR_LABEL.get(tv, tv))
-
-
-def _shape_vars(vf: VariantFit) -> list[str]:
-    return list(dict.fromkeys(t.var for t in vf.law.terms if t.var not in ("tau", "D")))
-
-
-def _var_label(var: str) -> str:
-    """An axis label; a formula's own variable (a column of the table) is labelled by its name."""
-    return VAR_LABEL.get(var, var)
-
-
-def _depth(vf: VariantFit, l_eff: float) -> float:
-    return l_eff + vf.points.depth_offset
-
-
-def _colours(values: np.ndarray) -> tuple[dict[Any, Any], np.ndarray]:
-    """A colour per distinct value (log-spaced viridis) and a legend-or-colorbar decision."""
-    u = np.unique(values)
-    cmap = plt.get_cmap("viridis")
-    if len(u) == 1:
-        return {u[0]: cmap(0.4)}, u
-    z = (np.log(u) - np.log(u[0])) / (np.log(u[-1]) - np.log(u[0]))
-    return {v: cmap(0.9 * zi) for v, zi in zip(u, z)}, u
-
-
-def _legend_or_bar(fig: Figure, ax: Axes, u: np.ndarray, cmap_of: dict[Any, Any], label: str,
-                   handles: list[Line2D] | None = None) -> None:
-    if len(u) <= 10:
-        ax.legend(handles=handles, title=label, loc="best", frameon=True)
-    else:
-        sm = plt.cm.ScalarMappable(norm=LogNorm(u[0], u[-1]), cmap=plt.get_cmap("viridis"))
-        fig.colorbar(sm, ax=ax, label=label)
-
-
-def _plain_ticks(ax: Axes, which: str = "x", values: np.ndarray | None = None) -> None:
-    """Plain numbers (64, 0.5) instead of 6x10^1 on a log axis: ticks at the data's values when
-    there are few of them, else at 1-2-5 (or finer, on a short range) steps."""
-    axis = ax.xaxis if which == "x" else ax.yaxis
-    lo, hi = (ax.get_xlim() if which == "x" else ax.get_ylim())
-    if not (lo > 1e-3 and hi < 1e4):
-        return  # powers of ten read better there
-    u = np.unique(values) if values is not None else np.array([])
-    if 1 < len(u) <= 8:
-        axis.set_ticks(u)
-    else:
-        decades = np.log10(hi / lo)
-        subs = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0) if decades < 1.2 else (1.0, 2.0, 5.0) if decades < 3 else (1.0,)
-        axis.set_major_locator(LogLocator(base=10, subs=subs))
-    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
-    axis.set_minor_formatter(NullFormatter())
-
-
-def _colorbar(fig: Figure, mappable: ScalarMappable | ColorizingArtist, ax: Axes, label: str, values: np.ndarray
-              ) -> Colorbar:
-    u = np.unique(values)
-    cb = fig.colorbar(mappable, ax=ax, label=label)
-    if len(u) <= 8:
-        cb.set_ticks(u.tolist())
-    cb.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
-    cb.ax.yaxis.set_minor_formatter(NullFormatter())
-    return cb
-
-
-def _exp(a: float) -> str:
-    for num, den in ((1, 3), (1, 2), (2, 3), (1, 1), (2, 1)):
-        if abs(a - num / den) < 1e-9:
-            return f"{num}/{den}" if den != 1 else f"{num}"
-    return f"{a:.3g}"
-
-
-def _term(law: Law, theta: np.ndarray, j: int) -> str:
-    """A term as text: c_τ τ^(−1/3), c_m/m, A/N^0.34."""
-    t = law.terms[j]
-    a = float(law.exponents(theta)[j])
-    c, v = PRETTY.get(t.coef, t.coef), {"tau": "τ", "l": "ℓ"}.get(t.var, t.var)
-    return f"{c}/{v}" if a == 1 else f"{c} {v}^(−{_exp(a)})"
-
-
-def _fmt_val(v: float) -> str:
-    return f"{v:g}" if v < 1e5 else f"{v:.3g}"
-
-
 # ------------------------------------------------------------------------------ per variant
 def plot_loss_vs_time(vf: VariantFit, out_dir: Path) -> list[Path]:
     law, pts = vf.law, vf.points
     tv = law.time_var
     if tv is None:
         return []
-    sv = _shape_vars(vf)
+    sv = shape_vars(vf)
     t = pts.V[tv]
     panel_var = "l" if ("l" in sv and "m" in sv) else None
     colour_var = "m" if panel_var else (sv[0] if sv else None)
@@ -178,7 +81,7 @@ def plot_loss_vs_time(vf: VariantFit, out_dir: Path) -> list[Path]:
     fig, axes = plt.subplots(nr, nc, figsize=(3.6 * nc + 1.2, 3.0 * nr + 0.6), squeeze=False,
                              sharex=True, sharey=True)
     cu: Any  # the colour variable's distinct values, or [None]: one colour
-    cols, cu = _colours(pts.V[colour_var]) if colour_var else ({None: "C0"}, [None])
+    cols, cu = colours(pts.V[colour_var]) if colour_var else ({None: "C0"}, [None])
     tg = np.geomspace(t.min() / 1.3, t.max() * 1.3, 100)
     for ax, pv in zip(axes.flat, panels):
         sel = np.ones(len(pts), bool) if pv is None or panel_var is None else pts.V[panel_var] == pv
@@ -193,24 +96,24 @@ def plot_loss_vs_time(vf: VariantFit, out_dir: Path) -> list[Path]:
             V = {tv: tg, **{v: np.full_like(tg, x) for v, x in zip(sv, shp)}}
             ax.plot(tg, vf.predict(V), color=c, lw=1.1)
         ax.set_xscale("log")
-        _plain_ticks(ax, "x", t)
+        plain_ticks(ax, "x", t)
         if pv is not None:
-            ax.set_title(f"depth ℓ = {_fmt_val(_depth(vf, pv))}")
+            ax.set_title(f"depth ℓ = {value_label(depth_of(vf, pv))}")
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
     for ax in axes[-1]:
-        ax.set_xlabel(_time_label(vf))
+        ax.set_xlabel(time_label(vf))
     for ax in axes[:, 0]:
-        ax.set_ylabel(_loss_label(pts.loss_name))
+        ax.set_ylabel(loss_label(pts.loss_name))
     if colour_var:
-        handles = [plt.Line2D([], [], color=cols[u], marker="o", lw=1.1, label=_fmt_val(u)) for u in cu]
+        handles = [plt.Line2D([], [], color=cols[u], marker="o", lw=1.1, label=value_label(u)) for u in cu]
         if len(cu) <= 10:
-            fig.legend(handles=handles, title=_var_label(colour_var), loc="center left",
+            fig.legend(handles=handles, title=var_label(colour_var), loc="center left",
                        bbox_to_anchor=(1.0, 0.5), frameon=False)
         else:
             sm = plt.cm.ScalarMappable(norm=LogNorm(cu[0], cu[-1]), cmap=plt.get_cmap("viridis"))
-            fig.colorbar(sm, ax=axes, label=_var_label(colour_var))
-    fig.suptitle(f"{vf.variant}: loss against {_time_label(vf)}, points and fitted law ({law.name})")
+            fig.colorbar(sm, ax=axes, label=var_label(colour_var))
+    fig.suptitle(f"{vf.variant}: loss against {time_label(vf)}, points and fitted law ({law.name})")
     fig.tight_layout()
     return _save(fig, out_dir, f"loss_vs_time_{slug(vf.variant)}")
 
@@ -227,25 +130,25 @@ def plot_collapse(vf: VariantFit, out_dir: Path) -> list[Path]:
             y = y - law.term_value(th, j, pts.V[term.var])
     t = pts.V[tv]
     pos = y > 0
-    sv = _shape_vars(vf)
+    sv = shape_vars(vf)
     cv = "m" if "m" in sv else (sv[0] if sv else None)
     fig, ax = plt.subplots(figsize=(6.2, 4.4))
     if cv:
         sc = ax.scatter(t[pos], y[pos], c=pts.V[cv][pos], cmap="viridis", norm=LogNorm(), s=14,
                         edgecolor="k", linewidth=0.3, zorder=3)
-        _colorbar(fig, sc, ax, _var_label(cv), pts.V[cv])
+        colorbar(fig, sc, ax, var_label(cv), pts.V[cv])
     else:
         ax.scatter(t[pos], y[pos], s=14, zorder=3)
     tg = np.geomspace(t.min() / 1.3, t.max() * 1.3, 50)
     a = float(law.exponents(th)[j_t])
     ax.plot(tg, law.term_value(th, j_t, tg), "k-", lw=1.5,
-            label=f"{_term(law, th, j_t)}  (slope −{_exp(a)})")
+            label=f"{term_label(law, th, j_t)}  (slope −{exponent_text(a)})")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    _plain_ticks(ax, "y")
-    _plain_ticks(ax, "x", t)
-    ax.set_xlabel(_time_label(vf))
-    others = " − ".join(_term(law, th, j) for j in range(len(law.terms)) if j != j_t)
+    plain_ticks(ax, "y")
+    plain_ticks(ax, "x", t)
+    ax.set_xlabel(time_label(vf))
+    others = " − ".join(term_label(law, th, j) for j in range(len(law.terms)) if j != j_t)
     const = PRETTY.get(law.constant, law.constant)
     ax.set_ylabel(f"L − {others} − {const}" if others else f"L − {const}")
     note = f"; {int((~pos).sum())} point(s) ≤ 0 not shown" if np.any(~pos) else ""
@@ -257,7 +160,7 @@ def plot_collapse(vf: VariantFit, out_dir: Path) -> list[Path]:
 
 def plot_width_depth(vf: VariantFit, out_dir: Path) -> list[Path]:
     law, pts, th = vf.law, vf.points, vf.theta
-    sv = _shape_vars(vf)
+    sv = shape_vars(vf)
     if not sv:
         return []
     tv = law.time_var
@@ -272,7 +175,7 @@ def plot_width_depth(vf: VariantFit, out_dir: Path) -> list[Path]:
         xg = np.geomspace(x.min() / 1.2, x.max() * 1.2, 80)
         if other:
             ov = other[0]
-            cols, u = _colours(pts.V[ov])
+            cols, u = colours(pts.V[ov])
             handles = []
             for val in u:
                 s = pts.V[ov] == val
@@ -280,27 +183,27 @@ def plot_width_depth(vf: VariantFit, out_dir: Path) -> list[Path]:
                 V = {xv: xg, ov: np.full_like(xg, val)}
                 if tv is not None:
                     V[tv] = np.full_like(xg, np.inf)
-                lbl = _fmt_val(_depth(vf, val) if ov == "l" else val)
+                lbl = value_label(depth_of(vf, val) if ov == "l" else val)
                 ax.plot(xg, _no_time(vf, V), color=cols[val], lw=1.1)
                 handles.append(plt.Line2D([], [], color=cols[val], marker="o", lw=1.1, label=lbl))
-            _legend_or_bar(fig, ax, u, cols, _var_label(ov), handles)
-            ax.set_title(f"against {_var_label(xv)} at fixed {_var_label(ov)}")
+            legend_or_bar(fig, ax, u, cols, var_label(ov), handles)
+            ax.set_title(f"against {var_label(xv)} at fixed {var_label(ov)}")
         else:
             ax.scatter(x, y, s=14, zorder=3, edgecolor="k", linewidth=0.3)
             V = {xv: xg}
             if tv is not None:
                 V[tv] = np.full_like(xg, np.inf)
             ax.plot(xg, _no_time(vf, V), "k-", lw=1.1)
-            ax.set_title(f"against {_var_label(xv)}")
+            ax.set_title(f"against {var_label(xv)}")
         ax.set_xscale("log")
-        _plain_ticks(ax, "x", x)
+        plain_ticks(ax, "x", x)
         if xv == "l" and vf.points.depth_offset:
             ax.set_xlabel(f"effective depth ℓ − {vf.points.depth_offset:g}")
         else:
-            ax.set_xlabel(_var_label(xv))
+            ax.set_xlabel(var_label(xv))
     if tv:
         j_t = [i for i, t in enumerate(law.terms) if t.var == tv][0]
-        axes[0, 0].set_ylabel(f"L − {_term(law, th, j_t)}  (time term removed)")
+        axes[0, 0].set_ylabel(f"L − {term_label(law, th, j_t)}  (time term removed)")
     else:
         axes[0, 0].set_ylabel("L")
     fig.suptitle(f"{vf.variant}: loss with the time term removed; lines: fitted law")
@@ -318,11 +221,11 @@ def plot_residuals(vf: VariantFit, out_dir: Path) -> list[Path]:
     r = 100 * vf.residuals
     pred = pts.loss * (1 - vf.residuals)
     tv = law.time_var
-    sv = _shape_vars(vf)
+    sv = shape_vars(vf)
     cv = "m" if "m" in sv else (sv[0] if sv else None)
-    xs = [(pts.V[tv], _time_label(vf), True)] if tv else []
+    xs = [(pts.V[tv], time_label(vf), True)] if tv else []
     if "l" in sv:
-        xs.append((pts.V["l"] + pts.depth_offset, _var_label("l"), True))
+        xs.append((pts.V["l"] + pts.depth_offset, var_label("l"), True))
     xs.append((pred, "fitted loss", False))
     fig, axes = plt.subplots(1, len(xs), figsize=(4.3 * len(xs) + 0.8, 3.6), squeeze=False, sharey=True)
     rms = 100 * vf.rms_rel_error
@@ -336,21 +239,15 @@ def plot_residuals(vf: VariantFit, out_dir: Path) -> list[Path]:
         ax.axhspan(-rms, rms, color="C1", alpha=0.15, label=f"± rms = {rms:.2g}%")
         if logx:
             ax.set_xscale("log")
-            _plain_ticks(ax, "x", x)
+            plain_ticks(ax, "x", x)
         ax.set_xlabel(lab)
     axes[0, 0].set_ylabel("residual (L − fit)/L  [%]")
     axes[0, 0].legend(loc="upper right")
     if cv:
-        _colorbar(fig, sc, axes[0, -1], _var_label(cv), pts.V[cv])
+        colorbar(fig, sc, axes[0, -1], var_label(cv), pts.V[cv])
     fig.suptitle(f"{vf.variant}: relative residuals of the {law.name} fit")
     fig.tight_layout()
     return _save(fig, out_dir, f"residuals_{slug(vf.variant)}")
-
-
-def _truthy(x: ArrayLike) -> np.ndarray:
-    """A boolean column, also when a CSV reader left it as text ("True"/"False")."""
-    x = np.asarray(x)
-    return x.astype(bool) if x.dtype.kind in "biuf" else np.isin(np.char.lower(x.astype(str)), ("true", "1", "1.0"))
 
 
 def plot_eval_curves(table: Mapping[str, Any], out_dir: Path, time: str | None = None) -> dict[str, list[Path]]:
@@ -368,7 +265,7 @@ def plot_eval_curves(table: Mapping[str, Any], out_dir: Path, time: str | None =
     variant = np.asarray(table["variant"]).astype(str) if "variant" in table else np.full(len(y), "all")
     m = np.asarray(table["m"], float) if "m" in table else None
     l = np.asarray(table["l"], float) if "l" in table else None
-    final = _truthy(table["is_final"]) if "is_final" in table else np.zeros(len(y), bool)
+    final = truthy(table["is_final"]) if "is_final" in table else np.zeros(len(y), bool)
     made = {}
     for v in np.unique(variant[ok]):
         sel = ok & (variant == v)
@@ -378,7 +275,7 @@ def plot_eval_curves(table: Mapping[str, Any], out_dir: Path, time: str | None =
         fig, axes = plt.subplots(nr, nc, figsize=(3.6 * nc + 1.2, 3.0 * nr + 0.6), squeeze=False,
                                  sharex=True, sharey=True)
         cu: Any
-        cols, cu = _colours(m[sel]) if m is not None else ({None: "C0"}, [None])
+        cols, cu = colours(m[sel]) if m is not None else ({None: "C0"}, [None])
         for ax, pv in zip(axes.flat, panels):
             sp = sel if pv is None else sel & (l == pv)
             for c in np.unique(cell[sp]):
@@ -389,9 +286,9 @@ def plot_eval_curves(table: Mapping[str, Any], out_dir: Path, time: str | None =
                 f = s[final[s]]
                 ax.scatter(t[f], y[f], s=12, color=colour, edgecolor="k", linewidth=0.3, zorder=3)
             ax.set_xscale("log")
-            _plain_ticks(ax, "x")
+            plain_ticks(ax, "x")
             if pv is not None:
-                ax.set_title(f"depth ℓ = {_fmt_val(pv)}")
+                ax.set_title(f"depth ℓ = {value_label(pv)}")
         for ax in axes.flat[len(panels):]:
             ax.set_visible(False)
         for ax in axes[-1]:
@@ -399,8 +296,8 @@ def plot_eval_curves(table: Mapping[str, Any], out_dir: Path, time: str | None =
         for ax in axes[:, 0]:
             ax.set_ylabel("eval loss (nats/token)")
         if m is not None:
-            handles = [plt.Line2D([], [], color=cols[u], lw=1.2, label=_fmt_val(u)) for u in cu]
-            fig.legend(handles=handles, title=_var_label("m"), loc="center left", bbox_to_anchor=(1.0, 0.5),
+            handles = [plt.Line2D([], [], color=cols[u], lw=1.2, label=value_label(u)) for u in cu]
+            fig.legend(handles=handles, title=var_label("m"), loc="center left", bbox_to_anchor=(1.0, 0.5),
                        frameon=False)
         n_cells = len(np.unique(cell[sel]))
         fig.suptitle(f"{v}: eval loss of every cell ({n_cells} cells), whole curves; dots: final points")
@@ -468,7 +365,7 @@ def plot_frontier(fits: dict[str, VariantFit], out_dir: Path) -> list[Path]:
         ax.axvline(c_max, color="0.4", lw=0.8, ls=":")
     a1.set_xscale("log")
     a1.set_xlabel("training compute C (FLOPs)")
-    a1.set_ylabel(_loss_label(next(iter(fits.values())).points.loss_name))
+    a1.set_ylabel(loss_label(next(iter(fits.values())).points.loss_name))
     a1.set_title("compute-optimal loss L*(C)")
     a2.set_xscale("log")
     a2.set_yscale("log")

@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import laws as LW
+from .columns import LOSSES, as_bool, as_str, check_table, law_variables, pick_column
 from .errors import AnalysisError
 from .laws import Law
-from .points import LOSSES, _bool, _pick, _str, check_table, law_variables
 
 if TYPE_CHECKING:
     from .results import FitResult
@@ -154,6 +154,43 @@ def score(actual: np.ndarray, pred: np.ndarray, lo: np.ndarray, hi: np.ndarray, 
             "fraction_inside": float(inside.mean()), "nominal": ci}
 
 
+def _rows_to_predict(T: Mapping[str, np.ndarray], predictor: Predictor, points: str, where: str | None,
+                     source_columns: Mapping[str, str] | None
+                     ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, str], list[str]]:
+    """The rows :func:`predict_table` predicts at (final points, ``where``, positive variables), the law's
+    variables, {variable: column}, and notes on every row skipped."""
+    n = len(next(iter(T.values())))
+    keep = np.ones(n, bool)
+    notes: list[str] = []
+    if points not in ("final", "all"):
+        raise AnalysisError(f"points={points!r}: allowed: final, all")
+    if points == "final" and "is_final" in T:
+        fin = as_bool(T["is_final"], "is_final")
+        if not fin.all():
+            notes.append(f"{int((~fin).sum())} row(s) that are not a run's final point skipped (--points all "
+                         f"keeps them)")
+        keep &= fin
+    if where is not None:
+        from .expr import evaluate
+        m = evaluate(where, T, "--where")
+        notes.append(f"--where {where}: {int((keep & ~m).sum())} row(s) removed")
+        keep &= m
+    V, cols, _, _, var_notes = law_variables(T, predictor.law, predictor.time, predictor.depth_offset, source_columns)
+    notes += var_notes
+    okv = np.ones(n, bool)
+    for v, a in V.items():
+        bad = keep & ~(np.isfinite(a) & (a > 0))
+        if bad.any():
+            notes.append(f"{int(bad.sum())} row(s) skipped: {v} (column {cols.get(v, v)!r}) is missing or not "
+                         f"positive")
+        okv &= np.isfinite(a) & (a > 0)
+    keep &= okv
+    rows = np.flatnonzero(keep)
+    if not len(rows):
+        raise AnalysisError("no row to predict: " + ("; ".join(notes) or "the table has no rows"))
+    return rows, V, cols, notes
+
+
 def predict_table(predictor: Predictor, table: Mapping[str, Iterable[Any]], *,
                   source_columns: Mapping[str, str] | None = None, input_columns: Iterable[str] | None = None,
                   ci: float | None = None, interval: str = "law", points: str = "final", where: str | None = None
@@ -169,42 +206,14 @@ def predict_table(predictor: Predictor, table: Mapping[str, Iterable[Any]], *,
     ci = predictor.ci if ci is None else float(ci)
     if not 0 < ci < 1:
         raise AnalysisError(f"ci={ci!r}: must be in (0, 1), e.g. 0.95")
-    n = len(next(iter(T.values())))
-    keep = np.ones(n, bool)
-    notes: list[str] = []
-    if points not in ("final", "all"):
-        raise AnalysisError(f"points={points!r}: allowed: final, all")
-    if points == "final" and "is_final" in T:
-        fin = _bool(T["is_final"], "is_final")
-        if not fin.all():
-            notes.append(f"{int((~fin).sum())} row(s) that are not a run's final point skipped (--points all "
-                         f"keeps them)")
-        keep &= fin
-    if where is not None:
-        from .expr import evaluate
-        m = evaluate(where, T, "--where")
-        notes.append(f"--where {where}: {int((keep & ~m).sum())} row(s) removed")
-        keep &= m
-    V, cols, _, _, var_notes = law_variables(T, law, predictor.time, predictor.depth_offset, source_columns)
-    notes += var_notes
-    okv = np.ones(n, bool)
-    for v, a in V.items():
-        bad = keep & ~(np.isfinite(a) & (a > 0))
-        if bad.any():
-            notes.append(f"{int(bad.sum())} row(s) skipped: {v} (column {cols.get(v, v)!r}) is missing or not "
-                         f"positive")
-        okv &= np.isfinite(a) & (a > 0)
-    keep &= okv
-    rows = np.flatnonzero(keep)
-    if not len(rows):
-        raise AnalysisError("no row to predict: " + ("; ".join(notes) or "the table has no rows"))
-    loss_col = _pick(T, LOSSES.get(predictor.loss, ("eval_loss", "loss")))
+    rows, V, cols, notes = _rows_to_predict(T, predictor, points, where, source_columns)
+    loss_col = pick_column(T, LOSSES.get(predictor.loss, ("eval_loss", "loss")))
     actual = None
     if loss_col is not None and T[loss_col].dtype.kind in "fiu":
         actual = T[loss_col].astype(float)
     fitted = list(predictor.variants)
     if "variant" in T:
-        var = _str(T["variant"])
+        var = as_str(T["variant"])
         unknown = sorted(set(var[rows].tolist()) - set(fitted))
         if unknown:
             raise AnalysisError(f"variant(s) {unknown} were not fitted; the fit has: {', '.join(fitted)}")
@@ -252,25 +261,3 @@ def heldout_predictions(law: Law, theta: np.ndarray, draws: np.ndarray, test_V: 
              "inside": bool(lo[i] <= actual[i] <= hi[i])} for i, c in enumerate(cells)]
     return {"condition": condition, "interval": kind, "ci": ci, "rows": rows,
             "summary": score(actual, pred, lo, hi, ci)}
-
-
-def write_csv(columns: Mapping[str, np.ndarray], path: str | Path) -> Path:
-    """The prediction table as CSV (full precision; booleans as true/false, NaN empty)."""
-    import csv
-    p = Path(path)
-    keys = list(columns)
-    n = len(next(iter(columns.values()))) if keys else 0
-    with p.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(keys)
-        for i in range(n):
-            w.writerow([_cell(columns[k][i]) for k in keys])
-    return p
-
-
-def _cell(x: Any) -> str:
-    if isinstance(x, (bool, np.bool_)):
-        return "true" if x else "false"
-    if isinstance(x, (float, np.floating)):
-        return "" if not np.isfinite(x) else repr(float(x))
-    return str(x)

@@ -10,6 +10,9 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import ArrayLike
 
+# S.write_csv(table, path): the one CSV writer, here too because tests write synthetic tables with it
+from .csvfile import write_csv as write_csv
+
 # Realistic for byte-level small models: L ~ 1.0-2.0 nats/byte on the default grid.
 UNIVERSALITY_TRUTH = {"c_tau": 0.6, "c_m": 20.0, "c_l": 0.4, "L0": 0.8}
 CHINCHILLA_TRUTH = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
@@ -78,16 +81,6 @@ def overtraining_table(seed: int = 0, noise: float = 0.005, truth: dict[str, flo
     L = L * np.exp(noise * rng.standard_normal(len(L)))
     return {"params": N, "tokens": D, "val_loss": np.round(L, 5), "tokens_per_param": np.round(D / N, 2),
             "run": np.array([f"r{i:03d}" for i in range(len(L))])}
-
-
-def write_csv(table: dict[str, np.ndarray], path: str) -> None:
-    """A table as CSV, numbers at full precision (``repr``)."""
-    import csv
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(list(table))
-        for row in zip(*table.values()):
-            w.writerow([repr(float(x)) if isinstance(x, (float, np.floating)) else str(x) for x in row])
 
 
 def two_variant_table(seed: int = 0, names: Sequence[str] = ("A", "B"),

@@ -14,9 +14,10 @@ import numpy as np
 
 from . import derived as dv
 from .errors import AnalysisError
-from .estimators import Objective, fit_law
 from .identify import check_identifiable
 from .laws import Law
+from .nonlinear import fit_law
+from .objective import Objective
 from .points import Points
 
 

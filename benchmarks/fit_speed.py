@@ -41,7 +41,7 @@ def main() -> None:
     args = ap.parse_args()
     from scaling_grid.analysis import laws
     from scaling_grid.analysis.fit import bootstrap, fit_fixed, run_fit
-    from scaling_grid.analysis.points import select_points
+    from scaling_grid.analysis.selection import select_points
 
     table = synthetic(args.points)
     t0 = time.perf_counter()

@@ -10,8 +10,10 @@ from scipy.stats import binom
 from scaling_grid.analysis import AnalysisError, laws, run_fit
 from scaling_grid.analysis import derived as dv
 from scaling_grid.analysis import synthetic as S
-from scaling_grid.analysis.compare import comparison_table, universality_across
-from scaling_grid.analysis.points import check_table, select_points
+from scaling_grid.analysis.columns import check_table
+from scaling_grid.analysis.compare import universality_across
+from scaling_grid.analysis.compare_text import comparison_table
+from scaling_grid.analysis.selection import select_points
 from scaling_grid.grid.cli import main
 
 TRUTH_A = dict(S.UNIVERSALITY_TRUTH)

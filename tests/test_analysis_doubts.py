@@ -11,7 +11,7 @@ from scaling_grid.analysis import AnalysisError, laws, run_fit, write_report
 from scaling_grid.analysis import fit as F
 from scaling_grid.analysis import plots as P
 from scaling_grid.analysis import synthetic as S
-from scaling_grid.analysis.points import select_points
+from scaling_grid.analysis.selection import select_points
 
 
 def test_a_loss_without_variation_is_an_error_naming_the_parameters():

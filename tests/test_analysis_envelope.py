@@ -10,8 +10,8 @@ import pytest
 
 from scaling_grid.analysis import laws, run_fit
 from scaling_grid.analysis import synthetic as S
-from scaling_grid.analysis.estimators import bootstrap
-from scaling_grid.analysis.points import select_points
+from scaling_grid.analysis.nonlinear import bootstrap
+from scaling_grid.analysis.selection import select_points
 from scaling_grid.grid.cli import main
 
 UNI = laws.get("universality")

@@ -10,7 +10,7 @@ from scipy.stats import binom
 from scaling_grid.analysis import fit as F
 from scaling_grid.analysis import laws, run_fit
 from scaling_grid.analysis import synthetic as S
-from scaling_grid.analysis.points import select_points
+from scaling_grid.analysis.selection import select_points
 
 UNI = laws.get("universality")
 TRUTH = S.UNIVERSALITY_TRUTH

@@ -10,10 +10,10 @@ from scipy.optimize import minimize as scipy_minimize
 from scipy.stats import binom
 
 from scaling_grid.analysis import AnalysisError, echo, laws, run_fit, terminal_table
-from scaling_grid.analysis import estimators as E
+from scaling_grid.analysis import nonlinear as E
 from scaling_grid.analysis import synthetic as S
-from scaling_grid.analysis.points import select_points
 from scaling_grid.analysis.results import interval
+from scaling_grid.analysis.selection import select_points
 
 TIED = "E + A/N^a + B/D^a"
 TIED_TRUTH = {"E": 1.69, "A": 406.4, "B": 410.7, "a": 0.30}

@@ -4,7 +4,7 @@ import pytest
 
 from scaling_grid.analysis import AnalysisError, laws, load_table, parse_mapping, run_fit
 from scaling_grid.analysis import synthetic as S
-from scaling_grid.analysis.points import select_points
+from scaling_grid.analysis.selection import select_points
 
 UNI = laws.get("universality")
 

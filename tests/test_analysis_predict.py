@@ -7,11 +7,11 @@ import pytest
 from scipy.stats import binom
 
 from scaling_grid.analysis import AnalysisError, Predictor, echo, laws, predict_table, run_fit
-from scaling_grid.analysis import estimators as E
+from scaling_grid.analysis import fit as E
 from scaling_grid.analysis import synthetic as S
 from scaling_grid.analysis.expr import evaluate
-from scaling_grid.analysis.points import select_points
 from scaling_grid.analysis.predict import law_interval
+from scaling_grid.analysis.selection import select_points
 
 UNI = laws.get("universality")
 TRUTH = S.UNIVERSALITY_TRUTH

@@ -12,7 +12,8 @@ import pytest
 
 from scaling_grid.analysis import fmt_interval, run_fit, write_report
 from scaling_grid.analysis import synthetic as S
-from scaling_grid.analysis.tables import coefficient_table, write_tables
+from scaling_grid.analysis.coefficients import coefficient_table
+from scaling_grid.analysis.tables import write_tables
 
 
 def two_variants():

@@ -1,0 +1,132 @@
+"""What the plots share: axis labels, colours, ticks, colour bars, terms as text, and the style."""
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.colors import LogNorm  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
+
+from .laws import PRETTY  # noqa: E402
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colorbar import Colorbar
+    from matplotlib.colorizer import ColorizingArtist
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    from .laws import Law
+    from .results import VariantFit
+
+plt.rcParams.update({"figure.dpi": 110, "font.size": 9, "axes.titlesize": 10, "legend.fontsize": 8,
+                     "axes.grid": True, "grid.alpha": 0.3})
+
+VAR_LABEL = {"tau": "τ", "D": "D (tokens)", "m": "width m", "l": "depth ℓ", "N": "N (parameters)"}
+TIME_LABEL = {"tau_lr": "τ = Σ lr", "tokens": "tokens D", "steps": "steps"}
+
+
+def loss_units(column: str) -> str:
+    """The unit of a loss column: a store export's losses are mean cross-entropy in nats per token;
+    a file's own column is whatever the file holds."""
+    return "nats/token" if column in ("eval_loss", "train_loss") else ""
+
+
+def loss_label(column: str) -> str:
+    u = loss_units(column)
+    return f"loss ({column}, {u})" if u else f"loss ({column})"
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)) or "_"
+
+
+def time_label(vf: VariantFit) -> str:
+    tv = vf.law.time_var or ""  # (callers plot a time variable)
+    return TIME_LABEL.get(vf.points.time or "", VAR_LABEL.get(tv, tv))
+
+
+def shape_vars(vf: VariantFit) -> list[str]:
+    return list(dict.fromkeys(t.var for t in vf.law.terms if t.var not in ("tau", "D")))
+
+
+def var_label(var: str) -> str:
+    """An axis label; a formula's own variable (a column of the table) is labelled by its name."""
+    return VAR_LABEL.get(var, var)
+
+
+def depth_of(vf: VariantFit, l_eff: float) -> float:
+    return l_eff + vf.points.depth_offset
+
+
+def colours(values: np.ndarray) -> tuple[dict[Any, Any], np.ndarray]:
+    """A colour per distinct value (log-spaced viridis) and a legend-or-colorbar decision."""
+    u = np.unique(values)
+    cmap = plt.get_cmap("viridis")
+    if len(u) == 1:
+        return {u[0]: cmap(0.4)}, u
+    z = (np.log(u) - np.log(u[0])) / (np.log(u[-1]) - np.log(u[0]))
+    return {v: cmap(0.9 * zi) for v, zi in zip(u, z)}, u
+
+
+def legend_or_bar(fig: Figure, ax: Axes, u: np.ndarray, cmap_of: dict[Any, Any], label: str,
+                   handles: list[Line2D] | None = None) -> None:
+    if len(u) <= 10:
+        ax.legend(handles=handles, title=label, loc="best", frameon=True)
+    else:
+        sm = plt.cm.ScalarMappable(norm=LogNorm(u[0], u[-1]), cmap=plt.get_cmap("viridis"))
+        fig.colorbar(sm, ax=ax, label=label)
+
+
+def plain_ticks(ax: Axes, which: str = "x", values: np.ndarray | None = None) -> None:
+    """Plain numbers (64, 0.5) instead of 6x10^1 on a log axis: ticks at the data's values when
+    there are few of them, else at 1-2-5 (or finer, on a short range) steps."""
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    lo, hi = (ax.get_xlim() if which == "x" else ax.get_ylim())
+    if not (lo > 1e-3 and hi < 1e4):
+        return  # powers of ten read better there
+    u = np.unique(values) if values is not None else np.array([])
+    if 1 < len(u) <= 8:
+        axis.set_ticks(u)
+    else:
+        decades = np.log10(hi / lo)
+        subs = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0) if decades < 1.2 else (1.0, 2.0, 5.0) if decades < 3 else (1.0,)
+        axis.set_major_locator(LogLocator(base=10, subs=subs))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def colorbar(fig: Figure, mappable: ScalarMappable | ColorizingArtist, ax: Axes, label: str, values: np.ndarray
+              ) -> Colorbar:
+    u = np.unique(values)
+    cb = fig.colorbar(mappable, ax=ax, label=label)
+    if len(u) <= 8:
+        cb.set_ticks(u.tolist())
+    cb.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+    cb.ax.yaxis.set_minor_formatter(NullFormatter())
+    return cb
+
+
+def exponent_text(a: float) -> str:
+    for num, den in ((1, 3), (1, 2), (2, 3), (1, 1), (2, 1)):
+        if abs(a - num / den) < 1e-9:
+            return f"{num}/{den}" if den != 1 else f"{num}"
+    return f"{a:.3g}"
+
+
+def term_label(law: Law, theta: np.ndarray, j: int) -> str:
+    """A term as text: c_τ τ^(−1/3), c_m/m, A/N^0.34."""
+    t = law.terms[j]
+    a = float(law.exponents(theta)[j])
+    c, v = PRETTY.get(t.coef, t.coef), {"tau": "τ", "l": "ℓ"}.get(t.var, t.var)
+    return f"{c}/{v}" if a == 1 else f"{c} {v}^(−{exponent_text(a)})"
+
+
+def value_label(v: float) -> str:
+    return f"{v:g}" if v < 1e5 else f"{v:.3g}"
