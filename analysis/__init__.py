@@ -28,8 +28,8 @@ Public API (what ``grid/cli.py`` calls)::
         of the fit, then predicted with intervals and scored (VariantFit.heldout); holdout_interval:
         law | run (predict.py). source_columns: the --map ({schema name: file column}), so the
         result names the file's own columns.
-        FitResult.to_json() -> str, .to_dict() -> dict, .table_markdown() / .table_csv() /
-        .table_latex() -> str, .variants[v] -> VariantFit (.params, .param_interval(name), .flags, ...)
+        FitResult.to_json() -> str, .to_dict() -> dict, (coefficient_table(result, "markdown" | "csv" |
+        "latex") -> str), .variants[v] -> VariantFit (.params, .param_interval(name), .flags, ...)
         A loss that does not vary, or a law whose every term stays below 1e-6 of the loss, is an
         AnalysisError; a parameter on its bound ("at_bound") or not determined ("unidentified") is
         flagged in .flags, the intervals, the tables and the warnings. Rows whose time variable is 0
@@ -78,7 +78,7 @@ coefficients lazily):
   HTML), report_sections, report (the report directory: one self-contained HTML file and the files
   beside it).
 """
-from .coefficients import terminal_table
+from .coefficients import coefficient_table, terminal_table
 from .compare_text import comparison_text
 from .csvfile import write_csv as write_prediction_csv
 from .errors import AnalysisError
@@ -92,6 +92,6 @@ from .selection import select_points
 from .tables import echo
 
 __all__ = ["AnalysisError", "FitResult", "Objective", "Predictor", "VariantFit", "check_output", "comparison_text",
-           "echo", "fmt_interval",
-           "load_table", "parse_mapping", "predict_table", "run_fit", "select_points", "terminal_table",
+           "coefficient_table", "echo", "fmt_interval", "load_table", "parse_mapping", "predict_table", "run_fit",
+           "select_points", "terminal_table",
            "write_prediction_csv", "write_report"]

@@ -11,7 +11,7 @@ from .csvfile import csv_text
 from .formatting import FLAG_TEXT, interval_text, tex_cell, tex_escape, wrap
 from .laws import LATEX, PRETTY
 
-if TYPE_CHECKING:  # results imports this module lazily (FitResult.table_markdown): annotations only
+if TYPE_CHECKING:  # annotations only: the renderer knows the result type, never the reverse
     from .results import FitResult, VariantFit
 
 DERIVED_COLUMNS = {  # key: (markdown header, LaTeX header)

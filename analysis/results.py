@@ -202,7 +202,7 @@ def universality_test(vf: VariantFit) -> dict[str, Any]:
 
 @dataclass
 class FitResult:
-    """Fits of one law to every variant of a table. ``to_json()`` for scripts, ``table_markdown()``
+    """Fits of one law to every variant of a table. ``to_json()`` for scripts, ``coefficient_table(result, fmt)``
     for people."""
     law: Law
     options: dict[str, Any]
@@ -238,21 +238,6 @@ class FitResult:
         # one line per innermost list of numbers (a draw, a residual vector), not one per number
         return _FLAT.sub(lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", text) \
             if indent else text
-
-    # the table's renderer knows this type, not the reverse: these three stay (grid/cli.py and the tests
-    # call them) as lazy calls of coefficients.coefficient_table, which imports this module for type
-    # annotations only, so no import cycle runs
-    def table_markdown(self) -> str:
-        from .coefficients import coefficient_table
-        return coefficient_table(self, "markdown")
-
-    def table_csv(self) -> str:
-        from .coefficients import coefficient_table
-        return coefficient_table(self, "csv")
-
-    def table_latex(self) -> str:
-        from .coefficients import coefficient_table
-        return coefficient_table(self, "latex")
 
 
 _FLAT = re.compile(r"\[\s*((?:-?[0-9.eE+-]+|null|\"-?inf\")(?:,\s*(?:-?[0-9.eE+-]+|null|\"-?inf\"))*)\s*\]")

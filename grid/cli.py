@@ -389,7 +389,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         print("\n".join(err), file=sys.stderr, flush=True)
     if result.comparison:  # the difference table: not wrapped (its rows would break)
         print(analysis.comparison_text(result, width))
-    print(result.table_markdown() if width is None else analysis.terminal_table(result, width))  # the result, last
+    # the result, last
+    print(analysis.coefficient_table(result) if width is None else analysis.terminal_table(result, width))
     if args.json:
         import textwrap
         from pathlib import Path

@@ -11,6 +11,7 @@ from scaling_grid.analysis import AnalysisError, laws, run_fit, write_report
 from scaling_grid.analysis import fit as F
 from scaling_grid.analysis import plots as P
 from scaling_grid.analysis import synthetic as S
+from scaling_grid.analysis.coefficients import coefficient_table
 from scaling_grid.analysis.selection import select_points
 
 
@@ -45,16 +46,16 @@ def test_a_parameter_on_its_bound_is_flagged_in_json_tables_and_warnings():
     assert all("flag" not in d["params"][n] for n in ("c_tau", "c_m", "c_l"))
     assert all("flag" not in iv for iv in d["exponents"].values())
     assert any(w.startswith("L0 ") and "bound" in w for w in d["warnings"])
-    md = r.table_markdown()
+    md = coefficient_table(r, "markdown")
     row = [ln for ln in md.splitlines() if ln.startswith("| gpt2")][0]
     assert row.count("(at bound)") == 1 and "(at bound)" in row.split("|")[6]   # the L0 column
     assert "(at bound)" in md.split("\n\n", 1)[1]                              # and explained
-    table = list(csv.DictReader(io.StringIO(r.table_csv())))
+    table = list(csv.DictReader(io.StringIO(coefficient_table(r, "csv"))))
     assert table[0]["flags"] == "L0=at_bound"
-    assert "at bound" in r.table_latex()
+    assert "at bound" in coefficient_table(r, "latex")
     clean = run_fit(S.universality_table(seed=0), law="universality-free", n_boot=60, checks=False)
-    assert "at bound" not in clean.table_markdown() and list(csv.DictReader(
-        io.StringIO(clean.table_csv())))[0]["flags"] == ""
+    assert "at bound" not in coefficient_table(clean, "markdown") and list(csv.DictReader(
+        io.StringIO(coefficient_table(clean, "csv"))))[0]["flags"] == ""
 
 
 def test_a_vanished_term_makes_its_exponent_unidentified():

@@ -10,6 +10,7 @@ from scipy.stats import binom
 from scaling_grid.analysis import fit as F
 from scaling_grid.analysis import laws, run_fit
 from scaling_grid.analysis import synthetic as S
+from scaling_grid.analysis.coefficients import coefficient_table
 from scaling_grid.analysis.selection import select_points
 
 UNI = laws.get("universality")
@@ -167,6 +168,6 @@ def test_table_markdown_has_a_row_per_variant(law):
     a, b = S.universality_table(seed=0), S.universality_table(seed=1, variant="qk")
     tab = {k: np.concatenate([a[k], b[k]]) for k in a}
     r = run_fit(tab, law=law, n_boot=20, checks=False)
-    md = r.table_markdown()
+    md = coefficient_table(r, "markdown")
     rows = [ln for ln in md.splitlines() if ln.startswith("| ")]
     assert [ln.split("|")[1].strip() for ln in rows[1:]] == ["gpt2", "qk"]

@@ -12,6 +12,7 @@ from scipy.stats import binom
 from scaling_grid.analysis import AnalysisError, echo, laws, run_fit, terminal_table
 from scaling_grid.analysis import nonlinear as E
 from scaling_grid.analysis import synthetic as S
+from scaling_grid.analysis.coefficients import coefficient_table
 from scaling_grid.analysis.results import interval
 from scaling_grid.analysis.selection import select_points
 
@@ -78,7 +79,7 @@ def test_a_formula_fit_names_the_formula_and_the_files_columns():
     assert d["options"]["loss_column"] == "c4_val_loss" and d["options"]["time_column"] == "tokens"
     notes = " ".join(d["selection"]["notes"])
     assert "column 'c4_val_loss'" in notes and "column 'loss'" not in notes   # no schema alias
-    assert f"law L = {TIED}" in r.table_markdown() and "tied: a" in r.table_markdown()
+    assert f"law L = {TIED}" in coefficient_table(r, "markdown") and "tied: a" in coefficient_table(r, "markdown")
     assert abs(d["variants"]["all"]["exponents"]["a"]["value"] - 0.30) < 0.02
 
 
@@ -156,11 +157,11 @@ def test_defaults_are_unchanged_and_printed_with_every_fit():
     free = run_fit(tab, law="universality-free", n_boot=20, checks=False)
     assert fixed.objective == E.Objective("relative", 1e-3) and free.objective == E.Objective("log", 1e-3)
     for r, text in ((fixed, "relative residual (L - Lhat)/L"), (free, "log residual log L - log Lhat")):
-        assert f"Huber (delta = 0.001) on the {text}" in r.table_markdown()
+        assert f"Huber (delta = 0.001) on the {text}" in coefficient_table(r, "markdown")
         assert terminal_table(r, 100).count(text) == 1  # printed once, in the table's notes, with every fit
         assert not any(text in ln for ln in echo(r)[0])  # not again beside it
     ls = run_fit(tab, huber_delta=None, residual="absolute", n_boot=0, checks=False)
-    assert "least squares on the absolute residual L - Lhat" in ls.table_markdown()
+    assert "least squares on the absolute residual L - Lhat" in coefficient_table(ls, "markdown")
     with pytest.raises(AnalysisError, match="residual"):
         run_fit(tab, residual="squared", n_boot=0)
 
