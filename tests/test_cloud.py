@@ -204,7 +204,7 @@ def test_train_into_a_bucket_resumes_from_it_and_export_and_report_write_there(g
     keys = _keys(run)
     assert {"config.yaml", "result.json", "metrics/eval_loss/zarr.json", "checkpoints/40/commit_success.txt"} <= \
         set(keys), keys
-    assert ".lock" not in keys  # a bucket has no flock (trainer.loop._exclusive)
+    assert ".lock" not in keys  # a bucket has no flock (trainer.runfolder.exclusive)
     result = json.loads(P.read_bytes(run, "result.json"))
     m = read_metrics(f"{run}/metrics")
     assert result["status"] == "done" and result["eval_loss"] == m["eval_loss"][40] < m["eval_loss"][0]
@@ -381,16 +381,16 @@ def test_two_concurrent_prepares_commit_one_store_that_both_open(tmp_path):
 
 
 def test_a_bpe_token_store_in_a_bucket_keeps_its_tokenizer_there(gcs):
-    from scaling_grid.trainer import tokenstore
+    from scaling_grid.trainer import storebuild, tokenstore
     from scaling_grid.trainer.config import DataConfig
-    from scaling_grid.trainer.sources import _document_batches, _open_source
+    from scaling_grid.trainer.sources import document_batches, open_source
     cfg = DataConfig(tokenizer="bpe", bpe_vocab=300, max_docs=60, val_fraction=0.2, root=f"gs://{BUCKET}/bpe")
     store = tokenstore.prepare(cfg, progress=False)
     assert str(store.data).startswith(f"gs://{BUCKET}/bpe/shakespeare-bpe-") and store.vocab_size == 300
     assert f"{store.meta['data']}/tokenizer.json" in _keys(str(store.path))
     again = tokenstore.TokenStore.open(str(store.path))  # reopened from the bucket: tokenizer.json read back
-    docs = [d for batch in _document_batches(_open_source(cfg, []), 60) for d in batch]
-    first_val = next(d for d in docs if tokenstore.is_val(d, 0.2))
+    docs = [d for batch in document_batches(open_source(cfg, []), 60) for d in batch]
+    first_val = next(d for d in docs if storebuild.is_val(d, 0.2))
     tok = again.tokenizer()
     n = len(tok.encode_batch([first_val])[0])
     assert tok.decode(again.read("val", 1, 1 + n).tolist()) == first_val  # after the end-of-text token

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from scaling_grid.trainer import sources, tokenizers, tokenstore
+from scaling_grid.trainer import sources, storebuild, tokenizers, tokenstore
 from scaling_grid.trainer.config import ConfigError, DataConfig
 
 datasets = pytest.importorskip("datasets")
@@ -98,7 +98,7 @@ def test_parquet_store_matches_direct_tokenization(tmp_path, docs, gpt2):
     assert store.path == tokenstore.store_path(cfg) and store.path.name.startswith("parquet-gpt2-")
     assert (store.vocab_size, store.eot, store.meta["dtype"]) == (50257, 50256, "uint16")
 
-    is_val = [tokenstore.is_val(d, 0.1) for d in corpus]
+    is_val = [storebuild.is_val(d, 0.1) for d in corpus]
     expect = {False: [], True: []}
     for v, ids in zip(is_val, gpt2.encode_batch(corpus)):
         expect[v] += [50256] + ids
@@ -123,7 +123,7 @@ def test_val_split_is_independent_of_sharding(tmp_path, docs, gpt2):
     assert stores[0].path != stores[1].path
     for split in ("train", "val"):
         docs_of = [{gpt2.decode(d[1:].tolist()) for d in _split_docs(s, split)} for s in stores]
-        assert docs_of[0] == docs_of[1] == {d for d in corpus if tokenstore.is_val(d, 0.15) == (split == "val")}
+        assert docs_of[0] == docs_of[1] == {d for d in corpus if storebuild.is_val(d, 0.15) == (split == "val")}
         counts = [np.bincount(s.read(split), minlength=s.vocab_size) for s in stores]
         assert (counts[0] == counts[1]).all()
     assert stores[0].meta["docs_val"] == stores[1].meta["docs_val"] > 0
@@ -286,7 +286,7 @@ def test_bytes_tokenizer_on_shakespeare(bytes_store, docs):
     assert s.n_train + s.n_val == sum(len(d.encode()) for d in docs)
     assert s.meta["docs_train"] + s.meta["docs_val"] == len(docs) and s.meta["docs_val"] > 0
     tok = s.tokenizer()
-    first_val = next(d for d in docs if tokenstore.is_val(d, 0.02))
+    first_val = next(d for d in docs if storebuild.is_val(d, 0.02))
     assert tok.decode(s.read("val", 0, len(first_val.encode())).tolist()) == first_val
 
 
@@ -296,7 +296,7 @@ def test_bpe_trained_saved_and_reloaded(tmp_path, docs):
     assert (store.data / "tokenizer.json").is_file() and store.vocab_size == 1024 and store.eot is not None
     tok = tokenizers.get_tokenizer("bpe", store.data)  # reloaded from the store
     used = docs[:120]
-    val_docs = [d for d in used if tokenstore.is_val(d, 0.1)]
+    val_docs = [d for d in used if storebuild.is_val(d, 0.1)]
     assert val_docs and store.meta["docs_val"] == len(val_docs)
     expect = [t for ids in tok.encode_batch(val_docs) for t in [tok.eot] + ids]
     assert store.read("val").tolist() == expect
@@ -466,9 +466,9 @@ def test_text_documents_and_their_split(tmp_path, gpt2, shape):
     cfg = DataConfig(source="text", paths=(str(tmp_path / "in"),), documents=documents, tokenizer="gpt2",
                      val_fraction=0.5, root=str(tmp_path / "stores"))
     store = tokenstore.prepare(cfg, progress=False)
-    val = [d for d in expect if tokenstore.is_val(d, 0.5)]
+    val = [d for d in expect if storebuild.is_val(d, 0.5)]
     assert 0 < len(val) < len(expect), "the corpus must exercise both splits"
-    assert _docs_of(store, gpt2, "train") == [d for d in expect if not tokenstore.is_val(d, 0.5)]
+    assert _docs_of(store, gpt2, "train") == [d for d in expect if not storebuild.is_val(d, 0.5)]
     assert _docs_of(store, gpt2, "val") == val
     assert (store.meta["docs_train"], store.meta["docs_val"]) == (len(expect) - len(val), len(val))
     assert (store.meta["config"]["documents"], store.meta["config"]["text_key"]) == (documents, "text")
@@ -501,9 +501,9 @@ def test_jsonl_documents_and_their_split(tmp_path, gpt2, docs):
                      val_fraction=0.5, root=str(tmp_path / "stores"))
     store = tokenstore.prepare(cfg, progress=False)
     assert store.path.name.startswith("jsonl-gpt2-")
-    val = [d for d in expect if tokenstore.is_val(d, 0.5)]
+    val = [d for d in expect if storebuild.is_val(d, 0.5)]
     assert 0 < len(val) < len(expect)
-    assert _docs_of(store, gpt2, "train") == [d for d in expect if not tokenstore.is_val(d, 0.5)]
+    assert _docs_of(store, gpt2, "train") == [d for d in expect if not storebuild.is_val(d, 0.5)]
     assert _docs_of(store, gpt2, "val") == val
     # The same text under the default key, in one file: the same documents.
     _write_jsonl(tmp_path / "plain" / "all.jsonl", [{"text": r["body"]} for r in a + b])
@@ -520,7 +520,7 @@ def test_parquet_text_key_chooses_the_column(tmp_path, docs, gpt2):
                      val_fraction=0.5, root=str(tmp_path / "stores"))
     store = tokenstore.prepare(cfg, progress=False)
     assert _docs_of(store, gpt2, "train") + _docs_of(store, gpt2, "val") == \
-        [d for d in docs[:30] if not tokenstore.is_val(d, 0.5)] + [d for d in docs[:30] if tokenstore.is_val(d, 0.5)]
+        [d for d in docs[:30] if not storebuild.is_val(d, 0.5)] + [d for d in docs[:30] if storebuild.is_val(d, 0.5)]
     with pytest.raises(ConfigError, match=r"x\.parquet.* no 'body' column \(columns: \['content', 'text'\]\)"):
         tokenstore.prepare(DataConfig(source="parquet", paths=(str(tmp_path / "x.parquet"),), text_key="body",
                                 root=str(tmp_path / "stores")), progress=False)

@@ -68,10 +68,10 @@ _ORIGIN = {
     'train': 'loop',
     'train_pack': 'loop',
     'Lane': 'loop',
-    'train_cli': 'loop',
+    'train_cli': 'runfolder',
     'compute_dtype': 'model',
-    'accelerator_unused': 'loop',
-    'backend_line': 'loop',
+    'accelerator_unused': 'backend',
+    'backend_line': 'backend',
     'UnreadableCheckpoint': 'checkpoint',
     'saved_steps': 'checkpoint',
     'set_aside': 'checkpoint',
@@ -83,15 +83,15 @@ _ORIGIN = {
     'open_metric': 'metrics',
     'read_metrics': 'metrics',
     'kvstore_spec': 'metrics',
-    'interactive': 'metrics',
-    'optional_import': 'metrics',
-    'LogLineSink': 'metrics',
-    'ProgressSink': 'metrics',
+    'interactive': 'logsinks',
+    'optional_import': 'trackers',
+    'LogLineSink': 'logsinks',
+    'ProgressSink': 'logsinks',
     'Sinks': 'metrics',
-    'SinkSetupError': 'metrics',
-    'TensorBoardSink': 'metrics',
+    'SinkSetupError': 'trackers',
+    'TensorBoardSink': 'trackers',
     'TensorStoreSink': 'metrics',
-    'WandbSink': 'metrics',
+    'WandbSink': 'trackers',
     'read_step': 'metrics',
     'Preemption': 'preemption',
     'Distributed': 'runtime',
@@ -106,6 +106,7 @@ _ORIGIN = {
 }
 
 if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports on first use
+    from .backend import accelerator_unused, backend_line
     from .checkpoint import UnreadableCheckpoint, saved_steps, set_aside
     from .checks import check_data_paths, validate
     from .compile import SharedSteps, measure, memory_need, table_lengths
@@ -123,22 +124,16 @@ if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports on 
         parse_count,
     )
     from .configfile import describe, load, read_yaml_text
-    from .loop import Lane, accelerator_unused, backend_line, train, train_cli, train_pack
+    from .logsinks import LogLineSink, ProgressSink, interactive
+    from .loop import Lane, train, train_pack
     from .metrics import (
         EVAL_FIELDS,
         TRAIN_FIELDS,
-        LogLineSink,
         MetricsDamaged,
-        ProgressSink,
         Sinks,
-        SinkSetupError,
-        TensorBoardSink,
         TensorStoreSink,
-        WandbSink,
-        interactive,
         kvstore_spec,
         open_metric,
-        optional_import,
         read_metrics,
         read_step,
         rewrite_metadata,
@@ -147,6 +142,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports on 
     from .paths import path_of
     from .preemption import Preemption
     from .registry import expected_vocab
+    from .runfolder import train_cli
     from .runtime import (
         Distributed,
         FailedElsewhere,
@@ -160,6 +156,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports on 
     )
     from .step import check_batch, device_memory
     from .tokenstore import TokenStore, prepare, store_path
+    from .trackers import SinkSetupError, TensorBoardSink, WandbSink, optional_import
 
 
 def __getattr__(name: str) -> Any:

@@ -6,7 +6,7 @@ text under ``data.text_key``), ``parquet`` (local files, the text in column ``da
 FineWeb's schema), ``fineweb`` (streamed from the Hugging Face Hub). ``jsonl``, ``parquet`` and
 ``fineweb`` all go through ``datasets`` streaming and the same row code.
 
-Each source is opened by :func:`_open_source`, which checks its input first (bad input fails fast and
+Each source is opened by :func:`open_source`, which checks its input first (bad input fails fast and
 leaves nothing) and returns a function that starts a pass over its documents, in batches of texts
 (:data:`DocBatches`). How a source's content enters a store's name is in :mod:`.tokenstore`.
 """
@@ -70,7 +70,7 @@ def resolve_paths(cfg: DataConfig) -> list[Path]:
     return sorted(files)
 
 
-def _empty_corpus(cfg: DataConfig, files: list[Path], why: str) -> ConfigError:
+def empty_corpus(cfg: DataConfig, files: list[Path], why: str) -> ConfigError:
     """The error for a corpus with no text: named as such (not as an empty val split), with its files."""
     if not files:
         return ConfigError(f"data.source={cfg.source!r}: the corpus is empty: {why} in the documents it "
@@ -80,7 +80,7 @@ def _empty_corpus(cfg: DataConfig, files: list[Path], why: str) -> ConfigError:
                        "nothing was prepared")
 
 
-def _check_parquet(cfg: DataConfig, files: list[Path]) -> int:
+def check_parquet(cfg: DataConfig, files: list[Path]) -> int:
     """Fail before any work if a file is not parquet or lacks a string column ``data.text_key``, or
     if no file has a row; return the number of rows."""
     import pyarrow as pa
@@ -101,7 +101,7 @@ def _check_parquet(cfg: DataConfig, files: list[Path]) -> int:
                               "expected string")
         rows += meta.num_rows
     if rows == 0:
-        raise _empty_corpus(cfg, files, "no rows")
+        raise empty_corpus(cfg, files, "no rows")
     return rows
 
 
@@ -164,7 +164,7 @@ def _check_jsonl(cfg: DataConfig, files: list[Path]) -> list[Path]:
                               f"{type(rec[key]).__name__}, expected a string")
         kept.append(f)
     if not kept:
-        raise _empty_corpus(cfg, files, "no records")
+        raise empty_corpus(cfg, files, "no records")
     return kept
 
 
@@ -305,7 +305,7 @@ def _text_batches(files: list[Path], documents: str) -> DocBatches:
         yield batch
 
 
-def _open_source(cfg: DataConfig, files: list[Path]) -> Callable[[], DocBatches]:
+def open_source(cfg: DataConfig, files: list[Path]) -> Callable[[], DocBatches]:
     """Open the source (the Hub must be reachable) and return a function that starts a pass over
     its documents. Called before anything is written, so bad input fails fast and leaves nothing."""
     if cfg.source == "shakespeare":
@@ -317,7 +317,7 @@ def _open_source(cfg: DataConfig, files: list[Path]) -> Callable[[], DocBatches]
     if cfg.source == "jsonl":
         kept = _check_jsonl(cfg, files)
         return lambda: _jsonl_batches(kept, cfg.text_key)
-    if cfg.source == "parquet":  # files were checked by _check_parquet
+    if cfg.source == "parquet":  # files were checked by check_parquet
         ds = _parquet_dataset(files, cfg.text_key)
         return lambda: _hf_text_batches(ds, cfg.text_key)
     if cfg.source == "fineweb":
@@ -326,7 +326,7 @@ def _open_source(cfg: DataConfig, files: list[Path]) -> Callable[[], DocBatches]
     raise ConfigError(f"data.source={cfg.source!r}: allowed: {sorted(SOURCES)}")
 
 
-def _document_batches(source: Callable[[], DocBatches], max_docs: int) -> DocBatches:
+def document_batches(source: Callable[[], DocBatches], max_docs: int) -> DocBatches:
     """Batches of non-empty document texts, in a fixed order, stopping after ``max_docs`` (0 = all)."""
     left = max_docs or None
     gen = source()

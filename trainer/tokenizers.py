@@ -31,7 +31,7 @@ GPT2_VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33
 GPT2_ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
 
 
-def _n_cpus() -> int:
+def n_cpus() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # macOS
@@ -80,7 +80,7 @@ class Gpt2Tokenizer:
         self.enc = _gpt2_encoding()
 
     def encode_batch(self, texts: list[str], num_threads: int | None = None) -> list[list[int]]:
-        return self.enc.encode_ordinary_batch(texts, num_threads=num_threads or _n_cpus())
+        return self.enc.encode_ordinary_batch(texts, num_threads=num_threads or n_cpus())
 
     def encode_arrays(self, texts: list[str]) -> list[np.ndarray]:
         # encode_to_numpy skips building Python lists: 3.2M vs 2.1M tokens/s per thread here.
@@ -142,7 +142,7 @@ def get_tokenizer(name: str, store_path: str | os.PathLike[str] | None = None) -
     raise ConfigError(f"data.tokenizer={name!r}: allowed: {sorted(TOKENIZERS)}")
 
 
-def _train_bpe(texts: Iterator[str], vocab_size: int, out: Any, progress: bool) -> BpeTokenizer:
+def train_bpe(texts: Iterator[str], vocab_size: int, out: Any, progress: bool) -> BpeTokenizer:
     """Train on `texts` and write the tokenizer to `out` (a paths.path_of path: local or in a bucket)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
