@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from .config import approx_count
+
 
 class ProgressSink:
     """A tqdm progress bar over steps showing train loss, eval loss and tokens/s."""
@@ -61,14 +63,6 @@ def interactive() -> bool:
 WIDTH = 100  # log lines fit a laptop terminal
 
 
-def _short(x: float) -> str:
-    """16384000 -> '16.4M': a rate in a few characters."""
-    for suffix, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if x >= scale:
-            return f"{x / scale:.3g}{suffix}"
-    return f"{x:.0f}"
-
-
 class LogLineSink:
     """Plain progress lines for a log file, where a bar's carriage-return redraws are noise: one every
     `every_s` seconds (step, train loss, ms per step, tokens/s and, where the devices' peak is known,
@@ -102,7 +96,7 @@ class LogLineSink:
         if steps > 0 and dt > 0:
             tok_s = steps * self.tokens_per_step / dt
             ms = 1000 * dt / steps
-            parts += [f"{ms:.1f} ms/step" if ms < 10 else f"{ms:,.0f} ms/step", f"{_short(tok_s)} tok/s"]
+            parts += [f"{ms:.1f} ms/step" if ms < 10 else f"{ms:,.0f} ms/step", f"{approx_count(tok_s, 3)} tok/s"]
             if self.flops_per_token and self.peak_flops:
                 parts.append(f"MFU {100 * self.flops_per_token * tok_s / self.peak_flops:.0f}%")
         self._say(" ".join(parts))
