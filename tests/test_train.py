@@ -347,7 +347,8 @@ def test_log_without_a_terminal_is_plain_lines(reference_run):
 def test_status_and_export_of_a_run_folder(reference_run, tmp_path, capsys):
     """`status` and `export` read a `train` folder as a grid of one run, with the grid store's checks."""
     from scaling_grid.grid import cli
-    from scaling_grid.grid import store as G
+    from scaling_grid.grid import export as E
+    from scaling_grid.grid import status as GS
     ref_out, ref, proc = reference_run
     out = tmp_path / "run"
     shutil.copytree(ref_out, out)
@@ -359,8 +360,8 @@ def test_status_and_export_of_a_run_folder(reference_run, tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["export", str(out), "--out", "/proc/sg-bar/x.csv"]) == 2  # root may, /proc does not
     assert "--out='/proc/sg-bar/x.csv': its folder cannot be created" in capsys.readouterr().err
-    t = G.export_table(str(out))
-    assert tuple(t) == G.EXPORT_COLUMNS and (tmp_path / "x.csv").read_text().count("\n") == len(t["step"]) + 1
+    t = E.export_table(str(out))
+    assert tuple(t) == E.EXPORT_COLUMNS and (tmp_path / "x.csv").read_text().count("\n") == len(t["step"]) + 1
     steps = np.flatnonzero(np.isfinite(ref["loss"]) | np.isfinite(ref["eval_loss"]))
     np.testing.assert_array_equal(t["step"], steps)
     for col, field in (("train_loss", "loss"), ("eval_loss", "eval_loss"), ("eval_stderr", "eval_stderr"),
@@ -371,10 +372,10 @@ def test_status_and_export_of_a_run_folder(reference_run, tmp_path, capsys):
     n = int(proc.stdout.split(" non-embedding params")[0].rsplit(" ", 1)[-1].replace(",", ""))
     assert set(t["N"]) == {n} and set(t["m"]) == {32} and set(t["l"]) == {2}  # as `train` printed them
     with loop._exclusive(out):  # a `train` holds the folder
-        assert G.status_rows(str(out))[0]["state"] == "running"
+        assert GS.status_rows(str(out))[0]["state"] == "running"
     result = (out / "result.json").read_text()
     (out / "result.json").unlink()  # killed: metrics, no result
-    assert G.status_rows(str(out))[0]["state"] == "partial"
+    assert GS.status_rows(str(out))[0]["state"] == "partial"
     (out / "result.json").write_text(result)
     shutil.rmtree(out / "metrics" / "eval_loss" / "c")  # the final eval lost
     assert cli.main(["status", str(out)]) == 1
