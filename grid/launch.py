@@ -38,7 +38,6 @@ from scaling_grid.trainer import (
     multi_process,
     path_of,
     saved_steps,
-    set_aside,
     setup,
     together,
 )
@@ -50,10 +49,8 @@ from .exits import EXIT_FAILED, EXIT_OK, EXIT_PREEMPTED
 from .liveness import Heartbeat, LiveSink
 from .options import Options
 from .plan import memory_check
-from .repair import damaged_done_cells, still_damaged
+from .repair import RERUN_TRUNK, damaged_done_cells, still_damaged, trunk_unreadable
 from .store import FINAL_STATES, Store
-
-RERUN_TRUNK = "rerun trunk"
 
 
 @dataclass
@@ -373,31 +370,7 @@ def _run_cells(cells: Sequence[S.Cell], ctx: _Context, rerun_done: bool = False)
         branch = claimed[0]  # a branch runs alone
         if branch.init_from is None or str(e.directory) != str(path_of(branch.init_from[0])):
             raise
-        return [_trunk_unreadable(branch, e, ctx)]
+        return [trunk_unreadable(branch, e, ctx.store, ctx.say, ctx.writer, ctx.multi)]
     except Exception as e:  # noqa: BLE001 - record and go on to the next cell
         return pack.crashed(e)
     return pack.finish(outcome)
-
-
-def _trunk_unreadable(branch: Claimed, e: UnreadableCheckpoint, ctx: _Context) -> str:
-    """A branch whose start checkpoint in its trunk is unreadable: set the trunk's checkpoints from
-    there aside and ask for the trunk to rerun (one process alone; on many the user is told how)."""
-    cell, base, store, say = branch.cell, branch.base, ctx.store, ctx.say
-    where = f"its trunk {cell.parent}'s checkpoint at step {e.step}, where this branch starts, is unreadable"
-    if ctx.multi:  # moving shared checkpoints is a decision for one process; left to the user here
-        msg = (f"{where} ({e}); move {e.directory}/{e.step} and the trunk's later checkpoints aside, then run "
-               "again: the trunk reruns from its previous checkpoint")
-        say(f"{cell.id}: FAILED: {msg}")
-        if ctx.writer:
-            store.set_status(cell.id, {**base, "state": "failed", "message": msg})
-        return "failed"
-    moved = [s for s in saved_steps(e.directory) if s >= e.step]
-    dest = set_aside(e.directory, moved)
-    say(f"{cell.id}: {where}; moved the trunk's checkpoints {moved} to {dest} and rerunning the trunk from its "
-        "previous checkpoint")
-    if ctx.writer:
-        assert cell.parent is not None  # init_from is set: a branch
-        store.set_status(cell.id, {**base, "state": "pending", "message": f"{where}; waiting for the trunk"})
-        store.set_status(cell.parent, {**store.status(cell.parent)[0], "state": "preempted",
-                                       "message": f"checkpoint {e.step} unreadable; rerunning from the one before"})
-    return RERUN_TRUNK

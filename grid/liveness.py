@@ -24,10 +24,12 @@ if TYPE_CHECKING:
 
 
 def host_id() -> str:
+    """This machine, as a status names it (the name `train` writes in its lock, too)."""
     return socket.gethostname()
 
 
 def age_s(status: Mapping[str, Any]) -> float:
+    """Seconds since a status was written (inf when it does not say)."""
     t = status.get("updated")
     if not t:
         return math.inf

@@ -1,16 +1,20 @@
-"""Before a launch runs anything: what the records of its finished cells lost, repaired where that can
-be done (rewritten metadata; a done cell run again from a checkpoint before its first lost value),
-and said, with the way out, where it cannot."""
+"""Damaged records, repaired where that can be done and said, with the way out, where it cannot:
+before a launch runs anything, what its finished cells' records lost (rewritten metadata; a done
+cell run again from a checkpoint before its first lost value); while it runs, a branch's unreadable
+start checkpoint in its trunk (the trunk reruns from the checkpoint before)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from scaling_grid.trainer import first_lost_step, saved_steps, set_aside
+from scaling_grid.trainer import UnreadableCheckpoint, first_lost_step, saved_steps, set_aside
 
 from . import spec as S
+from .claim import Claimed
 from .exits import EXIT_FAILED, EXIT_OK
 from .store import Store, lost
+
+RERUN_TRUNK = "rerun trunk"  # what a branch whose trunk must rerun first reports
 
 
 def still_damaged(damaged: list[str], out: Callable[[str], None]) -> int:
@@ -55,3 +59,28 @@ def damaged_done_cells(store: Store, cells: Sequence[S.Cell], states: dict[str, 
             out(f"{c.id}: DAMAGED: {'; '.join(problems)}; {lost(store, c.id)}")
             damaged.append(c.id)
     return redo, damaged
+
+
+def trunk_unreadable(branch: Claimed, e: UnreadableCheckpoint, store: Store, say: Callable[[str], None], writer: bool,
+                     multi: bool) -> str:
+    """A branch whose start checkpoint in its trunk is unreadable: set the trunk's checkpoints from
+    there aside and ask for the trunk to rerun (one process alone; on many the user is told how)."""
+    cell, base = branch.cell, branch.base
+    where = f"its trunk {cell.parent}'s checkpoint at step {e.step}, where this branch starts, is unreadable"
+    if multi:  # moving shared checkpoints is a decision for one process; left to the user here
+        msg = (f"{where} ({e}); move {e.directory}/{e.step} and the trunk's later checkpoints aside, then run "
+               "again: the trunk reruns from its previous checkpoint")
+        say(f"{cell.id}: FAILED: {msg}")
+        if writer:
+            store.set_status(cell.id, {**base, "state": "failed", "message": msg})
+        return "failed"
+    moved = [s for s in saved_steps(e.directory) if s >= e.step]
+    dest = set_aside(e.directory, moved)
+    say(f"{cell.id}: {where}; moved the trunk's checkpoints {moved} to {dest} and rerunning the trunk from its "
+        "previous checkpoint")
+    if writer:
+        assert cell.parent is not None  # init_from is set: a branch
+        store.set_status(cell.id, {**base, "state": "pending", "message": f"{where}; waiting for the trunk"})
+        store.set_status(cell.parent, {**store.status(cell.parent)[0], "state": "preempted",
+                                       "message": f"checkpoint {e.step} unreadable; rerunning from the one before"})
+    return RERUN_TRUNK
