@@ -10,11 +10,16 @@ import json
 from collections.abc import Hashable, Sequence
 from typing import Any
 
-from scaling_grid.trainer import RunConfig, approx_count
-from scaling_grid.trainer.compile import shape_key
-from scaling_grid.trainer.config import pack_key
-from scaling_grid.trainer.paths import path_of
-from scaling_grid.trainer.target import ShapeReport, Target, compile_shape
+from scaling_grid.trainer import (
+    RunConfig,
+    ShapeReport,
+    Target,
+    approx_count,
+    compile_shape,
+    pack_key,
+    path_of,
+    shape_key,
+)
 
 from . import expand as E
 from . import spec as S
@@ -47,7 +52,7 @@ def check(configs: Sequence[RunConfig], target: Target, progress: Any = None,
           count_flops: bool = True) -> list[ShapeReport]:
     """Compile every distinct shape of ``configs`` for ``target``; ``progress(i, n, name)`` before each;
     ``count_flops``: XLA's FLOPs per token too (two more, smaller compiles per shape)."""
-    from scaling_grid.trainer.target import shape_name
+    from scaling_grid.trainer import shape_name
     shapes = distinct_shapes(configs)
     devices = target.devices()
     reports = []

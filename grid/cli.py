@@ -1,312 +1,24 @@
 """The `scaling-grid` command line. Subcommands are thin wrappers over library functions."""
+# (The docstring is `--help`'s description.) Here: the parser, `main` (errors become exit codes and
+# one-line messages) and the analysis commands fit, predict and report; the commands of runs and grids
+# are in cli_grid.py, every subcommand's arguments in cli_args.py, the exit codes in exits.py.
 from __future__ import annotations
 
 import argparse
-import errno
-import logging
-import re
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from scaling_grid import trainer as T
 from scaling_grid.trainer import ConfigError
+
+from . import cli_args as A
+from . import cli_grid as G
+from .cli_errors import disk_full, quiet_library_echoes
+from .exits import EXIT_BAD_INPUT, EXIT_OK
 
 if TYPE_CHECKING:
     import numpy as np
-
-    from scaling_grid.trainer import Distributed, RunConfig
-
-# Exit codes a launcher or a job scheduler can act on.
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_PREEMPTED = 0, 1, 2, 3, 143
-
-
-def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", nargs="?", help="YAML run config (defaults: the embedded Shakespeare corpus)")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="dotted overrides, e.g. model.width=256 train.tokens=20M")
-
-
-def _add_train_args(p: argparse.ArgumentParser) -> None:
-    """A run config, plus train's flags (before the config or after the overrides: argparse cannot
-    take them in between)."""
-    _add_config_args(p)
-    p.add_argument("--no-progress", action="store_true",
-                   help="no progress bar (plain lines: one per eval and every 30 s, as when not on a terminal)")
-    p.add_argument("--tensorboard", metavar="DIR", help="also write TensorBoard event files to DIR/<out_dir "
-                   "name> (needs tensorboardX); view with tensorboard --logdir DIR")
-    p.add_argument("--wandb", metavar="PROJECT", help="also log to Weights & Biases project PROJECT (needs "
-                   "wandb; WANDB_MODE=offline logs locally)")
-    _add_distributed_args(p, "all processes train this run together, each feeding its share of the batch")
-    _add_compile_cache_arg(p)
-
-
-def _add_compile_cache_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--compile-cache", metavar="DIR|URL", help="JAX's persistent compilation cache: a folder or a "
-                   "gs:// URL that every host shares (default: $SCALING_GRID_COMPILE_CACHE, else "
-                   "$JAX_COMPILATION_CACHE_DIR, else ~/.cache/scaling-grid/jax)")
-
-
-def _load_config(args: argparse.Namespace) -> RunConfig:
-    from scaling_grid import trainer as T
-    path, overrides = args.config, list(args.overrides)
-    if path is not None and "=" in path:  # no config file given, only overrides
-        path, overrides = None, [path] + overrides
-    return T.load(path, overrides)
-
-
-def cmd_prepare(args: argparse.Namespace) -> int:
-    from scaling_grid import trainer as T
-    cfg = _load_config(args)
-    store = T.prepare(cfg.data)
-    print(f"token store: {store.path}  train {store.n_train:,} tokens, val {store.n_val:,} tokens, "
-          f"vocab {store.vocab_size}")
-    return EXIT_OK
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from scaling_grid import trainer as T
-    cfg = _load_config(args)
-    from scaling_grid.trainer.paths import require_local
-    tensorboard = require_local("--tensorboard", args.tensorboard)
-    T.setup(_distributed(args), args.compile_cache)  # before anything starts a JAX backend
-    result = T.train_cli(cfg, progress=not args.no_progress, tensorboard=tensorboard, wandb=args.wandb)
-    return {"done": EXIT_OK, "diverged": EXIT_DIVERGED, "preempted": EXIT_PREEMPTED}.get(result.status, EXIT_FAILED)
-
-
-def _add_config_cmd_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", nargs="?", help="YAML run config to resolve (none and no overrides: list the defaults)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides to resolve with it, "
-                   "e.g. model.width=256 data.documents=blank_lines")
-
-
-def cmd_config(args: argparse.Namespace) -> int:
-    from scaling_grid import trainer as T
-    if args.config is None and not args.overrides:
-        print("# Every run config field with its default and meaning. Set fields in a YAML file of these sections,\n"
-              "# or on the command line as section.key=value (e.g. model.width=256 train.tokens=20M).")
-        print(T.describe(), end="")
-    else:
-        cfg = _load_config(args)  # checked as train would check it
-        print("# The resolved config of this run (file, overrides, defaults); each value's meaning, and its\n"
-              "# default where it differs. `scaling-grid train` with the same arguments runs this config.")
-        print(T.describe(cfg), end="")
-    return EXIT_OK
-
-
-def _add_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("spec", help="YAML grid spec, e.g. configs/demo.yaml")
-    p.add_argument("--store", help="grid store: a folder or a URL (gs://bucket/path, file:///path); default: "
-                   "stores/<spec name>")
-    p.add_argument("--dry-run", action="store_true", help="print the plan (cells, sizes, FLOPs, estimated time, "
-                   "what is done, compute of each token mode) and exit; writes nothing")
-    p.add_argument("--shard", metavar="i/n", help="run only the cells assigned to host i of n (0-based)")
-    p.add_argument("--checkpoints", metavar="DIR|URL", help="checkpoint root: a folder or a gs:// URL that every "
-                   "host sees (default <store>/checkpoints)")
-    p.add_argument("--status-every", type=float, default=15.0, metavar="S",
-                   help="seconds between status heartbeats of a running cell (default 15)")
-    p.add_argument("--stale-after", type=float, default=600.0, metavar="S",
-                   help="take over a cell another host marked running if its heartbeat is older (default 600)")
-    p.add_argument("--no-memory-check", action="store_true",
-                   help="skip the ahead-of-time compile of the largest cells against device memory")
-    p.add_argument("--no-measure", action="store_true", help="dry run: do not time a few steps for the estimate")
-    p.add_argument("--no-retry-failed", action="store_true", help="leave cells that failed before alone")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (one line per cell, as when not "
-                   "on a terminal)")
-    p.add_argument("--tensorboard", metavar="DIR", help="also write TensorBoard event files, one run per cell in "
-                   "DIR/<cell id> (needs tensorboardX); view with tensorboard --logdir DIR")
-    p.add_argument("--wandb", metavar="PROJECT", help="also log every cell to Weights & Biases project PROJECT, "
-                   "one W&B run per cell (needs wandb; WANDB_MODE=offline logs locally)")
-    p.add_argument("--wide", action="store_true", help="dry run: every column, whatever the terminal width")
-    _add_target_arg(p)
-    _add_distributed_args(p, "every process runs each cell together")
-    _add_compile_cache_arg(p)
-
-
-def _add_distributed_args(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("--distributed", action="store_true", help=f"join a multi-process JAX job ({what}); without "
-                   "the three flags below JAX detects TPU VMs, SLURM, Open MPI and Kubernetes by itself")
-    p.add_argument("--coordinator", metavar="HOST:PORT", help="with --distributed: process 0's address")
-    p.add_argument("--num-processes", type=int, metavar="N", help="with --distributed: processes in the job")
-    p.add_argument("--process-id", type=int, metavar="I", help="with --distributed: this process, 0..N-1")
-
-
-def _distributed(args: argparse.Namespace) -> Distributed | None:
-    from scaling_grid.trainer import Distributed
-    d = Distributed(args.coordinator, args.num_processes, args.process_id)
-    if not args.distributed:
-        if d != Distributed():
-            raise ConfigError("--coordinator, --num-processes and --process-id need --distributed")
-        return None
-    d.check()
-    return d
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    if args.target:
-        _host_only()
-    from pathlib import Path
-
-    from scaling_grid.grid import launch
-    from scaling_grid.grid.spec import parse_shard
-    from scaling_grid.trainer.paths import require_local
-    shard = parse_shard(args.shard)
-    for flag, value in (("--status-every", args.status_every), ("--stale-after", args.stale_after)):
-        if not 0 < value < float("inf"):
-            raise ConfigError(f"{flag}={value:g}: must be a positive number of seconds")
-    store = args.store or str(Path("stores") / Path(args.spec).stem)
-    opts = launch.Options(store=store, shard=shard, checkpoints=args.checkpoints, status_every=args.status_every,
-                          stale_after=args.stale_after, memory_check=not args.no_memory_check,
-                          measure=not args.no_measure, progress=not args.no_progress,
-                          retry_failed=not args.no_retry_failed, distributed=_distributed(args),
-                          tensorboard=require_local("--tensorboard", args.tensorboard), wandb=args.wandb,
-                          wide=args.wide, compile_cache=args.compile_cache, target=args.target)
-    if args.target and not args.dry_run:
-        raise ConfigError("--target goes with --dry-run (it compiles for a chip that need not be here); a run "
-                          "trains on the devices JAX sees")
-    if args.dry_run:
-        print(launch.plan_text(args.spec, opts))
-        return EXIT_OK
-    try:
-        return launch.run(args.spec, opts)
-    except KeyboardInterrupt:
-        print("interrupted: run the same command again to resume", file=sys.stderr)
-        return 130
-
-
-def _add_compile_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", nargs="?", help="YAML run config or grid spec (a spec compiles each distinct shape "
-                   "of its cells, packs included)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides of a run config")
-    _add_target_arg(p, required=True)
-    p.add_argument("--json", metavar="FILE", help="also write one JSON object per shape to FILE")
-
-
-def _add_target_arg(p: argparse.ArgumentParser, required: bool = False) -> None:
-    p.add_argument("--target", required=required, metavar="T", help="compile for this accelerator with its real "
-                   "compiler, no chip needed: tpu:v5e:2x4, tpu:v4:2x2x1, tpu:v5p:2x2x2, tpu:v6e:2x2, gpu:h100, "
-                   "gpu:h100:8, gpu:a100 (needs the aot extra)")
-
-
-def _host_only() -> None:
-    """Compiling for a target runs nothing on this host's accelerator: keep JAX on the CPU, so the aot
-    extra's TPU and CUDA plugins do not probe for chips (and warn) on a machine without them."""
-    import os
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
-
-
-def cmd_compile(args: argparse.Namespace) -> int:
-    _host_only()
-    from scaling_grid.grid import aot
-    from scaling_grid.trainer.target import parse_target
-    target = parse_target(args.target)
-    configs, what = aot.configs_of(args.config, args.overrides)
-    print(f"compiling for {target.name} ({what}) with the target's own compiler", flush=True)
-
-    def progress(i: int, n: int, name: str) -> None:
-        print(f"  [{i + 1}/{n}] {name}", file=sys.stderr, flush=True)
-    reports = aot.check(configs, target, progress)
-    print(aot.table(reports))
-    if args.json:
-        aot.write_json(reports, args.json)
-        print(f"{len(reports)} shape(s) -> {args.json}")
-    bad = [i + 1 for i, r in enumerate(reports) if not r.fits]
-    if bad:
-        print(f"does not fit {target.name}: shape(s) {', '.join(map(str, bad))}", file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_OK
-
-
-def _add_store_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("store", help="grid store (a folder or a kvstore URL), or the out_dir of a `train` run")
-    if p.prog.split()[-1] == "status":  # export shares the argument above
-        p.add_argument("--wide", action="store_true", help="every column and whole notes, whatever the width "
-                       "(default: rows fit 100 columns)")
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    from scaling_grid.grid import store
-    rows = store.status_rows(args.store)
-    print(store.format_status(rows, args.store, wide=args.wide))
-    return EXIT_FAILED if any(r["state"] == "damaged" for r in rows) else EXIT_OK
-
-
-def _add_export_args(p: argparse.ArgumentParser) -> None:
-    _add_store_arg(p)
-    p.add_argument("--out", help="output file, .csv or .parquet (default: <store>/export.csv for a local store)")
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from scaling_grid import analysis
-    from scaling_grid.grid import store
-    from scaling_grid.trainer import paths
-    out = args.out
-    if out is None:  # beside the store, also in a bucket
-        out = paths.join(args.store, "export.csv") if store.is_url(args.store) else str(Path(args.store) / "export.csv")
-    if Path(out).suffix not in (".csv", ".parquet"):
-        raise ConfigError(f"--out={out!r}: expected a .csv or .parquet file name")
-    paths.check_scheme("--out", out)
-    if paths.is_remote(out):  # before reading the store: the bucket answers, and takes a write
-        paths.check_writable("--out", out.rsplit("/", 1)[0])
-    else:
-        out = paths.local(out) if paths.is_url(out) else out  # file://
-        if Path(out).is_dir():
-            raise ConfigError(f"--out={out!r}: is a folder; give a file name")
-        analysis.check_output(Path(out).parent, "--out", folder=True)  # before reading the store
-        try:  # permissions can say yes where the file system says no (/proc, a read-only mount)
-            Path(out).parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ConfigError(f"--out={out!r}: its folder cannot be created ({e.strerror})") from None
-    table = store.export_table(args.store)
-    path = store.write_table(table, out)
-    n = len(table["step"])
-    print(f"{n:,} rows x {len(table)} columns ({int(table['is_final'].sum())} final points, "
-          f"{len(set(table['cell']))} cells) -> {path}")
-    return EXIT_OK
-
-
-def _add_fit_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", help="a grid store (folder or URL) or a table file (.csv, .tsv, .parquet)")
-    p.add_argument("--verbose", action="store_true", help="also list the cells of every exclusion (always in "
-                   "the JSON)")
-    p.add_argument("--complete", action="store_true", help="a grid store: refuse to fit unless every cell has "
-                   "finished (done or diverged); by default a grid still running is fitted on its finished cells")
-    p.add_argument("--law", default="universality",
-                   help="universality (exponents 1/3, 1, 1) | universality-free | chinchilla (default universality), "
-                        "or a formula: a constant plus terms coef/var^exponent, the exponent a number (fixed) or a "
-                        "name (fitted); a name used twice is one tied parameter, e.g. 'E + A/N^a + B/D^a'; "
-                        "variables tau, D, m, l, N or any column of the table")
-    p.add_argument("--loss", default="eval", choices=["eval", "train"], help="which loss to fit (default eval)")
-    p.add_argument("--time", choices=["tau_lr", "tokens", "steps"],
-                   help="time variable (default tau_lr = sum of lr; tokens for chinchilla)")
-    p.add_argument("--points", default="final",
-                   choices=["final", "constant-lr", "final+constant-lr", "all", "best-lr"],
-                   help="which points are valid: run endpoints / post-cooldown points (default), points "
-                        "where the lr was constant, both, every point, or best-lr: the endpoint of the "
-                        "lowest-loss lr of each shape and budget (reselected in every bootstrap draw)")
-    p.add_argument("--map", metavar="K=COL,...", help="for a file: map the law's variables to its columns, "
-                   "e.g. N=model_size,D=tokens,loss=loss or m=d_model,l=n_layers,tau=tokens,loss=loss")
-    p.add_argument("--min-tau", type=float, metavar="T", help="drop points whose time is below T")
-    p.add_argument("--drop-highest", type=int, default=0, metavar="K",
-                   help="drop the K highest-loss points per variant")
-    p.add_argument("--exclude-variant", action="append", default=[], metavar="V",
-                   help="leave variant V out (repeatable)")
-    p.add_argument("--exclude-cell", action="append", default=[], metavar="ID", help="leave cell ID out (repeatable)")
-    p.add_argument("--depth-offset", type=float, default=0.0, metavar="L0", help="effective depth l - L0 (default 0)")
-    p.add_argument("--boot", type=int, default=1000, metavar="B", help="bootstrap resamples over runs (default 1000)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    p.add_argument("--huber-delta", default="1e-3", metavar="none|D",
-                   help="Huber threshold of the robust fit (default 1e-3); none = plain least squares")
-    p.add_argument("--residual", choices=["log", "relative", "absolute"],
-                   help="where residuals are taken: log L - log Lhat, (L - Lhat)/L or L - Lhat (default: log "
-                        "for a law with fitted exponents, relative for fixed exponents)")
-    p.add_argument("--where", metavar="EXPR", help="fit only the rows where EXPR holds, a condition over the "
-                   "table's columns, e.g. \"dataset == 'rpj' and tokens / N >= 20\" (comparisons, and/or/not, "
-                   "arithmetic, in (...), log/sqrt/...); the points it removes are listed")
-    p.add_argument("--reference", metavar="V", help="with two or more variants: the variant every other one is "
-                   "compared with (differences and ratios of every coefficient and derived quantity, with "
-                   "bootstrap intervals); default: the first")
 
 
 def _fit_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -339,16 +51,18 @@ def _points_table(args: argparse.Namespace) -> dict[str, np.ndarray]:
     from pathlib import Path
 
     from scaling_grid import analysis
-    from scaling_grid.grid import store
+
+    from .export import export_table
+    from .store import is_url
     src = args.source
     if Path(src).is_file():
         return analysis.load_table(src, args.map)
     if args.map:
         raise ConfigError(f"--map={args.map!r}: column mappings apply to table files, and {src!r} is a store")
-    if not store.is_url(src) and not (Path(src) / "spec.yaml").is_file() and not store.is_run_folder(src):
+    if not is_url(src) and not (Path(src) / "spec.yaml").is_file() and not T.is_run_folder(src):
         raise ConfigError(f"source {src!r}: neither a table file (.csv/.parquet), a grid store (no spec.yaml) nor "
                           "a `train` folder (no config.yaml)")
-    return store.export_table(src)
+    return export_table(src)
 
 
 def _grid_progress(args: argparse.Namespace) -> None:
@@ -356,11 +70,11 @@ def _grid_progress(args: argparse.Namespace) -> None:
     running reads like a finished one otherwise); with --complete, refuse one that has not."""
     from pathlib import Path
 
-    from scaling_grid.grid import store
+    from .store import FINAL_STATES, Store
     src = args.source
-    if Path(src).is_file() or store.is_run_folder(src) or not store.Store(src).exists():
+    if Path(src).is_file() or T.is_run_folder(src) or not Store(src).exists():
         return
-    records, _ = store.Store(src).records()
+    records, _ = Store(src).records()
     states: dict[str, int] = {}
     for r in records:
         state = r["status"].get("state", "pending")
@@ -368,7 +82,7 @@ def _grid_progress(args: argparse.Namespace) -> None:
     n, done = len(records), states.pop("done", 0)
     rest = ", ".join(f"{v} {k}" for k, v in sorted(states.items()))
     line = f"grid {src}: {done} of {n} cells done" + (f" ({rest})" if rest else "")
-    unfinished = sum(v for k, v in states.items() if k not in store.FINAL_STATES)
+    unfinished = sum(v for k, v in states.items() if k not in FINAL_STATES)
     if unfinished and args.complete:
         raise ConfigError(f"--complete: {line}; wait for the grid (`scaling-grid status {src}`), or drop --complete "
                           "to fit what has finished")
@@ -398,36 +112,6 @@ def cmd_fit(args: argparse.Namespace) -> int:
         msg = f"full precision (every interval, derived quantity, exclusion) -> {args.json}"
         print(msg if width is None else textwrap.fill(msg, width, subsequent_indent="  ", break_long_words=False))
     return EXIT_OK
-
-
-def _add_fit_cmd_args(p: argparse.ArgumentParser) -> None:
-    _add_fit_args(p)
-    p.add_argument("--json", metavar="FILE",
-                   help="write the full fit (intervals, derived quantities, exclusions) as JSON")
-    p.add_argument("--wide", action="store_true", help="print the full table, one row per variant (wider than 100 "
-                   "columns); default: one row per quantity, 100 columns, numbers to their intervals' precision")
-    p.add_argument("--holdout", metavar="EXPR", help="fit on the points where EXPR does not hold; predict the "
-                   "points where it holds, with intervals, and score them (e.g. 'N >= 1e9')")
-    p.add_argument("--interval", default="law", choices=["law", "run"],
-                   help="with --holdout: the interval of the law's value (fit uncertainty, default), or of one "
-                        "run's loss (plus the fit's residual scatter)")
-
-
-def _add_predict_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("fit", metavar="FIT.json", help="a fit written by `scaling-grid fit ... --json FIT.json`")
-    p.add_argument("--at", required=True, action="append", metavar="TABLE|K=V,...",
-                   help="where to predict: a table file (.csv, .tsv, .parquet), a grid store, or one point as "
-                        "key=value pairs, e.g. N=6.9e9,D=1.4e11 (repeatable for several points)")
-    p.add_argument("--map", metavar="K=COL,...", help="for a table file: its columns, as for `fit` "
-                   "(e.g. N=params,D=tokens,loss=c4_val_loss)")
-    p.add_argument("--where", metavar="EXPR", help="predict only the rows where EXPR holds")
-    p.add_argument("--points", default="final", choices=["final", "all"],
-                   help="a table with is_final: predict its final rows only (default) or every row")
-    p.add_argument("--interval", default="law", choices=["law", "run"],
-                   help="law: the interval of the law's value from the bootstrap draws (default); run: plus "
-                        "one run's scatter about the law (the fit's residuals)")
-    p.add_argument("--ci", type=float, metavar="C", help="interval level (default: the fit's, e.g. 0.95)")
-    p.add_argument("--out", metavar="FILE.csv", help="write every column at full precision as CSV")
 
 
 def _at_table(args: argparse.Namespace) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -534,14 +218,6 @@ def _prediction_text(out: dict[str, np.ndarray], summary: dict[str, Any], predic
     return "\n".join(lines + wrap(notes, 100))  # the table is not wrapped: its rows would break
 
 
-def _add_report_args(p: argparse.ArgumentParser) -> None:
-    _add_fit_args(p)
-    p.add_argument("--out", required=True, metavar="DIR", help="report folder (index.html, tables, plots)")
-    p.add_argument("--no-predictions", action="store_true", help="for a grid store still running: do not predict "
-                   "the unfinished cells' final loss nor keep the predictions in the store (default: predict, keep, "
-                   "and score earlier predictions of cells finished since)")
-
-
 def _prereg_lines(pre: dict[str, Any]) -> list[str]:
     from scaling_grid.analysis.tables import wrap
     lines = []
@@ -574,7 +250,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
         import tensorstore as ts
 
-        from scaling_grid.grid.store import Store
+        from .store import Store
         st = Store(args.source)
         spec_text = st.read_bytes("spec.yaml")[0]
         provenance["spec name"] = (st.read_json("store.json") or {}).get("name", "?")
@@ -591,7 +267,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         print("\n".join(err), file=sys.stderr, flush=True)
     pre = None
     if "spec name" in provenance and not args.no_predictions:  # a grid store: pre-register, score (grid/prereg.py)
-        from scaling_grid.grid import prereg
+        from . import prereg
         pre = prereg.preregister(args.source, result, table)
         print("\n".join(_prereg_lines(pre)))
     path = _write_into(out_dir, lambda where: analysis.write_report(table, where, result=result,
@@ -607,11 +283,10 @@ def _check_output_folder(path: str, what: str) -> str:
     """Before any work: an output folder (local, file:// or gs://) can be written. Returns the local
     path, or the URL of a bucket folder (which answered a probe write)."""
     from scaling_grid import analysis
-    from scaling_grid.trainer import paths
-    paths.check_writable(what, path)  # an unsupported scheme, gcsfs missing, a bucket that does not answer
-    if paths.is_remote(path):
+    T.check_writable(what, path)  # an unsupported scheme, gcsfs missing, a bucket that does not answer
+    if T.is_remote(path):
         return path
-    local = paths.local(path) if paths.is_url(path) else path
+    local = T.local(path) if T.is_url(path) else path
     analysis.check_output(local, what, folder=True)
     return local
 
@@ -623,29 +298,28 @@ def _write_into(out: str, write: Callable[[str], Any]) -> str:
     import os
     import tempfile
 
-    from scaling_grid.trainer import paths
-    if not paths.is_remote(out):
+    if not T.is_remote(out):
         return str(write(out))
     with tempfile.TemporaryDirectory() as d:
         made = write(d)
-        paths.upload_tree(d, out)
-    return paths.join(out, os.path.relpath(made, d))
+        T.upload_tree(d, out)
+    return T.join(out, os.path.relpath(made, d))
 
 
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argparse.ArgumentParser], None], str]] = {
-    "prepare": (cmd_prepare, _add_config_args, "tokenize a corpus once into a token store"),
-    "train": (cmd_train, _add_train_args, "train one model (resumes from its checkpoints)"),
-    "config": (cmd_config, _add_config_cmd_args, "print every run config field with its default and meaning, "
+    "prepare": (G.cmd_prepare, A.add_config_args, "tokenize a corpus once into a token store"),
+    "train": (G.cmd_train, A.add_train_args, "train one model (resumes from its checkpoints)"),
+    "config": (G.cmd_config, A.add_config_cmd_args, "print every run config field with its default and meaning, "
                "or the resolved config of a run as YAML"),
-    "compile": (cmd_compile, _add_compile_args, "compile a run config's or a grid's train steps for a TPU or GPU "
+    "compile": (G.cmd_compile, A.add_compile_args, "compile a run config's or a grid's train steps for a TPU or GPU "
                 "target with its real compiler (no chip needed): memory per device, kernels, collectives, FLOPs"),
-    "run": (cmd_run, _add_run_args, "run a grid spec into a store: every cell not done (resumable, shardable)"),
-    "status": (cmd_status, _add_store_arg, "table of a grid store's cells (works while the grid runs)"),
-    "export": (cmd_export, _add_export_args, "write all points of a grid store as one tidy CSV/parquet table"),
-    "fit": (cmd_fit, _add_fit_cmd_args, "fit a scaling law to a store or a table file; print the coefficient table"),
-    "predict": (cmd_predict, _add_predict_args, "predict losses at new points from a fit's JSON, with intervals "
+    "run": (G.cmd_run, A.add_run_args, "run a grid spec into a store: every cell not done (resumable, shardable)"),
+    "status": (G.cmd_status, A.add_store_arg, "table of a grid store's cells (works while the grid runs)"),
+    "export": (G.cmd_export, A.add_export_args, "write all points of a grid store as one tidy CSV/parquet table"),
+    "fit": (cmd_fit, A.add_fit_cmd_args, "fit a scaling law to a store or a table file; print the coefficient table"),
+    "predict": (cmd_predict, A.add_predict_args, "predict losses at new points from a fit's JSON, with intervals "
                 "from its bootstrap draws (and score them against losses the table has)"),
-    "report": (cmd_report, _add_report_args, "fit and write a self-contained report (HTML, tables, plots)"),
+    "report": (cmd_report, A.add_report_args, "fit and write a self-contained report (HTML, tables, plots)"),
 }
 
 
@@ -656,63 +330,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (_, add_args, help_) in COMMANDS.items():
         description = help_
-        if add_args in (_add_config_args, _add_train_args):  # they take a run config
+        if add_args in (A.add_config_args, A.add_train_args):  # they take a run config
             description += ". Run config fields: see `scaling-grid config` for every field, its default and meaning"
         add_args(sub.add_parser(name, help=help_, description=description))
     return parser
 
 
-def _disk_full(e: BaseException | None) -> str | None:
-    """The path of a 'no space left' error anywhere in an exception's chain (orbax and TensorStore
-    wrap the OSError in their own exceptions), else None."""
-    seen, found = set(), None
-    while e is not None and id(e) not in seen:  # prefer an error that names the path
-        seen.add(id(e))
-        path = None
-        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-            path = e.filename or "?"
-        elif "No space left on device" in str(e):
-            m = re.search(r'"(/[^"]+)"', str(e))
-            path = m.group(1) if m else "?"
-        if path not in (None, "?"):
-            return path
-        found = found or path
-        e = e.__cause__ or e.__context__
-    return found
-
-
-def _one_line_library_errors(record: logging.LogRecord) -> bool:
-    """orbax logs a full traceback from its save thread before the same error reaches us (hundreds of
-    lines for a full disk); the command's own message says what happened, so keep one line, and drop
-    asyncio's exit-time echoes of orbax's tasks that failed with it ('... was never retrieved')."""
-    record.exc_info, record.exc_text = None, None
-    return not (record.name == "asyncio" and "exception was never retrieved" in str(record.msg))
-
-
-def _quiet_closed_loop_callbacks() -> None:
-    """TensorStore's callbacks hand orbax's results to an asyncio loop that a failed save (or a
-    restore that fell back) has already closed; each prints a 'RuntimeError: Event loop is closed'
-    traceback (as an 'unraisable' exception), dozens after one failure. The failure itself is reported (or
-    was harmless); these echoes are dropped."""
-    def closed_loop(value: BaseException | None) -> bool:
-        return isinstance(value, RuntimeError) and str(value) == "Event loop is closed"
-    default_except, default_unraisable = sys.excepthook, sys.unraisablehook
-
-    def except_hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
-        if not closed_loop(value):
-            default_except(kind, value, tb)
-
-    def unraisable_hook(u: Any) -> None:  # TensorStore's callbacks report here, as 'unraisable'
-        if not closed_loop(u.exc_value):
-            default_unraisable(u)
-    sys.excepthook, sys.unraisablehook = except_hook, unraisable_hook
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for name in ("absl", "asyncio"):
-        logging.getLogger(name).addFilter(_one_line_library_errors)
-    _quiet_closed_loop_callbacks()
+    quiet_library_echoes()
     try:
         return COMMANDS[args.command][0](args)
     except ConfigError as e:
@@ -723,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, AnalysisError):
             print(f"scaling-grid {args.command}: error: {e}", file=sys.stderr)
             return EXIT_BAD_INPUT
-        where = _disk_full(e)
+        where = disk_full(e)
         if where is None:
             raise
         print(f"scaling-grid {args.command}: error: no space left on the device"

@@ -33,8 +33,8 @@ NEVER = ("diverged",)                  # states that will not reach a final loss
 
 
 def final_tau(config: Mapping[str, Any]) -> float:
-    """tau = sum of lr over the run's schedule, as the trainer sums it (trainer.loop)."""
-    from scaling_grid.trainer.config import from_dict
+    """tau = sum of lr over the run's schedule, as the trainer sums it (trainer.step.tau)."""
+    from scaling_grid.trainer import from_dict
     cfg = from_dict(config)
     return _tau(json.dumps(cfg.to_dict()["optim"], sort_keys=True), cfg.steps)
 
@@ -42,8 +42,7 @@ def final_tau(config: Mapping[str, Any]) -> float:
 @functools.lru_cache(maxsize=256)
 def _tau(optim_json: str, steps: int) -> float:
     # cached: the cells of a grid share a few schedules, and each table is a compiled JAX function
-    from scaling_grid.trainer.config import OptimConfig
-    from scaling_grid.trainer.step import lr_table, tau
+    from scaling_grid.trainer import OptimConfig, lr_table, tau
     return float(tau(lr_table(OptimConfig(**json.loads(optim_json)), steps)[:steps])[-1])
 
 

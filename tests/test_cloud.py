@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from scaling_grid.grid import cli, launch
+from scaling_grid.grid import export as E
 from scaling_grid.grid import store as G
 from scaling_grid.trainer import paths as P
 from scaling_grid.trainer.metrics import EVAL_FIELDS, TRAIN_FIELDS, read_metrics
@@ -188,7 +189,7 @@ def test_grid_entirely_on_gs_survives_sigterm_and_resumes_to_the_uninterrupted_c
     assert cli.main(["status", store]) == 0
     assert cli.main(["export", store, "--out", f"{root}/out/points.csv"]) == 0
     rows = _csv_rows(P.read_bytes(f"{root}/out", "points.csv"))
-    ref_table = G.export_table(str(tmp_path / "ref"))
+    ref_table = E.export_table(str(tmp_path / "ref"))
     assert len(rows) == len(ref_table["step"]) > 0
     np.testing.assert_array_equal([float(r["eval_loss"] or "nan") for r in rows], ref_table["eval_loss"])
     _no_scheme_folders(tmp_path)
@@ -204,7 +205,7 @@ def test_train_into_a_bucket_resumes_from_it_and_export_and_report_write_there(g
     keys = _keys(run)
     assert {"config.yaml", "result.json", "metrics/eval_loss/zarr.json", "checkpoints/40/commit_success.txt"} <= \
         set(keys), keys
-    assert ".lock" not in keys  # a bucket has no flock (trainer.runfolder.exclusive)
+    assert ".lock" not in keys  # a bucket has no flock (trainer.traincmd.exclusive)
     result = json.loads(P.read_bytes(run, "result.json"))
     m = read_metrics(f"{run}/metrics")
     assert result["status"] == "done" and result["eval_loss"] == m["eval_loss"][40] < m["eval_loss"][0]

@@ -13,8 +13,12 @@ import numpy as np
 import pytest
 from conftest import small_disk
 
-from scaling_grid.grid import launch
+from scaling_grid.grid import cells as grid_cells
+from scaling_grid.grid import export as E
+from scaling_grid.grid import launch, liveness
+from scaling_grid.grid import status as GS
 from scaling_grid.grid import store as G
+from scaling_grid.grid.plan import plan_text
 from scaling_grid.trainer.metrics import EVAL_FIELDS, TRAIN_FIELDS
 
 SPEC = """\
@@ -112,7 +116,7 @@ def test_rerun_trains_nothing(grid, reference):
     after = {p: p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file()}
     assert after == files  # not a byte rewritten
     _assert_same(before, _all_metrics(store))
-    plan = launch.plan_text(str(spec), launch.Options(store=str(store), memory_check=False))
+    plan = plan_text(str(spec), launch.Options(store=str(store), memory_check=False))
     assert f"already: {N_CELLS} done, 0 diverged; to run: 0 cells" in plan and "done 320/320" in plan
     assert "wsd" in plan and "separate" in plan  # the compute of both token modes
     assert {p: p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file()} == files  # dry run writes nothing
@@ -132,9 +136,9 @@ def test_a_running_record_of_a_live_but_other_process_is_taken_over(grid, refere
     cid = sorted(s.cell_ids())[0]
     other = subprocess.Popen(["sleep", "300"])  # a live process that is not a launcher
     try:
-        real = G.process_start(other.pid)
+        real = liveness.process_start(other.pid)
         assert real is not None
-        base = {"id": cid, "state": "running", "total": 160, "host": G.host_id(), "pid": other.pid, "step": 160}
+        base = {"id": cid, "state": "running", "total": 160, "host": liveness.host_id(), "pid": other.pid, "step": 160}
         cases = [({"pid_start": str(int(real) + 1)}, G.now(), "600", True),        # pid reused
                  ({"pid_start": real}, "2000-01-01T00:00:00+00:00", "5", True),    # no heartbeat for 5 s
                  ({"pid_start": real}, G.now(), "600", False)]                     # alive and beating
@@ -223,7 +227,7 @@ def test_two_shards_share_one_store_and_status_reads_it_live(grid, reference):
     cli_outputs = []
     while any(p.poll() is None for p in procs):
         if (store / "store.json").exists():
-            rows = G.status_rows(str(store))
+            rows = GS.status_rows(str(store))
             live_states |= {r["state"] for r in rows}
             if not cli_outputs and "running" in live_states:
                 q = subprocess.run(_cmd("status", str(store)), capture_output=True, text=True, timeout=60)
@@ -244,8 +248,8 @@ def test_two_shards_share_one_store_and_status_reads_it_live(grid, reference):
 
 def test_export_table(grid, reference, tmp_path):
     store, m = reference
-    t = G.export_table(str(store))
-    assert tuple(t) == G.EXPORT_COLUMNS
+    t = E.export_table(str(store))
+    assert tuple(t) == E.EXPORT_COLUMNS
     n = sum(int((np.isfinite(a["loss"]) | np.isfinite(a["eval_loss"])).sum()) for a in m.values())
     assert len(t["step"]) == n
     assert t["is_final"].sum() == N_CELLS
@@ -258,11 +262,11 @@ def test_export_table(grid, reference, tmp_path):
     assert p.returncode == 0, p.stderr
     import pyarrow.parquet as pq
     back = pq.read_table(tmp_path / "x.parquet").to_pydict()
-    assert list(back) == list(G.EXPORT_COLUMNS)
+    assert list(back) == list(E.EXPORT_COLUMNS)
     np.testing.assert_array_equal(np.array(back["eval_loss"], dtype=float), t["eval_loss"])
-    G.write_table(t, tmp_path / "x.csv")
+    E.write_table(t, tmp_path / "x.csv")
     lines = (tmp_path / "x.csv").read_text().splitlines()
-    assert lines[0] == ",".join(G.EXPORT_COLUMNS) and len(lines) == n + 1
+    assert lines[0] == ",".join(E.EXPORT_COLUMNS) and len(lines) == n + 1
 
 
 DIV = """\
@@ -315,7 +319,7 @@ def test_failed_cell_is_recorded_grid_goes_on_and_retried(grid, monkeypatch):
     assert bad["state"] == "failed" and "RuntimeError: disk on fire" in bad["message"]
     assert "Traceback" in bad["traceback"]
     assert [s["state"] for s in st.values()] == ["done"]  # the grid went on
-    assert "failed" in G.format_status(G.status_rows(str(store)))
+    assert "failed" in GS.format_status(GS.status_rows(str(store)))
     monkeypatch.setattr(loop, "train_pack", real)
     assert launch.run(str(spec), opts) == launch.EXIT_OK  # retried by the next launch
     st = {c["config"]["name"]: c["status"] for c in G.Store(str(store)).records()[0]}
@@ -367,7 +371,7 @@ def test_wsd_branches_start_from_trunk_and_continue_its_tau(grid):
         np.testing.assert_allclose(bm["tau"][steps], tm["tau"][bp] + np.cumsum(lrs[bp:])[steps - bp - 1], rtol=1e-12)
         np.testing.assert_allclose(tm["tau"][bp], np.cumsum(lrs)[bp - 1], rtol=1e-12)
         assert bm["lr"][S] < bm["lr"][bp + 4] <= b["peak_lr"]
-    t = G.export_table(str(store))
+    t = E.export_table(str(store))
     assert set(t["role"][t["is_final"]]) == {"branch"} and t["is_final"].sum() == 2
 
 
@@ -465,8 +469,8 @@ def test_preempted_in_the_last_chunk_then_relaunch_evaluates_the_end(grid):
     p = _run(spec, store)
     assert "1 done" in p.stdout and "eval loss" in p.stdout
     final = s.read_metrics(cid)["eval_loss"][S]
-    assert s.status(cid)[0]["eval_loss"] == final and G.status_rows(str(store))[0]["eval_loss"] == final
-    t = G.export_table(str(store))
+    assert s.status(cid)[0]["eval_loss"] == final and GS.status_rows(str(store))[0]["eval_loss"] == final
+    t = E.export_table(str(store))
     assert t["is_final"].sum() == 1 and t["eval_loss"][t["is_final"]][0] == final
     ref = root / "last-ref"
     _run(spec, ref)
@@ -513,7 +517,7 @@ def test_damaged_store_is_reported_by_name_and_repaired_by_run(grid, reference, 
     p = _run(spec, store)
     assert f"{a}: its config.json was damaged; rewrote it" in p.stdout and f"{b}: rewrote damaged metric" in p.stdout
     assert f"{c}: done, but its final point" in p.stdout and "running it again" in p.stdout
-    got, want = G.export_table(str(store)), G.export_table(str(ref_store))
+    got, want = E.export_table(str(store)), E.export_table(str(ref_store))
     fin, ref_fin = got["is_final"], want["is_final"]
     assert list(got["cell"][fin]) == list(want["cell"][ref_fin]) and fin.sum() == N_CELLS
     np.testing.assert_array_equal(got["eval_loss"][fin], want["eval_loss"][ref_fin])  # bit for bit
@@ -526,7 +530,7 @@ def test_damaged_store_is_reported_by_name_and_repaired_by_run(grid, reference, 
     assert p.returncode == 1 and f"{b}: done, but values are missing from step" in p.stdout, p.stdout
     p = _run(spec, store)
     assert f"{b}: done, but values are missing" in p.stdout and "running it again from before step" in p.stdout
-    assert np.array_equal(G.export_table(str(store))["tau_lr"], want["tau_lr"])  # every tau back, bit for bit
+    assert np.array_equal(E.export_table(str(store))["tau_lr"], want["tau_lr"])  # every tau back, bit for bit
     next((store / "cells" / a / "metrics" / "loss" / "c").iterdir()).write_bytes(b"xx")  # values lost for good
     p = _run(spec, store, check_rc=1)  # nothing to train, but the grid is not whole: not exit 0
     assert f"{a}: DAMAGED" in p.stdout and f"1 cell(s) still DAMAGED (their values are lost; see above): {a}" in p.stdout
@@ -583,7 +587,7 @@ def test_dry_run_and_status_fit_100_columns_on_the_demo_spec(tmp_path, capsys, m
     # A store of the demo spec's cells in every state a note is shown for (no training needed).
     spec = S.load_spec("configs/demo.yaml")
     cells = E.expand(spec, check_paths=False)
-    records = launch._records(cells, {})
+    records = grid_cells.records(cells, {})
     st = G.Store(str(store))
     st.init(spec.text, spec.hash, spec.name)
     message = "RuntimeError: " + "a long reason " * 20

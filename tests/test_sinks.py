@@ -121,7 +121,7 @@ def test_train_with_tensorboard_and_wandb_then_run_again(tmp_path):
     training the finished run again (it re-evaluates its last step) leaves every step once."""
     from tensorboard.backend.event_processing import event_accumulator as ea
 
-    from scaling_grid.trainer import configfile, runfolder
+    from scaling_grid.trainer import configfile, traincmd
     from scaling_grid.trainer.metrics import read_metrics
     out, tb = tmp_path / "myrun", tmp_path / "tb"
     args = [f"out_dir={out}", f"data.root={tmp_path}/data", "model.width=16", "model.depth=1", "model.heads=2",
@@ -141,7 +141,7 @@ def test_train_with_tensorboard_and_wandb_then_run_again(tmp_path):
         got = acc.Scalars(tag)
         assert [e.step for e in got] == list(_logged(want)), tag  # each step once, after two attempts
         np.testing.assert_array_equal([e.value for e in got], want[_logged(want)].astype(np.float32))
-    name = runfolder.run_name(configfile.load(None, args))
+    name = traincmd.run_name(configfile.load(None, args))
     assert name.startswith("myrun-") and len(list((tmp_path / "wandb").glob(f"offline-run-*-{name}"))) == 2
 
 
@@ -220,7 +220,7 @@ def test_wandb_without_a_login_stops_the_grid_with_exit_2(tmp_path):
 
 
 def test_sink_packages_are_imported_only_when_asked_for():
-    code = ("import sys; import scaling_grid.grid.cli, scaling_grid.grid.launch, scaling_grid.trainer.runfolder; "
+    code = ("import sys; import scaling_grid.grid.cli, scaling_grid.grid.launch, scaling_grid.trainer.traincmd; "
             "assert not {'tensorboardX', 'wandb', 'tensorboard'} & set(sys.modules), sys.modules.keys()")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 

@@ -15,7 +15,7 @@ import pytest
 from conftest import small_disk
 
 from scaling_grid.trainer import config as C
-from scaling_grid.trainer import configfile, loop, runfolder
+from scaling_grid.trainer import configfile, loop, traincmd
 from scaling_grid.trainer.metrics import TensorStoreSink, read_metrics
 
 STEPS = 120
@@ -206,7 +206,7 @@ def test_changed_config_in_same_out_dir_is_refused(reference, tmp_path, data_roo
     out = tmp_path / "run"
     shutil.copytree(ref_out, out)
     with pytest.raises(C.ConfigError, match="different config.*optim.lr"):
-        runfolder.train_cli(_cfg(out, data_root, "optim.lr=1e-2"))
+        traincmd.train_cli(_cfg(out, data_root, "optim.lr=1e-2"))
 
 
 @pytest.mark.slow
@@ -250,7 +250,7 @@ def test_second_train_on_one_out_dir_is_refused(reference, tmp_path, data_root):
     out = tmp_path / "run"
     shutil.copytree(ref_out, out)
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
-    with runfolder.exclusive(out):  # the lock a running `train` holds
+    with traincmd.exclusive(out):  # the lock a running `train` holds
         proc = subprocess.run(_cli("train", *_overrides(out, data_root)), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"is in use by pid {os.getpid()}" in proc.stderr and "Traceback" not in proc.stderr
@@ -329,7 +329,7 @@ def test_a_changed_field_that_to_dict_omits_at_its_default_is_named(tmp_path, da
     out.mkdir()
     (out / "config.yaml").write_text(__import__("yaml").safe_dump(configfile.load(None, base).to_dict()))
     with pytest.raises(C.ConfigError, match=r"data.documents: '\(default\)' -> 'blank_lines'"):
-        runfolder.train_cli(configfile.load(None, [*base, "data.documents=blank_lines"]))
+        traincmd.train_cli(configfile.load(None, [*base, "data.documents=blank_lines"]))
 
 
 def test_log_without_a_terminal_is_plain_lines(reference_run):
@@ -347,7 +347,8 @@ def test_log_without_a_terminal_is_plain_lines(reference_run):
 def test_status_and_export_of_a_run_folder(reference_run, tmp_path, capsys):
     """`status` and `export` read a `train` folder as a grid of one run, with the grid store's checks."""
     from scaling_grid.grid import cli
-    from scaling_grid.grid import store as G
+    from scaling_grid.grid import export as E
+    from scaling_grid.grid import status as GS
     ref_out, ref, proc = reference_run
     out = tmp_path / "run"
     shutil.copytree(ref_out, out)
@@ -359,8 +360,8 @@ def test_status_and_export_of_a_run_folder(reference_run, tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["export", str(out), "--out", "/proc/sg-bar/x.csv"]) == 2  # root may, /proc does not
     assert "--out='/proc/sg-bar/x.csv': its folder cannot be created" in capsys.readouterr().err
-    t = G.export_table(str(out))
-    assert tuple(t) == G.EXPORT_COLUMNS and (tmp_path / "x.csv").read_text().count("\n") == len(t["step"]) + 1
+    t = E.export_table(str(out))
+    assert tuple(t) == E.EXPORT_COLUMNS and (tmp_path / "x.csv").read_text().count("\n") == len(t["step"]) + 1
     steps = np.flatnonzero(np.isfinite(ref["loss"]) | np.isfinite(ref["eval_loss"]))
     np.testing.assert_array_equal(t["step"], steps)
     for col, field in (("train_loss", "loss"), ("eval_loss", "eval_loss"), ("eval_stderr", "eval_stderr"),
@@ -370,11 +371,11 @@ def test_status_and_export_of_a_run_folder(reference_run, tmp_path, capsys):
     assert list(t["step"][t["is_final"]]) == [STEPS]
     n = int(proc.stdout.split(" non-embedding params")[0].rsplit(" ", 1)[-1].replace(",", ""))
     assert set(t["N"]) == {n} and set(t["m"]) == {32} and set(t["l"]) == {2}  # as `train` printed them
-    with runfolder.exclusive(out):  # a `train` holds the folder
-        assert G.status_rows(str(out))[0]["state"] == "running"
+    with traincmd.exclusive(out):  # a `train` holds the folder
+        assert GS.status_rows(str(out))[0]["state"] == "running"
     result = (out / "result.json").read_text()
     (out / "result.json").unlink()  # killed: metrics, no result
-    assert G.status_rows(str(out))[0]["state"] == "partial"
+    assert GS.status_rows(str(out))[0]["state"] == "partial"
     (out / "result.json").write_text(result)
     shutil.rmtree(out / "metrics" / "eval_loss" / "c")  # the final eval lost
     assert cli.main(["status", str(out)]) == 1

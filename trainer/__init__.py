@@ -1,119 +1,61 @@
 """scaling_grid.trainer: one training run. A run config, a token store, a metrics sink and a
 checkpoint folder in; a trained run with its curves and checkpoints out. Knows nothing of grids.
 
-The face `grid/` (the floor above) uses, by module of origin. Names resolve on first use, so a command
-that only reads a store (`status`, `fit`) never imports JAX or orbax::
+Modules, bottom up: registry (the names a config may use, jax-free), config (the typed run config, each
+field with its role, and the keys derived from the roles), checks (validation), configfile (YAML in
+and out); model (Flax variants), parametrization, sharding; tokenizers, sources, storebuild, prefetch
+and tokenstore (the data); step (optimizer, lr table, tau, jit-compiled steps), compile (steps shared
+per shape, AOT memory analysis), target (compiling for an accelerator that is not here); loop (the
+training loop), feed (batches onto devices), checkpoint (orbax); metrics (the metric arrays),
+logsinks and trackers (log lines, progress, TensorBoard, W&B), sinks (the sinks of one run among many,
+in one call); traincmd (`scaling-grid train` in its folder) and runfolder (reading such a folder, and
+the checks of a finished run's metrics); preemption (SIGTERM), runtime (jax.distributed and the
+decisions all processes take together), paths (local paths, file:// and gs:// URLs, and the bucket
+checks before compute), backend and peaks (what this process computes on).
 
-    config: ConfigError, RunConfig, ModelConfig, DataConfig, OptimConfig, from_dict, parse_count,
-            format_count, approx_count, identity, pack_key
-    configfile: load, describe, read_yaml_text
-    checks: validate, check_data_paths
-    registry: expected_vocab
-    model: VARIANTS, compute_dtype, flops_per_token, make_arch, non_embedding_formula
-    tokenstore: TokenStore, prepare, store_path
-    step: check_batch, device_memory
-    compile: SharedSteps, measure, memory_need, table_lengths
-    loop: train, train_pack, Lane, train_cli, accelerator_unused, backend_line
-    checkpoint: UnreadableCheckpoint, saved_steps, set_aside
-    paths: path_of (a path object for a local path, a file:// or a gs:// URL)
-    metrics: EVAL_FIELDS, TRAIN_FIELDS, MetricsDamaged, rewrite_metadata, open_metric, read_metrics,
-             kvstore_spec, interactive, optional_import, LogLineSink, ProgressSink, Sinks,
-             SinkSetupError, TensorBoardSink, TensorStoreSink, WandbSink, read_step
-    preemption: Preemption
-    runtime: Distributed, FailedElsewhere, any_process, barrier, from_process_0, is_writer, multi_process, setup,
-        together
-
-Modules: config (typed run config), model (Flax variants), tokenizers, sources and tokenstore (the
-data), step (optimizer, jit-compiled steps), compile (steps shared per shape, AOT memory analysis),
-loop (the training loop, `train` and `scaling-grid train`), checkpoint (orbax), metrics (sinks),
-preemption (SIGTERM), runtime (jax.distributed and the decisions all processes take together), paths
-(local paths, file:// and gs:// URLs, and the bucket checks before compute).
+The face: what `grid/` (the floor above) uses, and all it may use, listed once by module of origin
+in _FACE (the TYPE_CHECKING imports below repeat it for type checkers). Names resolve on first use,
+so a command that only reads a store (`status`, `fit`) never imports JAX or orbax.
 """
 from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING, Any
 
-_ORIGIN = {
-    'ConfigError': 'config',
-    'RunConfig': 'config',
-    'ModelConfig': 'config',
-    'DataConfig': 'config',
-    'OptimConfig': 'config',
-    'load': 'configfile',
-    'describe': 'configfile',
-    'validate': 'checks',
-    'from_dict': 'config',
-    'parse_count': 'config',
-    'format_count': 'config',
-    'approx_count': 'config',
-    'check_data_paths': 'checks',
-    'read_yaml_text': 'configfile',
-    'identity': 'config',
-    'expected_vocab': 'registry',
-    'VARIANTS': 'model',
-    'flops_per_token': 'model',
-    'make_arch': 'model',
-    'non_embedding_formula': 'model',
-    'TokenStore': 'tokenstore',
-    'prepare': 'tokenstore',
-    'store_path': 'tokenstore',
-    'check_batch': 'step',
-    'device_memory': 'step',
-    'SharedSteps': 'compile',
-    'measure': 'compile',
-    'memory_need': 'compile',
-    'table_lengths': 'compile',
-    'pack_key': 'config',
-    'train': 'loop',
-    'train_pack': 'loop',
-    'Lane': 'loop',
-    'train_cli': 'runfolder',
-    'compute_dtype': 'model',
-    'accelerator_unused': 'backend',
-    'backend_line': 'backend',
-    'UnreadableCheckpoint': 'checkpoint',
-    'saved_steps': 'checkpoint',
-    'set_aside': 'checkpoint',
-    'path_of': 'paths',
-    'EVAL_FIELDS': 'metrics',
-    'TRAIN_FIELDS': 'metrics',
-    'MetricsDamaged': 'metrics',
-    'rewrite_metadata': 'metrics',
-    'open_metric': 'metrics',
-    'read_metrics': 'metrics',
-    'kvstore_spec': 'metrics',
-    'interactive': 'logsinks',
-    'optional_import': 'trackers',
-    'LogLineSink': 'logsinks',
-    'ProgressSink': 'logsinks',
-    'Sinks': 'metrics',
-    'SinkSetupError': 'trackers',
-    'TensorBoardSink': 'trackers',
-    'TensorStoreSink': 'metrics',
-    'WandbSink': 'trackers',
-    'read_step': 'metrics',
-    'Preemption': 'preemption',
-    'Distributed': 'runtime',
-    'FailedElsewhere': 'runtime',
-    'any_process': 'runtime',
-    'barrier': 'runtime',
-    'from_process_0': 'runtime',
-    'is_writer': 'runtime',
-    'multi_process': 'runtime',
-    'setup': 'runtime',
-    'together': 'runtime',
+_FACE = {
+    "backend": "accelerator_unused backend_line",
+    "checkpoint": "UnreadableCheckpoint saved_steps set_aside",
+    "checks": "check_data_paths validate",
+    "compile": "SharedSteps measure memory_need shape_key table_lengths",
+    "config": "ConfigError OptimConfig RunConfig approx_count format_count from_dict identity pack_key parse_count",
+    "configfile": "describe load read_yaml_text",
+    "logsinks": "interactive",
+    "loop": "Lane train_pack",
+    "metrics": "EVAL_FIELDS TRAIN_FIELDS MetricsDamaged Sinks kvstore_spec open_metric read_metrics rewrite_metadata",
+    "model": "VARIANTS flops_per_token make_arch non_embedding_formula",
+    "paths": "check_readable check_scheme check_writable is_remote is_url join local path_of require_local upload_tree",
+    "preemption": "Preemption",
+    "registry": "expected_vocab",
+    "runfolder": "check_final first_lost_step is_run_folder lost_run pid_alive read_run_folder run_name",
+    "runtime": "Distributed FailedElsewhere any_process barrier from_process_0 is_writer multi_process setup together",
+    "sinks": "run_sinks",
+    "step": "check_batch device_memory lr_table tau",
+    "target": "ShapeReport Target compile_shape parse_target shape_name",
+    "tokenstore": "TokenStore prepare store_path",
+    "trackers": "SinkSetupError optional_import",
+    "traincmd": "train_cli",
 }
+_ORIGIN = {name: module for module, names in _FACE.items() for name in names.split()}  # name -> module
+__all__ = sorted(_ORIGIN)
 
+# ruff: noqa: F401 - the imports below are the face for type checkers; ruff cannot read __all__ from _FACE
 if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports on first use
     from .backend import accelerator_unused, backend_line
     from .checkpoint import UnreadableCheckpoint, saved_steps, set_aside
     from .checks import check_data_paths, validate
-    from .compile import SharedSteps, measure, memory_need, table_lengths
+    from .compile import SharedSteps, measure, memory_need, shape_key, table_lengths
     from .config import (
         ConfigError,
-        DataConfig,
-        ModelConfig,
         OptimConfig,
         RunConfig,
         approx_count,
@@ -124,25 +66,34 @@ if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports on 
         parse_count,
     )
     from .configfile import describe, load, read_yaml_text
-    from .logsinks import LogLineSink, ProgressSink, interactive
-    from .loop import Lane, train, train_pack
+    from .logsinks import interactive
+    from .loop import Lane, train_pack
     from .metrics import (
         EVAL_FIELDS,
         TRAIN_FIELDS,
         MetricsDamaged,
         Sinks,
-        TensorStoreSink,
         kvstore_spec,
         open_metric,
         read_metrics,
-        read_step,
         rewrite_metadata,
     )
-    from .model import VARIANTS, compute_dtype, flops_per_token, make_arch, non_embedding_formula
-    from .paths import path_of
+    from .model import VARIANTS, flops_per_token, make_arch, non_embedding_formula
+    from .paths import (
+        check_readable,
+        check_scheme,
+        check_writable,
+        is_remote,
+        is_url,
+        join,
+        local,
+        path_of,
+        require_local,
+        upload_tree,
+    )
     from .preemption import Preemption
     from .registry import expected_vocab
-    from .runfolder import train_cli
+    from .runfolder import check_final, first_lost_step, is_run_folder, lost_run, pid_alive, read_run_folder, run_name
     from .runtime import (
         Distributed,
         FailedElsewhere,
@@ -154,9 +105,12 @@ if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports on 
         setup,
         together,
     )
-    from .step import check_batch, device_memory
+    from .sinks import run_sinks
+    from .step import check_batch, device_memory, lr_table, tau
+    from .target import ShapeReport, Target, compile_shape, parse_target, shape_name
     from .tokenstore import TokenStore, prepare, store_path
-    from .trackers import SinkSetupError, TensorBoardSink, WandbSink, optional_import
+    from .trackers import SinkSetupError, optional_import
+    from .traincmd import train_cli
 
 
 def __getattr__(name: str) -> Any:
@@ -165,75 +119,3 @@ def __getattr__(name: str) -> Any:
     # Not cached here: the module stays the one place a name lives (a test that patches
     # `loop.train_pack` patches what `trainer.train_pack` returns).
     return getattr(importlib.import_module(f".{_ORIGIN[name]}", __name__), name)
-
-
-__all__ = [
-    "accelerator_unused",
-    "FailedElsewhere",
-    "any_process",
-    "backend_line",
-    "barrier",
-    "check_batch",
-    "check_data_paths",
-    "compute_dtype",
-    "ConfigError",
-    "DataConfig",
-    "describe",
-    "device_memory",
-    "Distributed",
-    "EVAL_FIELDS",
-    "flops_per_token",
-    "format_count",
-    "approx_count",
-    "from_dict",
-    "from_process_0",
-    "interactive",
-    "is_writer",
-    "kvstore_spec",
-    "load",
-    "LogLineSink",
-    "make_arch",
-    "measure",
-    "pack_key",
-    "identity",
-    "expected_vocab",
-    "train_pack",
-    "Lane",
-    "memory_need",
-    "MetricsDamaged",
-    "ModelConfig",
-    "multi_process",
-    "non_embedding_formula",
-    "open_metric",
-    "OptimConfig",
-    "optional_import",
-    "parse_count",
-    "path_of",
-    "Preemption",
-    "prepare",
-    "ProgressSink",
-    "read_metrics",
-    "read_step",
-    "read_yaml_text",
-    "rewrite_metadata",
-    "RunConfig",
-    "saved_steps",
-    "set_aside",
-    "setup",
-    "together",
-    "SharedSteps",
-    "Sinks",
-    "SinkSetupError",
-    "store_path",
-    "table_lengths",
-    "TensorBoardSink",
-    "TensorStoreSink",
-    "TokenStore",
-    "train",
-    "train_cli",
-    "TRAIN_FIELDS",
-    "UnreadableCheckpoint",
-    "validate",
-    "VARIANTS",
-    "WandbSink",
-]
