@@ -25,6 +25,7 @@ def _fit(*args):
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_fit_chinchilla_csv_with_mapping(tmp_path):
     t = synthetic.chinchilla_table(seed=1)
     path = tmp_path / "chinchilla.csv"
@@ -42,6 +43,7 @@ def test_fit_chinchilla_csv_with_mapping(tmp_path):
     assert {"rule": "drop_highest", "value": 3, "n_points": 3}.items() <= fit["selection"]["exclusions"][0].items()
 
 
+@pytest.mark.slow
 def test_fit_bad_inputs_exit_2_with_a_message(tmp_path):
     path = tmp_path / "t.csv"
     _csv(path, [(1e6, 1e9, 3.0), (2e6, 1e9, 2.9)], ["model_size", "n_tokens", "final_loss"])

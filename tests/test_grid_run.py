@@ -230,6 +230,7 @@ def test_two_shards_share_one_store_and_status_reads_it_live(grid, reference):
     assert f"{N_CELLS} cells: {N_CELLS} done" in out
 
 
+@pytest.mark.slow
 def test_export_table(grid, reference, tmp_path):
     store, m = reference
     t = G.export_table(str(store))
@@ -268,6 +269,7 @@ def test_diverged_cell_is_recorded_and_grid_goes_on(grid):
     assert "0 to run" in p.stdout  # a diverged cell is final: not retried
 
 
+@pytest.mark.slow
 def test_failed_cell_is_recorded_grid_goes_on_and_retried(grid, monkeypatch):
     from scaling_grid.trainer import loop
     root, _ = grid

@@ -183,6 +183,7 @@ def test_wandb_offline_run_per_cell_with_the_scalars(grid):
             np.testing.assert_array_equal([history[s][tag] for s in steps], want[steps], err_msg=f"{cid} {tag}")
 
 
+@pytest.mark.slow
 def test_run_log_is_plain_lines_with_the_backend_first(grid):
     """Not a terminal: no bar redraws (no carriage return), one line per cell, the backend first."""
     _, _, _, metrics, p = grid
@@ -194,6 +195,7 @@ def test_run_log_is_plain_lines_with_the_backend_first(grid):
     assert len(p.stdout) + len(p.stderr) < 4000, p.stdout + p.stderr
 
 
+@pytest.mark.slow
 def test_wandb_without_a_login_stops_the_grid_with_exit_2(tmp_path):
     """Online W&B without an API key: one message and exit 2 at the first cell (recorded as failed),
     not every cell failing alike."""
@@ -210,6 +212,7 @@ def test_wandb_without_a_login_stops_the_grid_with_exit_2(tmp_path):
     assert sorted(states) == ["failed"] + ["pending"] * 5, states
 
 
+@pytest.mark.slow
 def test_sink_packages_are_imported_only_when_asked_for():
     code = ("import sys; import scaling_grid.grid.cli, scaling_grid.grid.launch, scaling_grid.trainer.loop; "
             "assert not {'tensorboardX', 'wandb', 'tensorboard'} & set(sys.modules), sys.modules.keys()")
