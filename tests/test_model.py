@@ -56,7 +56,6 @@ def test_loss_at_init_is_log_vocab(variant):
     assert abs(loss - math.log(V)) < 0.05, loss
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["gpt2", "llama"])
 def test_overfits_one_batch(variant):
     arch = _arch(variant)

@@ -212,7 +212,6 @@ def test_wandb_without_a_login_stops_the_grid_with_exit_2(tmp_path):
     assert sorted(states) == ["failed"] + ["pending"] * 5, states
 
 
-@pytest.mark.slow
 def test_sink_packages_are_imported_only_when_asked_for():
     code = ("import sys; import scaling_grid.grid.cli, scaling_grid.grid.launch, scaling_grid.trainer.loop; "
             "assert not {'tensorboardX', 'wandb', 'tensorboard'} & set(sys.modules), sys.modules.keys()")
