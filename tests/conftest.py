@@ -3,10 +3,11 @@ subprocesses that tests start (kill-and-resume), and a small disk for full-disk 
 import contextlib
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import tiny
 
 _CACHE = Path(__file__).resolve().parent.parent / ".jax_cache"
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_CACHE))
@@ -27,3 +28,9 @@ def small_disk(where: Path, size: str) -> Iterator[Path]:
         yield where
     finally:
         subprocess.run(["umount", str(where)])
+
+
+@pytest.fixture
+def tiny_spec() -> Callable[..., str]:
+    """tests/tiny.py's grid spec builder, for tests that take their helpers as fixtures."""
+    return tiny.tiny_spec

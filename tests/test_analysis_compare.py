@@ -97,7 +97,7 @@ def test_universality_across_variants_rejects_alpha_m_differing_by_0_3():
 
 
 def test_the_json_holds_the_comparison_and_the_universality_test(tmp_path):
-    r = run_fit(S.two_variant_table(1, names=("base", "wide"), truths=(TRUTH_A, TRUTH_B), **SMALL), n_boot=60,
+    r = run_fit(S.two_variant_table(1, names=("base", "wide"), truths=(TRUTH_A, TRUTH_B), **SMALL), n_boot=20,
                 reference="wide")
     d = json.loads(r.to_json())
     comp = d["comparison"]

@@ -86,7 +86,7 @@ def test_cli_fit_best_lr_on_a_csv_prints_the_winners(tmp_path, capsys):
             w.writerow([i, *(f"{x:.10g}" for x in row)])
     out_json = tmp_path / "fit.json"
     assert main(["fit", str(path), "--points", "best-lr", "--map", "m=d_model,l=n_layers,lr=learning_rate",
-                 "--boot", "50", "--json", str(out_json)]) == 0
+                 "--boot", "20", "--json", str(out_json)]) == 0
     out = capsys.readouterr().out
     assert "best lr per shape (all; budgets by tau / lr" in out
     assert "| d_model=64 n_layers=2 | 0.008 (all 5) |" in out and "| d_model=256 n_layers=8 | 0.002 (all 5) |" in out

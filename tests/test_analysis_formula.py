@@ -72,7 +72,7 @@ def test_a_formula_fit_names_the_formula_and_the_files_columns():
     table = {"params": t["N"], "tokens": t["D"], "c4_val_loss": t["loss"], "run": t["run"]}
     mapping = {"N": "params", "D": "tokens", "loss": "c4_val_loss"}
     table.update({k: table[v] for k, v in mapping.items()})   # what load_table does with --map
-    r = run_fit(table, law=TIED, n_boot=30, checks=False, source_columns=mapping)
+    r = run_fit(table, law=TIED, n_boot=20, checks=False, source_columns=mapping)
     d = json.loads(r.to_json())
     assert d["law"]["formula"] == TIED and d["law"]["tied"] == ["a"] and d["law"]["params"] == ["A", "B", "E", "a"]
     assert d["columns"] == {"loss": "c4_val_loss", "D": "tokens", "N": "params"}
@@ -201,13 +201,13 @@ def test_the_spread_is_robust_to_a_few_runaway_draws():
     iv = interval(500.0, draws, 0.95)
     assert 90 < iv["se"] < 110                      # the raw SD would be about 150,000
     assert 280 < iv["lo"] < 320 and 680 < iv["hi"] < 720
-    r = run_fit(S.universality_table(seed=0), n_boot=50, checks=False)
+    r = run_fit(S.universality_table(seed=0), n_boot=20, checks=False)
     assert "median absolute deviation" in r.to_dict()["interval"]
 
 
 # ---------------------------------------------------------------- universality verdict
 def test_the_universality_verdict_is_given_only_where_it_means_something():
-    uni = run_fit(S.universality_table(seed=0), law="universality-free", n_boot=30, checks=False)
+    uni = run_fit(S.universality_table(seed=0), law="universality-free", n_boot=20, checks=False)
     assert "universality_test" in uni.to_dict()["variants"]["gpt2"]
     assert any(ln.startswith("universality test") for ln in echo(uni)[0])
     chin = run_fit(S.chinchilla_table(seed=0), law="chinchilla", n_boot=20, checks=False)

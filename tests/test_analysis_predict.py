@@ -45,12 +45,12 @@ def test_prediction_intervals_cover_the_truth_at_the_stated_rate():
 
 
 def test_predict_from_the_json_equals_predict_from_the_result(tmp_path):
-    r = run_fit(S.universality_table(seed=1), n_boot=100, checks=False)
+    r = run_fit(S.universality_table(seed=1), n_boot=20, checks=False)
     path = tmp_path / "fit.json"
     path.write_text(r.to_json())
     d = json.loads(path.read_text())
     draws = np.array(d["variants"]["gpt2"]["bootstrap"]["draws"])
-    assert draws.shape == (100, 4) and d["variants"]["gpt2"]["bootstrap"]["params"] == UNI.param_names
+    assert draws.shape == (20, 4) and d["variants"]["gpt2"]["bootstrap"]["params"] == UNI.param_names
     new = {"m": np.array([1024.0, 64.0]), "l": np.array([16.0, 2.0]), "tau_lr": np.array([32.0, 1.0]),
            "eval_loss": np.array([np.nan, 1.9])}
     a, _, sa = predict_table(Predictor.from_result(r), new)
@@ -69,7 +69,7 @@ def test_predict_from_the_json_equals_predict_from_the_result(tmp_path):
 
 def test_predict_serves_each_row_its_variant_and_every_variant_without_one():
     a, b = S.universality_table(seed=0), S.universality_table(seed=1, variant="qk", truth=dict(TRUTH, c_m=15.0))
-    r = run_fit({k: np.concatenate([a[k], b[k]]) for k in a}, n_boot=30, checks=False)
+    r = run_fit({k: np.concatenate([a[k], b[k]]) for k in a}, n_boot=20, checks=False)
     p = Predictor.from_result(r)
     out, _, _ = predict_table(p, {"m": np.array([256.0]), "l": np.array([4.0]), "tau_lr": np.array([8.0])})
     assert list(out["variant"]) == ["gpt2", "qk"] and out["prediction"][1] < out["prediction"][0]
@@ -120,13 +120,13 @@ def test_where_fits_exactly_the_rows_it_names():
 def test_holdout_fits_the_other_rows_and_predicts_and_scores_exactly_its_own():
     t = _table_with_dataset()
     cond = "m == 512 or tau_lr >= 16"
-    r = run_fit(t, holdout=cond, n_boot=200, checks=False)
+    r = run_fit(t, holdout=cond, n_boot=20, checks=False)
     vf = r.variants["gpt2"]
     held = (t["m"] == 512) | (t["tau_lr"] >= 16)
     np.testing.assert_array_equal(np.sort(vf.points.row), np.flatnonzero(~held))
     rows = vf.heldout["rows"]
     assert sorted(x["row"] for x in rows) == list(np.flatnonzero(held))
-    ref = run_fit({k: v[~held] for k, v in t.items()}, n_boot=200, checks=False).variants["gpt2"]
+    ref = run_fit({k: v[~held] for k, v in t.items()}, n_boot=20, checks=False).variants["gpt2"]
     np.testing.assert_allclose(vf.theta, ref.theta, rtol=1e-10)
     pred, lo, hi = law_interval(UNI, ref.theta, ref.samples, {"tau": t["tau_lr"][held], "m": t["m"][held],
                                                                "l": t["l"][held]}, 0.95)

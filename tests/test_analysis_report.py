@@ -23,7 +23,7 @@ def two_variants():
 
 
 def test_table_writers_have_a_row_per_variant_with_intervals(tmp_path):
-    r = run_fit(two_variants(), n_boot=50, checks=False)
+    r = run_fit(two_variants(), n_boot=20, checks=False)
     paths = write_tables(r, tmp_path)
     assert sorted(p.name for p in paths) == ["coefficients.csv", "coefficients.md", "coefficients.tex",
                                              "comparison.csv", "comparison.md", "comparison.tex"]  # two variants
@@ -78,7 +78,7 @@ def test_report_writes_every_plot_and_an_index(tmp_path):
 
 
 def test_report_for_a_chinchilla_file_table(tmp_path):
-    index = write_report(S.chinchilla_table(seed=0), tmp_path / "rep", law="chinchilla", n_boot=30)
+    index = write_report(S.chinchilla_table(seed=0), tmp_path / "rep", law="chinchilla", n_boot=20)
     names = sorted(p.stem for p in (index.parent / "plots").glob("*.png"))
     assert names == ["collapse_all", "frontier", "loss_vs_time_all", "residuals_all", "width_depth_all"]
     assert "A/N^alpha" in index.read_text()
@@ -125,7 +125,7 @@ def test_latex_table_is_valid_latex_and_compiles(tmp_path):
     big = S.universality_table(seed=2, variant="big_&_50%", truth={"c_tau": 0.6, "c_m": 2e7, "c_l": 4e-5, "L0": 0.8},
                                widths=(2e6, 4e6, 8e6, 1.6e7))
     t = {k: np.concatenate([v, big[k]]) for k, v in two_variants().items()}
-    r = run_fit(t, n_boot=40, checks=False)
+    r = run_fit(t, n_boot=20, checks=False)
     tex = coefficient_table(r, "latex")
     _check_latex(tex)
     assert r"\times 10^{" in tex and r"big\_\&\_50\%" in tex

@@ -82,6 +82,7 @@ def test_bad_input_exits_2_with_a_message_and_writes_nothing(name, argv, fragmen
         {p: t for p, t in before.items() if "data" not in p.parts}  # a token store may be prepared, nothing else
 
 
+@pytest.mark.slow
 def test_a_bucket_that_does_not_answer_is_refused_before_any_compute(tmp_path):
     """--checkpoints in a bucket that cannot be reached (no network, no credentials here): one message
     after the probe's wait, before any compute; never a local folder './gs:/b/ck' (what pathlib made of

@@ -25,6 +25,7 @@ def _fit(*args):
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_fit_chinchilla_csv_with_mapping(tmp_path):
     t = synthetic.chinchilla_table(seed=1)
     path = tmp_path / "chinchilla.csv"
@@ -42,6 +43,7 @@ def test_fit_chinchilla_csv_with_mapping(tmp_path):
     assert {"rule": "drop_highest", "value": 3, "n_points": 3}.items() <= fit["selection"]["exclusions"][0].items()
 
 
+@pytest.mark.slow
 def test_fit_bad_inputs_exit_2_with_a_message(tmp_path):
     path = tmp_path / "t.csv"
     _csv(path, [(1e6, 1e9, 3.0), (2e6, 1e9, 2.9)], ["model_size", "n_tokens", "final_loss"])
@@ -76,7 +78,7 @@ def test_fit_of_a_constant_loss_exits_2_naming_the_parameters(tmp_path, capsys):
 def test_fit_echoes_exclusions_warnings_and_the_universality_verdict(tmp_path, capsys):
     t = synthetic.universality_table(seed=0, truth=dict(synthetic.UNIVERSALITY_TRUTH, L0=0.0))
     path = _table_csv(tmp_path / "t.csv", t)
-    assert main(["fit", path, "--law", "universality-free", "--boot", "40", "--drop-highest", "3"]) == 0
+    assert main(["fit", path, "--law", "universality-free", "--boot", "20", "--drop-highest", "3"]) == 0
     out, err = capsys.readouterr()
     assert "excluded 3 point(s): drop_highest" in out
     assert "universality test (gpt2)" in out and "1/3" in out
@@ -175,7 +177,7 @@ def _two_variant_csv(path):
 
 def test_fit_output_fits_100_columns_and_wide_prints_one_row_per_variant(tmp_path, capsys):
     path = _two_variant_csv(tmp_path / "t.csv")
-    args = ["fit", path, "--law", "universality-free", "--boot", "30", "--drop-highest", "3",
+    args = ["fit", path, "--law", "universality-free", "--boot", "20", "--drop-highest", "3",
             "--json", str(tmp_path / "the-fit-of-two-variants-with-a-long-file-name.json")]
     assert main(args) == 0
     out, err = capsys.readouterr()
@@ -245,7 +247,7 @@ def test_fit_a_formula_with_a_chosen_objective_and_a_row_filter(tmp_path, capsys
     path, t, dataset = _study_csv(tmp_path / "study.csv")
     out = tmp_path / "fit.json"
     assert main(["fit", path, "--law", "E + A/N^a + B/D^a", "--map", STUDY_MAP, "--residual", "absolute",
-                 "--huber-delta", "none", "--where", "dataset == 'rpj' and tokens / params >= 1", "--boot", "30",
+                 "--huber-delta", "none", "--where", "dataset == 'rpj' and tokens / params >= 1", "--boot", "20",
                  "--json", str(out)]) == 0
     stdout = capsys.readouterr().out.replace("\n  ", " ")
     assert "law L = E + A/N^a + B/D^a; fitted on c4_val_loss against tokens; tied: a" in stdout
@@ -313,13 +315,13 @@ def test_where_compares_in_float64_and_refuses_overflow_and_empty_selections(tmp
 def test_predict_a_large_run_from_a_fit_of_small_ones(tmp_path, capsys):
     path, _, _ = _study_csv(tmp_path / "small.csv")
     fit = tmp_path / "fit.json"
-    assert main(["fit", path, "--law", "E + A/N^a + B/D^a", "--map", STUDY_MAP, "--boot", "200",
+    assert main(["fit", path, "--law", "E + A/N^a + B/D^a", "--map", STUDY_MAP, "--boot", "20",
                  "--json", str(fit)]) == 0
     big, tb, _ = _study_csv(tmp_path / "big.csv", seed=9, Ns=(6.9e9,), Ds=(1.4e11, 3e11))
     capsys.readouterr()
     assert main(["predict", str(fit), "--at", big, "--map", STUDY_MAP, "--out", str(tmp_path / "pred.csv")]) == 0
     out = capsys.readouterr().out.replace("\n  ", " ")  # undo the wrapping at 100 columns
-    assert "interval: 95% percentile over 200 bootstrap draws (all) of the law's value" in out
+    assert "interval: 95% percentile over 20 bootstrap draws (all) of the law's value" in out
     assert "against c4_val_loss (2 row(s) with a loss)" in out
     rows = list(csv.DictReader(open(tmp_path / "pred.csv")))
     assert list(rows[0]) == ["params", "tokens", "c4_val_loss", "dataset", "id", "variant", "prediction", "lo", "hi",
@@ -350,7 +352,7 @@ def test_predict_a_large_run_from_a_fit_of_small_ones(tmp_path, capsys):
 
 def test_fit_holdout_prints_the_held_out_points_with_their_errors(tmp_path, capsys):
     path, t, _ = _study_csv(tmp_path / "study.csv")
-    assert main(["fit", path, "--law", "E + A/N^a + B/D^a", "--map", STUDY_MAP, "--boot", "50",
+    assert main(["fit", path, "--law", "E + A/N^a + B/D^a", "--map", STUDY_MAP, "--boot", "20",
                  "--holdout", "params >= 1e9", "--json", str(tmp_path / "f.json")]) == 0
     out = capsys.readouterr().out
     n_held = int((t["N"] >= 1e9).sum())

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny import tiny_spec
 
 from scaling_grid.grid import cli, launch
 from scaling_grid.grid import export as E
@@ -33,22 +34,14 @@ from scaling_grid.trainer.metrics import EVAL_FIELDS, TRAIN_FIELDS, read_metrics
 pytestmark = pytest.mark.slow  # every test here starts processes
 
 BUCKET = "bkt"
-SPEC = """\
-name: cloud
-base:
-  model: {variant: gpt2, seq_len: 16, width: 16, depth: 1}
-  data: {source: shakespeare, tokenizer: bytes, root: DATA}
-  optim: {lr: 3e-3}
-  train: {batch_size: 4, steps_per_call: 4, log_every: 4, eval_every: 32, eval_batches: 1, ckpt_every: 16, keep: 50}
-rules:
-  heads: {rule: head_dim, head_dim: 8}
-  warmup: {rule: fraction, fraction: 0.1}
-axes:
-  tokens: [5120]
-"""  # one cell, 80 steps, a checkpoint every 16
 TRAIN = ["model.width=16", "model.depth=1", "model.heads=2", "model.seq_len=16", "train.batch_size=4",
          "train.tokens=2560", "train.steps_per_call=4", "train.log_every=4", "train.eval_every=20",
          "train.ckpt_every=20", "train.eval_batches=1", "optim.warmup_steps=4"]  # 40 steps
+
+
+def _one_cell(data: str) -> str:
+    """A grid spec of one cell, 80 steps, a checkpoint every 16, its data under `data`."""
+    return tiny_spec("cloud", {"tokens": [5120]}, root=data, model={"width": 16, "depth": 1})
 
 
 def _emulator_binary() -> Path:
@@ -142,14 +135,14 @@ def _csv_rows(data: bytes) -> list[dict]:
 def test_grid_entirely_on_gs_survives_sigterm_and_resumes_to_the_uninterrupted_curves(gcs, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     local = tmp_path / "local.yaml"
-    local.write_text(SPEC.replace("DATA", str(tmp_path / "data")))
+    local.write_text(_one_cell(str(tmp_path / "data")))
     assert launch.run(str(local), launch.Options(store=str(tmp_path / "ref"), memory_check=False,
                                                  progress=False, out=lambda s: None)) == launch.EXIT_OK
     reference = _metrics(str(tmp_path / "ref"))
 
     root = f"gs://{BUCKET}/grid"
     spec = tmp_path / "cloud.yaml"
-    spec.write_text(SPEC.replace("DATA", f"{root}/data"))
+    spec.write_text(_one_cell(f"{root}/data"))
     store, ck = f"{root}/store", f"{root}/ck"
     args = ["run", str(spec), "--store", store, "--checkpoints", ck, "--no-progress", "--no-memory-check",
             "--status-every", "0.2"]
@@ -235,7 +228,7 @@ def test_train_into_a_bucket_resumes_from_it_and_export_and_report_write_there(g
 
 
 def _spec(tmp: Path) -> str:
-    (tmp / "s.yaml").write_text(SPEC.replace("DATA", str(tmp / "data")))
+    (tmp / "s.yaml").write_text(_one_cell(str(tmp / "data")))
     return str(tmp / "s.yaml")
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import small_disk
+from tiny import tiny_spec
 
 from scaling_grid.grid import cells as grid_cells
 from scaling_grid.grid import export as E
@@ -21,29 +22,16 @@ from scaling_grid.grid import store as G
 from scaling_grid.grid.plan import plan_text
 from scaling_grid.trainer.metrics import EVAL_FIELDS, TRAIN_FIELDS
 
-SPEC = """\
-name: t
-base:
-  model: {variant: gpt2, seq_len: 16}
-  data: {source: shakespeare, tokenizer: bytes, root: DATA}
-  optim: {lr: 3e-3}
-  train: {batch_size: 4, steps_per_call: 4, log_every: 4, eval_every: 32, eval_batches: 1, ckpt_every: 16, keep: 50}
-rules:
-  heads: {rule: head_dim, head_dim: 8}
-  warmup: {rule: fraction, fraction: 0.1}
-axes:
-  width: [16, 32]
-  depth: [1]
-  tokens: [10240, 20480]
-"""
+AXES = {"width": [16, 32], "depth": [1], "tokens": [10240, 20480]}
 N_CELLS = 4
+ONE_SHAPE = {"width": 16, "depth": 1}
 
 
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory):
     root = tmp_path_factory.mktemp("grid")
     spec = root / "t.yaml"
-    spec.write_text(SPEC.replace("DATA", str(root / "data")))
+    spec.write_text(tiny_spec("t", AXES, root=str(root / "data")))
     return root, spec
 
 
@@ -189,7 +177,7 @@ def test_sigkill_and_sigterm_mid_cell_then_relaunch(grid, reference, as_url):
     stores = sorted((root / "data").rglob("*meta.json"))
     if as_url:
         spec = root / "t-url.yaml"
-        spec.write_text(SPEC.replace("DATA", f"file://{root / 'data'}"))
+        spec.write_text(tiny_spec("t", AXES, root=f"file://{root / 'data'}"))
         where = (f"file://{store}", "--checkpoints", f"file://{store / 'checkpoints'}")
     proc = _popen(spec, *where)
     victim = _wait(lambda: _mid_cell(store), proc, what="a checkpoint mid-cell")
@@ -246,6 +234,7 @@ def test_two_shards_share_one_store_and_status_reads_it_live(grid, reference):
     assert f"{N_CELLS} cells: {N_CELLS} done" in out
 
 
+@pytest.mark.slow
 def test_export_table(grid, reference, tmp_path):
     store, m = reference
     t = E.export_table(str(store))
@@ -269,26 +258,12 @@ def test_export_table(grid, reference, tmp_path):
     assert lines[0] == ",".join(E.EXPORT_COLUMNS) and len(lines) == n + 1
 
 
-DIV = """\
-name: div
-base:
-  model: {variant: gpt2, seq_len: 16, width: 16, depth: 1}
-  data: {source: shakespeare, tokenizer: bytes, root: DATA}
-  train: {batch_size: 4, steps_per_call: 4, log_every: 4, eval_every: 32, eval_batches: 1, ckpt_every: 16}
-rules:
-  heads: {rule: head_dim, head_dim: 8}
-  warmup: {rule: fraction, fraction: 0.1}
-axes:
-  lr: [1e4, 3e-3]
-  tokens: [5120]
-"""
-
-
 @pytest.mark.slow
 def test_diverged_cell_is_recorded_and_grid_goes_on(grid):
     root, _ = grid
     spec = root / "div.yaml"
-    spec.write_text(DIV.replace("DATA", str(root / "data")))
+    spec.write_text(tiny_spec("div", {"lr": ["1e4", "3e-3"], "tokens": [5120]}, root=str(root / "data"),
+                           model=ONE_SHAPE, optim={"lr": None}, keep=None))
     store = root / "div"
     p = _run(spec, store)  # diverged cells are results, not errors: exit 0
     st = {c["config"]["peak_lr"]: c["status"] for c in G.Store(str(store)).records()[0]}
@@ -298,12 +273,12 @@ def test_diverged_cell_is_recorded_and_grid_goes_on(grid):
     assert "0 to run" in p.stdout  # a diverged cell is final: not retried
 
 
+@pytest.mark.slow
 def test_failed_cell_is_recorded_grid_goes_on_and_retried(grid, monkeypatch):
     from scaling_grid.trainer import loop
     root, _ = grid
     spec = root / "fail.yaml"
-    spec.write_text(SPEC.replace("DATA", str(root / "data")).replace("width: [16, 32]", "width: [16]").replace(
-        "tokens: [10240, 20480]", "tokens: [2560, 5120]"))
+    spec.write_text(tiny_spec("t", {"width": [16], "depth": [1], "tokens": [2560, 5120]}, root=str(root / "data")))
     store = root / "failing"
     real = loop.train_pack  # what the launcher calls, for one cell or a pack
 
@@ -326,20 +301,10 @@ def test_failed_cell_is_recorded_grid_goes_on_and_retried(grid, monkeypatch):
     assert st["gpt2-w16-d1-t2.56k-s0"]["state"] == "done" and st["gpt2-w16-d1-t2.56k-s0"]["attempt"] == 2
 
 
-WSD = """\
-name: w
-tokens_mode: wsd
-base:
-  model: {variant: gpt2, seq_len: 16, width: 16, depth: 1}
-  data: {source: shakespeare, tokenizer: bytes, root: DATA}
-  optim: {lr: 3e-3, decay_fraction: 0.2}
-  train: {batch_size: 4, steps_per_call: 4, log_every: 4, eval_every: 16, eval_batches: 1, ckpt_every: 32}
-rules:
-  heads: {rule: head_dim, head_dim: 8}
-  warmup: {rule: fraction, fraction: 0.1}
-axes:
-  tokens: [5120, 10240]
-"""
+def _wsd_spec(name: str, data: Path) -> str:
+    """One shape on a wsd trunk with two budgets: branches from steps 64 and 128."""
+    return tiny_spec(name, {"tokens": [5120, 10240]}, tokens_mode="wsd", root=str(data), model=ONE_SHAPE,
+                     optim={"decay_fraction": 0.2}, eval_every=16, ckpt_every=32, keep=None)
 
 
 @pytest.mark.slow
@@ -347,7 +312,7 @@ def test_wsd_branches_start_from_trunk_and_continue_its_tau(grid):
     from scaling_grid.trainer.step import lr_table
     root, _ = grid
     spec = root / "wsd.yaml"
-    spec.write_text(WSD.replace("DATA", str(root / "data")))
+    spec.write_text(_wsd_spec("w", root / "data"))
     store = root / "wsd"
     _run(spec, store)
     s = G.Store(str(store))
@@ -391,9 +356,8 @@ def test_shared_steps_padded_tables_change_nothing():
     from scaling_grid.grid.spec import parse_spec
     from scaling_grid.trainer.step import lr_table
     cells = []
-    for schedule, budgets in (("cosine", "[1024, 2048]"), ("wsd", "[2048]")):  # 16 and 32 steps
-        text = SPEC.replace("DATA", "/tmp/unused").replace("tokens: [10240, 20480]", f"tokens: {budgets}")
-        text = text.replace("optim: {lr: 3e-3}", f"optim: {{lr: 3e-3, schedule: {schedule}}}")
+    for schedule, budgets in (("cosine", [1024, 2048]), ("wsd", [2048])):  # 16 and 32 steps
+        text = tiny_spec("t", {**AXES, "tokens": budgets}, root="/tmp/unused", optim={"schedule": schedule})
         cells += [c for c in expand(parse_spec(text), check_paths=False) if c.m == 16]
     from scaling_grid.trainer.compile import SharedSteps
     shared = SharedSteps()
@@ -431,28 +395,15 @@ def test_a_new_optimizer_field_is_part_of_the_shape_unless_it_is_a_schedule_fiel
         assert shape_key(other, 256) != key, field
 
 
-ONE_CHUNK = """\
-name: last
-base:
-  model: {variant: gpt2, seq_len: 16, width: 16, depth: 1}
-  data: {source: shakespeare, tokenizer: bytes, root: DATA}
-  optim: {lr: 3e-3}
-  train: {batch_size: 4, steps_per_call: 4000, log_every: 4000, eval_every: 4000, eval_batches: 1, ckpt_every: 4000}
-rules:
-  heads: {rule: head_dim, head_dim: 8}
-  warmup: {rule: fraction, fraction: 0.1}
-axes:
-  tokens: [256000]
-"""
-
-
 @pytest.mark.slow
 def test_preempted_in_the_last_chunk_then_relaunch_evaluates_the_end(grid):
     """A one-chunk cell SIGTERMed while it trains saves its last step without its eval. The relaunch
     must evaluate it (before: the cell was 'done' with no final eval, and the launcher crashed)."""
     root, _ = grid
     spec = root / "last.yaml"
-    spec.write_text(ONE_CHUNK.replace("DATA", str(root / "data")))
+    spec.write_text(tiny_spec("last", {"tokens": [256000]}, root=str(root / "data"), model=ONE_SHAPE,
+                           train={"steps_per_call": 4000, "log_every": 4000}, eval_every=4000, ckpt_every=4000,
+                           keep=None))  # one chunk of 4000 steps
     store, S = root / "last", 4000
     s = G.Store(str(store))
 
@@ -544,7 +495,7 @@ def test_wsd_branch_whose_trunk_checkpoint_is_unreadable_reruns_the_trunk(grid, 
     import shutil
     root, _ = grid
     spec = root / "wsd2.yaml"
-    spec.write_text(WSD.replace("DATA", str(root / "data")).replace("name: w", "name: w2"))
+    spec.write_text(_wsd_spec("w2", root / "data"))
     ref_store, store = tmp_path / "ref", tmp_path / "store"
     _run(spec, ref_store)
     ref = _all_metrics(ref_store)

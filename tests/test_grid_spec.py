@@ -1,31 +1,24 @@
 """Grid specs expand to stable cell ids; wsd trunks and branches line up; shards are deterministic.
 No training here: expansion is pure."""
-import textwrap
-
 import numpy as np
 import pytest
+from tiny import tiny_spec
 
 from scaling_grid.grid import expand as E
 from scaling_grid.grid import spec as S
 from scaling_grid.trainer.config import ConfigError
 
-SPEC = textwrap.dedent("""\
-    name: unit
-    base:
-      model: {variant: gpt2, seq_len: 16}
-      data: {source: shakespeare, tokenizer: bytes}
-      optim: {lr: 3e-3}
-      train: {batch_size: 4, steps_per_call: 4, log_every: 4, eval_every: 16, eval_batches: 1, ckpt_every: 16}
-    rules:
-      heads: {rule: head_dim, head_dim: 8}
-      warmup: {rule: fraction, fraction: 0.1}
-    axes:
-      width: [16, 32]
-      depth: [1, 2]
-      tokens: [2560, 5120]
-    cells:
-      - {width: 32, depth: 2, tokens: 5120, seed: 1}
-    """)
+AXES = {"width": [16, 32], "depth": [1, 2], "tokens": [2560, 5120]}
+SEED_1 = {"width": 32, "depth": 2, "tokens": 5120, "seed": 1}
+
+
+def unit_spec(axes: dict | None = None, **kw) -> str:
+    """2 widths x 2 depths x 2 budgets and a second seed of the largest cell; `axes` and `kw` change it."""
+    kw = {"root": None, "eval_every": 16, "keep": None, "cells": [SEED_1], **kw}
+    return tiny_spec("unit", {**AXES, **(axes or {})}, **kw)
+
+
+SPEC = unit_spec()
 
 # The ids this spec must always give. If a deliberate change to the hashed config (a new trainer
 # field, a changed default) moves them, old stores will not find their cells again: say so in the
@@ -58,24 +51,22 @@ def test_expected_stable_ids():
 
 def test_config_change_makes_new_ids_and_bookkeeping_does_not():
     base = {c.id for c in _cells()}
-    wd = _cells(SPEC.replace("optim: {lr: 3e-3}", "optim: {lr: 3e-3, weight_decay: 0.05}"))
+    wd = _cells(unit_spec(optim={"weight_decay": 0.05}))
     assert not base & {c.id for c in wd}  # every cell's curve changes: every id is new
     names = [c.name for c in wd]
     assert names == [i.rsplit("-", 1)[0] for i in EXPECTED_IDS]  # readable names stay
-    ck = _cells(SPEC.replace("ckpt_every: 16", "ckpt_every: 32, keep: 5"))
+    ck = _cells(unit_spec(ckpt_every=32, keep=5))
     assert [c.id for c in ck] == EXPECTED_IDS  # checkpoint cadence does not change a curve
-    more = _cells(SPEC.replace("width: [16, 32]", "width: [16, 32, 48]"))
+    more = _cells(unit_spec({"width": [16, 32, 48]}))
     assert base < {c.id for c in more} and len(more) == len(base) + 4
     # key order and formatting in the YAML do not matter
-    reordered = SPEC.replace("tokens: [2560, 5120]", "tokens: [5120, 2560]")
+    reordered = unit_spec({"tokens": [5120, 2560]})
     assert sorted(c.id for c in _cells(reordered)) == sorted(EXPECTED_IDS)
 
 
 def test_rules():
-    cells = _cells(SPEC.replace("  warmup: {rule: fraction, fraction: 0.1}",
-                                "  warmup: {rule: fraction, fraction: 0.1}\n"
-                                "  lr: {rule: width_scaled, base_width: 16}\n"
-                                "  batch_size: {rule: by_tokens, table: {2560: 4, 5120: 8}}"))
+    cells = _cells(unit_spec(rules={"lr": {"rule": "width_scaled", "base_width": 16},
+                                    "batch_size": {"rule": "by_tokens", "table": {2560: 4, 5120: 8}}}))
     by = {(c.m, c.l, c.tokens, c.seed): c for c in cells}
     assert by[(16, 1, 2560, 0)].config.optim.lr == pytest.approx(3e-3)
     assert by[(32, 1, 2560, 0)].config.optim.lr == pytest.approx(1.5e-3)
@@ -83,10 +74,8 @@ def test_rules():
     assert by[(32, 1, 5120, 0)].steps == 40
 
 
-WSD = SPEC.replace("name: unit", "name: unit\ntokens_mode: wsd").replace(
-    "tokens: [2560, 5120]", "tokens: [2560, 5120, 10240]").replace(
-    "  - {width: 32, depth: 2, tokens: 5120, seed: 1}\n",
-    "  - {width: 32, depth: 2, tokens: 5120, seed: 1}\n  - {width: 32, depth: 2, tokens: 10240, seed: 1}\n")
+WSD = unit_spec({"tokens": [2560, 5120, 10240]}, tokens_mode="wsd",
+                cells=[SEED_1, {"width": 32, "depth": 2, "tokens": 10240, "seed": 1}])
 
 
 def test_wsd_trunks_and_branches():

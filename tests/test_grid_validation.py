@@ -3,24 +3,12 @@ the field and the fix, and nothing is written to the store."""
 import time
 
 import pytest
+from tiny import tiny_spec
 
 from scaling_grid.grid import cli
 
-GOOD = """\
-name: v
-base:
-  model: {variant: gpt2, seq_len: 16}
-  data: {source: shakespeare, tokenizer: bytes, root: DATA}
-  optim: {lr: 3e-3}
-  train: {batch_size: 4, steps_per_call: 4, log_every: 4, eval_every: 16, eval_batches: 1, ckpt_every: 16}
-rules:
-  heads: {rule: head_dim, head_dim: 8}
-  warmup: {rule: fraction, fraction: 0.1}
-axes:
-  width: [16, 32]
-  depth: [1, 2]
-  tokens: [2560, 5120]
-"""
+# data.root DATA: each test writes the spec with a folder under its tmp_path
+GOOD = tiny_spec("v", {"width": [16, 32], "depth": [1, 2], "tokens": [2560, 5120]}, eval_every=16, keep=None)
 
 # (name, spec text (or bytes, written as they are), fragment(s) the error message must contain)
 BAD = [

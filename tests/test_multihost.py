@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from floats import assert_reordered_curves_close
+from tiny import tiny_spec
 
 from scaling_grid.trainer.metrics import read_metrics
 
@@ -158,21 +159,10 @@ def test_batch_that_does_not_split_over_the_devices_is_exit_2(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-GRID = """\
-name: mp
-tokens_mode: wsd
-base:
-  model: {variant: gpt2, seq_len: 16, depth: 1}
-  data: {source: shakespeare, tokenizer: bytes, root: DATA}
-  optim: {lr: 3e-3, decay_fraction: 0.2}
-  train: {batch_size: 4, steps_per_call: 4, log_every: 4, eval_every: 32, eval_batches: 1, ckpt_every: 16, keep: 50}
-rules:
-  heads: {rule: head_dim, head_dim: 8}
-  warmup: {rule: fraction, fraction: 0.1}
-axes:
-  width: [16, 32]
-  tokens: [10240, 20480]
-"""
+def _wsd_grid(data: Path) -> str:
+    """A wsd grid of 2 widths and 2 budgets: 6 cells (a trunk and 2 branches a width)."""
+    return tiny_spec("mp", {"width": [16, 32], "tokens": [10240, 20480]}, tokens_mode="wsd", root=str(data),
+                     model={"depth": 1}, optim={"decay_fraction": 0.2})
 
 
 def _grid(spec: Path, store: Path, n: int = 2) -> list[subprocess.Popen]:
@@ -189,7 +179,7 @@ def test_grid_on_two_processes_sigterm_to_one_then_relaunch(tmp_path):
     (exit 143) within 60 s; the relaunch finishes every cell with the uninterrupted curves."""
     from scaling_grid.grid import store as G
     spec = tmp_path / "mp.yaml"
-    spec.write_text(GRID.replace("DATA", str(tmp_path / "data")))
+    spec.write_text(_wsd_grid(tmp_path / "data"))
     (rc0, log0), (rc1, log1) = _finish(_grid(spec, tmp_path / "ref"))
     assert rc0 == 0 and rc1 == 0, log0[-3000:] + log1[-3000:]
     ref = G.Store(str(tmp_path / "ref"))
@@ -225,7 +215,7 @@ def test_a_failure_in_one_process_fails_the_cell_in_both_and_the_grid_goes_on(tm
     from scaling_grid.grid import spec as S
     from scaling_grid.grid import store as G
     spec = tmp_path / "mp.yaml"
-    spec.write_text(GRID.replace("DATA", str(tmp_path / "data")))
+    spec.write_text(_wsd_grid(tmp_path / "data"))
     cells = E.expand(S.load_spec(spec))
     target = max((c for c in cells if c.role == "branch"), key=lambda c: (c.config.model.width, c.steps))
     store = tmp_path / "store"
@@ -248,13 +238,11 @@ def test_a_packed_grid_on_two_processes_sigterm_to_one_then_relaunch(tmp_path):
     and every cell's curves equal the unpacked grid's on one process with 2 devices."""
     from scaling_grid.grid import store as G
     from scaling_grid.trainer.checkpoint import saved_steps
-    packed = GRID.replace("tokens_mode: wsd\n", "").replace("ckpt_every: 16, keep: 50",
-                                                             "ckpt_every: 8, keep: 50, pack: 4")
-    packed = packed.replace("width: [16, 32]", "width: [16]\n  seed: [0, 1]").replace("[10240, 20480]",
-                                                                                     "[10240, 14336]")
     spec, plain = tmp_path / "packed.yaml", tmp_path / "plain.yaml"
-    spec.write_text(packed.replace("DATA", str(tmp_path / "data")))
-    plain.write_text(packed.replace(", pack: 4", "").replace("DATA", str(tmp_path / "data")))
+    for path, pack in ((spec, 4), (plain, None)):
+        path.write_text(tiny_spec("mp", {"width": [16], "seed": [0, 1], "tokens": [10240, 14336]},
+                                  root=str(tmp_path / "data"), model={"depth": 1}, optim={"decay_fraction": 0.2},
+                                  ckpt_every=8, pack=pack))
     p = subprocess.run([sys.executable, "-m", "scaling_grid.grid.cli", "run", str(plain), "--store",
                         str(tmp_path / "ref"), "--no-memory-check", "--no-progress"], capture_output=True, text=True,
                        timeout=TIMEOUT, env=_env(devices=2))

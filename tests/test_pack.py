@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from floats import assert_reordered_curves_close, assert_same_curves
+from tiny import tiny_spec
 
 from scaling_grid.grid import store as G
 from scaling_grid.trainer import config as C
@@ -104,23 +105,11 @@ def test_a_preempted_pack_resumes_to_the_same_curves(runs, tmp_path, after_calls
 
 # ------------------------------------------------------------------------------- a packed grid
 
-SPEC = """\
-name: packed
-base:
-  model: {variant: gpt2, seq_len: 16}
-  data: {source: shakespeare, tokenizer: bytes, root: DATA}
-  optim: {lr: 3e-3}
-  train: {batch_size: 4, steps_per_call: 4, log_every: 4, eval_every: 32, eval_batches: 1, ckpt_every: 8, keep: 50PACK}
-rules:
-  heads: {rule: head_dim, head_dim: 8}
-  warmup: {rule: fraction, fraction: 0.1}
-axes:
-  width: [16]
-  depth: [1]
-  seed: [0, 1]
-  lr: [3e-3, 1e-3]
-  tokens: [10240, 14336]
-"""
+def _spec(data: Path, pack: int | None, axes: dict | None = None, ckpt_every: int = 8) -> str:
+    """8 cells of one shape: 2 seeds x 2 lr x 2 budgets, packed `pack` at a time (None: unpacked)."""
+    axes = {"width": [16], "depth": [1], "seed": [0, 1], "lr": ["3e-3", "1e-3"], "tokens": [10240, 14336],
+            **(axes or {})}
+    return tiny_spec("packed", axes, root=str(data), pack=pack, ckpt_every=ckpt_every)
 
 
 def _cmd(spec, store, *extra):
@@ -140,8 +129,8 @@ def test_a_packed_grid_sigtermed_and_resumed_equals_the_unpacked_grid(tmp_path):
     grid's, under the same cell ids."""
     data = tmp_path / "data"
     plain, packed = tmp_path / "plain.yaml", tmp_path / "packed.yaml"
-    plain.write_text(SPEC.replace("DATA", str(data)).replace("PACK", ""))
-    packed.write_text(SPEC.replace("DATA", str(data)).replace("PACK", ", pack: 4"))
+    plain.write_text(_spec(data, None))
+    packed.write_text(_spec(data, 4))
     p = subprocess.run(_cmd(plain, tmp_path / "ref"), capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     ref = _metrics(tmp_path / "ref")
@@ -253,9 +242,7 @@ def test_an_error_in_a_pack_fails_only_the_runs_it_stopped(tmp_path, monkeypatch
     from scaling_grid.grid import launch
     from scaling_grid.trainer.checkpoint import Checkpointer
     spec = tmp_path / "p.yaml"
-    spec.write_text(SPEC.replace("DATA", str(tmp_path / "data")).replace("PACK", ", pack: 2").replace(
-        "seed: [0, 1]", "seed: [0]").replace("lr: [3e-3, 1e-3]", "lr: [3e-3]").replace(
-        "tokens: [10240, 14336]", "tokens: [2560, 5120]").replace("ckpt_every: 8", "ckpt_every: 16"))
+    spec.write_text(_spec(tmp_path / "data", 2, {"seed": [0], "lr": ["3e-3"], "tokens": [2560, 5120]}, ckpt_every=16))
     real = Checkpointer.save
 
     def save(self, step, state, meta):

@@ -11,29 +11,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny import tiny_spec
 
 from scaling_grid.grid import cli
 from scaling_grid.grid import store as G
 from scaling_grid.trainer.trackers import TensorBoardSink
 
-SPEC = """\
-name: sinks
-tokens_mode: wsd
-base:
-  model: {variant: gpt2, seq_len: 16}
-  data: {source: shakespeare, tokenizer: bytes, root: DATA}
-  optim: {lr: 3e-3, decay_fraction: 0.2}
-  train: {batch_size: 4, steps_per_call: 4, log_every: 4, eval_every: 16, eval_batches: 1, ckpt_every: 16}
-rules:
-  heads: {rule: head_dim, head_dim: 8}
-  warmup: {rule: fraction, fraction: 0.1}
-axes:
-  width: [16, 32]
-  depth: [1]
-  tokens: [2560, 5120]
-"""
 TRAIN_TAGS = {"loss": "train/loss", "lr": "train/lr", "tau": "train/tau", "grad_norm": "train/grad_norm",
               "tokens": "train/tokens"}
+
+
+def _spec(data: Path) -> str:
+    """A wsd grid of 2 widths and 2 budgets: 6 cells (a trunk and 2 branches a width)."""
+    return tiny_spec("sinks", {"width": [16, 32], "depth": [1], "tokens": [2560, 5120]}, tokens_mode="wsd",
+                     root=str(data), optim={"decay_fraction": 0.2}, eval_every=16, keep=None)
 
 
 def _env(tmp: Path) -> dict[str, str]:
@@ -47,7 +38,7 @@ def grid(tmp_path_factory):
     """The grid run once into a store, with both sinks, its output captured (a file, not a terminal)."""
     root = tmp_path_factory.mktemp("sinks")
     spec = root / "s.yaml"
-    spec.write_text(SPEC.replace("DATA", str(root / "data")))
+    spec.write_text(_spec(root / "data"))
     store, tb = root / "store", root / "tb"
     p = subprocess.run([sys.executable, "-m", "scaling_grid.grid.cli", "run", str(spec), "--store", str(store),
                         "--no-memory-check", "--tensorboard", str(tb), "--wandb", "sinks-test"],
@@ -192,6 +183,7 @@ def test_wandb_offline_run_per_cell_with_the_scalars(grid):
             np.testing.assert_array_equal([history[s][tag] for s in steps], want[steps], err_msg=f"{cid} {tag}")
 
 
+@pytest.mark.slow
 def test_run_log_is_plain_lines_with_the_backend_first(grid):
     """Not a terminal: no bar redraws (no carriage return), one line per cell, the backend first."""
     _, _, _, metrics, p = grid
@@ -203,11 +195,12 @@ def test_run_log_is_plain_lines_with_the_backend_first(grid):
     assert len(p.stdout) + len(p.stderr) < 4000, p.stdout + p.stderr
 
 
+@pytest.mark.slow
 def test_wandb_without_a_login_stops_the_grid_with_exit_2(tmp_path):
     """Online W&B without an API key: one message and exit 2 at the first cell (recorded as failed),
     not every cell failing alike."""
     spec = tmp_path / "s.yaml"
-    spec.write_text(SPEC.replace("DATA", str(tmp_path / "data")))
+    spec.write_text(_spec(tmp_path / "data"))
     env = {k: v for k, v in _env(tmp_path).items() if k not in ("WANDB_MODE", "WANDB_API_KEY")}
     env["HOME"] = str(tmp_path)  # no ~/.netrc, no wandb settings: not logged in
     p = subprocess.run([sys.executable, "-m", "scaling_grid.grid.cli", "run", str(spec), "--store",

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import jax.numpy as jnp
 import pytest
+from tiny import tiny_spec
 
 from scaling_grid.trainer import config as C
 from scaling_grid.trainer.config import ConfigError
@@ -161,20 +162,9 @@ def test_a_packed_spec_compiles_each_shape_once_with_its_full_pack(tmp_path):
     packs them (train.pack 4 over 4 cells: one pack of 4); another width is another shape."""
     from scaling_grid.grid import aot
     spec = tmp_path / "p.yaml"
-    spec.write_text("""name: p
-base:
-  model: {variant: gpt2, seq_len: 16}
-  data: {source: shakespeare, tokenizer: bytes}
-  train: {batch_size: 4, steps_per_call: 4, log_every: 4, eval_every: 16, ckpt_every: 16, pack: 4}
-rules:
-  heads: {rule: head_dim, head_dim: 8}
-  warmup: {rule: fraction, fraction: 0.1}
-axes:
-  width: [16, 32]
-  depth: [1]
-  seed: [0, 1]
-  tokens: [2560, 5120]
-""")
+    spec.write_text(tiny_spec("p", {"width": [16, 32], "depth": [1], "seed": [0, 1], "tokens": [2560, 5120]},
+                              root=None, optim={"lr": None}, train={"eval_batches": None}, eval_every=16, keep=None,
+                              pack=4))
     configs, what = aot.configs_of(str(spec), [])
     assert len(configs) == 8 and what == "grid spec, 8 cells"
     shapes = aot.distinct_shapes(configs)

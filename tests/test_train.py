@@ -169,6 +169,7 @@ def test_sigterm_during_eval(reference, tmp_path, data_root):
     _assert_same_curves(ref, _metrics(out))
 
 
+@pytest.mark.slow
 def test_corrupt_latest_checkpoint_falls_back(reference, tmp_path, data_root):
     """Corrupt the newest checkpoint of a finished run: the next run says so, resumes from the one
     before, retrains the missing steps and ends with the same curve."""
@@ -201,6 +202,7 @@ def test_divergence_stops_with_clear_message(tmp_path, data_root):
     assert np.all(np.isnan(m["loss"][result["step"] + 1:]))  # nothing recorded past the divergence
 
 
+@pytest.mark.slow
 def test_changed_config_in_same_out_dir_is_refused(reference, tmp_path, data_root):
     ref_out, _ = reference
     out = tmp_path / "run"
@@ -244,6 +246,7 @@ def test_preempted_in_the_last_chunk_then_resume_owes_the_final_eval(tmp_path, d
     assert _metrics(ref)["eval_loss"][S] == final
 
 
+@pytest.mark.slow
 def test_second_train_on_one_out_dir_is_refused(reference, tmp_path, data_root):
     """A run folder is locked while a run trains in it: a second `train` exits 2 and names the holder."""
     ref_out, _ = reference
@@ -258,6 +261,7 @@ def test_second_train_on_one_out_dir_is_refused(reference, tmp_path, data_root):
         {p: t for p, t in before.items() if p.name != ".lock"}
 
 
+@pytest.mark.slow
 def test_unreadable_checkpoint_is_set_aside_and_saved_anew(reference, tmp_path, data_root):
     """After falling back from a corrupt checkpoint, the retrained step is saved again (before, the
     corrupt step stayed, so every later resume fell back again) and the corrupt one is kept aside."""
@@ -332,6 +336,7 @@ def test_a_changed_field_that_to_dict_omits_at_its_default_is_named(tmp_path, da
         traincmd.train_cli(configfile.load(None, [*base, "data.documents=blank_lines"]))
 
 
+@pytest.mark.slow
 def test_log_without_a_terminal_is_plain_lines(reference_run):
     """Output to a file: the JAX backend first, no progress-bar redraws, one plain line per eval."""
     import jax
@@ -344,6 +349,7 @@ def test_log_without_a_terminal_is_plain_lines(reference_run):
     assert lines[-1].startswith("done: ") and len(lines) < 15
 
 
+@pytest.mark.slow
 def test_status_and_export_of_a_run_folder(reference_run, tmp_path, capsys):
     """`status` and `export` read a `train` folder as a grid of one run, with the grid store's checks."""
     from scaling_grid.grid import cli
