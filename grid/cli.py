@@ -128,13 +128,16 @@ def _add_distributed_args(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--coordinator", metavar="HOST:PORT", help="with --distributed: process 0's address")
     p.add_argument("--num-processes", type=int, metavar="N", help="with --distributed: processes in the job")
     p.add_argument("--process-id", type=int, metavar="I", help="with --distributed: this process, 0..N-1")
+    p.add_argument("--peer-timeout", type=float, default=60.0, metavar="S", help="with --distributed: a process "
+                   "that does not join or stops answering within S seconds is lost: every process stops with exit 75 "
+                   "(the running cell preempted; relaunch all to resume) (default 60)")
 
 
 def _distributed(args: argparse.Namespace) -> Distributed | None:
     from scaling_grid.trainer import Distributed
-    d = Distributed(args.coordinator, args.num_processes, args.process_id)
+    d = Distributed(args.coordinator, args.num_processes, args.process_id, peer_timeout=args.peer_timeout)
     if not args.distributed:
-        if d != Distributed():
+        if d != Distributed(peer_timeout=args.peer_timeout):
             raise ConfigError("--coordinator, --num-processes and --process-id need --distributed")
         return None
     d.check()
@@ -718,6 +721,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"scaling-grid {args.command}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as e:
+        from scaling_grid.trainer import peers
+        peers.check(e)  # a collective whose peer is gone: exit 75 once jax.distributed says so
         from scaling_grid.analysis import AnalysisError  # bad tables, unidentifiable coefficients
         if isinstance(e, AnalysisError):
             print(f"scaling-grid {args.command}: error: {e}", file=sys.stderr)

@@ -54,6 +54,7 @@ from scaling_grid.trainer import (
     from_process_0,
     is_writer,
     multi_process,
+    peers,
     setup,
 )
 
@@ -768,10 +769,10 @@ def _run_cells(cells: Sequence[S.Cell], store: Store, tok_store: Any, table_len:
     lives = [_LiveSink(c, bar) for c in running]
     beats = [_Heartbeat(store, base, live, opts.status_every) for (_, _, base, _), live in zip(claimed, lives)]
 
-    def record(update: Callable[[S.Cell, _Heartbeat], dict[str, Any]]) -> None:
+    def record(update: Callable[[S.Cell, _Heartbeat], dict[str, Any]], writes: bool = writer) -> None:
         """After an error: the status of each cell. A run of the pack that had already ended done or
         diverged (a shorter budget) keeps that outcome; the others get `update`."""
-        if writer:
+        if writes:
             for c, beat, live in zip(running, beats, lives):
                 if live.ended is not None and live.ended[0] in FINAL_STATES:
                     state, step, message = live.ended
@@ -788,6 +789,15 @@ def _run_cells(cells: Sequence[S.Cell], store: Store, tok_store: Any, table_len:
                 result[c.id] = "failed"
         return [result[c.id] for c in cells]
 
+    def peer_lost(why: str, recorder: bool) -> str:  # trainer/peers.py: on its thread; this one waits
+        for beat in beats:  # no heartbeat may write 'running' over the record
+            beat.stop_ev.set()
+            if beat.thread.is_alive():
+                beat.thread.join(timeout=2)
+        record(lambda c, b: {**b.snapshot(), "state": "preempted", "message": f"preempted: {why}"}, recorder)
+        return "; ".join(f"cell {c.id} (last checkpoint: step {max(saved_steps(d), default=0)})"
+                         for c, d, *_ in claimed) + (" recorded preempted" if recorder else "")
+
     try:
         steps = _SHARED.get(running[0].config, tok_store.vocab_size, pack=len(running))
         sinks: list[list[Any]] = [[live] for live in lives]
@@ -802,6 +812,7 @@ def _run_cells(cells: Sequence[S.Cell], store: Store, tok_store: Any, table_len:
             if writer:
                 for beat in beats:
                     beating.enter_context(beat)
+            beating.enter_context(peers.on_loss(peer_lost))
             outcome = T.train_pack(lanes, store=tok_store, steps=steps, warn=lambda m: say(f"{who}: warning: {m}"),
                                    table_len=table_len, preempt=signals)
     except KeyboardInterrupt:
@@ -822,6 +833,7 @@ def _run_cells(cells: Sequence[S.Cell], store: Store, tok_store: Any, table_len:
             raise
         return [_trunk_unreadable(cell, base, e, store, say, writer, multi)]
     except Exception as e:  # noqa: BLE001 - record and go on to the next cell
+        peers.check(e, peer_lost)  # a lost peer: recorded preempted, exit 75 (never returns)
         tb = traceback.format_exc()
         msg = f"{type(e).__name__}: {e}"
         record(lambda c, b: {**b.snapshot(), "state": "failed", "message": msg, "traceback": tb[-4000:],
