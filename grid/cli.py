@@ -69,6 +69,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from scaling_grid.trainer.paths import require_local
     tensorboard = require_local("--tensorboard", args.tensorboard)
     T.setup(_distributed(args), args.compile_cache)  # before anything starts a JAX backend
+    from scaling_grid.trainer import peers
+    peers.by_default(lambda why, _: f"run {cfg.out_dir} (last checkpoint: step "  # what a lost peer's line names
+                     f"{max(T.saved_steps(T.path_of(cfg.out_dir) / 'checkpoints'), default=0)})")
     result = T.train_cli(cfg, progress=not args.no_progress, tensorboard=tensorboard, wandb=args.wandb)
     return {"done": EXIT_OK, "diverged": EXIT_DIVERGED, "preempted": EXIT_PREEMPTED}.get(result.status, EXIT_FAILED)
 

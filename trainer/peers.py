@@ -51,6 +51,7 @@ class _Watch:
         self.stderr = 2                      # where lines go: the original stderr once the pipe is in
         self.forwarder: threading.Thread | None = None
         self.handlers: list[Handler] = []
+        self.fallback: Handler | None = None  # when no handler is in place (`train`: one run)
         self.lost = threading.Event()
         self.lock = threading.Lock()
 
@@ -98,6 +99,12 @@ def on_loss(handler: Handler) -> Iterator[None]:
         _watch.handlers.remove(handler)
 
 
+def by_default(handler: Handler) -> None:
+    """`handler` (as in :func:`on_loss`) for the rest of the process, when no other is in place."""
+    if _watch is not None:
+        _watch.fallback = handler
+
+
 def check(error: BaseException, handler: Handler | None = None) -> None:
     """Call before treating an exception as a failure: if it looks like a collective whose peer is
     gone, wait (at most the bound, and a margin) for the coordination service to decide; if it
@@ -130,7 +137,7 @@ def lost(why: str, coordinator: bool = False) -> None:
             os.dup2(w.stderr, 2)
             w.forwarder.join(timeout=2)
     where = []
-    for h in list(w.handlers):
+    for h in list(w.handlers) or ([w.fallback] if w.fallback else []):
         try:
             where.append(h(why, w.process_id in (None, 0) or coordinator))
         except Exception as e:  # noqa: BLE001 - the exit must happen whatever the record does
@@ -158,6 +165,8 @@ def _who(w: _Watch, text: str) -> tuple[str, bool]:
     if m:
         ids = re.findall(r"\d+", m.group(1))
         return f"process {', '.join(ids)} stopped sending heartbeats", "0" in ids
+    if "RegisterTask" in text:  # the service's registration barrier: a process never joined
+        return f"not every process joined within {w.timeout:g} s", w.process_id not in (None, 0)
     if w.process_id not in (None, 0):
         return "process 0 (the coordinator) cannot be reached", True
     return "a process of this job is gone (its log says why)", False

@@ -78,9 +78,11 @@ def setup(distributed: Distributed | None = None, compile_cache: str | None = No
         distributed.check()
         from . import peers
         from .preemption import catch_early_sigterm
-        catch_early_sigterm()  # a SIGTERM during start-up stops every process at the first decision
         peers.initialize(distributed.coordinator, distributed.num_processes, distributed.process_id,
                          distributed.peer_timeout)
+        # After initialize: its preemption notifier takes SIGTERM and swallows it (jax 0.10), so a
+        # SIGTERM during start-up went unseen. Kept here, it stops every process at the first decision.
+        catch_early_sigterm()
 
 
 def multi_process() -> bool:
