@@ -23,7 +23,8 @@ that only reads a store (`status`, `fit`) never imports JAX or orbax::
 Modules: config (typed run config), model (Flax variants), tokenizers, sources and tokenstore (the
 data), step (optimizer, jit-compiled steps), compile (steps shared per shape, AOT memory analysis),
 loop (the training loop, `train` and `scaling-grid train`), checkpoint (orbax), metrics (sinks),
-preemption (SIGTERM), runtime (jax.distributed and the decisions all processes take together), paths
+preemption (SIGTERM), runtime (jax.distributed and the decisions all processes take together), peers
+(a lost process of a multi-process job: every other exits 75 within --peer-timeout), paths
 (local paths, file:// and gs:// URLs, and the bucket checks before compute).
 """
 from __future__ import annotations

@@ -79,10 +79,6 @@ def initialize(coordinator: str | None, num_processes: int | None, process_id: i
         lost(f"not every process joined within {timeout:g} s ({_first_line(e)})")
 
 
-def active() -> bool:
-    return _watch is not None
-
-
 @contextlib.contextmanager
 def on_loss(handler: Handler) -> Iterator[None]:
     """While inside: if a peer is lost, `handler(why, record)` returns the words for the exit line
