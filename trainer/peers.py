@@ -10,8 +10,9 @@ What JAX then does (jax 0.10) is a C++ ``LOG(FATAL)``: a "Check failure stack tr
 ``missed_heartbeat_callback`` cannot be set from Python: its status argument has no converter, and
 calling it throws ``std::bad_cast``). So this module turns that abort into the documented exit:
 
-- stderr (fd 2) goes through a pipe that a thread forwards line by line; the fatal line of JAX's
-  coordination agent is the signal that a peer is gone, and the stack trace after it is dropped;
+- fd 2 (where C++ logs) goes through a pipe that a thread forwards line by line (Python's
+  ``sys.stderr`` stays where it was); the fatal line of JAX's coordination agent is the signal that a
+  peer is gone, and the stack trace after it is dropped;
 - SIGABRT gets a C handler (libc's ``sleep``: it sleeps ``SIGABRT`` = 6 seconds and returns, and the
   abort goes on) that gives that thread the time to record the cell and exit;
 - a collective that fails because its peer vanished (gloo: "Connection closed by peer") raises in
@@ -172,9 +173,15 @@ def _forward_stderr(w: _Watch) -> None:
     """fd 2 into a pipe; a thread forwards it, and on JAX's fatal line records the loss and exits."""
     saved = os.dup(2)
     r, wfd = os.pipe()
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
     os.dup2(wfd, 2)
     os.close(wfd)
     w.stderr = saved
+    # Python's own stderr stays on the terminal (or file) as it was: tqdm's bars, tracebacks and every
+    # line of ours go there directly, unchanged; only what C++ writes to fd 2 passes the forwarder.
+    sys.stderr = open(saved, "w", buffering=1, closefd=False, encoding=getattr(sys.stderr, "encoding", None) or "utf-8",
+                      errors="backslashreplace")
 
     def forward() -> None:
         buf = b""
@@ -199,8 +206,6 @@ def _forward_stderr(w: _Watch) -> None:
     w.forwarder.start()
 
     def restore() -> None:  # at exit: what is still in the pipe reaches the terminal
-        with contextlib.suppress(Exception):
-            sys.stderr.flush()
         os.dup2(saved, 2)  # closes the pipe's last write end: the forwarder reads to the end and stops
         if w.forwarder is not None:
             w.forwarder.join(timeout=5)
