@@ -345,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"scaling-grid {args.command}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as e:
+        T.exit_if_peer_lost(e)  # a collective whose peer is gone: exit 75 once jax.distributed says so
         from scaling_grid.analysis import AnalysisError  # bad tables, unidentifiable coefficients
         if isinstance(e, AnalysisError):
             print(f"scaling-grid {args.command}: error: {e}", file=sys.stderr)

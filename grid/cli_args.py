@@ -72,6 +72,9 @@ def add_distributed_args(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--coordinator", metavar="HOST:PORT", help="with --distributed: process 0's address")
     p.add_argument("--num-processes", type=int, metavar="N", help="with --distributed: processes in the job")
     p.add_argument("--process-id", type=int, metavar="I", help="with --distributed: this process, 0..N-1")
+    p.add_argument("--peer-timeout", type=float, default=60.0, metavar="S", help="with --distributed: a process "
+                   "that does not join or stops answering within S seconds is lost: every process stops with exit 75 "
+                   "(the running cell preempted; relaunch all to resume) (default 60)")
 
 
 def add_compile_args(p: argparse.ArgumentParser) -> None:

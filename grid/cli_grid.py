@@ -36,6 +36,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     tensorboard = T.require_local("--tensorboard", args.tensorboard)
     T.setup(_distributed(args), args.compile_cache)  # before anything starts a JAX backend
+    T.by_default(lambda why, _: f"run {cfg.out_dir} (last checkpoint: step "  # what a lost peer's line names
+                 f"{max(T.saved_steps(T.path_of(cfg.out_dir) / 'checkpoints'), default=0)})")
     result = T.train_cli(cfg, progress=not args.no_progress, tensorboard=tensorboard, wandb=args.wandb)
     return {"done": EXIT_OK, "diverged": EXIT_DIVERGED, "preempted": EXIT_PREEMPTED}.get(result.status, EXIT_FAILED)
 
@@ -54,9 +56,9 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def _distributed(args: argparse.Namespace) -> Distributed | None:
-    d = T.Distributed(args.coordinator, args.num_processes, args.process_id)
+    d = T.Distributed(args.coordinator, args.num_processes, args.process_id, peer_timeout=args.peer_timeout)
     if not args.distributed:
-        if d != T.Distributed():
+        if d != T.Distributed(peer_timeout=args.peer_timeout):
             raise ConfigError("--coordinator, --num-processes and --process-id need --distributed")
         return None
     d.check()

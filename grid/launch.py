@@ -278,13 +278,14 @@ class _Pack:
             if ctx.writer:
                 for beat in self.beats:
                     beating.enter_context(beat)
+            beating.enter_context(T.on_loss(self.peer_lost))
             return T.train_pack(lanes, store=tok_store, steps=steps, warn=lambda m: ctx.say(f"{who}: warning: {m}"),
                                 table_len=ctx.tables[first.id], preempt=ctx.signals)
 
-    def record(self, update: Callable[[Heartbeat], dict[str, Any]]) -> None:
+    def record(self, update: Callable[[Heartbeat], dict[str, Any]], writes: bool | None = None) -> None:
         """After an error: the status of each cell. A run of the pack that had already ended done or
         diverged (a shorter budget) keeps that outcome; the others get `update`."""
-        if self.ctx.writer:
+        if self.ctx.writer if writes is None else writes:
             for c, beat, live in zip(self.running, self.beats, self.lives):
                 if live.ended is not None and live.ended[0] in FINAL_STATES:
                     state, step, message = live.ended
@@ -302,6 +303,17 @@ class _Pack:
                 self.ctx.say(f"{c.id}: FAILED: {why}")
                 self.result[c.id] = "failed"
         return [self.result[c.id] for c in self.cells]
+
+    def peer_lost(self, why: str, recorder: bool) -> str:
+        """A process of the job is gone (trainer/peers.py calls this on its thread, then exits 75): each
+        cell recorded preempted by the process that can (``recorder``); what the exit line names."""
+        for beat in self.beats:  # no heartbeat may write 'running' over the record
+            beat.stop_ev.set()
+            if beat.thread.is_alive():
+                beat.thread.join(timeout=2)
+        self.record(lambda b: {**b.snapshot(), "state": "preempted", "message": f"preempted: {why}"}, recorder)
+        return "; ".join(f"cell {c.cell.id} (last checkpoint: step {max(saved_steps(c.ckpt_dir), default=0)})"
+                         for c in self.claimed) + (" recorded preempted" if recorder else "")
 
     def interrupted(self) -> None:
         """Ctrl-C: recorded as preempted; the caller re-raises."""
@@ -372,5 +384,6 @@ def _run_cells(cells: Sequence[S.Cell], ctx: _Context, rerun_done: bool = False)
             raise
         return [trunk_unreadable(branch, e, ctx.store, ctx.say, ctx.writer, ctx.multi)]
     except Exception as e:  # noqa: BLE001 - record and go on to the next cell
+        T.exit_if_peer_lost(e, pack.peer_lost)  # a lost peer: recorded preempted, exit 75 (never returns)
         return pack.crashed(e)
     return pack.finish(outcome)

@@ -10,7 +10,8 @@ training loop), feed (batches onto devices), checkpoint (orbax); metrics (the me
 logsinks and trackers (log lines, progress, TensorBoard, W&B), sinks (the sinks of one run among many,
 in one call); traincmd (`scaling-grid train` in its folder) and runfolder (reading such a folder, and
 the checks of a finished run's metrics); preemption (SIGTERM), runtime (jax.distributed and the
-decisions all processes take together), paths (local paths, file:// and gs:// URLs, and the bucket
+decisions all processes take together), peers (a lost process of a multi-process job: every other
+exits 75 within --peer-timeout), paths (local paths, file:// and gs:// URLs, and the bucket
 checks before compute), backend and peaks (what this process computes on).
 
 The face: what `grid/` (the floor above) uses, and all it may use, listed once by module of origin
@@ -33,6 +34,7 @@ _FACE = {
     "loop": "Lane train_pack",
     "metrics": "EVAL_FIELDS TRAIN_FIELDS MetricsDamaged Sinks kvstore_spec open_metric read_metrics rewrite_metadata",
     "model": "VARIANTS flops_per_token make_arch non_embedding_formula",
+    "peers": "EXIT_PEER_LOST by_default exit_if_peer_lost on_loss",
     "paths": "check_readable check_scheme check_writable is_remote is_url join local path_of require_local upload_tree",
     "preemption": "Preemption",
     "registry": "expected_vocab",
@@ -91,6 +93,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports on 
         require_local,
         upload_tree,
     )
+    from .peers import EXIT_PEER_LOST, by_default, exit_if_peer_lost, on_loss
     from .preemption import Preemption
     from .registry import expected_vocab
     from .runfolder import check_final, first_lost_step, is_run_folder, lost_run, pid_alive, read_run_folder, run_name

@@ -7,12 +7,22 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+_early = threading.Event()  # a SIGTERM before any Preemption was installed (catch_early_sigterm)
+
+
+def catch_early_sigterm() -> None:
+    """From now on a SIGTERM before the training loop installs its handler is kept, not fatal: every
+    Preemption made later starts requested, so the job's first joint decision (`runtime.any_process`)
+    stops every process together (a multi-process job, from jax.distributed's start)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: _early.set())
+
 
 class Preemption:
     """SIGTERM sets a flag; the loop finishes its current chunk (or abandons an eval), saves, exits."""
 
     def __init__(self) -> None:
-        self.requested = False
+        self.requested = _early.is_set()
 
     def _handler(self, signum: int, frame: Any) -> None:
         self.requested = True

@@ -30,12 +30,15 @@ class Distributed:
     coordinator: str | None = None       # host:port of process 0
     num_processes: int | None = None
     process_id: int | None = None
+    peer_timeout: float = 60.0           # a lost process is noticed within this many seconds (trainer/peers.py)
 
     def check(self) -> None:
         given = [v is not None for v in (self.coordinator, self.num_processes, self.process_id)]
         if any(given) and not all(given):
             raise ConfigError("--coordinator, --num-processes and --process-id go together (or none of them: "
                               "JAX detects TPU VMs, SLURM, Open MPI and Kubernetes by itself)")
+        if not 0 < self.peer_timeout < float("inf"):
+            raise ConfigError(f"--peer-timeout={self.peer_timeout:g}: must be a positive number of seconds")
         if all(given):
             host, _, port = (self.coordinator or "").rpartition(":")
             if not host or not port.isdigit():
@@ -73,7 +76,13 @@ def setup(distributed: Distributed | None = None, compile_cache: str | None = No
             jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
     if distributed is not None:
         distributed.check()
-        jax.distributed.initialize(distributed.coordinator, distributed.num_processes, distributed.process_id)
+        from . import peers
+        from .preemption import catch_early_sigterm
+        peers.initialize(distributed.coordinator, distributed.num_processes, distributed.process_id,
+                         distributed.peer_timeout)
+        # After initialize: its preemption notifier takes SIGTERM and swallows it (jax 0.10), so a
+        # SIGTERM during start-up went unseen. Kept here, it stops every process at the first decision.
+        catch_early_sigterm()
 
 
 def multi_process() -> bool:
