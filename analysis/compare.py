@@ -16,7 +16,7 @@ q = k (V - 1) fewer parameters (k exponents, V variants), so the extra-sum-of-sq
 nested nonlinear regression applies:
 ``F = ((RSS_shared - RSS_separate) / q) / (RSS_separate / (n - p_separate))`` against F(q, n - p),
 exact for a linear model with normal errors of one variance, asymptotic (small noise) otherwise.
-Its false-rejection rate under shared exponents is checked in tests/test_analysis_compare.py. It
+Its false-rejection rate under shared exponents is checked in tests/analysis/test_compare.py. It
 assumes independent points: several points per run (``--points all``) are correlated, which makes
 it reject too often (a warning says so). The exponent differences are reported with Wald intervals
 from the per-variant fits' Gauss-Newton covariance (pooled residual variance), the same

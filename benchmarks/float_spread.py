@@ -1,5 +1,5 @@
 """How far two computations that are equal up to float reordering drift apart, and how far a real bug
-moves the same numbers: the evidence behind the tests' tolerances (tests/test_pack.py and friends).
+moves the same numbers: the evidence behind the tests' tolerances (tests/grid/test_pack.py and friends).
 
 For each trial, four runs of the packed grid test's shape (gpt2, width 16, depth 1, seq 16, batch 4,
 224 steps, 4 steps per call; two seeds x two peak lrs, warmup 10%, cosine) train alone and as one pack

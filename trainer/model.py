@@ -292,7 +292,7 @@ class Block(nn.Module):
         x_BTD = x_BTD + (attn_BTD if mult == 1 else attn_BTD * jnp.asarray(mult, attn_BTD.dtype))
         mlp_BTD = Mlp(self.arch, name="mlp")(_norm(self.arch, "norm2")(x_BTD))
         x_BTD = x_BTD + (mlp_BTD if mult == 1 else mlp_BTD * jnp.asarray(mult, mlp_BTD.dtype))
-        # Coordinate checks (tests/test_param.py) read these with mutable=["intermediates"]; a no-op otherwise.
+        # Coordinate checks (tests/trainer/test_param.py) read these with mutable=["intermediates"]; a no-op otherwise.
         self.sow("intermediates", "attn_out", attn_BTD)
         self.sow("intermediates", "mlp_out", mlp_BTD)
         return x_BTD, None

@@ -18,7 +18,7 @@ from scaling_grid.trainer.model import compute_dtype, flops_per_token, make_arch
 from scaling_grid.trainer.target import Target, _lower, compile_shape, parse_target, xla_flops_per_token
 
 pytestmark = pytest.mark.aot
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -70,7 +70,7 @@ CASES = [
 @pytest.mark.parametrize("name,argv,fragments", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_exits_2_with_a_message_and_writes_nothing(name, argv, fragments, tmp_path, capsys,
                                                               monkeypatch):
-    monkeypatch.chdir(Path(__file__).resolve().parent.parent)
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
     args = argv(tmp_path)
     before = _files(tmp_path)
     assert cli.main(args) == 2
@@ -87,7 +87,7 @@ def test_a_bucket_that_does_not_answer_is_refused_before_any_compute(tmp_path):
     """--checkpoints in a bucket that cannot be reached (no network, no credentials here): one message
     after the probe's wait, before any compute; never a local folder './gs:/b/ck' (what pathlib made of
     it before gs:// was supported). A subprocess with no emulator: TensorStore's retries stay in it."""
-    spec = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+    spec = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
     env = {k: v for k, v in os.environ.items() if k not in ("TENSORSTORE_GCS_HTTP_URL", "STORAGE_EMULATOR_HOST",
                                                              "GOOGLE_AUTH_TOKEN_FOR_TESTING")}
     env["SCALING_GRID_BUCKET_TIMEOUT"] = "1"

@@ -57,7 +57,7 @@ def test_every_field_has_a_known_role_and_a_meaning():
 def test_role_decides_cell_id_fingerprint_and_pack(section, name):
     """The derivation: a field is in the id, the fingerprint and the pack key exactly as its role says
     (e.g. no cadence field changes a cell id, every curve field changes the fingerprint). The values
-    themselves are held by the pinned cell ids of tests/test_grid_spec.py."""
+    themselves are held by the pinned cell ids of tests/grid/test_spec.py."""
     base = C.RunConfig()
     changed = _changed(base, section, name)
     in_id, in_fingerprint, differs_in_pack = C.ROLES[C.role_of(section, name)]

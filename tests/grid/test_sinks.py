@@ -224,7 +224,7 @@ def test_sink_packages_are_imported_only_when_asked_for():
                                                   ("run", "--wandb", "wandb")])
 def test_missing_sink_package_is_exit_2_naming_the_install(command, flag, package, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, package, None)  # import fails as if not installed
-    monkeypatch.chdir(Path(__file__).resolve().parent.parent)
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
     if command == "train":
         argv = ["train", f"out_dir={tmp_path}/run", f"data.root={tmp_path}/data", "model.width=16", "model.depth=1",
                 "model.heads=2", flag, str(tmp_path / "x")]

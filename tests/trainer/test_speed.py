@@ -34,7 +34,7 @@ from scaling_grid.trainer.model import (
 from scaling_grid.trainer.step import abstract_state, build, make_optimizer
 from scaling_grid.trainer.step import schedule as schedule_fn
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 V, T, B = 128, 32, 4
 
 

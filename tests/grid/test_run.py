@@ -524,7 +524,7 @@ def test_dry_run_and_status_fit_100_columns_on_the_demo_spec(tmp_path, capsys, m
     from scaling_grid.grid import cli
     from scaling_grid.grid import expand as E
     from scaling_grid.grid import spec as S
-    monkeypatch.chdir(Path(__file__).resolve().parent.parent)
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
     store = tmp_path / "store"
     assert cli.main(["run", "configs/demo.yaml", "--store", str(store), "--dry-run", "--no-measure"]) == 0
     plan = capsys.readouterr().out

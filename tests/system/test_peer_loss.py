@@ -2,7 +2,7 @@
 survivor exits 75 within --peer-timeout (plus a margin) with one line naming the lost process, the
 cell and its last checkpoint, never a C++ abort (134, "Check failure"); the cell is recorded
 preempted, not failed; relaunching every process finishes with the uninterrupted run's curves.
-Two local processes with gloo collectives, as in tests/test_multihost.py; every process runs under a
+Two local processes with gloo collectives, as in tests/system/test_multihost.py; every process runs under a
 hard timeout. The time from the kill to each survivor's exit is printed (pytest -s shows it)."""
 import os
 import random
