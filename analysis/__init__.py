@@ -60,8 +60,7 @@ Public API (what ``grid/cli.py`` calls)::
     AnalysisError(ValueError)
         raised for bad input; the message names the problem (column, coefficient, variant, fix).
 
-Modules, in layers (each imports only from the ones before it; results.py's table_* methods import
-coefficients lazily):
+Modules, in layers (each imports only from the ones before it):
 - the table: errors, laws (laws as short formulas, a registry of named ones), expr (safe row
   conditions), columns (the schema, typed column reads), loading (CSV/parquet in), csvfile (the one
   CSV writer);
@@ -78,20 +77,44 @@ coefficients lazily):
   HTML), report_sections, report (the report directory: one self-contained HTML file and the files
   beside it).
 """
-from .coefficients import coefficient_table, terminal_table
-from .compare_text import comparison_text
-from .csvfile import write_csv as write_prediction_csv
-from .errors import AnalysisError
-from .fit import FitResult, VariantFit, run_fit
-from .formatting import fmt_interval
-from .loading import load_table, parse_mapping
-from .objective import Objective
-from .predict import Predictor, predict_table
-from .report import check_output, write_report
-from .selection import select_points
-from .tables import echo
+from __future__ import annotations
 
-__all__ = ["AnalysisError", "FitResult", "Objective", "Predictor", "VariantFit", "check_output", "comparison_text",
-           "coefficient_table", "echo", "fmt_interval", "load_table", "parse_mapping", "predict_table", "run_fit",
-           "select_points", "terminal_table",
-           "write_prediction_csv", "write_report"]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# name -> (module, attribute). Resolved on first use, as the trainer's face: a command that needs one
+# small part (the CSV writer of `export`) does not import scipy and matplotlib with the rest.
+_ORIGIN = {
+    "AnalysisError": ("errors", "AnalysisError"), "FitResult": ("fit", "FitResult"),
+    "Objective": ("objective", "Objective"), "Predictor": ("predict", "Predictor"),
+    "VariantFit": ("fit", "VariantFit"), "check_output": ("report", "check_output"),
+    "coefficient_table": ("coefficients", "coefficient_table"), "comparison_text": ("compare_text", "comparison_text"),
+    "echo": ("tables", "echo"), "fmt_interval": ("formatting", "fmt_interval"), "load_table": ("loading", "load_table"),
+    "parse_mapping": ("loading", "parse_mapping"), "predict_table": ("predict", "predict_table"),
+    "run_fit": ("fit", "run_fit"), "select_points": ("selection", "select_points"),
+    "terminal_table": ("coefficients", "terminal_table"), "write_prediction_csv": ("csvfile", "write_csv"),
+    "write_report": ("report", "write_report"),
+}
+__all__ = sorted(_ORIGIN)
+
+# ruff: noqa: F401 - the imports below are the face for type checkers; ruff cannot read __all__ from _ORIGIN
+if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports on first use
+    from .coefficients import coefficient_table, terminal_table
+    from .compare_text import comparison_text
+    from .csvfile import write_csv as write_prediction_csv
+    from .errors import AnalysisError
+    from .fit import FitResult, VariantFit, run_fit
+    from .formatting import fmt_interval
+    from .loading import load_table, parse_mapping
+    from .objective import Objective
+    from .predict import Predictor, predict_table
+    from .report import check_output, write_report
+    from .selection import select_points
+    from .tables import echo
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _ORIGIN:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module, attr = _ORIGIN[name]
+    return getattr(importlib.import_module(f".{module}", __name__), attr)

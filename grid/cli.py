@@ -182,7 +182,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def _prediction_text(out: dict[str, np.ndarray], summary: dict[str, Any], predictor: Any, limit: int = 40) -> str:
     """The predictions as a Markdown table (up to ``limit`` rows), then what the interval is and the score."""
-    from scaling_grid.analysis.tables import fmt, fmt_interval, wrap
+    from scaling_grid.analysis.tables import fmt, fmt_interval, markdown_table, wrap
     level = f"{100 * summary['ci']:g}%"
     skip = {"variant", "prediction", "lo", "hi", "actual", "rel_error", "inside"}
     # the law's variables under the input's own names, then an id column when there is one
@@ -198,10 +198,7 @@ def _prediction_text(out: dict[str, np.ndarray], summary: dict[str, Any], predic
             row += [fmt(a), f"{100 * float(out['rel_error'][i]):+.2f}%" if a == a else "",
                     ("yes" if out["inside"][i] else "NO") if a == a else ""]
         body.append(row)
-    widths = [max(len(str(c)) for c in col) for col in zip(head, *body)]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(head, widths)) + " |",
-             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in body]
+    lines = markdown_table(body, head)
     if len(out["prediction"]) > limit:
         lines.append(f"... {len(out['prediction']) - limit} more row(s): --out FILE.csv writes them all")
     law, notes = predictor.law, []

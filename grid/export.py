@@ -2,8 +2,6 @@
 tidy table, written as CSV or parquet."""
 from __future__ import annotations
 
-import csv
-import math
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -129,19 +127,5 @@ def write_table(table: Mapping[str, np.ndarray], path: str | os.PathLike[str]) -
         return p
     if p.suffix != ".csv":
         raise ConfigError(f"--out={str(p)!r}: expected a .csv or .parquet file name")
-    names = list(table)
-    n = len(next(iter(table.values()))) if table else 0
-    with open(p, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(names)
-        for i in range(n):
-            w.writerow([_fmt(table[c][i]) for c in names])
-    return p
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, (bool, np.bool_)):
-        return "true" if v else "false"
-    if isinstance(v, (float, np.floating)):
-        return "" if math.isnan(v) else repr(float(v))
-    return str(v)
+    from scaling_grid.analysis.csvfile import write_csv  # here: the analysis face imports scipy and matplotlib
+    return write_csv(table, p)
