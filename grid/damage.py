@@ -34,19 +34,33 @@ def expected_of_cell(cell: S.Cell) -> T.Expected:
 
 
 def missing_cells(store: Store) -> list[tuple[str, str]]:
-    """(cell id, spec key) of each cell a spec launched into the store lists (every launch records all
-    of its cells' configs) that has no config.json: its folder was deleted, and its values with it."""
+    """(cell id, spec key) of each cell a spec launched into the store lists (a launch records all of
+    its cells' configs) that has no config.json: its folder was deleted, and its values with it. A spec
+    none of whose cells has a folder is another version's (a new run-config field changes every id) or
+    was never recorded; its cells count only where their checkpoints show that they trained."""
     have = set(store.cell_ids())
+    trained: set[str] | None = None
     out: dict[str, str] = {}
     keys = store.kv.list(ts.KvStore.KeyRange(inclusive_min="specs/", exclusive_max="specs0")).result()
     for key in sorted(k.decode() for k in keys):
         text, _ = store.read_bytes(key)
         try:
-            cells = E.expand(S.parse_spec((text or b"").decode(), key), check_paths=False)
+            ids = [c.id for c in E.expand(S.parse_spec((text or b"").decode(), key), check_paths=False)]
         except (ConfigError, UnicodeDecodeError):  # a spec this version cannot read names no cells
             continue
-        out.update({c.id: key for c in cells if c.id not in have and c.id not in out})
+        if not have.intersection(ids):
+            trained = _checkpointed(store) if trained is None else trained
+            ids = [i for i in ids if i in trained]
+        out.update({i: key for i in ids if i not in have and i not in out})
     return sorted(out.items())
+
+
+def _checkpointed(store: Store) -> set[str]:
+    """The cells with a checkpoint folder in the store (one listing of <store>/checkpoints)."""
+    try:
+        return {p.name for p in (T.path_of(store.url) / "checkpoints").iterdir()}
+    except OSError:  # no checkpoints there (or under --checkpoints elsewhere)
+        return set()
 
 
 def missing_line(store: Store, cid: str, key: str) -> str:

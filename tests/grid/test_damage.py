@@ -103,6 +103,21 @@ def test_a_middle_chunk_lost_from_every_array_of_a_record_is_damage(tmp_path):
     assert p.returncode == 1 and "tau: 819 point(s) from step 8,200" in p.stdout, p.stdout
 
 
+def test_a_spec_whose_cells_have_no_folders_is_missing_only_where_they_trained(tmp_path):
+    """A stored spec none of whose cells has a folder (another version's ids: a new run-config field
+    changes every id) names no cell, unless a cell's checkpoints show it trained: then it is damage."""
+    from scaling_grid.grid import expand, spec
+    _synthetic_store(tmp_path / "s", 100)
+    text = tiny_spec("t", AXES)
+    G.Store(str(tmp_path / "s")).write("specs/0123abcd.yaml", text)
+    assert _status(tmp_path / "s").returncode == 0
+    cid = expand.expand(spec.parse_spec(text), check_paths=False)[1].id
+    (tmp_path / "s" / "checkpoints" / cid / "16").mkdir(parents=True)
+    p = _status(tmp_path / "s")
+    assert p.returncode == 1 and f"{cid}: its folder {tmp_path}/s/cells/{cid}/ is missing" in p.stdout, p.stdout
+    assert p.stdout.count("is missing") == 1
+
+
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory):
     root = tmp_path_factory.mktemp("dmg")
