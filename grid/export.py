@@ -12,6 +12,7 @@ import numpy as np
 from scaling_grid import trainer as T
 from scaling_grid.trainer import ConfigError
 
+from .damage import expected_of, missing_cells, missing_line
 from .store import Store, StoreDamaged, lost, repair_hint
 
 EXPORT_COLUMNS = ("variant", "cell", "m", "l", "N", "seed", "step", "tokens", "tau_lr", "lr", "peak_lr",
@@ -35,10 +36,12 @@ def export_table(url: str) -> dict[str, np.ndarray]:
     data: dict[str, dict[str, np.ndarray] | None] = {}
     for rec in records:
         cfg, st = rec["config"], rec["status"]
-        m, problems, fixable = store.checked_metrics(cfg["id"], int(cfg["total_steps"]), st.get("state", "pending"))
+        m, problems, fixable = store.checked_metrics(cfg["id"], int(cfg["total_steps"]), st.get("state", "pending"),
+                                                     expected_of(cfg))
         problems = ([st["problem"]] if "problem" in st else []) + problems  # unknown state: is it final?
         damage += [f"cell {cfg['id']}: {p}" + ("" if fixable else f"; {lost(store, cfg['id'])}") for p in problems]
         data[cfg["id"]] = m
+    damage += [f"cell {cid}: {missing_line(store, cid, key)}" for cid, key in missing_cells(store)]
     if damage:  # a fit must never silently lose a cell: stop and say what to do
         raise StoreDamaged(f"store {url!r} is damaged; no table written:\n  " + "\n  ".join(damage)
                            + f"\n{repair_hint(url)}")

@@ -183,7 +183,7 @@ def run(spec_path: str, opts: Options) -> int:
     vocab = {d: s.vocab_size for d, s in tok_stores.items()}
     if writer:
         _record_cells(store, spec, cells, records(cells, vocab), out)
-    n_done = sum(1 for c in my_cells if states[c.id].get("state") == "done")
+    n_done = sum(1 for c in my_cells if states[c.id].get("state") == "done" and c.id not in redo)
     shard = f", shard {opts.shard[0]}/{opts.shard[1]}: {len(my_cells)}" if opts.shard[1] > 1 else ""
     out(f"grid {spec.name!r}: {len(cells)} cells{shard}"
         + f"; {n_done} done, {len(my_cells) - n_done - len(todo)} diverged/final, {len(todo)} to run; "

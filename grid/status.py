@@ -10,6 +10,7 @@ import numpy as np
 
 from scaling_grid import trainer as T
 
+from .damage import expected_of, missing_cells, missing_line
 from .liveness import age_s
 from .store import STATES, Store, lost, repair_hint
 
@@ -36,7 +37,7 @@ def status_rows(url: str) -> list[dict[str, Any]]:
                "total": cfg["total_steps"], "loss": st.get("loss"), "eval_loss": st.get("eval_loss"),
                "tokens_per_s": st.get("tokens_per_s"), "age_s": age_s(st) if state == "running" else None,
                "host": st.get("host", ""), "message": st.get("message", "")}
-        m, problems, fixable = store.checked_metrics(cfg["id"], int(cfg["total_steps"]), state)
+        m, problems, fixable = store.checked_metrics(cfg["id"], int(cfg["total_steps"]), state, expected_of(cfg))
         problems = ([st["problem"]] if "problem" in st else []) + problems
         if problems:
             row["state"] = "damaged"
@@ -44,6 +45,10 @@ def status_rows(url: str) -> list[dict[str, Any]]:
         if state != "pending":
             _live_values(row, m)
         rows.append(row)
+    for cid, key in missing_cells(store):
+        rows.append({"cell": cid, "role": "?", "state": "damaged", "step": None, "total": "?", "loss": None,
+                     "eval_loss": None, "tokens_per_s": None, "age_s": None, "host": "",
+                     "message": missing_line(store, cid, key)})
     return rows
 
 

@@ -222,10 +222,11 @@ class Store:
                 return None
             raise
 
-    def checked_metrics(self, cell_id: str, total_steps: int, state: str
+    def checked_metrics(self, cell_id: str, total_steps: int, state: str, expected: T.Expected | None = None
                         ) -> tuple[dict[str, np.ndarray] | None, list[str], bool]:
         """(the cell's metrics or None, what is wrong with them, whether `run` can repair all of it).
-        A done cell must have its final train and eval points: every fit of its budget needs them."""
+        A done cell must have its final train and eval points: every fit of its budget needs them; with
+        `expected` (its schedule: grid/damage.py), every point it records, in every field."""
         from scaling_grid.trainer import MetricsDamaged
         try:
             m = self.read_metrics(cell_id, total_steps)
@@ -233,7 +234,7 @@ class Store:
             return None, [str(e)], e.in_metadata
         if state != "done":
             return m, [], True
-        return (m, *T.check_final(m, total_steps, f"{self.root}/{self.metrics_prefix(cell_id)}"))
+        return (m, *T.check_final(m, total_steps, f"{self.root}/{self.metrics_prefix(cell_id)}", expected))
 
     def repair_metadata(self, cell_id: str, total_steps: int) -> list[str]:
         """Rewrite every unreadable metric metadata file of a cell (a function of its length); returns
@@ -282,7 +283,7 @@ def repair_hint(url: str) -> str:
         return ("run the same `scaling-grid train` command again: it rewrites damaged metric metadata and "
                 "re-evaluates a missing final point from the last checkpoint")
     return (f"`scaling-grid run SPEC --store {url}` repairs what is repairable: it rewrites damaged records from "
-            "the spec and re-evaluates missing final points from each cell's last checkpoint")
+            "the spec and recomputes lost points by running their cell again from a checkpoint before them")
 
 
 def lost(store: Store, cell_id: str) -> str:

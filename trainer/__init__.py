@@ -38,7 +38,8 @@ _FACE = {
     "paths": "check_readable check_scheme check_writable is_remote is_url join local path_of require_local upload_tree",
     "preemption": "Preemption",
     "registry": "expected_vocab",
-    "runfolder": "check_final first_lost_step is_run_folder lost_run pid_alive read_run_folder run_name",
+    "runfolder": "Expected check_final expected_steps first_lost_step is_run_folder lost_points lost_run pid_alive "
+                 "read_run_folder run_name",
     "runtime": "Distributed FailedElsewhere any_process barrier from_process_0 is_writer multi_process setup together",
     "sinks": "run_sinks",
     "step": "check_batch device_memory lr_table tau",
@@ -96,7 +97,18 @@ if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports on 
     from .peers import EXIT_PEER_LOST, by_default, exit_if_peer_lost, on_loss
     from .preemption import Preemption
     from .registry import expected_vocab
-    from .runfolder import check_final, first_lost_step, is_run_folder, lost_run, pid_alive, read_run_folder, run_name
+    from .runfolder import (
+        Expected,
+        check_final,
+        expected_steps,
+        first_lost_step,
+        is_run_folder,
+        lost_points,
+        lost_run,
+        pid_alive,
+        read_run_folder,
+        run_name,
+    )
     from .runtime import (
         Distributed,
         FailedElsewhere,

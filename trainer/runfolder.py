@@ -18,20 +18,51 @@ from . import paths as P
 from .config import ConfigError, RunConfig, from_dict
 from .metrics import EVAL_FIELDS, TRAIN_FIELDS, MetricsDamaged, read_metrics
 
+Expected = tuple[np.ndarray, np.ndarray]  # the steps a done run records: (train steps, eval steps)
 
-def check_final(m: dict[str, np.ndarray] | None, total_steps: int, where: str) -> tuple[list[str], bool]:
+
+def check_final(m: dict[str, np.ndarray] | None, total_steps: int, where: str, expected: Expected | None = None
+                ) -> tuple[list[str], bool]:
     """(problems, repairable) of a done run's metrics: every fit of its budget needs its final train and
-    eval points. A missing eval is re-evaluated from the last checkpoint; a missing train loss is not."""
+    eval points. A missing eval is re-evaluated from the last checkpoint; a missing train loss is not.
+    With `expected` (a grid cell's schedule, :func:`expected_steps`), every point the run records is
+    checked, in every field, and all of it is repairable: a point missing is a point to recompute."""
     if m is None:
-        return [f"done, but its metric arrays ({where}) are missing"], False
+        return [f"done, but its metric arrays ({where}) are missing"], expected is not None
+    lost = lost_points(m, expected) if expected is not None else []
+    detail = f" ({', '.join(f'{f}: {n:,} point(s) from step {s:,}' for f, s, n in lost)})" if lost else ""
     missing = [f for f in ("loss", "eval_loss") if not np.isfinite(m[f][total_steps])]
     if missing:
-        return [f"done, but its final point (step {total_steps}) has no {' or '.join(missing)}"], "loss" not in missing
+        return ([f"done, but its final point (step {total_steps}) has no {' or '.join(missing)}{detail}"],
+                "loss" not in missing or expected is not None)
     first = first_lost_step(m)
-    if first is not None:
-        return [f"done, but values are missing from step {first:,} on where other fields were recorded: a data "
-                "chunk was lost"], False
+    if first is not None or lost:
+        first = min(([first] if first is not None else []) + [s for _, s, _ in lost])
+        where_else = " where other fields were recorded" if not lost else ""
+        return [f"done, but values are missing from step {first:,} on{where_else}: a data chunk was lost{detail}"], \
+            expected is not None
     return [], True
+
+
+def expected_steps(total_steps: int, log_every: int, eval_every: int, start: int = 0) -> Expected:
+    """The steps a done run records (trainer/loop.py): train fields at every log_every-th step after
+    `start` (a branch's trunk step) and at the end; eval fields at every eval_every-th step from
+    `start` on (step 0 is the model at init) and at the end."""
+    s = np.arange(start, total_steps + 1)
+    end = s == total_steps
+    return s[(s > start) & ((s % log_every == 0) | end)], s[(s % eval_every == 0) | end]
+
+
+def lost_points(m: dict[str, np.ndarray], expected: Expected) -> list[tuple[str, int, int]]:
+    """(field, first step, count) of each field that has no value at steps its run records: values
+    of a lost data chunk read as NaN (the fill), in one field or in all of them."""
+    out = []
+    for fields, steps in zip((TRAIN_FIELDS, EVAL_FIELDS), expected):
+        for f in fields:
+            gone = steps[np.isnan(m[f][steps])]
+            if len(gone):
+                out.append((f, int(gone[0]), len(gone)))
+    return out
 
 
 def first_lost_step(m: dict[str, np.ndarray]) -> int | None:
