@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 _FACE = {
     "backend": "accelerator_unused backend_line",
+    "bucket": "BucketTimeout bucket_call bucket_result gave_up",
     "checkpoint": "UnreadableCheckpoint saved_steps set_aside",
     "checks": "check_data_paths validate",
     "compile": "SharedSteps measure memory_need shape_key table_lengths",
@@ -53,6 +54,7 @@ __all__ = sorted(_ORIGIN)
 # ruff: noqa: F401 - the imports below are the face for type checkers; ruff cannot read __all__ from _FACE
 if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports on first use
     from .backend import accelerator_unused, backend_line
+    from .bucket import BucketTimeout, bucket_call, bucket_result, gave_up
     from .checkpoint import UnreadableCheckpoint, saved_steps, set_aside
     from .checks import check_data_paths, validate
     from .compile import SharedSteps, measure, memory_need, shape_key, table_lengths
