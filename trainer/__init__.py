@@ -12,7 +12,8 @@ in one call); traincmd (`scaling-grid train` in its folder) and runfolder (readi
 the checks of a finished run's metrics); preemption (SIGTERM), runtime (jax.distributed and the
 decisions all processes take together), peers (a lost process of a multi-process job: every other
 exits 75 within --peer-timeout), paths (local paths, file:// and gs:// URLs, and the bucket
-checks before compute), backend and peaks (what this process computes on).
+checks before compute), bucket (every wait on a bucket bounded, and ended by a SIGTERM when it does not
+answer), backend and peaks (what this process computes on).
 
 The face: what `grid/` (the floor above) uses, and all it may use, listed once by module of origin
 in _FACE (the TYPE_CHECKING imports below repeat it for type checkers). Names resolve on first use,
