@@ -14,7 +14,7 @@ from scaling_grid.trainer import ConfigError
 
 from . import cli_args as A
 from . import cli_grid as G
-from .cli_errors import disk_full, quiet_library_echoes
+from .cli_errors import bucket_down, disk_full, quiet_library_echoes
 from .exits import EXIT_BAD_INPUT, EXIT_OK
 
 if TYPE_CHECKING:
@@ -342,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"scaling-grid {args.command}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as e:
+        bucket_down(args.command, e)  # a bucket stopped answering: one line, exit 1 (143 after a SIGTERM)
         T.exit_if_peer_lost(e)  # a collective whose peer is gone: exit 75 once jax.distributed says so
         from scaling_grid.analysis import AnalysisError  # bad tables, unidentifiable coefficients
         if isinstance(e, AnalysisError):

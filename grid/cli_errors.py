@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import re
 import sys
 from typing import Any
+
+from scaling_grid import trainer as T
+
+from .exits import EXIT_FAILED, EXIT_PREEMPTED
 
 
 def disk_full(e: BaseException | None) -> str | None:
@@ -26,6 +31,26 @@ def disk_full(e: BaseException | None) -> str | None:
         found = found or path
         e = e.__cause__ or e.__context__
     return found
+
+
+def bucket_down(command: str, e: BaseException) -> None:
+    """If a bucket stopped answering (trainer/bucket.py): one line naming its URL, then exit at once
+    with EXIT_FAILED, or EXIT_PREEMPTED where a SIGTERM ended the wait. Nothing more can be recorded
+    there, and threads still blocked in the bucket's clients (orbax's, TensorStore's) cannot be joined,
+    so the process ends without the interpreter's shutdown (os._exit) once the line is out."""
+    gone = T.gave_up()
+    if gone is None:
+        return
+    seen: set[int] = set()
+    cause: BaseException | None = e
+    while cause is not None and id(cause) not in seen and not isinstance(cause, T.BucketTimeout):
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    why = cause if isinstance(cause, T.BucketTimeout) else gone
+    print(f"scaling-grid {command}: error: {why}", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_PREEMPTED if why.sigterm else EXIT_FAILED)
 
 
 def _one_line_library_errors(record: logging.LogRecord) -> bool:
@@ -56,7 +81,8 @@ def _quiet_closed_loop_callbacks() -> None:
 
 
 def quiet_library_echoes() -> None:
-    """orbax's and asyncio's logged tracebacks kept to one line, and the closed-loop callbacks dropped."""
-    for name in ("absl", "asyncio"):
+    """orbax's, gcsfs's and asyncio's logged tracebacks kept to one line (gcsfs logs each request that ran
+    out of retries, with its traceback, before orbax reports it), and the closed-loop callbacks dropped."""
+    for name in ("absl", "asyncio", "gcsfs"):
         logging.getLogger(name).addFilter(_one_line_library_errors)
     _quiet_closed_loop_callbacks()

@@ -384,6 +384,8 @@ def _run_cells(cells: Sequence[S.Cell], ctx: _Context, rerun_done: bool = False)
             raise
         return [trunk_unreadable(branch, e, ctx.store, ctx.say, ctx.writer, ctx.multi)]
     except Exception as e:  # noqa: BLE001 - record and go on to the next cell
+        if T.gave_up() is not None:  # a bucket that does not answer: nothing can be recorded; the CLI says so
+            raise
         T.exit_if_peer_lost(e, pack.peer_lost)  # a lost peer: recorded preempted, exit 75 (never returns)
         return pack.crashed(e)
     return pack.finish(outcome)

@@ -77,13 +77,13 @@ class Store:
             spec: Any = self.url if self.url.endswith("/") else self.url + "/"
         else:  # normalised: TensorStore refuses a path with '..' in it (--store ../stores/x)
             spec = {"driver": "file", "path": os.path.abspath(os.path.expanduser(self.url)) + "/"}
-        self.kv = ts.KvStore.open(spec).result()
+        self.kv = T.bucket_result(ts.KvStore.open(spec), self.url)  # bounded in a bucket: trainer/bucket.py
         # What TensorStoreSink / read_metrics get: a local absolute path or the URL as given.
         self.root = self.url if is_url(self.url) else os.path.abspath(os.path.expanduser(self.url))
 
     # ---- raw objects
     def read_bytes(self, key: str) -> tuple[bytes | None, bytes]:
-        r = self.kv.read(key).result()
+        r = T.bucket_result(self.kv.read(key), self.url)
         return (r.value if r.state == "value" else None), r.stamp.generation
 
     def read_json(self, key: str) -> dict[str, Any] | None:
@@ -105,7 +105,7 @@ class Store:
         generation still matches; returns whether it was written."""
         if isinstance(value, str):
             value = value.encode()
-        gen = self.kv.write(key, value, if_equal=if_equal).result()
+        gen = T.bucket_result(self.kv.write(key, value, if_equal=if_equal), self.url)
         return bool(gen.generation) or if_equal is None
 
     def write_json(self, key: str, obj: Mapping[str, Any], if_equal: bytes | None = None) -> bool:
@@ -181,7 +181,8 @@ class Store:
 
     def cell_ids(self) -> list[str]:
         """Every cell with a config.json (listing only cells/*/config.json, not metric chunks)."""
-        keys = self.kv.list(ts.KvStore.KeyRange(inclusive_min="cells/", exclusive_max="cells0")).result()
+        keys = T.bucket_result(self.kv.list(ts.KvStore.KeyRange(inclusive_min="cells/", exclusive_max="cells0")),
+                               self.url)
         out = set()
         for k in keys:
             parts = k.decode().split("/")

@@ -12,7 +12,8 @@ in one call); traincmd (`scaling-grid train` in its folder) and runfolder (readi
 the checks of a finished run's metrics); preemption (SIGTERM), runtime (jax.distributed and the
 decisions all processes take together), peers (a lost process of a multi-process job: every other
 exits 75 within --peer-timeout), paths (local paths, file:// and gs:// URLs, and the bucket
-checks before compute), backend and peaks (what this process computes on).
+checks before compute), bucket (every wait on a bucket bounded, and ended by a SIGTERM when it does not
+answer), backend and peaks (what this process computes on).
 
 The face: what `grid/` (the floor above) uses, and all it may use, listed once by module of origin
 in _FACE (the TYPE_CHECKING imports below repeat it for type checkers). Names resolve on first use,
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 _FACE = {
     "backend": "accelerator_unused backend_line",
+    "bucket": "BucketTimeout bucket_call bucket_result gave_up",
     "checkpoint": "UnreadableCheckpoint saved_steps set_aside",
     "checks": "check_data_paths validate",
     "compile": "SharedSteps measure memory_need shape_key table_lengths",
@@ -54,6 +56,7 @@ __all__ = sorted(_ORIGIN)
 # ruff: noqa: F401 - the imports below are the face for type checkers; ruff cannot read __all__ from _FACE
 if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports on first use
     from .backend import accelerator_unused, backend_line
+    from .bucket import BucketTimeout, bucket_call, bucket_result, gave_up
     from .checkpoint import UnreadableCheckpoint, saved_steps, set_aside
     from .checks import check_data_paths, validate
     from .compile import SharedSteps, measure, memory_need, shape_key, table_lengths

@@ -7,7 +7,9 @@ process killed mid-save leaves no step that looks complete (in a bucket, which h
 complete once its commit_success.txt is written).
 
 Checkpoint folders may be local paths, file:// or gs:// URLs: orbax takes an ``etils.epath.Path``
-(:func:`.paths.path_of`), and the folders moved aside here move with its rename.
+(:func:`.paths.path_of`), and the folders moved aside here move with its rename. In a bucket every
+orbax call is bounded (:func:`.bucket.bucket_call`): gcsfs gives up after about a minute of retries, but
+orbax's array writes go through TensorStore, which retries for many minutes.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from typing import Any
 
 import orbax.checkpoint as ocp
 
+from .bucket import BucketTimeout, bucket_call
 from .paths import is_remote, path_of
 from .runtime import barrier, is_writer
 
@@ -31,14 +34,15 @@ class Checkpointer:
                  keep_steps: Sequence[int] = (), warn: Callable[[str], None] = print):
         """keep_steps: steps always saved and never deleted (branch points of WSD cooldowns)."""
         self.directory = path_of(directory)
+        self.url = str(self.directory)
         self.every_steps, self.every_s = every_steps, every_minutes * 60.0
         self.keep_steps = frozenset(keep_steps)
         self.warn = warn
-        stale = (sorted(p.name for p in self.directory.glob("*.orbax-checkpoint-tmp*"))
-                 if self.directory.exists() else [])
+        stale = bucket_call(lambda: sorted(p.name for p in self.directory.glob("*.orbax-checkpoint-tmp*"))
+                            if self.directory.exists() else [], self.url)
         if stale:
             self.warn(f"checkpoint: ignoring partial save(s) {stale} left by an interrupted process")
-        self.manager = ocp.CheckpointManager(
+        self.manager = bucket_call(lambda: ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
                 create=True, cleanup_tmp_directories=True, enable_async_checkpointing=True,
@@ -51,7 +55,7 @@ class Checkpointer:
                 preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy([
                     ocp.checkpoint_managers.LatestN(keep),
                     ocp.checkpoint_managers.CustomSteps(sorted(self.keep_steps))])),
-        )
+        ), self.url)
         self.t_last = time.monotonic()
 
     def due(self, step: int) -> bool:
@@ -61,19 +65,19 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
         """Start an asynchronous save of `state` at `step` (a no-op if that step is already saved)."""
-        if step in self.manager.all_steps():
+        if step in bucket_call(self.manager.all_steps, self.url):
             return
-        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                        meta=ocp.args.JsonSave(meta)), force=True)
+        bucket_call(lambda: self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True), self.url)
         self.t_last = time.monotonic()
 
     def wait(self) -> None:
         """Block until pending saves are committed; surfaces async save errors."""
-        self.manager.wait_until_finished()
+        bucket_call(self.manager.wait_until_finished, self.url)
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
-        out = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+        out = bucket_call(lambda: self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())), self.url)
         return out.state, dict(out.meta)
 
     def restore_latest(self, abstract_state: Any) -> tuple[Any, dict[str, Any]] | None:
@@ -81,13 +85,15 @@ class Checkpointer:
 
         A checkpoint that fails to restore (corrupt or truncated files) is reported and skipped in
         favour of the one before it. Returns None when no checkpoint is readable."""
-        steps = sorted(self.manager.all_steps(), reverse=True)
+        steps = sorted(bucket_call(self.manager.all_steps, self.url), reverse=True)
         bad: list[int] = []
         out = None
         for i, step in enumerate(steps):
             try:
                 out = self.restore(step, abstract_state)
                 break
+            except BucketTimeout:  # the bucket is down, not the checkpoint
+                raise
             except Exception as e:  # noqa: BLE001 - any failure to read means: try the previous one
                 nxt = f"falling back to step {steps[i + 1]}" if i + 1 < len(steps) else "starting from scratch"
                 self.warn(f"checkpoint at step {step} is unreadable ({type(e).__name__}: {str(e)[:200]}); {nxt}")
@@ -101,8 +107,8 @@ class Checkpointer:
         return out
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        bucket_call(self.manager.wait_until_finished, self.url)
+        bucket_call(self.manager.close, self.url)
 
 
 class UnreadableCheckpoint(RuntimeError):
@@ -123,7 +129,10 @@ def restore_from(directory: str | os.PathLike[str], step: int, abstract_state: A
             raise FileNotFoundError(f"no checkpoint at step {step} in {directory} "
                                     f"(it has {sorted(manager.all_steps())})")
         try:
-            out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+            out = bucket_call(lambda: manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state))), str(directory))
+        except BucketTimeout:  # the bucket is down, not the checkpoint
+            raise
         except Exception as e:  # noqa: BLE001 - any failure to read: the caller decides what to rerun
             raise UnreadableCheckpoint(directory, step, e) from e
         return out.state
@@ -135,9 +144,7 @@ def saved_steps(directory: str | os.PathLike[str]) -> list[int]:
     """The complete checkpoint steps in a folder, as orbax lists them (in a bucket, a step being written
     has no commit_success.txt yet and is not listed); [] for a folder that does not exist."""
     d = path_of(directory)
-    if not d.exists():
-        return []
-    return sorted(ocp.path.step.checkpoint_steps(d))
+    return bucket_call(lambda: sorted(ocp.path.step.checkpoint_steps(d)) if d.exists() else [], str(d))
 
 
 def aside(directory: str | os.PathLike[str]) -> Any:

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 import tensorstore as ts
 
+from .bucket import bucket_result, url_of
 from .config import ConfigError
 
 # Per logged step. `step` counts completed optimizer updates (1..steps); it is the array index.
@@ -109,8 +110,8 @@ def open_metric(kvstore: KvStoreSpec, path: str, length: int, row: int | None = 
     spec = _metric_spec(kvstore, path, length, row, rows)
     try:
         if create:
-            return ts.open(spec, create=True, open=True).result()
-        return ts.open({"driver": "zarr3", "kvstore": kvstore, "path": path}, open=True).result()
+            return bucket_result(ts.open(spec, create=True, open=True), url_of(kvstore))
+        return bucket_result(ts.open({"driver": "zarr3", "kvstore": kvstore, "path": path}, open=True), url_of(kvstore))
     except ValueError as e:
         if "NOT_FOUND" in str(e):
             raise
@@ -126,9 +127,9 @@ def damaged(kvstore: KvStoreSpec, path: str, e: Exception, in_metadata: bool = T
 def rewrite_metadata(kvstore: str | dict[str, Any], path: str, length: int, row: int | None = None,
                      rows: int = 1) -> None:
     """Write the metadata (zarr.json) of the metric array at `path` anew, over a damaged one."""
-    kv = ts.KvStore.open(kvstore).result()
+    kv = bucket_result(ts.KvStore.open(kvstore), url_of(kvstore))
     kv.path = kv.path.rstrip("/") + "/" if kv.path else ""  # a folder: keys go inside it
-    kv.write(f"{path}/zarr.json", metric_metadata(length, row, rows)).result()
+    bucket_result(kv.write(f"{path}/zarr.json", metric_metadata(length, row, rows)), url_of(kvstore))
 
 
 def metric_metadata(length: int, row: int | None = None, rows: int = 1) -> bytes:
@@ -172,7 +173,7 @@ class TensorStoreSink:
         pending, self.pending = self.pending, []
         for path, f in pending:
             try:
-                f.result()
+                bucket_result(f, url_of(self.kvstore))  # bounded in a bucket (trainer/bucket.py)
             except ValueError as e:  # a partial-chunk write re-reads the chunk, which may not decode
                 raise damaged(self.kvstore, path, e, in_metadata=False) from None
 
@@ -210,8 +211,8 @@ def read_metrics(url_or_path: str, row: int | None = None, prefix: str = "",
     out = {}
     for f in TRAIN_FIELDS + EVAL_FIELDS:
         try:
-            arr = ts.open({"driver": "zarr3", "kvstore": kv, "path": prefix + f,
-                           "recheck_cached_data": True}, open=True).result()
+            arr = bucket_result(ts.open({"driver": "zarr3", "kvstore": kv, "path": prefix + f,
+                                         "recheck_cached_data": True}, open=True), url_of(kv))
         except ValueError as e:
             if "NOT_FOUND" in str(e):
                 raise
@@ -220,7 +221,7 @@ def read_metrics(url_or_path: str, row: int | None = None, prefix: str = "",
             raise damaged(kv, prefix + f, ValueError(f"shape {list(arr.shape)}, where the run has {length} steps "
                                                      "and step 0"))
         try:
-            out[f] = (arr if row is None else arr[row]).read().result()
+            out[f] = bucket_result((arr if row is None else arr[row]).read(), url_of(kv))
         except ValueError as e:  # a data chunk that does not decode
             raise damaged(kv, prefix + f, e, in_metadata=False) from None
     return out

@@ -21,14 +21,12 @@ import shutil
 import uuid
 from typing import Any
 
+from .bucket import TIMEOUT_ENV, bucket_result, timeout_s
 from .config import ConfigError
 
 SCHEMES = ("gs", "file")
 NO_VALUE = b"\x02"  # TensorStore's storage generation of a missing key: `if_equal=NO_VALUE` writes only if absent
 GCS_INSTALL = 'pip install "scaling-grid[gcs]"'
-# Seconds to wait for a bucket to answer the probe before compute; a bucket answers in well under a second,
-# while TensorStore keeps retrying for ever where there is no network or no credentials.
-TIMEOUT_ENV = "SCALING_GRID_BUCKET_TIMEOUT"
 _REACHED: set[tuple[str, bool]] = set()  # (URL, written) probed in this process: a grid's cells share a data.root
 
 
@@ -119,14 +117,14 @@ def write_if_absent(folder: str | os.PathLike[str], key: str, value: bytes) -> b
     """Write `folder/key` only if it does not exist (a conditional write: of two writers exactly one
     wins, on local disks and on GCS). Returns whether this call wrote it."""
     import tensorstore as ts
-    kv = ts.KvStore.open(kvstore(folder)).result()
-    return bool(kv.write(key, value, if_equal=NO_VALUE).result().generation)
+    kv = bucket_result(ts.KvStore.open(kvstore(folder)), folder)
+    return bool(bucket_result(kv.write(key, value, if_equal=NO_VALUE), folder).generation)
 
 
 def read_bytes(folder: str | os.PathLike[str], key: str) -> bytes | None:
     """`folder/key`, or None where it does not exist."""
     import tensorstore as ts
-    r = ts.KvStore.open(kvstore(folder)).result().read(key).result()
+    r = bucket_result(bucket_result(ts.KvStore.open(kvstore(folder)), folder).read(key), folder)
     return r.value if r.state == "value" else None
 
 
@@ -168,7 +166,9 @@ def _probe(name: str, url: str, write: bool, timeout: float | None) -> None:
     if where in _REACHED or (where[0], True) in _REACHED:
         return
     import tensorstore as ts
-    wait = timeout if timeout is not None else float(os.environ.get(TIMEOUT_ENV) or 30)
+    # The same bound as every later bucket operation (trainer/bucket.py); TensorStore keeps retrying for
+    # many minutes where there is no network or no credentials.
+    wait = timeout if timeout is not None else timeout_s()
     probe = f".scaling-grid-probe-{uuid.uuid4().hex}"
     try:
         kv = ts.KvStore.open(kvstore(url)).result(timeout=wait)

@@ -7,6 +7,8 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from . import bucket
+
 _early = threading.Event()  # a SIGTERM before any Preemption was installed (catch_early_sigterm)
 
 
@@ -15,7 +17,12 @@ def catch_early_sigterm() -> None:
     Preemption made later starts requested, so the job's first joint decision (`runtime.any_process`)
     stops every process together (a multi-process job, from jax.distributed's start)."""
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda signum, frame: _early.set())
+        signal.signal(signal.SIGTERM, _early_handler)
+
+
+def _early_handler(signum: int, frame: Any) -> None:
+    _early.set()
+    bucket.sigterm_received()
 
 
 class Preemption:
@@ -26,6 +33,7 @@ class Preemption:
 
     def _handler(self, signum: int, frame: Any) -> None:
         self.requested = True
+        bucket.sigterm_received()  # a wait on a bucket that does not answer ends (trainer/bucket.py)
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[Preemption]:

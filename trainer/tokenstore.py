@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from . import paths
+from .bucket import bucket_result
 from .config import ConfigError, DataConfig
 from .prefetch import Prefetcher
 from .sources import check_parquet, open_source, resolve_paths
@@ -138,8 +139,8 @@ class TokenStore:
             raise ConfigError(f"{str(folder)!r} is not a complete token store (no meta.json); run prepare")
         meta = json.loads(raw)
         data = folder / meta["data"] if meta.get("data") else folder
-        train = ts.open(array_spec(data / "train"), read=True, open=True).result()
-        val = ts.open(array_spec(data / "val"), read=True, open=True).result()
+        train = bucket_result(ts.open(array_spec(data / "train"), read=True, open=True), str(folder))
+        val = bucket_result(ts.open(array_spec(data / "val"), read=True, open=True), str(folder))
         return cls(folder, meta, train, val)
 
     def __repr__(self) -> str:
@@ -162,7 +163,7 @@ class TokenStore:
         """Tokens [start, stop) of the ``train`` or ``val`` split as stored (uint16 or uint32)."""
         arr = {"train": self._train, "val": self._val}[split]
         n = self.n_train if split == "train" else self.n_val
-        return arr[start:n if stop is None else stop].read().result()
+        return bucket_result(arr[start:n if stop is None else stop].read(), str(self.path))
 
     def windows(self, starts: np.ndarray, length: int) -> np.ndarray:
         """int32 [len(starts), length]: the train tokens from each start (one async read per row;
@@ -170,7 +171,7 @@ class TokenStore:
         futures = [self._train[int(s):int(s) + length].read() for s in starts]
         out = np.empty((len(starts), length), np.int32)
         for i, f in enumerate(futures):
-            out[i] = f.result()
+            out[i] = bucket_result(f, str(self.path))  # bounded in a bucket (trainer/bucket.py)
         return out
 
     def batch(self, seed: int, step: int, batch_size: int, seq_len: int,
@@ -204,7 +205,7 @@ class TokenStore:
         i+1's first input)."""
         self.check_fits(n_seqs, seq_len)
         need = n_seqs * seq_len + 1
-        flat = self._val[0:need].read().result().astype(np.int32)
+        flat = bucket_result(self._val[0:need].read(), str(self.path)).astype(np.int32)
         idx = np.arange(n_seqs)[:, None] * seq_len + np.arange(seq_len + 1)
         return flat[idx]
 

