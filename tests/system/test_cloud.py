@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gcs import BUCKET, Emulator, free_port
+from gcs import BUCKET, Emulator
+from procs import free_port
 from tiny import tiny_spec
 
 from scaling_grid.grid import cli, launch

@@ -4,7 +4,6 @@ the job hangs: so every process here runs under a hard timeout and a hang fails 
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from floats import assert_reordered_curves_close
+from procs import finish, free_port
 from tiny import tiny_spec
 
 from scaling_grid.trainer.metrics import read_metrics
@@ -26,12 +26,6 @@ RUN = ["model.width=32", "model.depth=2", "model.heads=2", "model.seq_len=64", "
 TIMEOUT = 240  # a hang is a failure, not a stuck CI
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _env(devices: int = 1) -> dict[str, str]:
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
     env.pop("TQDM_DISABLE", None)
@@ -39,7 +33,7 @@ def _env(devices: int = 1) -> dict[str, str]:
 
 
 def _start(out: Path, data: Path, *extra: str, n: int = 2, devices: int = 1) -> list[subprocess.Popen]:
-    port = _port()
+    port = free_port()
     return [subprocess.Popen([sys.executable, "-m", "scaling_grid.grid.cli", "train", "--distributed",
                               "--coordinator", f"127.0.0.1:{port}", "--num-processes", str(n), "--process-id", str(i),
                               f"out_dir={out}", f"data.root={data}", *RUN, *extra],
@@ -47,26 +41,12 @@ def _start(out: Path, data: Path, *extra: str, n: int = 2, devices: int = 1) -> 
             for i in range(n)]
 
 
-def _finish(procs: list[subprocess.Popen], timeout: float = TIMEOUT) -> list[tuple[int, str]]:
-    out = []
-    try:
-        for p in procs:
-            log, _ = p.communicate(timeout=timeout)
-            out.append((p.returncode, log))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    return out
-
-
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory):
     """Two processes, a time-based checkpoint due at almost every chunk (each process's own clock
     says so at different moments): the run must finish, not hang."""
     root = tmp_path_factory.mktemp("mp")
-    (rc0, log0), (rc1, log1) = _finish(_start(root / "run", root / "data", "train.ckpt_minutes=0.002"))
+    (rc0, log0), (rc1, log1) = finish(_start(root / "run", root / "data", "train.ckpt_minutes=0.002"), TIMEOUT)
     assert rc0 == 0 and rc1 == 0, log0[-3000:] + log1[-3000:]
     return root, read_metrics(str(root / "run" / "metrics")), log0, log1
 
@@ -100,14 +80,14 @@ def test_sigterm_to_one_process_stops_both_at_one_step(two_process_run, tmp_path
         time.sleep(0.05)
     procs[1].send_signal(signal.SIGTERM)
     t_sig = time.time()
-    (rc0, log0), (rc1, log1) = _finish(procs, timeout=60)
+    (rc0, log0), (rc1, log1) = finish(procs, timeout=60)
     assert time.time() - t_sig < 60
     assert rc0 == 143 and rc1 == 143, log0[-2000:] + log1[-2000:]
     result = json.loads((out / "result.json").read_text())
     steps = sorted(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit())
     assert result["status"] == "preempted" and steps[-1] == result["step"] < STEPS
     assert f"preempted: checkpoint saved at step {result['step']}" in log0
-    (rc0, log0), (rc1, log1) = _finish(_start(out, root / "data"))
+    (rc0, log0), (rc1, log1) = finish(_start(out, root / "data"), TIMEOUT)
     assert rc0 == 0 and rc1 == 0, log0[-3000:] + log1[-3000:]
     got = read_metrics(str(out / "metrics"))
     for field in ref:
@@ -132,7 +112,7 @@ def test_fsdp_across_two_processes_resumes_on_one_process(two_process_run, tmp_p
     procs = _start(out, root / "data", "mesh.data=1", "mesh.fsdp=4", devices=2)
     _wait_for(out / "checkpoints" / "30", procs)
     procs[1].send_signal(signal.SIGTERM)
-    (rc0, log0), (rc1, log1) = _finish(procs, timeout=60)
+    (rc0, log0), (rc1, log1) = finish(procs, timeout=60)
     assert rc0 == 143 and rc1 == 143, log0[-2000:] + log1[-2000:]
     stopped = json.loads((out / "result.json").read_text())["step"]
     p = subprocess.run([sys.executable, "-m", "scaling_grid.grid.cli", "train", f"out_dir={out}",
@@ -166,7 +146,7 @@ def _wsd_grid(data: Path) -> str:
 
 
 def _grid(spec: Path, store: Path, n: int = 2) -> list[subprocess.Popen]:
-    port = _port()
+    port = free_port()
     return [subprocess.Popen([sys.executable, "-m", "scaling_grid.grid.cli", "run", str(spec), "--store", str(store),
                               "--no-memory-check", "--status-every", "0.5", "--distributed", "--coordinator",
                               f"127.0.0.1:{port}", "--num-processes", str(n), "--process-id", str(i)],
@@ -180,7 +160,7 @@ def test_grid_on_two_processes_sigterm_to_one_then_relaunch(tmp_path):
     from scaling_grid.grid import store as G
     spec = tmp_path / "mp.yaml"
     spec.write_text(_wsd_grid(tmp_path / "data"))
-    (rc0, log0), (rc1, log1) = _finish(_grid(spec, tmp_path / "ref"))
+    (rc0, log0), (rc1, log1) = finish(_grid(spec, tmp_path / "ref"), TIMEOUT)
     assert rc0 == 0 and rc1 == 0, log0[-3000:] + log1[-3000:]
     ref = G.Store(str(tmp_path / "ref"))
     statuses = [ref.status(c)[0] for c in ref.cell_ids()]
@@ -195,10 +175,10 @@ def test_grid_on_two_processes_sigterm_to_one_then_relaunch(tmp_path):
         time.sleep(0.05)
     procs[1].send_signal(signal.SIGTERM)
     t_sig = time.time()
-    (rc0, log0), (rc1, log1) = _finish(procs, timeout=60)
+    (rc0, log0), (rc1, log1) = finish(procs, timeout=60)
     assert time.time() - t_sig < 60 and rc0 == 143 and rc1 == 143, log0[-2000:] + log1[-2000:]
     assert {s.status(c)[0]["state"] for c in s.cell_ids()} != {"done"}  # stopped part-way
-    (rc0, log0), (rc1, log1) = _finish(_grid(spec, store))
+    (rc0, log0), (rc1, log1) = finish(_grid(spec, store), TIMEOUT)
     assert rc0 == 0 and rc1 == 0, log0[-3000:] + log1[-3000:]
     for cid in ref.cell_ids():
         a, b = ref.read_metrics(cid), s.read_metrics(cid)
@@ -222,7 +202,7 @@ def test_a_failure_in_one_process_fails_the_cell_in_both_and_the_grid_goes_on(tm
     procs = _grid(spec, store)
     _wait_for(store / "store.json", procs)  # before any cell starts: data is prepared after this
     (store / "cells" / target.id / "metrics" / "loss" / "c" / "0").mkdir(parents=True)
-    (rc0, log0), (rc1, log1) = _finish(procs)
+    (rc0, log0), (rc1, log1) = finish(procs, TIMEOUT)
     assert rc0 == 1 and rc1 == 1, log0[-3000:] + log1[-3000:]
     s = G.Store(str(store))
     states = {c: s.status(c)[0] for c in s.cell_ids()}
@@ -255,11 +235,11 @@ def test_a_packed_grid_on_two_processes_sigterm_to_one_then_relaunch(tmp_path):
         assert time.time() - t0 < TIMEOUT and all(p.poll() is None for p in procs), "no checkpoint"
         time.sleep(0.02)
     procs[1].send_signal(signal.SIGTERM)
-    (rc0, log0), (rc1, log1) = _finish(procs, timeout=60)
+    (rc0, log0), (rc1, log1) = finish(procs, timeout=60)
     assert rc0 == 143 and rc1 == 143, log0[-2000:] + log1[-2000:]
     s = G.Store(str(store))
     assert {s.status(c)[0]["state"] for c in s.cell_ids()} == {"preempted"}  # one pack, stopped together
-    (rc0, log0), (rc1, log1) = _finish(_grid(spec, store))
+    (rc0, log0), (rc1, log1) = finish(_grid(spec, store), TIMEOUT)
     assert rc0 == 0 and rc1 == 0, log0[-3000:] + log1[-3000:]
     assert "in a pack of 4" in log0
     assert sorted(s.cell_ids()) == sorted(ref.cell_ids())

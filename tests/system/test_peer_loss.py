@@ -7,7 +7,6 @@ hard timeout. The time from the kill to each survivor's exit is printed (pytest 
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from procs import finish, free_port
 
 pytestmark = pytest.mark.slow  # every test here starts processes
 
@@ -41,12 +41,6 @@ axes:
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def env() -> dict[str, str]:
     e = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
     e.pop("TQDM_DISABLE", None)
@@ -61,20 +55,6 @@ def launch(spec: Path, store: Path, ids: tuple[int, ...] = (0, 1)) -> list[subpr
                               "--process-id", str(i)],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env())
             for i in ids]
-
-
-def finish(procs: list[subprocess.Popen], timeout: float = TIMEOUT) -> list[tuple[int, str]]:
-    out = []
-    try:
-        for p in procs:
-            log, _ = p.communicate(timeout=timeout)
-            out.append((p.returncode, log))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    return out
 
 
 def wait_until(ready, procs: list[subprocess.Popen], what: str) -> None:
@@ -141,7 +121,7 @@ def assert_same_curves(ref: Path, got: Path) -> None:
 
 
 def relaunch_to_the_end(spec: Path, store: Path, ref: Path) -> None:
-    (rc0, log0), (rc1, log1) = finish(launch(spec, store))
+    (rc0, log0), (rc1, log1) = finish(launch(spec, store), TIMEOUT)
     assert rc0 == 0 and rc1 == 0, log0[-3000:] + log1[-3000:]
     assert set(states(store).values()) == {"done"}
     assert_same_curves(ref, store)
@@ -153,7 +133,7 @@ def grid(tmp_path_factory):
     root = tmp_path_factory.mktemp("peers")
     spec = root / "mp.yaml"
     spec.write_text(GRID.replace("DATA", str(root / "data")))
-    (rc0, log0), (rc1, log1) = finish(launch(spec, root / "ref"))
+    (rc0, log0), (rc1, log1) = finish(launch(spec, root / "ref"), TIMEOUT)
     assert rc0 == 0 and rc1 == 0, log0[-3000:] + log1[-3000:]
     return spec, root / "ref"
 
@@ -219,7 +199,7 @@ def test_chaos(grid, tmp_path):
         procs = launch(spec, store)
         time.sleep(rng.uniform(2, 16))  # start-up takes ~10-15 s here: kills land in it and in cells
         if any(p.poll() is not None for p in procs):  # finished (or stopped) before the kill
-            (rc0, log0), (rc1, log1) = finish(procs)
+            (rc0, log0), (rc1, log1) = finish(procs, TIMEOUT)
             assert rc0 == rc1 == 0, log0[-3000:] + log1[-3000:]
             break
         victim = rng.randrange(2)
