@@ -94,6 +94,11 @@ _ORIGIN = {
     "run_fit": ("fit", "run_fit"), "select_points": ("selection", "select_points"),
     "terminal_table": ("coefficients", "terminal_table"), "write_prediction_csv": ("csvfile", "write_csv"),
     "write_report": ("report", "write_report"),
+    "Candidate": ("design", "Candidate"), "Prior": ("design", "Prior"), "Design": ("design", "Design"),
+    "check_goals": ("design", "check_goals"), "needs_free": ("design", "needs_free"),
+    "design_cost": ("design", "design_cost"), "choose": ("design_choose", "choose"),
+    "predicted": ("design_choose", "predicted"), "factorial": ("design_choose", "factorial"),
+    "simulate": ("design_sim", "simulate"),
 }
 __all__ = sorted(_ORIGIN)
 
@@ -102,6 +107,9 @@ if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports on 
     from .coefficients import coefficient_table, terminal_table
     from .compare_text import comparison_text
     from .csvfile import write_csv as write_prediction_csv
+    from .design import Candidate, Design, Prior, check_goals, design_cost, needs_free
+    from .design_choose import choose, factorial, predicted
+    from .design_sim import simulate
     from .errors import AnalysisError
     from .fit import FitResult, VariantFit, run_fit
     from .formatting import fmt_interval

@@ -14,6 +14,7 @@ from scaling_grid.trainer import ConfigError
 
 from . import cli_args as A
 from . import cli_grid as G
+from .cli_design import cmd_design
 from .cli_errors import bucket_down, disk_full, quiet_library_echoes
 from .exits import EXIT_BAD_INPUT, EXIT_OK
 
@@ -317,6 +318,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argpars
     "predict": (cmd_predict, A.add_predict_args, "predict losses at new points from a fit's JSON, with intervals "
                 "from its bootstrap draws (and score them against losses the table has)"),
     "report": (cmd_report, A.add_report_args, "fit and write a self-contained report (HTML, tables, plots)"),
+    "design": (cmd_design, A.add_design_args, "choose the cells of a grid for a FLOP budget and the quantities to "
+               "pin; print it against a full factorial of the same cost, checked by simulation"),
 }
 
 

@@ -182,3 +182,36 @@ def add_report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-predictions", action="store_true", help="for a grid store still running: do not predict "
                    "the unfinished cells' final loss nor keep the predictions in the store (default: predict, keep, "
                    "and score earlier predictions of cells finished since)")
+
+
+def add_design_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--budget", required=True, metavar="FLOPS|Nh",
+                   help="what may be spent: FLOPs (3e19), or hours (500h) with --throughput")
+    p.add_argument("--throughput", metavar="FILE", help="for a budget in hours: JSON lines of "
+                   "benchmarks/throughput.py (flops_per_token x tokens_per_s; the median is used) or "
+                   "{\"flops_per_s\": X}")
+    add_target_arg(p)
+    p.add_argument("--goal", action="append", metavar="Q", help="a quantity to pin (repeatable): m/l*, c_l, c_m, "
+                   "c_tau, L0, alpha_tau, alpha_m, alpha_l (these fit free exponents and keep 3 levels per axis) or "
+                   "'L*(C=1e21)'; default m/l* and c_l")
+    p.add_argument("--prior", metavar="FIT.json", help="the values the design is optimal at: a `fit --json` file "
+                   "(a pilot grid or a published fit); default: docs/design.md")
+    p.add_argument("--noise", type=float, metavar="S", help="relative noise of a cell's final loss (sd of log L); "
+                   "default: the prior fit's residual rms, else 0.01")
+    p.add_argument("--widths", metavar="M,...", help="candidate widths, e.g. 16,32,64,128")
+    p.add_argument("--depths", metavar="L,...", help="candidate depths, e.g. 1,2,4,8")
+    p.add_argument("--tokens", metavar="D,...", help="candidate token budgets, e.g. 256k,1M,4M")
+    p.add_argument("--lrs", metavar="LR,...", help="candidate peak lrs (optional)")
+    p.add_argument("--seeds", metavar="S,...", help="candidate seeds (optional): replicates the design may place")
+    p.add_argument("--base", metavar="SPEC", help="a grid spec whose base, rules and tokens_mode the design keeps "
+                   "(default: the demo grid's, wsd)")
+    p.add_argument("--tokens-mode", choices=["separate", "wsd"], help="override the base's tokens_mode")
+    p.add_argument("--candidates", metavar="TABLE", help="choose among a table's rows instead of axes")
+    p.add_argument("--map", metavar="K=COL,...", help="for --candidates: columns as for `fit`, plus flops=COLUMN "
+                   "for a cost column (default: flops_per_token x tokens, else 6 N D)")
+    p.add_argument("--out", metavar="FILE", help="write the design: a grid spec (axes) or a CSV of the chosen rows "
+                   "with all their columns (--candidates)")
+    p.add_argument("--simulate", type=int, default=20, metavar="N", help="check the design and its baseline on N "
+                   "grids simulated from the prior and fitted (default 20; 0: skip)")
+    p.add_argument("--sim-boot", type=int, default=200, metavar="B",
+                   help="bootstrap draws per simulated fit (default 200)")
