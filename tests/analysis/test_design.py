@@ -65,8 +65,7 @@ def test_designed_grid_halves_the_factorial_interval_of_m_over_l_star():
     gets the same FLOPs. 20 grids each, fitted with run_fit (200 bootstrap draws)."""
     C = _grid()
     prior = A.Prior.default()
-    fac = [C[i] for i in A.factorial(C, 7e14)]
-    assert len(fac) == 27 and {c.width for c in fac} == {16, 64, 256} and {c.seed for c in fac} == {0}
+    fac = [c for c in C if c.width in (16, 64, 256) and c.depth in (1, 4, 16) and c.seed == 0]
     budget = A.design_cost(fac)
     d = A.choose(C, budget, prior, ["m/l*"], 0.01)
     design = [C[i] for i in d.chosen]
