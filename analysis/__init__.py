@@ -59,6 +59,11 @@ Public API (what ``grid/cli.py`` calls)::
         wrapped at width columns when given
     AnalysisError(ValueError)
         raised for bad input; the message names the problem (column, coefficient, variant, fix).
+    Candidate, Prior, Design, choose(candidates, budget, prior, goals, noise=None, spent=()) -> Design,
+    predicted(cells, prior, goals) -> {goal: relative sd}, simulate(cells, prior, goals, draws) ->
+    {goal: {width, coverage, ...}}, design_cost(cells, spent=()), factorial(candidates, budget),
+    check_goals(goals), needs_free(goals)
+        the cells to train for a budget (docs/design.md; signatures in design.py)
 
 Modules, in layers (each imports only from the ones before it):
 - the table: errors, laws (laws as short formulas, a registry of named ones), expr (safe row
@@ -75,7 +80,10 @@ Modules, in layers (each imports only from the ones before it):
   table), compare_text (the comparison as words and tables), tables (table files, terminal lines);
 - the pictures and the report: plot_style, plots (png/pdf), report_doc (one document as Markdown and
   HTML), report_sections, report (the report directory: one self-contained HTML file and the files
-  beside it).
+  beside it);
+- the design (after fit): design (candidates, prior, goals, information, cost), design_choose (the
+  search, the factorial), design_table (a table's rows as candidates), design_sim (the simulation
+  check with run_fit).
 """
 from __future__ import annotations
 

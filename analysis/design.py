@@ -75,7 +75,7 @@ class Prior:
     theta: np.ndarray
     noise: float
     t_per_token: float | None = None
-    source: str = "defaults (docs/design.md)"
+    source: str = "the defaults of docs/design.md"
 
     @classmethod
     def default(cls, free: bool = False) -> Prior:

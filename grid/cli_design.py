@@ -150,7 +150,7 @@ def comparison_lines(rows: list[tuple[str, int, float, dict[str, float], dict[st
         for k, g in enumerate(goals):
             head = f"{name:<12}{n:>6}{flops:>11.3g}" if k == 0 else " " * 29
             s = (sim or {}).get(g)
-            real = _fmt_rel(s["width"]) if s else "-"
+            real = "-" if not s else _fmt_rel(s["width"]) if s["n"] else "refused"
             cov = f"{100 * s['coverage']:.0f}%" if s else "-"
             out.append(f"{head}  {g[:14]:<14}{_fmt_rel(2 * 1.959964 * pred[g]):>10}{real:>10}{cov:>10}")
     return out
@@ -213,9 +213,11 @@ def cmd_design(args: argparse.Namespace) -> int:
         def write(path: str) -> None:
             write_spec(raw, [points[i] for i in d.chosen], path)
         what = f"{len(cands)} cells ({'wsd: a trunk per shape' if wsd else 'separate runs'})"
-    lines = [f"design for {', '.join(goals)}: law {prior.law.name} at the prior ({prior.source}), noise "
-             f"{noise:.3g} relative", f"budget {how}; candidates: {what}"]
+    lines = [f"design for {', '.join(goals)}: law {prior.law.name}, prior {prior.source}, noise {noise:.3g} "
+             f"relative", f"budget {how}; candidates: {what}"]
     lines += notes + d.notes
+    if len(d.chosen) == len(cands):
+        lines.append(f"the budget buys every candidate ({A.design_cost(cands):.3g} FLOPs): nothing was left out")
     grids = [("design", d.chosen)] + ([(base_name, base)] if base else [])
     rows = []
     for name, idx in grids:
@@ -225,6 +227,11 @@ def cmd_design(args: argparse.Namespace) -> int:
     if not base:
         lines.append(f"no {base_name} grid fits the budget: nothing to compare with")
     lines += comparison_lines(rows, goals)
+    for name, _, _, _, sim in rows:
+        s = next(iter((sim or {}).values()), None)
+        if s and s["n"] < s["draws"]:
+            lines.append(f"{name}: the fit refused {s['draws'] - s['n']} of {s['draws']} simulated grids (too few "
+                         f"levels or runs to identify the law); a refused grid counts as not covering")
     if args.simulate:
         lines.append(f"realised: median over {args.simulate} grids drawn from the prior with the noise, each fitted "
                      f"with `fit` ({args.sim_boot} bootstrap draws); coverage: intervals holding the prior's value")
