@@ -144,10 +144,43 @@ def test_hours_at_a_measured_throughput(tmp_path):
 def test_design_spec_runs_as_is_and_lines_fit_100_columns(tmp_path, capsys):
     out = tmp_path / "design.yaml"
     assert cli.main(["design", "--budget", "3e12", "--widths", "16,24,32,48", "--depths", "1,2,4",
-                     "--tokens", "256k,512k,1M", "--simulate", "2", "--sim-boot", "50", "--out", str(out)]) == 0
+                     "--tokens", "256k,512k,1M", "--simulate", "1", "--sim-boot", "20", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert max(len(line) for line in text.splitlines()) <= 100, text
     assert "factorial" in text and "design ->" in text
     assert cli.main(["run", str(out), "--store", str(tmp_path / "store"), "--dry-run", "--no-measure"]) == 0
     plan = capsys.readouterr().out
     assert "<- this spec" in plan and "-trunk-" in plan
+
+
+def test_prior_from_a_fit_json_and_its_noise(tmp_path, capsys):
+    t = synthetic.universality_table(seed=2, noise=0.01)
+    res = A.run_fit(t, n_boot=20, checks=False)
+    path = tmp_path / "fit.json"
+    path.write_text(res.to_json())
+    p = A.Prior.from_fit(path)
+    vf = res.variants["gpt2"]
+    assert p.law.name == "universality" and np.allclose(p.theta, vf.theta)
+    assert p.noise == pytest.approx(vf.rms_rel_error) and p.t_per_token == pytest.approx(vf.ctx.t_per_token)
+    free = A.Prior.from_fit(path, free=True)      # the class's exponents added for an exponent goal
+    assert free.law.name == "universality-free" and list(free.theta[4:]) == pytest.approx([1 / 3, 1.0, 1.0])
+    (tmp_path / "bad.json").write_text("{}")
+    assert cli.main(["design", "--budget", "1e12", "--prior", str(tmp_path / "bad.json"), "--widths", "16,32",
+                     "--depths", "1,2", "--tokens", "256k,512k"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not a `scaling-grid fit --json` file" in err
+
+
+def test_spent_cells_count_as_information_not_cost():
+    """Grown grid: the measured cells make the same budget go further (a smaller predicted sd), and a
+    trunk already trained is only extended."""
+    C = [Candidate(m, l, t, K * t, 0.2 * _fpt(m, l) * t, trunk=f"w{m}d{l}", stable=0.8 * _fpt(m, l) * t)
+         for m in (16, 32, 64) for l in (1, 4, 16) for t in (2 ** 18, 2 ** 20, 2 ** 22)]
+    spent = [c for c in C if c.tokens <= 2 ** 20]
+    rest = [c for c in C if c.tokens > 2 ** 20]
+    prior = A.Prior.default()
+    budget = 0.5 * A.design_cost(rest, spent)
+    grown = A.choose(rest, budget, prior, ["m/l*"], 0.01, spent=spent)
+    fresh = A.choose(rest, budget, prior, ["m/l*"], 0.01)
+    assert grown.flops <= budget * (1 + 1e-9) and grown.predicted["m/l*"] < fresh.predicted["m/l*"]
+    assert grown.flops == pytest.approx(A.design_cost([rest[i] for i in grown.chosen], spent))
