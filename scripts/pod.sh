@@ -40,9 +40,8 @@ where=(--zone="$ZONE")
 if [ -n "$PROJECT" ]; then where+=(--project="$PROJECT"); fi
 on_all() { run gcloud compute tpus tpu-vm ssh "$TPU" "${where[@]}" --worker=all --command="$1"; }
 
-run tar czf "$PACK" --exclude=./.git --exclude=./.venv --exclude=./.python --exclude=./data --exclude=./stores \
-  --exclude=./runs --exclude=./reports --exclude=./.jax_cache --exclude=./.mypy_cache --exclude=./.pytest_cache \
-  --exclude=./.ruff_cache --exclude=__pycache__ .
+run tar czf "$PACK" --exclude=./.git --exclude=./.venv --exclude=./.python --exclude='./.*_cache' \
+  --exclude=./data --exclude=./stores --exclude=./runs --exclude=./reports --exclude=__pycache__ .
 run gcloud compute tpus tpu-vm scp "$PACK" "$TPU:scaling-grid.tar.gz" "${where[@]}" --worker=all
 on_all "mkdir -p ~/scaling-grid && tar xzf ~/scaling-grid.tar.gz -C ~/scaling-grid && \
 SG_PYTHON=$(quote "${SG_PYTHON:-3.12}") ~/scaling-grid/scripts/install.sh $(quote "${SG_EXTRAS:-tpu,gcs}")"

@@ -99,7 +99,7 @@ def test_pod_runs_gcloud_in_order_with_the_code_packed(tmp_path):
     with tarfile.open(tmp_path / "scaling-grid-pod.tar.gz") as t:
         names = {n.removeprefix("./").split("/")[0] for n in t.getnames()}
     assert {"scripts", "trainer", "grid", "analysis", "src", "configs", "pyproject.toml", "constraints.txt"} <= names
-    assert not names & {".git", ".venv", "stores", "data", ".jax_cache"}
+    assert not names & {".git", ".venv", "stores", "data", ".jax_cache", ".mypy_cache", ".ruff_cache"}
 
 
 def test_slurm_prints_one_install_before_srun_and_one_task_per_node():
@@ -160,3 +160,35 @@ def test_ssh_waits_for_every_host_and_exits_with_the_first_failure(tmp_path):
     runs = sorted(calls[3:])
     assert [c[1] for c in runs] == ["h1", "h2", "h3"]
     assert all(f"--num-processes 3 --process-id {i}" in c[2] for i, c in enumerate(runs))
+
+
+def _doc_tokens() -> list[str]:
+    """Every token of docs/grid.md's bash blocks, as a shell reads them (continuations joined,
+    comments dropped), with runs of white space inside a token (a quoted multi-line --command) made one
+    space."""
+    text = (ROOT / "docs" / "grid.md").read_text()
+    blocks = [b.split("\n", 1)[1] for b in text.split("```")[1::2] if b.startswith("bash\n")]
+    return [" ".join(t.split()) for b in blocks for t in shlex.split(b.replace("\\\n", " "), comments=True)]
+
+
+def _in_docs(command: str) -> bool:
+    want, have = [" ".join(t.split()) for t in shlex.split(command)], _doc_tokens()
+    return any(have[i:i + len(want)] == want for i in range(len(have)))
+
+
+@pytest.mark.parametrize("script,args", [
+    ("pod.sh", ["--print", "--zone", "us-central2-b", "my-slice", "configs/my-grid.yaml", "--store",
+                "gs://my-bucket/grids/my-grid", "--compile-cache", "gs://my-bucket/jax-cache"]),
+    ("slurm.sbatch", ["--print", "configs/my-grid.yaml", "--store", "/shared/stores/my-grid"]),
+])
+def test_the_docs_show_what_the_scripts_run(script, args):
+    """docs/grid.md spells out each step of pod.sh and slurm.sbatch, and those steps are what the
+    scripts run (for the docs' example), so the pasted recipe and the script do not drift apart."""
+    lines = _sh(script, *args, env={"TMPDIR": "/tmp"}).stdout.splitlines()
+    assert lines and [line for line in lines if not _in_docs(line)] == []
+
+
+def test_the_docs_show_an_ssh_process_as_the_script_starts_it():
+    p = _sh("ssh.sh", "--print", "--dir", "/shared/scaling-grid", "gpu1", "gpu2", "gpu3", "gpu4", "--",
+            "configs/my-grid.yaml", "--store", "/shared/stores/my-grid")
+    assert _in_docs(p.stdout.splitlines()[5].removesuffix(" &"))  # host 1's process
