@@ -35,7 +35,7 @@ while [ $# -gt 0 ] && [ "$1" != -- ]; do HOSTS+=("$1"); shift; done
   exit 2; }
 shift  # the --
 DIR=${DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
-COORD=${COORD:-${HOSTS[0]%%:*}:8476}
+COORD=${COORD:-${HOSTS[0]##*@}:8476}  # user@host: the host
 N=${#HOSTS[@]}
 
 # --print: each command on one line, quoted for a shell, instead of running it

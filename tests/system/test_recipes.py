@@ -140,11 +140,11 @@ def test_slurm_installs_once_activates_and_requeues(tmp_path, srun_rc, requeued)
 
 
 def test_ssh_prints_installs_in_turn_then_one_process_per_host():
-    p = _sh("ssh.sh", "--print", "--dir", "/shared/sg", "gpu1", "gpu2:22", "--", "g.yaml", "--store", "/s")
+    p = _sh("ssh.sh", "--print", "--dir", "/shared/sg", "me@gpu1", "gpu2", "--", "g.yaml", "--store", "/s")
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()
-    assert lines[:2] == [f"ssh {h} 'cd /shared/sg && SG_PYTHON=3.12 scripts/install.sh cuda12'" for h in ("gpu1", "gpu2:22")]
-    for i, (h, line) in enumerate(zip(("gpu1", "gpu2:22"), lines[2:4])):
+    assert lines[:2] == [f"ssh {h} 'cd /shared/sg && SG_PYTHON=3.12 scripts/install.sh cuda12'" for h in ("me@gpu1", "gpu2")]
+    for i, (h, line) in enumerate(zip(("me@gpu1", "gpu2"), lines[2:4])):
         assert line == (f"ssh {h} 'cd /shared/sg && echo $$ > /tmp/scaling-grid-ssh-{i}.pid && exec "
                         f".venv/bin/scaling-grid run g.yaml --store /s --distributed --coordinator gpu1:8476 "
                         f"--num-processes 2 --process-id {i} --no-progress' &")
