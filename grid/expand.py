@@ -2,10 +2,13 @@
 
 A cell's id is a readable name plus a short hash of everything that changes its loss curve or what is
 recorded (`trainer.identity` of its resolved run config; for a wsd branch also its trunk and start
-step), so the same spec always gives the same ids and a changed config gives a new id."""
+step), so the same spec always gives the same ids and a changed config gives a new id. The ids hash
+the data paths as the spec writes them; the cells' configs carry them resolved against the spec's
+folder (`spec.placed_data`)."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -21,7 +24,7 @@ from scaling_grid.trainer import (
     identity,
 )
 
-from .spec import AXES, Cell, GridSpec
+from .spec import AXES, Cell, GridSpec, placed_data
 
 
 def _points(spec: GridSpec) -> list[tuple[str, dict[str, Any]]]:
@@ -131,9 +134,10 @@ def expand(spec: GridSpec, check_paths: bool = True, lenient_wsd: bool = False) 
 
     lenient_wsd: a wsd shape with a single budget becomes a separate run instead of an error (used
     only to report what the wsd mode would cost)."""
-    if check_paths:  # axes and rules never change data: one check for all cells, before any compute
+    placed = placed_data(spec)  # axes and rules never change data: the same paths for every cell
+    if check_paths:  # one check for all cells, before any compute
         try:
-            check_data_paths(from_dict(spec.base).data)
+            check_data_paths(dataclasses.replace(from_dict(spec.base).data, **placed))
         except ConfigError as e:
             raise ConfigError(f"base: {e}") from None
     pts = _points(spec)
@@ -156,7 +160,8 @@ def expand(spec: GridSpec, check_paths: bool = True, lenient_wsd: bool = False) 
             raise ConfigError(f"duplicate cell {c.name}: the same cell is given twice (check cells: against "
                               f"axes:, or duplicate entries in cells:)")
         seen[c.id] = c.name
-    return cells
+    return [dataclasses.replace(c, config=dataclasses.replace(c.config, data=dataclasses.replace(
+        c.config.data, **placed))) for c in cells] if placed else cells
 
 
 def _where(where: str, p: Mapping[str, Any]) -> str:
@@ -179,8 +184,8 @@ def _expand_wsd(spec: GridSpec, pts: list[tuple[str, dict[str, Any]]], with_lr: 
         if dup:
             raise ConfigError(f"{wh0}: token budget(s) {[format_count(b) for b in dup]} given twice for one shape")
         if len(budgets) < 2 and lenient:
-            sep = expand(GridSpec(spec.name, "separate", spec.base, spec.rules, {}, [members[0][1]], spec.text,
-                                  spec.source), check_paths)
+            sep = expand(dataclasses.replace(spec, tokens_mode="separate", axes={}, cells=[members[0][1]]),
+                         check_paths)
             cells += sep
             continue
         if len(budgets) < 2:
@@ -245,6 +250,6 @@ def _expand_wsd(spec: GridSpec, pts: list[tuple[str, dict[str, Any]]], with_lr: 
 
 def with_mode(spec: GridSpec, mode: str) -> GridSpec:
     """The same spec in another token mode (to report what each mode costs)."""
-    return GridSpec(spec.name, mode, spec.base, spec.rules, spec.axes, spec.cells, spec.text, spec.source)
+    return dataclasses.replace(spec, tokens_mode=mode)
 
 

@@ -255,6 +255,18 @@ def _totals_line(plan: _Plan, mine: list[S.Cell], todo: list[S.Cell], how: str, 
                if opts.target else " (no throughput measured: --no-measure)"))
 
 
+def _path_lines(opts: Options, cells: Sequence[S.Cell]) -> list[str]:
+    """Where everything goes and comes from, resolved: the store, checkpoints, token stores and corpus
+    files (the spec's relative paths against its folder, the flags' against the current directory)."""
+    def shown(p: str) -> str:
+        return p if T.is_remote(p) else T.local(p)
+    rows = {"store": [shown(opts.store)],
+            "checkpoints": [shown(opts.checkpoints) if opts.checkpoints else T.join(opts.store, "checkpoints")],
+            "data.root": list(dict.fromkeys(shown(c.config.data.root) for c in cells)),
+            "data.paths": list(dict.fromkeys(shown(p) for c in cells for p in c.config.data.paths))}
+    return [f"{k + ':':13}{', '.join(v)}" for k, v in rows.items() if v]
+
+
 def _wrapped(lines: list[str], keep: range) -> list[str]:
     """The sentences around the table wrap at WIDTH; the table's rows (`keep`) are sized to fit it."""
     return [w for i, line in enumerate(lines)
@@ -278,7 +290,8 @@ def plan_text(spec_path: str, opts: Options) -> str:
 
     lines = [f"grid {spec.name!r} from {spec.source}: {len(cells)} cells, tokens mode {spec.tokens_mode}; "
              f"store {opts.store} ({'exists' if store else 'new'})"
-             + (f"; shard {shard[0]}/{shard[1]}: {len(my_cells)} cells" if shard[1] > 1 else "")]
+             + (f"; shard {shard[0]}/{shard[1]}: {len(my_cells)} cells" if shard[1] > 1 else ""),
+             *_path_lines(opts, cells)]
     # Throughput: finished cells in the store, else timing a few steps of the smallest and largest cell.
     points = _finished_points(cells, states, recs) if store is not None else []
     how = f"measured on {len(points)} finished cell(s) in the store" if points else ""

@@ -83,6 +83,7 @@ class GridSpec:
     cells: list[dict[str, Any]]
     text: str = ""               # the spec as given (stored verbatim in the store)
     source: str = "<spec>"
+    folder: str = ""             # relative paths in the spec resolve here ("": the current directory)
 
     @property
     def hash(self) -> str:
@@ -131,10 +132,10 @@ def load_spec(path: str | os.PathLike[str]) -> GridSpec:
     if not p.is_file():
         raise ConfigError(f"grid spec {str(p)!r} does not exist (give the path of a YAML file, e.g. configs/demo.yaml)")
     text = read_yaml_text(p, "grid spec")
-    return parse_spec(text, source=str(p), default_name=p.stem)
+    return parse_spec(text, source=str(p), default_name=p.stem, folder=os.path.abspath(p.parent))
 
 
-def parse_spec(text: str, source: str = "<spec>", default_name: str = "grid") -> GridSpec:
+def parse_spec(text: str, source: str = "<spec>", default_name: str = "grid", folder: str = "") -> GridSpec:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -173,7 +174,29 @@ def parse_spec(text: str, source: str = "<spec>", default_name: str = "grid") ->
         sect = "train" if ax == "tokens" else "model"
         if ax not in (base.get(sect) or {}):
             raise ConfigError(f"axes.{ax}: missing; give axes.{ax} (a list) or base.{sect}.{ax}")
-    return GridSpec(name, mode, base, rules, axes, cells, text, source)
+    return GridSpec(name, mode, base, rules, axes, cells, text, source, folder)
+
+
+def placed_data(spec: GridSpec) -> dict[str, Any]:
+    """The data fields of every cell whose paths the spec writes relative to its own folder
+    (``base.data.paths`` and ``base.data.root``), resolved against it: {field: value} to replace in
+    each cell's config. Absolute paths, ``~`` and URLs stay as written; a default (data.root
+    ``data``) is not written in the spec and stays relative to the current directory. Cell ids hash
+    the paths as written, so they do not depend on where the spec or the current directory is."""
+    written = spec.base.get("data") or {}
+    data = from_dict(spec.base).data
+    out: dict[str, Any] = {}
+    if "paths" in written:
+        out["paths"] = tuple(_against(spec.folder, p) for p in data.paths)
+    if "root" in written:
+        out["root"] = _against(spec.folder, data.root)
+    return out
+
+
+def _against(folder: str, path: str) -> str:
+    if not folder or "://" in path or os.path.isabs(os.path.expanduser(path)):
+        return path
+    return os.path.normpath(os.path.join(folder, path))
 
 
 def _parse_rules(raw: Any) -> dict[str, dict[str, Any]]:
