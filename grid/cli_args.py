@@ -190,7 +190,10 @@ def add_design_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--throughput", metavar="FILE", help="for a budget in hours: JSON lines of "
                    "benchmarks/throughput.py (flops_per_token x tokens_per_s; the median is used) or "
                    "{\"flops_per_s\": X}")
-    add_target_arg(p)
+    p.add_argument("--target", metavar="T", help="for a budget in hours: the accelerator (tpu:v5e:4x4, gpu:h100:8, "
+                   "as for `compile`), at its vendor peak times --mfu")
+    p.add_argument("--mfu", type=float, metavar="F", help="with --target: the fraction of peak the runs reach "
+                   "(measure it: benchmarks/throughput.py on one chip)")
     p.add_argument("--goal", action="append", metavar="Q", help="a quantity to pin (repeatable): m/l*, c_l, c_m, "
                    "c_tau, L0, alpha_tau, alpha_m, alpha_l (these fit free exponents and keep 3 levels per axis) or "
                    "'L*(C=1e21)'; default m/l* and c_l")

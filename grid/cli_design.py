@@ -36,12 +36,10 @@ DEFAULT_SPEC: dict[str, Any] = {
 _HOURS = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*h\s*$")
 
 
-def parse_budget(text: str, throughput: str | None, target: str | None) -> tuple[float, str]:
-    """(FLOPs, how): a number of FLOPs (3e19), or hours (500h) at a measured throughput."""
-    if target is not None:
-        raise ConfigError(f"--target {target}: design does not yet turn hours into FLOPs from a compiled target; "
-                          f"measure a throughput (benchmarks/throughput.py > FILE) and pass --throughput FILE, "
-                          f"or give --budget in FLOPs")
+def parse_budget(text: str, throughput: str | None, target: str | None = None,
+                 mfu: float | None = None) -> tuple[float, str]:
+    """(FLOPs, how): a number of FLOPs (3e19), or hours (500h) at a measured throughput or at a
+    target's vendor peak times the MFU the runs reach."""
     h = _HOURS.match(text)
     if h is None:
         try:
@@ -50,13 +48,22 @@ def parse_budget(text: str, throughput: str | None, target: str | None) -> tuple
             flops = float("nan")
         if not np.isfinite(flops) or flops <= 0:
             raise ConfigError(f"--budget {text!r}: expected FLOPs (e.g. 3e19) or hours with --throughput "
-                              f"(e.g. 500h)")
+                              f"or --target (e.g. 500h)")
         return flops, f"{flops:.3g} FLOPs"
+    hours = float(h.group(1))
+    if target is not None and throughput is None:
+        from scaling_grid.trainer import parse_target
+        t = parse_target(target)
+        if mfu is None or not 0 < mfu <= 1:
+            raise ConfigError(f"--target {target}: hours become FLOPs at the fraction of peak the runs reach: "
+                              f"add --mfu F (0 < F <= 1; measure it with benchmarks/throughput.py)")
+        rate = t.peak_flops * mfu
+        return hours * 3600 * rate, (f"{hours:g} h on {target} ({t.chips} x {t.peak_flops / t.chips / 1e12:g} "
+                                     f"TFLOP/s peak, MFU {mfu:g}): {rate:.3g} FLOP/s")
     if throughput is None:
         raise ConfigError(f"--budget {text!r}: hours need a throughput: --throughput FILE (JSON lines of "
-                          f"benchmarks/throughput.py, or {{\"flops_per_s\": X}})")
+                          f"benchmarks/throughput.py, or {{\"flops_per_s\": X}}) or --target T --mfu F")
     rate = _flops_per_s(throughput)
-    hours = float(h.group(1))
     return hours * 3600 * rate, f"{hours:g} h at {rate:.3g} FLOP/s ({throughput})"
 
 
@@ -190,7 +197,7 @@ def _table_mode(args: argparse.Namespace, budget: float, prior: Any, goals: list
 
 def cmd_design(args: argparse.Namespace) -> int:
     from scaling_grid import analysis as A
-    budget, how = parse_budget(args.budget, args.throughput, args.target)
+    budget, how = parse_budget(args.budget, args.throughput, args.target, args.mfu)
     goals = A.check_goals(args.goal or [])
     free = A.needs_free(goals)
     prior = A.Prior.from_fit(args.prior, free) if args.prior else A.Prior.default(free)

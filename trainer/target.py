@@ -49,6 +49,9 @@ TPU_CHIPS = {
 }
 # GPUs: the target config file and the device's memory (as the file states it).
 GPU_CHIPS = {"h100": "h100_sxm.txtpb", "a100": "a100_sxm_80.txtpb"}
+# The device kind each chip reports (trainer.peaks' key), for a target's peak FLOP/s.
+DEVICE_KIND = {"v4": "TPU v4", "v5e": "TPU v5e", "v5p": "TPU v5p", "v6e": "TPU v6e",
+               "h100": "NVIDIA H100 80GB HBM3", "a100": "NVIDIA A100-SXM4-80GB"}
 GPU_HEADROOM = 0.9  # of a GPU's memory, as the launcher's memory check allows
 COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "collective-permute", "all-to-all")
 
@@ -62,6 +65,17 @@ class Target:
     chip: str         # v5e, h100, ...
     topology: str     # 2x4, 2x2x2 (TPU); the device count (GPU)
     hbm_bytes: int    # one device's memory
+
+    @property
+    def chips(self) -> int:
+        """How many devices: the topology's product (TPU) or the count (GPU)."""
+        return math.prod(int(x) for x in self.topology.split("x"))
+
+    @property
+    def peak_flops(self) -> float:
+        """All the target's devices' dense bf16 peak, FLOP/s (the vendor's figure, trainer.peaks)."""
+        from .peaks import PEAK_TFLOPS
+        return 1e12 * PEAK_TFLOPS[DEVICE_KIND[self.chip]][0] * self.chips
 
     @property
     def extra_installed(self) -> bool:

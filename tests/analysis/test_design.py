@@ -122,7 +122,8 @@ def test_candidates_table_subset_covers_the_full_fit_and_beats_random_subsets(tm
     (["--budget", "lots"], "--budget 'lots'"),
     (["--budget=-3e19"], "--budget '-3e19'"),
     (["--budget", "5h"], "hours need a throughput"),
-    (["--budget", "5h", "--target", "tpu:v5e:4x4"], "--target tpu:v5e:4x4"),
+    (["--budget", "5h", "--target", "tpu:v5e:4x4"], "add --mfu F"),
+    (["--budget", "5h", "--target", "tpu:v9:4x4", "--mfu", "0.4"], "--target 'tpu:v9:4x4': expected"),
     (["--budget", "1e13", "--goal", "beta"], "--goal 'beta': unknown goal"),
     (["--budget", "1e13", "--noise", "2"], "--noise 2.0"),
     (["--budget", "1e13", "--widths", "16,32"], "give --widths, --depths and --tokens"),
@@ -139,6 +140,14 @@ def test_hours_at_a_measured_throughput(tmp_path):
     f.write_text("\n".join(json.dumps({"flops_per_token": 1e6, "tokens_per_s": r}) for r in (1e5, 2e5, 3e5)))
     flops, how = parse_budget("2h", str(f), None)
     assert flops == pytest.approx(2 * 3600 * 2e11) and "2 h at 2e+11 FLOP/s" in how
+
+
+def test_hours_on_a_target_at_its_peak_times_the_mfu():
+    flops, how = parse_budget("500h", None, "tpu:v5e:4x4", 0.4)
+    assert flops == pytest.approx(500 * 3600 * 16 * 197e12 * 0.4)  # 16 chips, 197 TFLOP/s bf16 each
+    assert "16 x 197 TFLOP/s peak, MFU 0.4" in how
+    flops, _ = parse_budget("1h", None, "gpu:h100:8", 0.5)
+    assert flops == pytest.approx(3600 * 8 * 989.4e12 * 0.5)
 
 
 def test_design_spec_runs_as_is_and_lines_fit_100_columns(tmp_path, capsys):
