@@ -303,6 +303,11 @@ def _write_into(out: str, write: Callable[[str], Any]) -> str:
     return T.join(out, os.path.relpath(made, d))
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import cmd_demo as demo
+    return demo(args, main)  # `run` then `report`, each through main: its messages and exit codes
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argparse.ArgumentParser], None], str]] = {
     "prepare": (G.cmd_prepare, A.add_config_args, "tokenize a corpus once into a token store"),
     "train": (G.cmd_train, A.add_train_args, "train one model (resumes from its checkpoints)"),
@@ -317,6 +322,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argpars
     "predict": (cmd_predict, A.add_predict_args, "predict losses at new points from a fit's JSON, with intervals "
                 "from its bootstrap draws (and score them against losses the table has)"),
     "report": (cmd_report, A.add_report_args, "fit and write a self-contained report (HTML, tables, plots)"),
+    "demo": (cmd_demo, A.add_demo_args, "train the embedded demo grid (configs/demo.yaml) into stores/demo and "
+             "write its report to reports/demo (3-8 min on a laptop CPU)"),
 }
 
 

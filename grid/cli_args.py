@@ -182,3 +182,13 @@ def add_report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-predictions", action="store_true", help="for a grid store still running: do not predict "
                    "the unfinished cells' final loss nor keep the predictions in the store (default: predict, keep, "
                    "and score earlier predictions of cells finished since)")
+
+
+def add_demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", default="stores/demo", help="grid store to train into (default: stores/demo, under "
+                   "the current folder; run again to resume)")
+    p.add_argument("--out", default="reports/demo", help="report folder (default: reports/demo, under the "
+                   "current folder)")
+    p.add_argument("--dry-run", action="store_true", help="print the demo grid's plan (cells, sizes, estimated "
+                   "time) and exit; trains nothing")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (one line per cell)")
