@@ -69,3 +69,20 @@ def test_a_wheel_ships_the_configs_and_runs_the_demo_from_anywhere(tmp_path):
     assert f"then its report goes to {cwd / 'reports' / 'demo'}" in run.stdout
     assert "to run: 48 cells" in run.stdout and "<- this spec" in run.stdout
     assert not any(cwd.iterdir())  # a dry run writes nothing
+
+
+def test_demo_script_installs_the_base_dependencies_only_then_runs_the_demo(tmp_path):
+    """scripts/demo.sh against a stub .venv: pip is asked for the project with no extras (no test or
+    developer tools), then `scaling-grid demo` runs with the script's arguments."""
+    (tmp_path / "scripts").mkdir()
+    for name in ("env.sh", "demo.sh"):
+        shutil.copy(REPO / "scripts" / name, tmp_path / "scripts" / name)
+    bin_ = tmp_path / ".venv" / "bin"
+    bin_.mkdir(parents=True)
+    for name in ("python", "pip", "scaling-grid"):  # each records its arguments
+        (bin_ / name).write_text(f'#!/bin/sh\necho "{name} $*" >> "{tmp_path}/calls"\n')
+        (bin_ / name).chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "EXTRAS"}
+    subprocess.run(["bash", str(tmp_path / "scripts" / "demo.sh"), "--dry-run"], env=env, check=True, timeout=60)
+    assert (tmp_path / "calls").read_text().splitlines() == [
+        "pip install -q -c constraints.txt -e .", "scaling-grid demo --dry-run"]
