@@ -17,16 +17,26 @@ NAMES = {"m_over_l_star": "(m/ℓ)*", "D_over_N_star": "D*/N*", "L_star_at_C": "
 
 
 def comparison_words(comp: dict[str, Any]) -> list[str]:
-    """One sentence per variant: which differences exclude zero, which do not."""
+    """One sentence per variant, in plain words: the quantities where it differs from the reference
+    (the interval of the difference excludes 0) and those where it does not measurably (it includes 0)."""
     out = []
     ref = comp["reference"]
     for v, rows in comp["variants"].items():
         yes = [NAMES.get(k, _pretty(k)) for k, r in rows.items() if r["excludes_zero"]]
         no = [NAMES.get(k, _pretty(k)) for k, r in rows.items() if not r["excludes_zero"]]
-        out.append(f"{v} - {ref}: the difference excludes zero for "
-                   + (", ".join(yes) if yes else "none of the quantities")
-                   + "; it does not for " + (", ".join(no) if no else "none") + ".")
+        if not no:
+            words = f"{v} differs from {ref} in every quantity (every interval excludes 0)"
+        elif not yes:
+            words = f"{v} does not differ measurably from {ref} in any quantity (every interval includes 0)"
+        else:
+            words = (f"{v} differs from {ref} in {_and(yes)} (intervals exclude 0), not measurably in "
+                     f"{_and(no)} (intervals include 0)")
+        out.append(f"{v} - {ref}: {words}.")
     return out
+
+
+def _and(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 def _pretty(k: str) -> str:

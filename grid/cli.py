@@ -304,6 +304,11 @@ def _write_into(out: str, write: Callable[[str], Any]) -> str:
     return T.join(out, os.path.relpath(made, d))
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import cmd_demo as demo
+    return demo(args, main)  # `run` then `report`, each through main: its messages and exit codes
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argparse.ArgumentParser], None], str]] = {
     "prepare": (G.cmd_prepare, A.add_config_args, "tokenize a corpus once into a token store"),
     "train": (G.cmd_train, A.add_train_args, "train one model (resumes from its checkpoints)"),
@@ -320,6 +325,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argpars
     "report": (cmd_report, A.add_report_args, "fit and write a self-contained report (HTML, tables, plots)"),
     "design": (cmd_design, A.add_design_args, "choose the cells of a grid for a FLOP budget and the quantities to "
                "pin; print it against a full factorial of the same cost, checked by simulation"),
+    "demo": (cmd_demo, A.add_demo_args, "train the embedded demo grid (configs/demo.yaml) into stores/demo and "
+             "write its report to reports/demo (3-8 min on a laptop CPU)"),
 }
 
 

@@ -218,3 +218,13 @@ def add_design_args(p: argparse.ArgumentParser) -> None:
                    "grids simulated from the prior and fitted (default 20; 0: skip)")
     p.add_argument("--sim-boot", type=int, default=200, metavar="B",
                    help="bootstrap draws per simulated fit (default 200)")
+
+
+def add_demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", default="stores/demo", help="grid store to train into (default: stores/demo, under "
+                   "the current folder; run again to resume)")
+    p.add_argument("--out", default="reports/demo", help="report folder (default: reports/demo, under the "
+                   "current folder)")
+    p.add_argument("--dry-run", action="store_true", help="print the demo grid's plan (cells, sizes, estimated "
+                   "time) and exit; trains nothing")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (one line per cell)")

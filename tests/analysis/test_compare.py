@@ -1,6 +1,7 @@
 """Comparing variants (issue 11): differences against a reference variant with bootstrap intervals,
 the cross-variant universality test (its false-rejection rate and its power), the JSON and `--reference`."""
 import json
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -12,7 +13,7 @@ from scaling_grid.analysis import derived as dv
 from scaling_grid.analysis import synthetic as S
 from scaling_grid.analysis.columns import check_table
 from scaling_grid.analysis.compare import universality_across
-from scaling_grid.analysis.compare_text import comparison_table
+from scaling_grid.analysis.compare_text import comparison_table, comparison_words
 from scaling_grid.analysis.selection import select_points
 from scaling_grid.grid.cli import main
 
@@ -124,7 +125,7 @@ def test_cli_reference_flag_prints_the_difference_table_and_writes_it(tmp_path, 
     js = tmp_path / "f.json"
     assert main(["fit", str(path), "--boot", "60", "--reference", "B", "--json", str(js)]) == 0
     out = capsys.readouterr().out
-    assert "A - B:\n| quantity |" in out and "A - B: the difference excludes zero for" in out
+    assert "A - B:\n| quantity |" in out and re.search(r"A - B: A (differs|does not differ measurably) from B in", out)
     assert "universality across variants: shared exponents are" in out
     assert all(len(ln) <= 100 for ln in out.splitlines() if not ln.startswith("|"))  # prose wrapped, rows not
     assert json.loads(js.read_text())["comparison"]["reference"] == "B"
@@ -134,3 +135,13 @@ def test_cli_reference_flag_prints_the_difference_table_and_writes_it(tmp_path, 
     assert main(["report", str(path), "--boot", "40", "--out", str(rep)]) == 0
     assert "Comparing variants (reference: A)" in (rep / "index.md").read_text()
     assert (rep / "comparison.csv").is_file() and (rep / "comparison.tex").is_file()
+
+
+def test_comparison_words_say_in_plain_words_which_quantities_differ():
+    def comp(*flags):
+        return {"reference": "A", "variants": {"B": {k: {"excludes_zero": f} for k, f in zip(("c_tau", "c_m", "L0"), flags)}}}
+    assert comparison_words(comp(True, False, True)) == [
+        "B - A: B differs from A in c_τ and L0 (intervals exclude 0), not measurably in c_m (intervals include 0)."]
+    assert comparison_words(comp(False, False, False)) == [
+        "B - A: B does not differ measurably from A in any quantity (every interval includes 0)."]
+    assert comparison_words(comp(True, True, True)) == ["B - A: B differs from A in every quantity (every interval excludes 0)."]
