@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from .coefficients import coefficient_table
+from .coefficients import rows as coefficient_rows
 from .compare_text import comparison_table, universality_words
-from .formatting import FLAG_TEXT, fmt, fmt_at, fmt_interval, interval_place
+from .formatting import FLAG_TEXT, fmt, fmt_at, fmt_interval, interval_place, interval_text
 from .laws import Law
 from .plot_style import loss_units, slug
 from .points import shape_text
@@ -67,9 +68,14 @@ def summary(d: Doc, result: FitResult, title: str) -> None:
 
 
 def coefficients(d: Doc, result: FitResult) -> None:
-    """The answer first: the coefficient table."""
+    """The answer first: the coefficient table as the CLI prints it, one row per quantity and one
+    column per variant (blocks of variants on a narrow page), then its notes."""
     d.h(2, "Coefficients per variant")
-    d.md_table(coefficient_table(result, "markdown"))
+    cols, rs = coefficient_rows(result)
+    d.table(["quantity"] + [r["variant"] for r in rs],
+            [["points (runs)"] + [f"{r['n_points']} ({r['n_runs']})" for r in rs]]
+            + [[c[2]] + [interval_text(r[c[0]]) for r in rs] for c in cols])
+    d.ul(ln[2:] for ln in coefficient_table(result, "markdown").splitlines() if ln.startswith("- "))
 
 
 def comparison(d: Doc, result: FitResult) -> None:
@@ -259,23 +265,35 @@ def heldout_points(d: Doc, vd: dict[str, Any]) -> None:
              for x in h["rows"]])
 
 
-def exclusion_scan(d: Doc, vd: dict[str, Any], law: Law) -> None:
-    """How the parameters move as the asymptotic trims (drop_highest, min_tau) change."""
+def scan_cell(v: float | None, full: dict[str, Any] | None) -> str:
+    """A refit's value with the full fit's bootstrap interval placed around it (its width, not a new
+    bootstrap: the scan refits once per rule), marked * when it leaves the full fit's interval."""
+    if v is None or full is None or "lo" not in full or full.get("lo") is None:
+        return fmt(v)
+    lo, hi = v - (full["value"] - full["lo"]), v + (full["hi"] - full["value"])
+    return fmt_interval(v, lo, hi) + ("" if full["lo"] <= v <= full["hi"] else " *")
+
+
+def exclusion_scan(d: Doc, vd: dict[str, Any], law: Law, ci: float) -> None:
+    """How the parameters move as the asymptotic trims (drop_highest, min_tau) change, each value with
+    the full fit's interval around it."""
     if not vd["exclusion_scan"]:
         return
     d.h(3, "Exclusion scan")
-    names = law.param_names
-    head = ["rule", "points"] + names + ["(m/ℓ)*", "D*/N*"]
+    full = {**vd["params"], **{k: iv for k, iv in vd["derived"].items() if isinstance(iv, dict)}}
+    keys = law.param_names + [k for k in ("m_over_l_star", "D_over_N_star") if k in full]
+    d.p(f"Each rule refits the law once without the points it drops. Every value carries the {100 * ci:g}% "
+        "bootstrap interval of the full fit (its width, placed around the refit's value: the scan is "
+        "not bootstrapped again); * marks a value outside the full fit's interval.")
     rows = []
     for s in vd["exclusion_scan"]:
         rule = ", ".join(f"{k}={fmt(s[k])}" for k in ("drop_highest", "min_tau") if k in s)
         if "skipped" in s:
-            rows.append([rule, s["n_points"]] + ["skipped"] + [""] * (len(head) - 3))
+            rows.append([rule, s["n_points"], f"skipped: {s['skipped']}"] + [""] * (len(keys) - 1))
         else:
-            rows.append([rule, s["n_points"]] + [fmt(s["params"][n]) for n in names]
-                        + [fmt(s.get("m_over_l_star", float("nan"))),
-                           fmt(s.get("D_over_N_star", float("nan")))])
-    d.table(head, rows)
+            rows.append([rule, s["n_points"]] + [scan_cell(s["params"].get(k, s.get(k)), full.get(k))
+                                                 for k in keys])
+    d.table(["rule", "points"] + keys, rows, key=2)
 
 
 def variant_plots(d: Doc, v: str, made: Mapping[str, list[Path]], root: Path) -> None:
@@ -297,7 +315,7 @@ def variant(d: Doc, v: str, vf: VariantFit, law: Law, made: Mapping[str, list[Pa
     frontier_table(d, vd)
     holdout_checks(d, vd)
     heldout_points(d, vd)
-    exclusion_scan(d, vd, law)
+    exclusion_scan(d, vd, law, vf.ci)
     variant_plots(d, v, made, root)
 
 
