@@ -86,17 +86,17 @@ class Doc:
         the first ``key`` columns repeated in each."""
         if not rows:
             return
-        head = [notation(str(c)) for c in head]
+        names = [notation(str(c)) for c in head]
         body = [[notation(str(c)) for c in r] for r in rows]
 
         def esc(s: str) -> str:
             return s.replace("|", "\\|")
         if md:
-            self.md.append("\n".join(["| " + " | ".join(map(esc, head)) + " |", "|" + "---|" * len(head)]
+            self.md.append("\n".join(["| " + " | ".join(map(esc, names)) + " |", "|" + "---|" * len(names)]
                                      + ["| " + " | ".join(map(esc, r)) + " |" for r in body]) + "\n")
-        for cols in column_blocks(head, body, key):
+        for cols in column_blocks(names, body, key):
             self.html.append('<div class="tbl"><table><thead><tr>'
-                             + "".join(f"<th>{html.escape(head[i])}</th>" for i in cols)
+                             + "".join(f"<th>{html.escape(names[i])}</th>" for i in cols)
                              + "</tr></thead><tbody>" + "".join(
                                  "<tr>" + "".join(self._td(r[i]) for i in cols) + "</tr>" for r in body)
                              + "</tbody></table></div>")

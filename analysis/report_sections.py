@@ -38,9 +38,10 @@ PLOT_TEXT = {
     "residuals": "Relative residuals (L − L̂)/L against time, depth and the fitted loss; the band is ±rms.",
     "eval_curves": "Every cell's whole eval-loss curve (one line per cell; panels: depth, colour: width); "
                    "dots are the runs' final points. The fit uses only the points named above.",
-    "frontier": "Compute-optimal loss and model size: closed form with C = 6ND (dashed) and numerical "
-                "with the grid's real FLOPs per token (solid); bands are bootstrap intervals; dots "
-                "are the runs; the grey region, beyond the largest run's compute, is extrapolation.",
+    "frontier": "Compute-optimal loss and model size (lines), with bootstrap bands, and the fitted runs "
+                "(dots) in one FLOP convention: {convention}. Grey: the optimum is an extrapolation there "
+                "(its N* or D* outside the runs' sizes or token budgets, or C beyond the largest run); the "
+                "dotted line is the largest run's compute.",
 }
 
 
@@ -88,8 +89,9 @@ def comparison(d: Doc, result: FitResult) -> None:
     d.ul(universality_words(result.universality_across))
 
 
-def preregistered(d: Doc, pre: Mapping[str, Any]) -> None:
-    """Predictions of the unfinished cells (kept in the store) and the scores of earlier ones."""
+def preregistered(d: Doc, pre: Mapping[str, Any], made: Mapping[str, list[Path]], root: Path) -> None:
+    """Predictions of the unfinished cells (kept in the store) and the scores of earlier ones: per
+    record, then per cell of every record, then predicted against actual."""
     pend = pre.get("pending")
     if pend is not None and len(pend["cell"]):
         level = f"{100 * pre['ci']:g}%" if "ci" in pre else "95%"
@@ -117,11 +119,13 @@ def preregistered(d: Doc, pre: Mapping[str, Any]) -> None:
                   f"{100 * r['summary']['mean_rel_error']:+.3g}%",
                   f"{r['summary']['n_inside']} of {r['summary']['n']} ({100 * r['ci']:g}% {r['interval']} interval)"]
                  for r in scored])
-        last = scored[-1]
-        d.table(["cell (latest record)", "actual", "prediction", "lo", "hi", "rel error", "inside"],
-                [[x["cell"], fmt(x["actual"]),
-                  *interval_cells({"value": x["prediction"], "lo": x["lo"], "hi": x["hi"]}),
-                  f"{100 * x['rel_error']:+.2f}%", "yes" if x["inside"] else "NO"] for x in last["rows"]])
+        d.table(["record", "cell", "actual", "prediction [interval]", "rel error", "inside"],
+                [[r["key"], x["cell"], fmt(x["actual"]), fmt_interval(x["prediction"], x["lo"], x["hi"]),
+                  f"{100 * x['rel_error']:+.2f}%", "yes" if x["inside"] else "NO"]
+                 for r in scored for x in r["rows"]], key=2)
+        if "predicted_vs_actual" in made:
+            d.img(made["predicted_vs_actual"], "Every record's predictions of the cells finished since, against "
+                  "their final loss; bars: the predictions' intervals; dashed: prediction = actual.", root)
 
 
 def points(d: Doc, result: FitResult) -> None:
@@ -303,6 +307,9 @@ def variant_plots(d: Doc, v: str, made: Mapping[str, list[Path]], root: Path) ->
         key = f"{name}_{slug(v)}"
         if key in made:
             d.img(made[key], PLOT_TEXT[name], root)
+        elif name == "collapse" and f"loss_vs_time_{slug(v)}" in made:
+            d.none("No collapse plot: no point lies above the law's non-time terms (L minus them is ≤ 0 "
+                   "everywhere), so there is nothing to draw on log axes.")
 
 
 def variant(d: Doc, v: str, vf: VariantFit, law: Law, made: Mapping[str, list[Path]], root: Path) -> None:
@@ -319,11 +326,21 @@ def variant(d: Doc, v: str, vf: VariantFit, law: Law, made: Mapping[str, list[Pa
     variant_plots(d, v, made, root)
 
 
-def frontier_plot(d: Doc, made: Mapping[str, list[Path]], root: Path) -> None:
-    """The compute frontier of every variant, in one plot."""
+def frontier_plot(d: Doc, made: Mapping[str, list[Path]], root: Path, result: FitResult) -> None:
+    """The compute frontier of every variant, in one plot; a sentence saying why when there is none."""
+    from .plot_frontier import convention, why_no_frontier
+    d.h(2, "Compute frontier")
     if "frontier" in made:
-        d.h(2, "Compute frontier")
-        d.img(made["frontier"], PLOT_TEXT["frontier"], root)
+        d.img(made["frontier"], PLOT_TEXT["frontier"].format(convention=convention(result.variants)[1]), root)
+    else:
+        d.none(why_no_frontier(result.variants))
+
+
+def report_warnings(d: Doc, caught: list[str]) -> None:
+    """What matplotlib or numpy warned about while the report was written: here, not on the terminal."""
+    if caught:
+        d.h(2, "Warnings while writing the report")
+        d.ul(caught)
 
 
 def provenance(d: Doc, prov: Mapping[str, str]) -> None:
