@@ -22,8 +22,10 @@ NAMES = {
     "shape_exponent": "e ((m/ℓ)* ∝ N^e)", "shape_loss_exponent": "s (shape term ∝ N^(−s))",
     "tau_to_tokens": "τ → tokens", "N_ref": "N_ref", "Lhat": "L̂",
 }
-# longest first, so numerical_N_star is not read as numerical_ + N_star
-_WORD = re.compile(r"(?<![\w])(" + "|".join(sorted(map(re.escape, NAMES), key=len, reverse=True))
+# longest first, so numerical_N_star is not read as numerical_ + N_star; bare alpha and beta (the
+# chinchilla law's A/N^alpha as its formula is written) stay words in running text
+_IN_TEXT = [k for k in NAMES if k not in ("alpha", "beta")]
+_WORD = re.compile(r"(?<![\w])(" + "|".join(sorted(map(re.escape, _IN_TEXT), key=len, reverse=True))
                    + r")(?![\w])")
 _LITERAL = (("(m/l)", "(m/ℓ)"),)
 

@@ -34,9 +34,10 @@ TICK_PT = 8.5
 plt.rcParams.update({"figure.dpi": 110, "font.size": 9, "axes.titlesize": 9.5, "axes.labelsize": 9,
                      "xtick.labelsize": TICK_PT, "ytick.labelsize": TICK_PT, "legend.fontsize": 8,
                      "legend.title_fontsize": 8.5, "figure.titlesize": 10, "axes.grid": True, "grid.alpha": 0.3})
-# A sequential map that stays dark enough to read on white and in greyscale print: viridis without
-# its pale yellow end; series also differ by marker and line style, not by colour alone.
-CMAP = ListedColormap(plt.get_cmap("viridis")(np.linspace(0.0, 0.78, 256)), name="viridis_dark")
+# A sequential map dark enough at both ends to read on white and in greyscale print (grey level
+# 0.07 to 0.59; viridis ends in a pale yellow of 0.9): plasma from dark blue to orange, without its
+# yellow end. Series also differ by marker and line style, not by colour alone.
+CMAP = ListedColormap(plt.get_cmap("plasma")(np.linspace(0.0, 0.7, 256)), name="plasma_dark")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<")
 LINES = ("-", "--", "-.", ":")
 

@@ -229,7 +229,8 @@ def frontier_table(d: Doc, vd: dict[str, Any]) -> None:
               + ("extrapolated" if fr["extrapolated"][i] else "(measured)")]
              + [fmt_interval(q[k][i]["value"], q[k][i]["lo"], q[k][i]["hi"]) for k in keys]
              for i, c in enumerate(fr["C"])])
-    d.ul([f"closed form assumes {fr['closed_form_assumes']}; numerical_* use the real FLOPs per token"
+    d.ul([f"closed form assumes {fr['closed_form_assumes']}; the columns marked (real FLOPs) are the numerical "
+          "optimum over width and depth with the real FLOPs per token"
           + (f": {fr['flops_model']}" if "flops_model" in fr else ""),
           f"compute of the runs: {fmt(fr['C_data_range'][0], 3)} to {fmt(fr['C_data_range'][1], 3)}; "
           "rows beyond it extrapolate the fitted law by the factor shown"
