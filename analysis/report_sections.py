@@ -101,7 +101,7 @@ def preregistered(d: Doc, pre: Mapping[str, Any], made: Mapping[str, list[Path]]
             + (f"Kept in the store as predictions/{pre['key']}.json, to be scored when the cells finish."
                if pre.get("written") else f"The store already holds these predictions (predictions/{pre['key']}"
                ".json, made when the same cells had finished)." if pre.get("key") else ""))
-        d.table(["cell", "variant", "m", "l", "tokens", "τ", "prediction", "lo", "hi"],
+        d.table(["cell", "variant", "m", "ℓ", "tokens", "τ", "prediction", "lo", "hi"],
                 [[pend["cell"][i], pend["variant"][i], fmt(float(pend["m"][i])), fmt(float(pend["l"][i])),
                   fmt(float(pend["tokens"][i]), 3), fmt(float(pend["tau_lr"][i])),
                   *interval_cells({"value": float(pend["prediction"][i]), "lo": float(pend["lo"][i]),
@@ -112,9 +112,9 @@ def preregistered(d: Doc, pre: Mapping[str, Any], made: Mapping[str, list[Path]]
         d.h(2, "Earlier predictions, scored")
         d.p("Each record was made by an earlier report, from the cells finished then; its predictions of the "
             "cells that have finished since are compared with their final loss.")
-        d.table(["made", "record", "law", "fitted on (cells)", "predicted", "finished since", "mean |rel err|",
+        d.table(["record", "made", "law", "fitted on (cells)", "predicted", "finished since", "mean |rel err|",
                  "max |rel err|", "bias", "inside interval"],
-                [[r["made"], r["key"], r["law"], r["n_fitted"], r["n_predicted"], r["summary"]["n"],
+                [[r["key"], r["made"], r["law"], r["n_fitted"], r["n_predicted"], r["summary"]["n"],
                   f"{100 * r['summary']['mean_abs_rel_error']:.3g}%", f"{100 * r['summary']['max_abs_rel_error']:.3g}%",
                   f"{100 * r['summary']['mean_rel_error']:+.3g}%",
                   f"{r['summary']['n_inside']} of {r['summary']['n']} ({100 * r['ci']:g}% {r['interval']} interval)"]
