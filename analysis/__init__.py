@@ -78,8 +78,10 @@ Modules, in layers (each imports only from the ones before it):
   fit (run_fit);
 - the text: formatting (numbers, intervals, Markdown/LaTeX cells), coefficients (the coefficient
   table), compare_text (the comparison as words and tables), tables (table files, terminal lines);
-- the pictures and the report: plot_style, plots (png/pdf), report_doc (one document as Markdown and
-  HTML), report_sections, report (the report directory: one self-contained HTML file and the files
+- the pictures and the report: notation (the Unicode names a reader sees), plot_style, plots
+  (png/pdf), plot_frontier (the compute frontier in one FLOP convention), plot_prereg (pre-registered
+  predictions against the actual loss), report_doc (one document as Markdown and HTML, print-safe
+  tables), report_sections, report (the report directory: one self-contained HTML file and the files
   beside it);
 - the design (after fit): design (candidates, prior, goals, information, cost), design_choose (the
   search, the factorial), design_table (a table's rows as candidates), design_sim (the simulation

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import matplotlib
@@ -9,10 +10,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.colors import LogNorm  # noqa: E402
+from matplotlib.colors import ListedColormap, LogNorm  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from .laws import PRETTY  # noqa: E402
+from .report_doc import PNG_DPI  # noqa: E402
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -25,8 +27,19 @@ if TYPE_CHECKING:
     from .laws import Law
     from .results import VariantFit
 
-plt.rcParams.update({"figure.dpi": 110, "font.size": 9, "axes.titlesize": 10, "legend.fontsize": 8,
-                     "axes.grid": True, "grid.alpha": 0.3})
+# Fixed sizes: every figure is at most FIG_W inches wide (plus an outside legend) and the HTML shows it
+# at its own width (report_doc), so an 8.5 pt tick label is >= 10 px on an 800 px page and in print.
+FIG_W = 7.2
+TICK_PT = 8.5
+plt.rcParams.update({"figure.dpi": 110, "font.size": 9, "axes.titlesize": 9.5, "axes.labelsize": 9,
+                     "xtick.labelsize": TICK_PT, "ytick.labelsize": TICK_PT, "legend.fontsize": 8,
+                     "legend.title_fontsize": 8.5, "figure.titlesize": 10, "axes.grid": True, "grid.alpha": 0.3})
+# A sequential map dark enough at both ends to read on white and in greyscale print (grey level
+# 0.07 to 0.59; viridis ends in a pale yellow of 0.9): plasma from dark blue to orange, without its
+# yellow end. Series also differ by marker and line style, not by colour alone.
+CMAP = ListedColormap(plt.get_cmap("plasma")(np.linspace(0.0, 0.7, 256)), name="plasma_dark")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<")
+LINES = ("-", "--", "-.", ":")
 
 VAR_LABEL = {"tau": "τ", "D": "D (tokens)", "m": "width m", "l": "depth ℓ", "N": "N (parameters)"}
 TIME_LABEL = {"tau_lr": "τ = Σ lr", "tokens": "tokens D", "steps": "steps"}
@@ -66,13 +79,28 @@ def depth_of(vf: VariantFit, l_eff: float) -> float:
 
 
 def colours(values: np.ndarray) -> tuple[dict[Any, Any], np.ndarray]:
-    """A colour per distinct value (log-spaced viridis) and a legend-or-colorbar decision."""
+    """A colour per distinct value (log-spaced on :data:`CMAP`) and the distinct values."""
     u = np.unique(values)
-    cmap = plt.get_cmap("viridis")
     if len(u) == 1:
-        return {u[0]: cmap(0.4)}, u
+        return {u[0]: CMAP(0.3)}, u
     z = (np.log(u) - np.log(u[0])) / (np.log(u[-1]) - np.log(u[0]))
-    return {v: cmap(0.9 * zi) for v, zi in zip(u, z)}, u
+    return {v: CMAP(zi) for v, zi in zip(u, z)}, u
+
+
+def panel_size(n_panels: int, height: float = 2.6, max_cols: int = 3) -> tuple[int, int, tuple[float, float]]:
+    """(rows, cols, figsize) of a grid of panels that is FIG_W wide, whatever the number of panels."""
+    nc = max(1, min(max_cols, n_panels))
+    nr = int(np.ceil(n_panels / nc))
+    return nr, nc, (FIG_W, height * nr + 0.5)
+
+
+def marker(values: np.ndarray, v: Any) -> str:
+    """The marker of value ``v`` among the distinct ``values`` (a series reads in greyscale too)."""
+    return MARKERS[int(np.searchsorted(np.unique(values), v)) % len(MARKERS)]
+
+
+def line_style(values: np.ndarray, v: Any) -> str:
+    return LINES[int(np.searchsorted(np.unique(values), v)) % len(LINES)]
 
 
 def legend_or_bar(fig: Figure, ax: Axes, u: np.ndarray, cmap_of: dict[Any, Any], label: str,
@@ -80,7 +108,7 @@ def legend_or_bar(fig: Figure, ax: Axes, u: np.ndarray, cmap_of: dict[Any, Any],
     if len(u) <= 10:
         ax.legend(handles=handles, title=label, loc="best", frameon=True)
     else:
-        sm = plt.cm.ScalarMappable(norm=LogNorm(u[0], u[-1]), cmap=plt.get_cmap("viridis"))
+        sm = plt.cm.ScalarMappable(norm=LogNorm(u[0], u[-1]), cmap=CMAP)
         fig.colorbar(sm, ax=ax, label=label)
 
 
@@ -111,6 +139,16 @@ def colorbar(fig: Figure, mappable: ScalarMappable | ColorizingArtist, ax: Axes,
     cb.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
     cb.ax.yaxis.set_minor_formatter(NullFormatter())
     return cb
+
+
+def save(fig: Figure, out_dir: Path, name: str) -> list[Path]:
+    """The figure as <name>.png (PNG_DPI) and <name>.pdf in out_dir; closes it. Returns both paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
+    fig.savefig(paths[0], dpi=PNG_DPI, bbox_inches="tight")
+    fig.savefig(paths[1], bbox_inches="tight")
+    plt.close(fig)
+    return paths
 
 
 def exponent_text(a: float) -> str:

@@ -11,14 +11,12 @@ Per variant:
 - ``eval_curves``: every cell's whole eval-loss curve against time, one line per cell (panels by
   depth, colour by width), when the table has per-step rows (a store export); dots mark the runs'
   final points.
-For all variants together:
-- ``frontier``: the compute-optimal loss L*(C) and model size N*(C), closed form (C = 6ND) and
-  numerical (real FLOPs per token), with bootstrap bands, and the runs' (C, L).
+For all variants together (plot_frontier.py):
+- ``frontier``: the compute-optimal loss L*(C) and model size N*(C) with bootstrap bands, and the
+  runs, in one FLOP convention.
 """
 from __future__ import annotations
 
-import dataclasses
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,18 +28,24 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
-from . import derived as dv  # noqa: E402
 from .columns import truthy  # noqa: E402
 from .laws import PRETTY  # noqa: E402
+from .plot_frontier import plot_frontier  # noqa: E402
 from .plot_style import (  # noqa: E402
+    CMAP,
+    FIG_W,
     TIME_LABEL,
     colorbar,
     colours,
     depth_of,
     exponent_text,
     legend_or_bar,
+    line_style,
     loss_label,
+    marker,
+    panel_size,
     plain_ticks,
+    save,
     shape_vars,
     slug,
     term_label,
@@ -51,18 +55,8 @@ from .plot_style import (  # noqa: E402
 )
 
 if TYPE_CHECKING:
-    from matplotlib.figure import Figure
 
     from .results import FitResult, VariantFit
-
-
-def _save(fig: Figure, out_dir: Path, name: str) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
-    fig.savefig(paths[0], dpi=130, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight")
-    plt.close(fig)
-    return paths
 
 
 # ------------------------------------------------------------------------------ per variant
@@ -76,10 +70,8 @@ def plot_loss_vs_time(vf: VariantFit, out_dir: Path) -> list[Path]:
     panel_var = "l" if ("l" in sv and "m" in sv) else None
     colour_var = "m" if panel_var else (sv[0] if sv else None)
     panels = np.unique(pts.V[panel_var]) if panel_var else [None]
-    nc = min(4, len(panels))
-    nr = int(np.ceil(len(panels) / nc))
-    fig, axes = plt.subplots(nr, nc, figsize=(3.6 * nc + 1.2, 3.0 * nr + 0.6), squeeze=False,
-                             sharex=True, sharey=True)
+    nr, nc, size = panel_size(len(panels))
+    fig, axes = plt.subplots(nr, nc, figsize=size, squeeze=False, sharex=True, sharey=True)
     cu: Any  # the colour variable's distinct values, or [None]: one colour
     cols, cu = colours(pts.V[colour_var]) if colour_var else ({None: "C0"}, [None])
     tg = np.geomspace(t.min() / 1.3, t.max() * 1.3, 100)
@@ -91,10 +83,13 @@ def plot_loss_vs_time(vf: VariantFit, out_dir: Path) -> list[Path]:
             s2 = sel.copy()
             for v, x in zip(sv, shp):
                 s2 &= pts.V[v] == x
-            c = cols[pts.V[colour_var][s2][0]] if colour_var else "C0"
-            ax.scatter(t[s2], pts.loss[s2], s=14, color=c, zorder=3, edgecolor="k", linewidth=0.3)
+            cval = pts.V[colour_var][s2][0] if colour_var else None
+            c = cols[cval] if colour_var else "C0"
+            mk = marker(pts.V[colour_var], cval) if colour_var else "o"
+            ax.scatter(t[s2], pts.loss[s2], s=16, color=c, marker=mk, zorder=3, edgecolor="k", linewidth=0.3)
             V = {tv: tg, **{v: np.full_like(tg, x) for v, x in zip(sv, shp)}}
-            ax.plot(tg, vf.predict(V), color=c, lw=1.1)
+            ax.plot(tg, vf.predict(V), color=c, lw=1.1,
+                    ls=line_style(pts.V[colour_var], cval) if colour_var else "-")
         ax.set_xscale("log")
         plain_ticks(ax, "x", t)
         if pv is not None:
@@ -106,16 +101,17 @@ def plot_loss_vs_time(vf: VariantFit, out_dir: Path) -> list[Path]:
     for ax in axes[:, 0]:
         ax.set_ylabel(loss_label(pts.loss_name))
     if colour_var:
-        handles = [plt.Line2D([], [], color=cols[u], marker="o", lw=1.1, label=value_label(u)) for u in cu]
+        handles = [plt.Line2D([], [], color=cols[u], marker=marker(cu, u), ls=line_style(cu, u), lw=1.1,
+                              label=value_label(u)) for u in cu]
         if len(cu) <= 10:
             fig.legend(handles=handles, title=var_label(colour_var), loc="center left",
                        bbox_to_anchor=(1.0, 0.5), frameon=False)
         else:
-            sm = plt.cm.ScalarMappable(norm=LogNorm(cu[0], cu[-1]), cmap=plt.get_cmap("viridis"))
+            sm = plt.cm.ScalarMappable(norm=LogNorm(cu[0], cu[-1]), cmap=CMAP)
             fig.colorbar(sm, ax=axes, label=var_label(colour_var))
     fig.suptitle(f"{vf.variant}: loss against {time_label(vf)}, points and fitted law ({law.name})")
     fig.tight_layout()
-    return _save(fig, out_dir, f"loss_vs_time_{slug(vf.variant)}")
+    return save(fig, out_dir, f"loss_vs_time_{slug(vf.variant)}")
 
 
 def plot_collapse(vf: VariantFit, out_dir: Path) -> list[Path]:
@@ -132,9 +128,11 @@ def plot_collapse(vf: VariantFit, out_dir: Path) -> list[Path]:
     pos = y > 0
     sv = shape_vars(vf)
     cv = "m" if "m" in sv else (sv[0] if sv else None)
-    fig, ax = plt.subplots(figsize=(6.2, 4.4))
+    if not np.any(pos):  # nothing for a log axis: the report says so instead of an empty plot
+        return []
+    fig, ax = plt.subplots(figsize=(5.6, 4.0))
     if cv:
-        sc = ax.scatter(t[pos], y[pos], c=pts.V[cv][pos], cmap="viridis", norm=LogNorm(), s=14,
+        sc = ax.scatter(t[pos], y[pos], c=pts.V[cv][pos], cmap=CMAP, norm=LogNorm(), s=14,
                         edgecolor="k", linewidth=0.3, zorder=3)
         colorbar(fig, sc, ax, var_label(cv), pts.V[cv])
     else:
@@ -155,7 +153,7 @@ def plot_collapse(vf: VariantFit, out_dir: Path) -> list[Path]:
     ax.set_title(f"{vf.variant}: collapse onto the time term{note}")
     ax.legend(loc="upper right")
     fig.tight_layout()
-    return _save(fig, out_dir, f"collapse_{slug(vf.variant)}")
+    return save(fig, out_dir, f"collapse_{slug(vf.variant)}")
 
 
 def plot_width_depth(vf: VariantFit, out_dir: Path) -> list[Path]:
@@ -168,7 +166,7 @@ def plot_width_depth(vf: VariantFit, out_dir: Path) -> list[Path]:
     if tv is not None:
         j_t = [i for i, t in enumerate(law.terms) if t.var == tv][0]
         y = y - law.term_value(th, j_t, pts.V[tv])
-    fig, axes = plt.subplots(1, len(sv), figsize=(5.2 * len(sv) + 0.8, 4.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(sv), figsize=(FIG_W if len(sv) > 1 else 4.4, 3.4), squeeze=False)
     for ax, xv in zip(axes[0], sv):
         other = [v for v in sv if v != xv]
         x = pts.V[xv]
@@ -179,13 +177,15 @@ def plot_width_depth(vf: VariantFit, out_dir: Path) -> list[Path]:
             handles = []
             for val in u:
                 s = pts.V[ov] == val
-                ax.scatter(x[s], y[s], s=14, color=cols[val], edgecolor="k", linewidth=0.3, zorder=3)
+                ax.scatter(x[s], y[s], s=16, color=cols[val], marker=marker(u, val), edgecolor="k", linewidth=0.3,
+                           zorder=3)
                 V = {xv: xg, ov: np.full_like(xg, val)}
                 if tv is not None:
                     V[tv] = np.full_like(xg, np.inf)
                 lbl = value_label(depth_of(vf, val) if ov == "l" else val)
-                ax.plot(xg, _no_time(vf, V), color=cols[val], lw=1.1)
-                handles.append(plt.Line2D([], [], color=cols[val], marker="o", lw=1.1, label=lbl))
+                ax.plot(xg, _no_time(vf, V), color=cols[val], lw=1.1, ls=line_style(u, val))
+                handles.append(plt.Line2D([], [], color=cols[val], marker=marker(u, val), ls=line_style(u, val),
+                                          lw=1.1, label=lbl))
             legend_or_bar(fig, ax, u, cols, var_label(ov), handles)
             ax.set_title(f"against {var_label(xv)} at fixed {var_label(ov)}")
         else:
@@ -208,7 +208,7 @@ def plot_width_depth(vf: VariantFit, out_dir: Path) -> list[Path]:
         axes[0, 0].set_ylabel("L")
     fig.suptitle(f"{vf.variant}: loss with the time term removed; lines: fitted law")
     fig.tight_layout()
-    return _save(fig, out_dir, f"width_depth_{slug(vf.variant)}")
+    return save(fig, out_dir, f"width_depth_{slug(vf.variant)}")
 
 
 def _no_time(vf: VariantFit, V: dict[str, np.ndarray]) -> np.ndarray:
@@ -227,11 +227,11 @@ def plot_residuals(vf: VariantFit, out_dir: Path) -> list[Path]:
     if "l" in sv:
         xs.append((pts.V["l"] + pts.depth_offset, var_label("l"), True))
     xs.append((pred, "fitted loss", False))
-    fig, axes = plt.subplots(1, len(xs), figsize=(4.3 * len(xs) + 0.8, 3.6), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(xs), figsize=(FIG_W, 3.0), squeeze=False, sharey=True)
     rms = 100 * vf.rms_rel_error
     for ax, (x, lab, logx) in zip(axes[0], xs):
         if cv:
-            sc = ax.scatter(x, r, c=pts.V[cv], cmap="viridis", norm=LogNorm(), s=12, edgecolor="k",
+            sc = ax.scatter(x, r, c=pts.V[cv], cmap=CMAP, norm=LogNorm(), s=12, edgecolor="k",
                             linewidth=0.3, zorder=3)
         else:
             ax.scatter(x, r, s=12)
@@ -247,7 +247,7 @@ def plot_residuals(vf: VariantFit, out_dir: Path) -> list[Path]:
         colorbar(fig, sc, axes[0, -1], var_label(cv), pts.V[cv])
     fig.suptitle(f"{vf.variant}: relative residuals of the {law.name} fit")
     fig.tight_layout()
-    return _save(fig, out_dir, f"residuals_{slug(vf.variant)}")
+    return save(fig, out_dir, f"residuals_{slug(vf.variant)}")
 
 
 def plot_eval_curves(table: Mapping[str, Any], out_dir: Path, time: str | None = None) -> dict[str, list[Path]]:
@@ -270,10 +270,8 @@ def plot_eval_curves(table: Mapping[str, Any], out_dir: Path, time: str | None =
     for v in np.unique(variant[ok]):
         sel = ok & (variant == v)
         panels = np.unique(l[sel]) if l is not None else [None]
-        nc = min(4, len(panels))
-        nr = int(np.ceil(len(panels) / nc))
-        fig, axes = plt.subplots(nr, nc, figsize=(3.6 * nc + 1.2, 3.0 * nr + 0.6), squeeze=False,
-                                 sharex=True, sharey=True)
+        nr, nc, size = panel_size(len(panels))
+        fig, axes = plt.subplots(nr, nc, figsize=size, squeeze=False, sharex=True, sharey=True)
         cu: Any
         cols, cu = colours(m[sel]) if m is not None else ({None: "C0"}, [None])
         for ax, pv in zip(axes.flat, panels):
@@ -282,7 +280,8 @@ def plot_eval_curves(table: Mapping[str, Any], out_dir: Path, time: str | None =
                 s = np.flatnonzero(sp & (cell == c))
                 s = s[np.argsort(t[s])]
                 colour = cols[m[s[0]]] if m is not None else "C0"
-                ax.plot(t[s], y[s], color=colour, lw=0.9, alpha=0.85)
+                ax.plot(t[s], y[s], color=colour, lw=0.9, alpha=0.9,
+                        ls=line_style(m[sel], m[s[0]]) if m is not None else "-")
                 f = s[final[s]]
                 ax.scatter(t[f], y[f], s=12, color=colour, edgecolor="k", linewidth=0.3, zorder=3)
             ax.set_xscale("log")
@@ -296,89 +295,18 @@ def plot_eval_curves(table: Mapping[str, Any], out_dir: Path, time: str | None =
         for ax in axes[:, 0]:
             ax.set_ylabel("eval loss (nats/token)")
         if m is not None:
-            handles = [plt.Line2D([], [], color=cols[u], lw=1.2, label=value_label(u)) for u in cu]
+            handles = [plt.Line2D([], [], color=cols[u], lw=1.2, ls=line_style(cu, u), label=value_label(u))
+                       for u in cu]
             fig.legend(handles=handles, title=var_label("m"), loc="center left", bbox_to_anchor=(1.0, 0.5),
                        frameon=False)
         n_cells = len(np.unique(cell[sel]))
         fig.suptitle(f"{v}: eval loss of every cell ({n_cells} cells), whole curves; dots: final points")
         fig.tight_layout()
-        made[f"eval_curves_{slug(v)}"] = _save(fig, out_dir, f"eval_curves_{slug(v)}")
+        made[f"eval_curves_{slug(v)}"] = save(fig, out_dir, f"eval_curves_{slug(v)}")
     return made
 
 
 # ------------------------------------------------------------------------------ all variants
-def frontier_curves(vf: VariantFit, n_c: int = 25, n_samples: int = 200) -> dict[str, Any] | None:
-    """Closed-form and numerical frontier on a dense compute grid, with bootstrap bands."""
-    ctx = vf.ctx
-    if ctx.C_ref is None or ctx.C_data is None or not vf.frontier:  # (C_ref and C_data are set together)
-        return None
-    C = np.geomspace(ctx.C_data[0], ctx.C_ref[-1], n_c)
-    ctx2 = dataclasses.replace(ctx, C_ref=C)
-    _, fr = dv.derived(vf.law, vf.theta, ctx2)
-    samples = vf.samples[:n_samples]
-    band = {}
-    if len(samples) >= 10:
-        _, frb = dv.derived(vf.law, samples, ctx2)
-        q = (1 - vf.ci) / 2
-        for k, v in frb.items():
-            with warnings.catch_warnings():  # a compute where no sample has a frontier: no band there
-                warnings.simplefilter("ignore", RuntimeWarning)
-                band[k] = (np.nanquantile(v, q, axis=0), np.nanquantile(v, 1 - q, axis=0))
-    return {"C": C, "value": {k: v[0] for k, v in fr.items()}, "band": band, "C_max_data": ctx.C_data[1],
-            "extrapolation_factor": C / ctx.C_data[1]}
-
-
-def plot_frontier(fits: dict[str, VariantFit], out_dir: Path) -> list[Path]:
-    found = {v: frontier_curves(vf) for v, vf in fits.items()}
-    curves = {v: c for v, c in found.items() if c is not None}
-    if not curves:
-        return []
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11.5, 4.4))
-    for i, (v, c) in enumerate(curves.items()):
-        col = f"C{i % 10}"
-        vf = fits[v]
-        C = c["C"]
-        for key, ax in (("L_star", a1), ("N_star", a2)):
-            ax.plot(C, c["value"][key], "--", color=col, lw=1.2, label=f"{v}: closed form, C = 6ND")
-            if key in c["band"]:
-                ax.fill_between(C, *c["band"][key], color=col, alpha=0.12, lw=0)
-            nk = f"numerical_{key}"
-            if nk in c["value"]:
-                ax.plot(C, c["value"][nk], "-", color=col, lw=1.6, label=f"{v}: numerical, real FLOPs")
-                if nk in c["band"]:
-                    ax.fill_between(C, *c["band"][nk], color=col, alpha=0.2, lw=0)
-        X = vf.points.extra
-        if "tokens" in X:
-            Nd = 12 * X["m"] ** 2 * X["l"] if "m" in X and "l" in X else X.get("N")
-            if Nd is not None:
-                fpt = X.get("flops_per_token", 6 * Nd)
-                Cd = np.where(np.isfinite(fpt), fpt, 6 * Nd) * X["tokens"]
-                a1.scatter(Cd, vf.points.loss, s=8, color=col, alpha=0.45, edgecolor="none",
-                           label=f"{v}: runs")
-    # beyond the largest run's compute the curves are the fitted law extrapolated, not measured
-    c_max = min(c["C_max_data"] for c in curves.values())
-    c_end = max(c["C"][-1] for c in curves.values())
-    factor = max(c["extrapolation_factor"][-1] for c in curves.values())
-    for ax in (a1, a2):
-        ax.axvspan(c_max, c_end, color="0.55", alpha=0.13, lw=0, zorder=0,
-                   label=f"extrapolated: C beyond the largest run (up to x{factor:.4g})")
-        ax.axvline(c_max, color="0.4", lw=0.8, ls=":")
-    a1.set_xscale("log")
-    a1.set_xlabel("training compute C (FLOPs)")
-    a1.set_ylabel(loss_label(next(iter(fits.values())).points.loss_name))
-    a1.set_title("compute-optimal loss L*(C)")
-    a2.set_xscale("log")
-    a2.set_yscale("log")
-    a2.set_xlabel("training compute C (FLOPs)")
-    a2.set_ylabel("N* (non-embedding params)")
-    a2.set_title("compute-optimal model size N*(C)")
-    a1.legend(loc="upper right", fontsize=7)
-    a2.legend(loc="upper left", fontsize=7)
-    fig.suptitle("compute frontier per variant (bands: bootstrap intervals; grey: extrapolation)")
-    fig.tight_layout()
-    return _save(fig, out_dir, "frontier")
-
-
 def plot_all(result: FitResult, out_dir: str | Path) -> dict[str, list[Path]]:
     """Every plot of ``result`` into out_dir: {name: [png, pdf]}."""
     out = Path(out_dir)
@@ -389,7 +317,7 @@ def plot_all(result: FitResult, out_dir: str | Path) -> dict[str, list[Path]]:
             p = f(vf, out)
             if p:
                 made[f"{name}_{slug(v)}"] = p
-    p = plot_frontier(result.variants, out)
+    p = plot_frontier(result.variants, out)  # (plot_frontier.py)
     if p:
         made["frontier"] = p
     return made

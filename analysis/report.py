@@ -12,6 +12,7 @@ import os
 import platform
 import shlex
 import sys
+import warnings
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +22,7 @@ from . import plots as P
 from . import report_sections as sections
 from .errors import AnalysisError
 from .fit import FitResult, run_fit
+from .plot_prereg import plot_predicted_vs_actual
 from .report_doc import Doc, html_page
 from .tables import write_tables
 
@@ -69,6 +71,42 @@ def check_output(path: str | Path, what: str, folder: bool = False) -> None:
         raise AnalysisError(f"{what} {str(p)!r}: the file exists and is not writable")
 
 
+def plots(result: FitResult, table: Mapping[str, Iterable[Any]], out: Path,
+          preregistered: Mapping[str, Any] | None) -> dict[str, list[Path]]:
+    """Every plot of the report: the fit's, the eval curves of the rows it used, the pre-registration's."""
+    made = P.plot_all(result, out)
+    if result.options.get("where"):  # the curves of the rows the fit used, not of the rows --where removed
+        from .columns import check_table
+        from .expr import evaluate
+        T = check_table(table)
+        keep = evaluate(result.options["where"], T)
+        table = {k: v[keep] for k, v in T.items()}
+    made.update(P.plot_eval_curves(table, out, time=result.options.get("time_column")))
+    p = plot_predicted_vs_actual((preregistered or {}).get("scored", []), out)
+    if p:
+        made["predicted_vs_actual"] = p
+    return made
+
+
+def sections_of(result: FitResult, title: str, prov: Mapping[str, str], preregistered: Mapping[str, Any] | None,
+                made: dict[str, list[Path]], root: Path) -> Doc:
+    """The report's sections in order: the answer first, then how the points were chosen, the
+    variants, the frontier and the provenance."""
+    d = Doc()
+    sections.summary(d, result, title)
+    sections.coefficients(d, result)       # the answer first, then how the points were chosen
+    sections.comparison(d, result)
+    if preregistered is not None:
+        sections.preregistered(d, preregistered, made, root)
+    sections.points(d, result)
+    sections.eval_curves(d, made, root)
+    for v, vf in result.variants.items():
+        sections.variant(d, v, vf, result.law, made, root)
+    sections.frontier_plot(d, made, root, result)
+    sections.provenance(d, prov)
+    return d
+
+
 def write_report(table: Mapping[str, Iterable[Any]], out_dir: str | Path, *, result: FitResult | None = None,
                  title: str = "scaling-grid fit report", provenance: Mapping[str, object] | None = None,
                  preregistered: Mapping[str, Any] | None = None, **fit_options: Any) -> Path:
@@ -82,30 +120,15 @@ def write_report(table: Mapping[str, Iterable[Any]], out_dir: str | Path, *, res
         result = run_fit(table, **fit_options)
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
-    (root / "fit.json").write_text(result.to_json())
     prov = {**{str(k): str(v) for k, v in (provenance or {}).items()}, **environment()}
     (root / "provenance.json").write_text(json.dumps(prov, indent=1, ensure_ascii=False) + "\n")
-    write_tables(result, root)
-    made = P.plot_all(result, root / "plots")
-    if result.options.get("where"):  # the curves of the rows the fit used, not of the rows --where removed
-        from .columns import check_table
-        from .expr import evaluate
-        T = check_table(table)
-        keep = evaluate(result.options["where"], T)
-        table = {k: v[keep] for k, v in T.items()}
-    made.update(P.plot_eval_curves(table, root / "plots", time=result.options.get("time_column")))
-    d = Doc()
-    sections.summary(d, result, title)
-    sections.coefficients(d, result)       # the answer first, then how the points were chosen
-    sections.comparison(d, result)
-    if preregistered is not None:
-        sections.preregistered(d, preregistered)
-    sections.points(d, result)
-    sections.eval_curves(d, made, root)
-    for v, vf in result.variants.items():
-        sections.variant(d, v, vf, result.law, made, root)
-    sections.frontier_plot(d, made, root)
-    sections.provenance(d, prov)
+    with warnings.catch_warnings(record=True) as caught:  # shown in the report, not leaked to stderr
+        warnings.simplefilter("always")
+        (root / "fit.json").write_text(result.to_json())
+        write_tables(result, root)
+        made = plots(result, table, root / "plots", preregistered)
+        d = sections_of(result, title, prov, preregistered, made, root)
+    sections.report_warnings(d, list(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught)))
     (root / "index.md").write_text("\n".join(d.md))
     index = root / "index.html"
     index.write_text(html_page(title, d))

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from .coefficients import coefficient_table
+from .coefficients import rows as coefficient_rows
 from .compare_text import comparison_table, universality_words
-from .formatting import FLAG_TEXT, fmt, fmt_at, fmt_interval, interval_place
+from .formatting import FLAG_TEXT, fmt, fmt_at, fmt_interval, interval_place, interval_text
 from .laws import Law
 from .plot_style import loss_units, slug
 from .points import shape_text
@@ -37,9 +38,10 @@ PLOT_TEXT = {
     "residuals": "Relative residuals (L − L̂)/L against time, depth and the fitted loss; the band is ±rms.",
     "eval_curves": "Every cell's whole eval-loss curve (one line per cell; panels: depth, colour: width); "
                    "dots are the runs' final points. The fit uses only the points named above.",
-    "frontier": "Compute-optimal loss and model size: closed form with C = 6ND (dashed) and numerical "
-                "with the grid's real FLOPs per token (solid); bands are bootstrap intervals; dots "
-                "are the runs; the grey region, beyond the largest run's compute, is extrapolation.",
+    "frontier": "Compute-optimal loss and model size (lines), with bootstrap bands, and the fitted runs "
+                "(dots) in one FLOP convention: {convention}. Grey: the optimum is an extrapolation there "
+                "(its N* or D* outside the runs' sizes or token budgets, or C beyond the largest run); the "
+                "dotted line is the largest run's compute.",
 }
 
 
@@ -67,9 +69,14 @@ def summary(d: Doc, result: FitResult, title: str) -> None:
 
 
 def coefficients(d: Doc, result: FitResult) -> None:
-    """The answer first: the coefficient table."""
+    """The answer first: the coefficient table as the CLI prints it, one row per quantity and one
+    column per variant (blocks of variants on a narrow page), then its notes."""
     d.h(2, "Coefficients per variant")
-    d.md_table(coefficient_table(result, "markdown"))
+    cols, rs = coefficient_rows(result)
+    d.table(["quantity"] + [r["variant"] for r in rs],
+            [["points (runs)"] + [f"{r['n_points']} ({r['n_runs']})" for r in rs]]
+            + [[c[2]] + [interval_text(r[c[0]]) for r in rs] for c in cols])
+    d.ul(ln[2:] for ln in coefficient_table(result, "markdown").splitlines() if ln.startswith("- "))
 
 
 def comparison(d: Doc, result: FitResult) -> None:
@@ -82,8 +89,9 @@ def comparison(d: Doc, result: FitResult) -> None:
     d.ul(universality_words(result.universality_across))
 
 
-def preregistered(d: Doc, pre: Mapping[str, Any]) -> None:
-    """Predictions of the unfinished cells (kept in the store) and the scores of earlier ones."""
+def preregistered(d: Doc, pre: Mapping[str, Any], made: Mapping[str, list[Path]], root: Path) -> None:
+    """Predictions of the unfinished cells (kept in the store) and the scores of earlier ones: per
+    record, then per cell of every record, then predicted against actual."""
     pend = pre.get("pending")
     if pend is not None and len(pend["cell"]):
         level = f"{100 * pre['ci']:g}%" if "ci" in pre else "95%"
@@ -93,7 +101,7 @@ def preregistered(d: Doc, pre: Mapping[str, Any]) -> None:
             + (f"Kept in the store as predictions/{pre['key']}.json, to be scored when the cells finish."
                if pre.get("written") else f"The store already holds these predictions (predictions/{pre['key']}"
                ".json, made when the same cells had finished)." if pre.get("key") else ""))
-        d.table(["cell", "variant", "m", "l", "tokens", "τ", "prediction", "lo", "hi"],
+        d.table(["cell", "variant", "m", "ℓ", "tokens", "τ", "prediction", "lo", "hi"],
                 [[pend["cell"][i], pend["variant"][i], fmt(float(pend["m"][i])), fmt(float(pend["l"][i])),
                   fmt(float(pend["tokens"][i]), 3), fmt(float(pend["tau_lr"][i])),
                   *interval_cells({"value": float(pend["prediction"][i]), "lo": float(pend["lo"][i]),
@@ -104,18 +112,20 @@ def preregistered(d: Doc, pre: Mapping[str, Any]) -> None:
         d.h(2, "Earlier predictions, scored")
         d.p("Each record was made by an earlier report, from the cells finished then; its predictions of the "
             "cells that have finished since are compared with their final loss.")
-        d.table(["made", "record", "law", "fitted on (cells)", "predicted", "finished since", "mean |rel err|",
+        d.table(["record", "made", "law", "fitted on (cells)", "predicted", "finished since", "mean |rel err|",
                  "max |rel err|", "bias", "inside interval"],
-                [[r["made"], r["key"], r["law"], r["n_fitted"], r["n_predicted"], r["summary"]["n"],
+                [[r["key"], r["made"], r["law"], r["n_fitted"], r["n_predicted"], r["summary"]["n"],
                   f"{100 * r['summary']['mean_abs_rel_error']:.3g}%", f"{100 * r['summary']['max_abs_rel_error']:.3g}%",
                   f"{100 * r['summary']['mean_rel_error']:+.3g}%",
                   f"{r['summary']['n_inside']} of {r['summary']['n']} ({100 * r['ci']:g}% {r['interval']} interval)"]
                  for r in scored])
-        last = scored[-1]
-        d.table(["cell (latest record)", "actual", "prediction", "lo", "hi", "rel error", "inside"],
-                [[x["cell"], fmt(x["actual"]),
-                  *interval_cells({"value": x["prediction"], "lo": x["lo"], "hi": x["hi"]}),
-                  f"{100 * x['rel_error']:+.2f}%", "yes" if x["inside"] else "NO"] for x in last["rows"]])
+        d.table(["record", "cell", "actual", "prediction [interval]", "rel error", "inside"],
+                [[r["key"], x["cell"], fmt(x["actual"]), fmt_interval(x["prediction"], x["lo"], x["hi"]),
+                  f"{100 * x['rel_error']:+.2f}%", "yes" if x["inside"] else "NO"]
+                 for r in scored for x in r["rows"]], key=2)
+        if "predicted_vs_actual" in made:
+            d.img(made["predicted_vs_actual"], "Every record's predictions of the cells finished since, against "
+                  "their final loss; bars: the predictions' intervals; dashed: prediction = actual.", root)
 
 
 def points(d: Doc, result: FitResult) -> None:
@@ -219,7 +229,8 @@ def frontier_table(d: Doc, vd: dict[str, Any]) -> None:
               + ("extrapolated" if fr["extrapolated"][i] else "(measured)")]
              + [fmt_interval(q[k][i]["value"], q[k][i]["lo"], q[k][i]["hi"]) for k in keys]
              for i, c in enumerate(fr["C"])])
-    d.ul([f"closed form assumes {fr['closed_form_assumes']}; numerical_* use the real FLOPs per token"
+    d.ul([f"closed form assumes {fr['closed_form_assumes']}; the columns marked (real FLOPs) are the numerical "
+          "optimum over width and depth with the real FLOPs per token"
           + (f": {fr['flops_model']}" if "flops_model" in fr else ""),
           f"compute of the runs: {fmt(fr['C_data_range'][0], 3)} to {fmt(fr['C_data_range'][1], 3)}; "
           "rows beyond it extrapolate the fitted law by the factor shown"
@@ -259,23 +270,35 @@ def heldout_points(d: Doc, vd: dict[str, Any]) -> None:
              for x in h["rows"]])
 
 
-def exclusion_scan(d: Doc, vd: dict[str, Any], law: Law) -> None:
-    """How the parameters move as the asymptotic trims (drop_highest, min_tau) change."""
+def scan_cell(v: float | None, full: dict[str, Any] | None) -> str:
+    """A refit's value with the full fit's bootstrap interval placed around it (its width, not a new
+    bootstrap: the scan refits once per rule), marked * when it leaves the full fit's interval."""
+    if v is None or full is None or "lo" not in full or full.get("lo") is None:
+        return fmt(v)
+    lo, hi = v - (full["value"] - full["lo"]), v + (full["hi"] - full["value"])
+    return fmt_interval(v, lo, hi) + ("" if full["lo"] <= v <= full["hi"] else " *")
+
+
+def exclusion_scan(d: Doc, vd: dict[str, Any], law: Law, ci: float) -> None:
+    """How the parameters move as the asymptotic trims (drop_highest, min_tau) change, each value with
+    the full fit's interval around it."""
     if not vd["exclusion_scan"]:
         return
     d.h(3, "Exclusion scan")
-    names = law.param_names
-    head = ["rule", "points"] + names + ["(m/ℓ)*", "D*/N*"]
+    full = {**vd["params"], **{k: iv for k, iv in vd["derived"].items() if isinstance(iv, dict)}}
+    keys = law.param_names + [k for k in ("m_over_l_star", "D_over_N_star") if k in full]
+    d.p(f"Each rule refits the law once without the points it drops. Every value carries the {100 * ci:g}% "
+        "bootstrap interval of the full fit (its width, placed around the refit's value: the scan is "
+        "not bootstrapped again); * marks a value outside the full fit's interval.")
     rows = []
     for s in vd["exclusion_scan"]:
         rule = ", ".join(f"{k}={fmt(s[k])}" for k in ("drop_highest", "min_tau") if k in s)
         if "skipped" in s:
-            rows.append([rule, s["n_points"]] + ["skipped"] + [""] * (len(head) - 3))
+            rows.append([rule, s["n_points"], f"skipped: {s['skipped']}"] + [""] * (len(keys) - 1))
         else:
-            rows.append([rule, s["n_points"]] + [fmt(s["params"][n]) for n in names]
-                        + [fmt(s.get("m_over_l_star", float("nan"))),
-                           fmt(s.get("D_over_N_star", float("nan")))])
-    d.table(head, rows)
+            rows.append([rule, s["n_points"]] + [scan_cell(s["params"].get(k, s.get(k)), full.get(k))
+                                                 for k in keys])
+    d.table(["rule", "points"] + keys, rows, key=2)
 
 
 def variant_plots(d: Doc, v: str, made: Mapping[str, list[Path]], root: Path) -> None:
@@ -285,6 +308,9 @@ def variant_plots(d: Doc, v: str, made: Mapping[str, list[Path]], root: Path) ->
         key = f"{name}_{slug(v)}"
         if key in made:
             d.img(made[key], PLOT_TEXT[name], root)
+        elif name == "collapse" and f"loss_vs_time_{slug(v)}" in made:
+            d.none("No collapse plot: no point lies above the law's non-time terms (L minus them is ≤ 0 "
+                   "everywhere), so there is nothing to draw on log axes.")
 
 
 def variant(d: Doc, v: str, vf: VariantFit, law: Law, made: Mapping[str, list[Path]], root: Path) -> None:
@@ -297,15 +323,25 @@ def variant(d: Doc, v: str, vf: VariantFit, law: Law, made: Mapping[str, list[Pa
     frontier_table(d, vd)
     holdout_checks(d, vd)
     heldout_points(d, vd)
-    exclusion_scan(d, vd, law)
+    exclusion_scan(d, vd, law, vf.ci)
     variant_plots(d, v, made, root)
 
 
-def frontier_plot(d: Doc, made: Mapping[str, list[Path]], root: Path) -> None:
-    """The compute frontier of every variant, in one plot."""
+def frontier_plot(d: Doc, made: Mapping[str, list[Path]], root: Path, result: FitResult) -> None:
+    """The compute frontier of every variant, in one plot; a sentence saying why when there is none."""
+    from .plot_frontier import convention, why_no_frontier
+    d.h(2, "Compute frontier")
     if "frontier" in made:
-        d.h(2, "Compute frontier")
-        d.img(made["frontier"], PLOT_TEXT["frontier"], root)
+        d.img(made["frontier"], PLOT_TEXT["frontier"].format(convention=convention(result.variants)[1]), root)
+    else:
+        d.none(why_no_frontier(result.variants))
+
+
+def report_warnings(d: Doc, caught: list[str]) -> None:
+    """What matplotlib or numpy warned about while the report was written: here, not on the terminal."""
+    if caught:
+        d.h(2, "Warnings while writing the report")
+        d.ul(caught)
 
 
 def provenance(d: Doc, prov: Mapping[str, str]) -> None:

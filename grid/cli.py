@@ -217,21 +217,32 @@ def _prediction_text(out: dict[str, np.ndarray], summary: dict[str, Any], predic
 
 
 def _prereg_lines(pre: dict[str, Any]) -> list[str]:
-    from scaling_grid.analysis.tables import wrap
-    lines = []
+    """What `report` prints of the pre-registration: the predictions it made (a table, one row per
+    unfinished cell) and each earlier record's score."""
+    from scaling_grid.analysis import fmt_interval
+    from scaling_grid.analysis.tables import markdown_table, wrap
+    lines, table = [], []
     if pre["pending"] is not None:
-        n = len(pre["pending"]["cell"])
+        p = pre["pending"]
+        n = len(p["cell"])
         lines.append(f"predicted the final loss of {n} unfinished cell(s) from the finished ones"
                      + (f"; kept in the store as predictions/{pre['key']}.json" if pre["written"] else
                         f"; the store already holds them (predictions/{pre['key']}.json)" if pre["key"] else ""))
+        level = f"{100 * pre.get('ci', 0.95):g}%"
+        table = markdown_table([[p["cell"][i], p["variant"][i], f"{p['m'][i]:g}", f"{p['l'][i]:g}",
+                                 f"{p['tokens'][i]:.3g}", fmt_interval(float(p["prediction"][i]), float(p["lo"][i]),
+                                                                       float(p["hi"][i]))] for i in range(n)],
+                               ["cell", "variant", "m", "ℓ", "tokens", f"predicted loss [{level} interval]"])
+    scores = []
     for r in pre["scored"]:
         s = r["summary"]
         if s["n"]:
-            lines.append(f"predictions made {r['made']} ({r['key']}): {s['n']} of {r['n_predicted']} cells finished "
-                         f"since; mean |rel error| {100 * s['mean_abs_rel_error']:.3g}%, max "
-                         f"{100 * s['max_abs_rel_error']:.3g}%; {s['n_inside']} of {s['n']} inside the "
-                         f"{100 * r['ci']:g}% interval")
-    return wrap(lines + [f"note: {n}" for n in pre["notes"]], 100)
+            scores.append(f"predictions made {r['made']} ({r['key']}): {s['n']} of {r['n_predicted']} cells finished "
+                          f"since; mean |rel error| {100 * s['mean_abs_rel_error']:.3g}%, max "
+                          f"{100 * s['max_abs_rel_error']:.3g}%; {s['n_inside']} of {s['n']} inside the "
+                          f"{100 * r['ci']:g}% interval")
+    # the table is not wrapped: its rows would break
+    return wrap(lines, 100) + table + wrap(scores + [f"note: {n}" for n in pre["notes"]], 100)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

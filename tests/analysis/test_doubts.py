@@ -9,7 +9,7 @@ import pytest
 
 from scaling_grid.analysis import AnalysisError, laws, run_fit, write_report
 from scaling_grid.analysis import fit as F
-from scaling_grid.analysis import plots as P
+from scaling_grid.analysis import plot_frontier as P
 from scaling_grid.analysis import synthetic as S
 from scaling_grid.analysis.coefficients import coefficient_table
 from scaling_grid.analysis.selection import select_points
@@ -131,7 +131,7 @@ def test_frontier_beyond_the_measured_compute_is_marked_as_extrapolation(tmp_pat
     assert fr["extrapolated"][0] is False and fr["extrapolated"][-1] is True
     # the plot shades the compute beyond the largest run
     figs = []
-    monkeypatch.setattr(P, "_save", lambda fig, out_dir, name: figs.append(fig) or [])
+    monkeypatch.setattr(P, "save", lambda fig, out_dir, name: figs.append(fig) or [])
     P.plot_frontier(r.variants, tmp_path)
     assert len(figs) == 1
     for ax in figs[0].axes:
