@@ -225,8 +225,8 @@ def _wsd_shape(spec: GridSpec, members: list[tuple[str, dict[str, Any]]], probe:
         plan.append((wh, p, S, bp))
     cells: list[Cell] = []
     parent: Cell | None = None
-    for stage in stages:
-        trunk = _trunk(spec, wh0, [plan[i] for i in stage], parent, warm, first.tokens_per_step, with_lr,
+    for j, stage in enumerate(stages):
+        trunk = _trunk(spec, wh0, [plan[i] for i in stage], parent, j, warm, first.tokens_per_step, with_lr,
                        cells[0].id if cells else None)
         cells.append(trunk)
         for wh, p, S, bp in (plan[i] for i in stage):
@@ -256,7 +256,7 @@ def _stages(budgets: list[int], grown_from: tuple[tuple[int, ...], ...]) -> list
 
 
 def _trunk(spec: GridSpec, wh0: str, plan: list[tuple[str, dict[str, Any], int, int]], parent: Cell | None,
-           warm: int, tokens_per_step: int, with_lr: bool, group: str | None) -> Cell:
+           stage: int, warm: int, tokens_per_step: int, with_lr: bool, group: str | None) -> Cell:
     """The trunk segment (constant lr after warmup) up to the last branch point of one stage's budgets;
     a later stage's segment starts from the previous segment's last checkpoint (``parent``), the same
     run continued: its steps, lr and data order go on where the previous one stopped."""
@@ -277,7 +277,7 @@ def _trunk(spec: GridSpec, wh0: str, plan: list[tuple[str, dict[str, Any], int, 
     suffix = "-trunk"
     if parent is not None:  # a continuation: its own id; the first segment's id is the ungrown trunk's
         key.update(parent=parent.id, init_step=start)
-        suffix = f"-trunk-to{format_count(cfg.train.tokens)}"
+        suffix = f"-trunk{stage + 1}"
     name = _name(p_big, cfg, with_lr, None, suffix)
     tid = f"{name}-{_short_hash(key)}"
     return Cell(tid, name, cfg, "trunk", cfg.model.variant, cfg.model.width, cfg.model.depth, cfg.train.seed,
