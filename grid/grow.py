@@ -79,6 +79,30 @@ def register_cells(spec: str | GridSpec, store: str) -> list[str]:
     return [c.id for c in cells if st.status(c.id)[0].get("state") != "done"]
 
 
+def latest_spec(store: str) -> str:
+    """The text of the newest version of the spec a grid store holds: of its specs (specs/<hash>.yaml,
+    one per version run or registered), the one whose cells include every cell the store records."""
+    import tensorstore as ts
+
+    from .store import Store
+    st = Store(store)
+    st.check_format()
+    have = set(st.cell_ids())
+    best: tuple[int, str] | None = None
+    for k in sorted(st.kv.list(ts.KvStore.KeyRange(inclusive_min="specs/", exclusive_max="specs0")).result()):
+        value = st.read_bytes(k.decode())[0]
+        try:
+            ids = {c.id for c in expand(parse_spec((value or b"").decode()), check_paths=False)}
+        except (ConfigError, UnicodeDecodeError):  # a spec this version cannot read holds no current cells
+            continue
+        if have <= ids and (best is None or len(ids) > best[0]):
+            best = (len(ids), (value or b"").decode())
+    if best is None:
+        raise ConfigError(f"store {store!r}: none of its specs (specs/*.yaml) gives every cell it holds; grow the "
+                          f"spec it was run with by hand")
+    return best[1]
+
+
 # ------------------------------------------------------------------------------------ text editing
 
 def _block(lines: Sequence[str], key: str) -> tuple[int, int] | None:

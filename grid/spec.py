@@ -36,6 +36,8 @@ Token modes:
   The decay length of a branch is ``optim.decay_fraction`` of its steps, adjusted by at most
   ``train.steps_per_call - 1`` steps so that its start step is a multiple of steps_per_call (the
   trunk can only checkpoint at chunk boundaries); the resolved config records the exact value.
+  A grown spec lists its earlier versions' budgets under ``grown_from``: each version's trunk keeps
+  its id and the next version's trunk segment continues it from its last checkpoint (grid/grow.py).
 """
 from __future__ import annotations
 

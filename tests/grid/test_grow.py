@@ -12,7 +12,7 @@ import pytest
 from tiny import tiny_spec
 
 from scaling_grid.grid.expand import expand
-from scaling_grid.grid.grow import grow_spec, missing_ids, register_cells
+from scaling_grid.grid.grow import grow_spec, latest_spec, missing_ids, register_cells
 from scaling_grid.grid.spec import parse_spec
 from scaling_grid.trainer import ConfigError
 
@@ -20,9 +20,9 @@ ROOT = Path(__file__).resolve().parents[2]
 WSD = {"width": [16, 32], "depth": [1], "tokens": [5120, 7680, 10240]}   # branches from steps 64, 96, 128
 
 
-def _wsd(name="g", root="DATA", **kw):
-    return tiny_spec(name, WSD, tokens_mode="wsd", root=root, optim={"decay_fraction": 0.2}, eval_every=16,
-                     ckpt_every=32, keep=None, **kw)
+def _wsd(name="g", root="DATA", warmup=None, **kw):
+    return tiny_spec(name, WSD, tokens_mode="wsd", root=root, optim={"decay_fraction": 0.2, "warmup_steps": warmup},
+                     eval_every=16, ckpt_every=32, keep=None, **kw)
 
 
 def _cells(text):
@@ -117,17 +117,19 @@ def test_an_extended_trunk_is_the_trunk_trained_to_its_length_directly_and_its_n
         tmp_path, capsys):
     from scaling_grid.grid.cli import main
     fixed = {"warmup": {"rule": "fixed"}}  # the direct run below has the grown run's warmup
-    old = _wsd(root=str(tmp_path / "data"), rules=fixed, optim={"decay_fraction": 0.2, "warmup_steps": 8})
+    old = _wsd(root=str(tmp_path / "data"), rules=fixed, warmup=8)
     old = old.replace("depth: [1]", "depth: [1, 2]")
     (tmp_path / "old.yaml").write_text(old)
     store = tmp_path / "store"
     _run(tmp_path / "old.yaml", store)
+    assert latest_spec(str(store)) == old
     grown = grow_spec(old, add_tokens=[20480])
     (tmp_path / "grown.yaml").write_text(grown)
 
     # the new budgets are recorded, then pre-registered from the finished cells' fit, before they train
     pending = register_cells(str(tmp_path / "grown.yaml"), str(store))
     assert len(pending) == 8                             # 4 shapes: a trunk extension and a branch each
+    assert latest_spec(str(store)) == grown               # what `design --from STORE` grows next
     law = ["--law", "E + A/tau^0.5 + B/m + C/l", "--boot", "50"]
     assert main(["report", str(store), *law, "--out", str(tmp_path / "r1")]) == 0
     out = capsys.readouterr().out.replace("\n  ", " ")
@@ -151,7 +153,7 @@ def test_an_extended_trunk_is_the_trunk_trained_to_its_length_directly_and_its_n
     (tmp_path / "direct.yaml").write_text(direct)
     _run(tmp_path / "direct.yaml", tmp_path / "direct")
     drecs, dm = _metrics(tmp_path / "direct")
-    key = {"trunk": lambda c: (c["m"], c["l"], "trunk"), "branch": lambda c: (c["m"], c["l"], c["tokens"])}
+    key = {"trunk": lambda c: (c["m"], c["l"], 0), "branch": lambda c: (c["m"], c["l"], c["tokens"])}
     mine = {key[r["config"]["role"]](r["config"]): r["config"]["id"] for r in recs.values()
             if r["config"]["role"] == "branch" and r["config"]["tokens"] == 20480} | {
         key["trunk"](r["config"]): r["config"]["id"] for r in exts}
