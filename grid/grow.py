@@ -75,6 +75,12 @@ def register_cells(spec: str | GridSpec, store: str) -> list[str]:
         if c.config.data not in vocab:
             vocab[c.config.data] = T.prepare(c.config.data).vocab_size
     st = Store(store)
+    if st.exists():  # a spec that is not a growth of the store's own would register cells beside unrelated ones
+        other = sorted(set(st.cell_ids()) - {c.id for c in cells})
+        if other:
+            more = ", ..." if len(other) > 3 else ""
+            raise ConfigError(f"store {store!r} holds {len(other)} cell(s) this spec does not have "
+                              f"({', '.join(other[:3])}{more}): it is not a growth of the spec the store ran")
     record_cells(st, spec, cells, records(cells, vocab), print)
     return [c.id for c in cells if st.status(c.id)[0].get("state") != "done"]
 

@@ -96,6 +96,19 @@ def test_the_demo_spec_grows_with_every_id_kept():
     assert "# seed noise" in new and "# The demo grid" in new
 
 
+def test_the_grow_command_writes_the_grown_spec_and_says_why_it_cannot(tmp_path, capsys):
+    from scaling_grid.grid.cli import main
+    (tmp_path / "s.yaml").write_text(_wsd())
+    assert main(["grow", str(tmp_path / "s.yaml"), "--tokens", "20480", "--widths", "24", "--out",
+                 str(tmp_path / "g.yaml")]) == 0
+    assert (tmp_path / "g.yaml").read_text() == grow_spec(_wsd(), add_tokens=[20480], add_widths=[24])
+    assert "keeps its id" in capsys.readouterr().out
+    assert main(["grow", str(tmp_path / "s.yaml"), "--tokens", "6400", "--out", str(tmp_path / "h.yaml")]) == 2
+    assert "larger than its largest (10.24k)" in capsys.readouterr().err and not (tmp_path / "h.yaml").exists()
+    assert main(["grow", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "h.yaml")]) == 2
+    assert "nothing to add" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------------------- slow: trained
 
 def _run(spec, store, *extra):
@@ -172,3 +185,18 @@ def test_an_extended_trunk_is_the_trunk_trained_to_its_length_directly_and_its_n
     assert main(["report", str(store), *law, "--out", str(tmp_path / "r2")]) == 0
     out = capsys.readouterr().out.replace("\n  ", " ")
     assert f"predictions made {rec['made']} ({rec['key']}): 4 of 4 cells finished since" in out
+
+
+@pytest.mark.slow  # no process, no training, but 8 s of token store and record writes on a busy 2-core machine
+def test_register_records_a_growth_of_the_store_spec_and_refuses_another_spec(tmp_path):
+    old = _wsd(root=str(tmp_path / "data"))
+    store = str(tmp_path / "store")
+    (tmp_path / "old.yaml").write_text(old)
+    assert len(register_cells(str(tmp_path / "old.yaml"), store)) == 8     # recorded, nothing trained
+    grown = grow_spec(old, add_tokens=[20480])
+    (tmp_path / "grown.yaml").write_text(grown)
+    assert len(register_cells(str(tmp_path / "grown.yaml"), store)) == 12
+    assert latest_spec(store) == grown
+    (tmp_path / "other.yaml").write_text(old.replace("width: [16, 32]", "width: [16, 24]"))
+    with pytest.raises(ConfigError, match="holds 8 cell.*not a growth of the spec the store ran"):
+        register_cells(str(tmp_path / "other.yaml"), store)
