@@ -118,6 +118,13 @@ def _run(spec, store, *extra):
     return p.stdout
 
 
+def _state(path):
+    """The leaves of a checkpoint's train state (params, optimizer moments, step), as numpy arrays."""
+    import jax
+    import orbax.checkpoint as ocp
+    return [np.asarray(x) for x in jax.tree.leaves(ocp.StandardCheckpointer().restore(path / "state"))]
+
+
 def _metrics(store):
     from scaling_grid.grid.store import Store
     s = Store(str(store))
@@ -180,6 +187,12 @@ def test_an_extended_trunk_is_the_trunk_trained_to_its_length_directly_and_its_n
             ok[:129] = False
             assert ok.sum() >= 4, (k, f)
             np.testing.assert_allclose(a[f][ok], b[f][ok], rtol=1e-5, err_msg=f"{k} {f}")
+        # and the same parameters and optimizer state at its last step (bit for bit on CPU; tolerance kept)
+        step = str(256 if k[2] == 0 else 320)
+        x, y = _state(store / "checkpoints" / cid / step), _state(tmp_path / "direct" / "checkpoints" / theirs[k] / step)
+        assert len(x) == len(y) > 10
+        for u, v in zip(x, y):
+            np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-7, err_msg=str(k))
 
     # the report scores the pre-registered predictions of the new budget
     assert main(["report", str(store), *law, "--out", str(tmp_path / "r2")]) == 0
