@@ -3,7 +3,7 @@ this shard's share, each cell's derived record and cost, its lr-table length, th
 the compiled steps the whole launch shares."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from scaling_grid import trainer as T
@@ -12,7 +12,7 @@ from scaling_grid.trainer import ConfigError, SharedSteps, barrier, is_writer
 from . import expand as E
 from . import spec as S
 from .options import Options
-from .store import check_writable
+from .store import Store, check_writable
 
 SHARED = SharedSteps()  # one compiled step per shape for the whole launch (trainer/compile.py)
 
@@ -37,6 +37,19 @@ def mine(cells: Sequence[S.Cell], shard: tuple[int, int], cost: dict[str, float]
 def records(cells: Sequence[S.Cell], vocab: dict[Any, int]) -> dict[str, dict[str, Any]]:
     """Each cell's derived record (spec.derived) at its data's vocabulary (expected where not prepared)."""
     return {c.id: S.derived(c, vocab.get(c.config.data, S.expected_vocab(c.config))) for c in cells}
+
+
+def record_cells(store: Store, spec: S.GridSpec, cells: Sequence[S.Cell], recs: dict[str, dict[str, Any]],
+                 out: Callable[[str], None]) -> None:
+    """The spec and every cell's resolved config into the store (a damaged config.json is rewritten)."""
+    store.init(spec.text, spec.hash, spec.name)
+    for c in cells:
+        rec = dict(recs[c.id])
+        rec["config"] = c.config.to_dict()
+        rec["config"]["out_dir"] = f"{store.root}/cells/{c.id}"
+        rec["spec"] = spec.hash
+        if store.put_config(rec):
+            out(f"{c.id}: its config.json was damaged; rewrote it from the spec")
 
 
 def costs(records: dict[str, dict[str, Any]], cells: Sequence[S.Cell]) -> dict[str, float]:

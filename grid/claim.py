@@ -27,14 +27,15 @@ class Claimed:
     cell: S.Cell
     ckpt_dir: Any                     # its checkpoint folder
     base: dict[str, Any]              # the running status written when it was claimed
-    init_from: tuple[str, int] | None  # a branch: (its trunk's checkpoint folder, the step it starts from)
+    init_from: tuple[str, int] | None  # a branch or trunk segment: (its trunk's checkpoints, the start step)
 
 
 def _branch_start(cell: S.Cell, store: Store, ckpt_dir: Any, opts: Options, say: Callable[[str], None],
                   writer: bool) -> tuple[str | None, tuple[str, int] | None]:
-    """A branch starts from its trunk's checkpoint at its start step: (why it cannot now, or None; that
-    checkpoint). A trunk that diverged before the start step makes the branch diverged too."""
-    assert cell.parent is not None and cell.init_step is not None  # a branch has both (spec._expand_wsd)
+    """A branch (or a grown trunk's next segment) starts from its trunk's checkpoint at its start step:
+    (why it cannot now, or None; that checkpoint). A trunk that diverged before the start step makes the
+    branch diverged too."""
+    assert cell.parent is not None and cell.init_step is not None  # a branch has both (expand._wsd_shape)
     parent_dir = store.checkpoint_dir(cell.parent, opts.checkpoints)
     pst, _ = store.status(cell.parent)
     have_own = bool(saved_steps(ckpt_dir))
@@ -64,7 +65,7 @@ def claim(cell: S.Cell, store: Store, st: dict[str, Any], gen: bytes, ckpt_dir: 
         say(f"{cell.id}: running on {st.get('host')} (pid {st.get('pid')}, heartbeat {st.get('updated')}); skipped")
         return "running elsewhere", None, {}
     init_from: tuple[str, int] | None = None
-    if cell.role == "branch":
+    if cell.parent is not None:  # a branch, or a trunk segment continuing its parent
         skip, init_from = _branch_start(cell, store, ckpt_dir, opts, say, writer)
         if skip is not None:
             return skip, None, {}

@@ -328,6 +328,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argpars
     "compile": (G.cmd_compile, A.add_compile_args, "compile a run config's or a grid's train steps for a TPU or GPU "
                 "target with its real compiler (no chip needed): memory per device, kernels, collectives, FLOPs"),
     "run": (G.cmd_run, A.add_run_args, "run a grid spec into a store: every cell not done (resumable, shardable)"),
+    "grow": (G.cmd_grow, A.add_grow_args, "grow a grid spec by larger budgets, widths or depths, every cell keeping "
+             "its id (a wsd trunk is extended, not retrained)"),
     "status": (G.cmd_status, A.add_store_arg, "table of a grid store's cells (works while the grid runs)"),
     "export": (G.cmd_export, A.add_export_args, "write all points of a grid store as one tidy CSV/parquet table"),
     "fit": (cmd_fit, A.add_fit_cmd_args, "fit a scaling law to a store or a table file; print the coefficient table"),

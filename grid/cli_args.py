@@ -98,6 +98,18 @@ def add_store_arg(p: argparse.ArgumentParser) -> None:
                        "(default: rows fit 100 columns)")
 
 
+def add_grow_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="the grid spec to grow (YAML)")
+    p.add_argument("--tokens", default="", metavar="T,...", help="token budgets to add, e.g. 4M,8M (a wsd grid: each "
+                   "larger than its largest; its trunks are extended, not retrained)")
+    p.add_argument("--widths", default="", metavar="M,...", help="widths to add")
+    p.add_argument("--depths", default="", metavar="L,...", help="depths to add")
+    p.add_argument("--out", required=True, metavar="FILE", help="where the grown spec goes (every earlier cell "
+                   "keeps its id in it)")
+    p.add_argument("--store", metavar="DIR|URL", help="also record the grown spec's cells in this grid store before "
+                   "they train, so that `report STORE` pre-registers their final losses")
+
+
 def add_export_args(p: argparse.ArgumentParser) -> None:
     add_store_arg(p)
     p.add_argument("--out", help="output file, .csv or .parquet (default: <store>/export.csv for a local store)")

@@ -1,5 +1,5 @@
 """The `scaling-grid` subcommands of one run and of a grid: prepare, train, config, compile, run,
-status and export. Each is a thin wrapper over library functions; cli.py dispatches to it."""
+grow, status and export. Each is a thin wrapper over library functions; cli.py dispatches to it."""
 from __future__ import annotations
 
 import argparse
@@ -120,6 +120,27 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if bad:
         print(f"does not fit {target.name}: shape(s) {', '.join(map(str, bad))}", file=sys.stderr)
         return EXIT_FAILED
+    return EXIT_OK
+
+
+def cmd_grow(args: argparse.Namespace) -> int:
+    from .grow import grow_spec, register_cells
+
+    def values(text: str) -> list[str]:
+        return [v.strip() for v in text.split(",") if v.strip()]
+    try:
+        widths, depths = [int(v) for v in values(args.widths)], [int(v) for v in values(args.depths)]
+    except ValueError:
+        raise ConfigError(f"--widths={args.widths!r} --depths={args.depths!r}: expected integers, e.g. 64,96") from None
+    if not (args.tokens or widths or depths):
+        raise ConfigError("nothing to add: give --tokens, --widths or --depths")
+    text = grow_spec(T.read_yaml_text(Path(args.spec), "grid spec"), values(args.tokens), widths, depths)
+    Path(args.out).write_text(text)
+    print(f"grown spec -> {args.out} (every cell of {args.spec} keeps its id)")
+    if args.store:
+        pending = register_cells(args.out, args.store)
+        print(f"recorded in {args.store}: {len(pending)} cell(s) to train; `scaling-grid report {args.store}` "
+              f"pre-registers their final losses, `scaling-grid run {args.out} --store {args.store}` trains them")
     return EXIT_OK
 
 

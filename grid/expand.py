@@ -8,11 +8,11 @@ folder (`spec.placed_data`)."""
 from __future__ import annotations
 
 import copy
-import dataclasses
 import hashlib
 import itertools
 import json
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from scaling_grid.trainer import (
@@ -137,7 +137,7 @@ def expand(spec: GridSpec, check_paths: bool = True, lenient_wsd: bool = False) 
     placed = placed_data(spec)  # axes and rules never change data: the same paths for every cell
     if check_paths:  # one check for all cells, before any compute
         try:
-            check_data_paths(dataclasses.replace(from_dict(spec.base).data, **placed))
+            check_data_paths(replace(from_dict(spec.base).data, **placed))
         except ConfigError as e:
             raise ConfigError(f"base: {e}") from None
     pts = _points(spec)
@@ -160,7 +160,7 @@ def expand(spec: GridSpec, check_paths: bool = True, lenient_wsd: bool = False) 
             raise ConfigError(f"duplicate cell {c.name}: the same cell is given twice (check cells: against "
                               f"axes:, or duplicate entries in cells:)")
         seen[c.id] = c.name
-    return [dataclasses.replace(c, config=dataclasses.replace(c.config, data=dataclasses.replace(
+    return [replace(c, config=replace(c.config, data=replace(
         c.config.data, **placed))) for c in cells] if placed else cells
 
 
@@ -177,79 +177,120 @@ def _expand_wsd(spec: GridSpec, pts: list[tuple[str, dict[str, Any]]], with_lr: 
         groups.setdefault(key, []).append((where, p))
     cells: list[Cell] = []
     for members in groups.values():
-        wh0 = _where(*members[0])
         probe = [from_dict(_resolve(spec, _where(w, p), p)) for w, p in members]
-        budgets = [c.train.tokens for c in probe]
-        dup = sorted({b for b in budgets if budgets.count(b) > 1})
-        if dup:
-            raise ConfigError(f"{wh0}: token budget(s) {[format_count(b) for b in dup]} given twice for one shape")
-        if len(budgets) < 2 and lenient:
-            sep = expand(dataclasses.replace(spec, tokens_mode="separate", axes={}, cells=[members[0][1]]),
-                         check_paths)
-            cells += sep
+        if len(members) < 2 and lenient:
+            cells += expand(replace(spec, tokens_mode="separate", axes={}, cells=[members[0][1]], grown_from=()),
+                            check_paths)
             continue
-        if len(budgets) < 2:
-            raise ConfigError(f"{wh0}: tokens_mode=wsd needs at least 2 token budgets per shape (got "
-                              f"{[format_count(b) for b in budgets]}): one trunk serves several budgets; "
-                              f"add budgets or use tokens_mode: separate")
-        tps = {c.tokens_per_step for c in probe}
-        if len(tps) > 1:
-            raise ConfigError(f"{wh0}: tokens_mode=wsd needs one batch size per shape (branches continue "
-                              f"the trunk), but rules.batch_size gives {sorted(tps)} tokens per step")
-        order = sorted(range(len(members)), key=lambda i: budgets[i])
-        members, probe = [members[i] for i in order], [probe[i] for i in order]
-        big = probe[-1]
-        d_frac, k = big.optim.decay_fraction, big.train.steps_per_call
-        if not 0 < d_frac < 1:
-            raise ConfigError(f"base.optim.decay_fraction={d_frac}: tokens_mode=wsd needs a decay fraction "
-                              f"in (0, 1) (the share of each branch spent in its linear cooldown), e.g. 0.2")
-        if (spec.base.get("optim") or {}).get("schedule", "wsd") != "wsd":
-            raise ConfigError(f"base.optim.schedule={big.optim.schedule!r}: tokens_mode=wsd sets the schedules "
-                              f"itself (trunk constant, branches wsd); remove it or set it to wsd")
-        warm = big.optim.warmup_steps  # rule fraction: of the largest budget's run
-        plan = []
-        for (w, p), c in zip(members, probe):
-            wh = _where(w, p)
-            S = c.steps
-            if S < 1:
-                _check_cell(wh, c)
-            decay0 = max(1, round(d_frac * S))
-            bp = (S - decay0) // k * k
-            if bp < max(warm, 1):
-                raise ConfigError(f"{wh}: its cooldown would start at step {bp}, before the end of warmup "
-                                  f"({warm} steps) or at step 0 (run of {S} steps, decay_fraction {d_frac}, "
-                                  f"steps_per_call {k}); raise this budget, lower optim.decay_fraction or the "
-                                  f"warmup")
-            plan.append((wh, p, S, bp))
-        trunk_steps = max(bp for *_, bp in plan)
-        p_big = members[-1][1]
-        trunk_d = _resolve(spec, wh0, p_big, schedule="constant", tokens=trunk_steps * big.tokens_per_step,
-                           warmup_steps=warm)
-        trunk_cfg = from_dict(trunk_d)
-        _check_cell(f"{wh0} trunk", trunk_cfg)
-        keep = tuple(sorted({bp for *_, bp in plan}))
-        tname = _name(p_big, trunk_cfg, with_lr, None, "-trunk")
-        tid = f"{tname}-{_short_hash({'config': identity(trunk_cfg), 'role': 'trunk', 'keep': list(keep)})}"
-        cells.append(Cell(tid, tname, trunk_cfg, "trunk", trunk_cfg.model.variant, trunk_cfg.model.width,
-                          trunk_cfg.model.depth, trunk_cfg.train.seed, trunk_cfg.train.tokens,
-                          keep_steps=keep, group=tid))
-        for wh, p, S, bp in plan:
+        cells += _wsd_shape(spec, members, probe, with_lr)
+    return cells
+
+
+def _wsd_shape(spec: GridSpec, members: list[tuple[str, dict[str, Any]]], probe: list[RunConfig],
+               with_lr: bool) -> list[Cell]:
+    """One shape's trunk (one segment per stage of the spec's growth, each continuing the last) and its
+    branches, validated."""
+    wh0 = _where(*members[0])
+    budgets = [c.train.tokens for c in probe]
+    dup = sorted({b for b in budgets if budgets.count(b) > 1})
+    if dup:
+        raise ConfigError(f"{wh0}: token budget(s) {[format_count(b) for b in dup]} given twice for one shape")
+    if len(budgets) < 2:
+        raise ConfigError(f"{wh0}: tokens_mode=wsd needs at least 2 token budgets per shape (got "
+                          f"{[format_count(b) for b in budgets]}): one trunk serves several budgets; "
+                          f"add budgets or use tokens_mode: separate")
+    tps = {c.tokens_per_step for c in probe}
+    if len(tps) > 1:
+        raise ConfigError(f"{wh0}: tokens_mode=wsd needs one batch size per shape (branches continue "
+                          f"the trunk), but rules.batch_size gives {sorted(tps)} tokens per step")
+    order = sorted(range(len(members)), key=lambda i: budgets[i])
+    members, probe = [members[i] for i in order], [probe[i] for i in order]
+    stages = _stages([c.train.tokens for c in probe], spec.grown_from)
+    first = probe[stages[0][-1]]  # the warmup (rule fraction) is of the first stage's largest budget
+    d_frac, k, warm = first.optim.decay_fraction, first.train.steps_per_call, first.optim.warmup_steps
+    if not 0 < d_frac < 1:
+        raise ConfigError(f"base.optim.decay_fraction={d_frac}: tokens_mode=wsd needs a decay fraction "
+                          f"in (0, 1) (the share of each branch spent in its linear cooldown), e.g. 0.2")
+    if (spec.base.get("optim") or {}).get("schedule", "wsd") != "wsd":
+        raise ConfigError(f"base.optim.schedule={first.optim.schedule!r}: tokens_mode=wsd sets the schedules "
+                          f"itself (trunk constant, branches wsd); remove it or set it to wsd")
+    plan = []
+    for (w, p), c in zip(members, probe):
+        wh = _where(w, p)
+        S = c.steps
+        if S < 1:
+            _check_cell(wh, c)
+        bp = (S - max(1, round(d_frac * S))) // k * k
+        if bp < max(warm, 1):
+            raise ConfigError(f"{wh}: its cooldown would start at step {bp}, before the end of warmup "
+                              f"({warm} steps) or at step 0 (run of {S} steps, decay_fraction {d_frac}, "
+                              f"steps_per_call {k}); raise this budget, lower optim.decay_fraction or the "
+                              f"warmup")
+        plan.append((wh, p, S, bp))
+    cells: list[Cell] = []
+    parent: Cell | None = None
+    for j, stage in enumerate(stages):
+        trunk = _trunk(spec, wh0, [plan[i] for i in stage], parent, j, warm, first.tokens_per_step, with_lr,
+                       cells[0].id if cells else None)
+        cells.append(trunk)
+        for wh, p, S, bp in (plan[i] for i in stage):
             frac = (S - bp) / S
-            bd = _resolve(spec, wh, p, schedule="wsd", warmup_steps=warm, decay_fraction=frac)
-            bcfg = from_dict(bd)
+            bcfg = from_dict(_resolve(spec, wh, p, schedule="wsd", warmup_steps=warm, decay_fraction=frac))
             assert bcfg.optim.decay_steps(S) == S - bp
             _check_cell(wh, bcfg)
             bname = _name(p, bcfg, with_lr, bcfg.train.tokens, "-wsd")
-            bkey = {'config': identity(bcfg), 'role': 'branch', 'parent': tid, 'init_step': bp}
-            bid = f"{bname}-{_short_hash(bkey)}"
-            cells.append(Cell(bid, bname, bcfg, "branch", bcfg.model.variant, bcfg.model.width,
-                              bcfg.model.depth, bcfg.train.seed, bcfg.train.tokens, parent=tid,
-                              init_step=bp, group=tid))
+            bkey = {'config': identity(bcfg), 'role': 'branch', 'parent': trunk.id, 'init_step': bp}
+            cells.append(Cell(f"{bname}-{_short_hash(bkey)}", bname, bcfg, "branch", bcfg.model.variant,
+                              bcfg.model.width, bcfg.model.depth, bcfg.train.seed, bcfg.train.tokens, parent=trunk.id,
+                              init_step=bp, group=trunk.group))
+        parent = trunk
     return cells
+
+
+def _stages(budgets: list[int], grown_from: tuple[tuple[int, ...], ...]) -> list[list[int]]:
+    """A shape's budgets (sorted) split by the version of the spec that added them, as index lists:
+    a budget belongs to the first earlier token list holding it, else to this version. A first stage
+    of one budget is merged into the next (such a shape could not run before: wsd needs 2 budgets)."""
+    where = [next((j for j, vs in enumerate(grown_from) if b in vs), len(grown_from)) for b in budgets]
+    stages = [[i for i in range(len(budgets)) if where[i] == j] for j in range(len(grown_from) + 1)]
+    stages = [s for s in stages if s]
+    while len(stages) > 1 and len(stages[0]) < 2:
+        stages[:2] = [stages[0] + stages[1]]
+    return stages
+
+
+def _trunk(spec: GridSpec, wh0: str, plan: list[tuple[str, dict[str, Any], int, int]], parent: Cell | None,
+           stage: int, warm: int, tokens_per_step: int, with_lr: bool, group: str | None) -> Cell:
+    """The trunk segment (constant lr after warmup) up to the last branch point of one stage's budgets;
+    a later stage's segment starts from the previous segment's last checkpoint (``parent``), the same
+    run continued: its steps, lr and data order go on where the previous one stopped."""
+    wh_big, p_big, _, _ = plan[-1]
+    trunk_steps = max(bp for *_, bp in plan)
+    start = parent.steps if parent is not None else 0
+    low = [(wh, bp) for wh, _, _, bp in plan if bp <= start]
+    if low:
+        raise ConfigError(f"{low[0][0]}: added to a grown wsd grid, but its cooldown would start at step {low[0][1]}, "
+                          f"within the earlier trunk (steps 0-{start}): a grown wsd grid adds only budgets whose "
+                          f"cooldown starts after the earlier trunk ends; list it in grown_from's first stage only "
+                          f"if it trained with that trunk")
+    cfg = from_dict(_resolve(spec, wh0, p_big, schedule="constant", tokens=trunk_steps * tokens_per_step,
+                             warmup_steps=warm))
+    _check_cell(f"{wh0} trunk", cfg)
+    keep = tuple(sorted({bp for *_, bp in plan}))
+    key: dict[str, Any] = {'config': identity(cfg), 'role': 'trunk', 'keep': list(keep)}
+    suffix = "-trunk"
+    if parent is not None:  # a continuation: its own id; the first segment's id is the ungrown trunk's
+        key.update(parent=parent.id, init_step=start)
+        suffix = f"-trunk{stage + 1}"
+    name = _name(p_big, cfg, with_lr, None, suffix)
+    tid = f"{name}-{_short_hash(key)}"
+    return Cell(tid, name, cfg, "trunk", cfg.model.variant, cfg.model.width, cfg.model.depth, cfg.train.seed,
+                cfg.train.tokens, parent=None if parent is None else parent.id, init_step=None if parent is None
+                else start, keep_steps=keep, group=group or tid)
 
 
 def with_mode(spec: GridSpec, mode: str) -> GridSpec:
     """The same spec in another token mode (to report what each mode costs)."""
-    return dataclasses.replace(spec, tokens_mode=mode)
+    return replace(spec, tokens_mode=mode)
 
 

@@ -43,7 +43,7 @@ from scaling_grid.trainer import (
 )
 
 from . import spec as S
-from .cells import SHARED, costs, load_cells, mine, prepare_data, records, table_lengths
+from .cells import SHARED, costs, load_cells, mine, prepare_data, record_cells, records, table_lengths
 from .claim import Claimed, claim_cells
 from .exits import EXIT_FAILED, EXIT_OK, EXIT_PREEMPTED
 from .liveness import Heartbeat, LiveSink
@@ -136,19 +136,6 @@ def _start(opts: Options) -> None:
         opts.out(f"warning: {warning}")
 
 
-def _record_cells(store: Store, spec: S.GridSpec, cells: Sequence[S.Cell], recs: dict[str, dict[str, Any]],
-                  out: Callable[[str], None]) -> None:
-    """The spec and every cell's resolved config into the store (a damaged config.json is rewritten)."""
-    store.init(spec.text, spec.hash, spec.name)
-    for c in cells:
-        rec = dict(recs[c.id])
-        rec["config"] = c.config.to_dict()
-        rec["config"]["out_dir"] = f"{store.root}/cells/{c.id}"
-        rec["spec"] = spec.hash
-        if store.put_config(rec):
-            out(f"{c.id}: its config.json was damaged; rewrote it from the spec")
-
-
 def _progress(opts: Options, writer: bool, todo: Sequence[S.Cell], name: str
               ) -> tuple[Any, bool, Callable[[str], None]]:
     """(the overall bar, whether cells show bars, how to say a line). Bars only on a terminal: in a log
@@ -182,7 +169,7 @@ def run(spec_path: str, opts: Options) -> int:
     tok_stores = prepare_data(cells)
     vocab = {d: s.vocab_size for d, s in tok_stores.items()}
     if writer:
-        _record_cells(store, spec, cells, records(cells, vocab), out)
+        record_cells(store, spec, cells, records(cells, vocab), out)
     n_done = sum(1 for c in my_cells if states[c.id].get("state") == "done" and c.id not in redo)
     shard = f", shard {opts.shard[0]}/{opts.shard[1]}: {len(my_cells)}" if opts.shard[1] > 1 else ""
     out(f"grid {spec.name!r}: {len(cells)} cells{shard}"

@@ -36,6 +36,8 @@ Token modes:
   The decay length of a branch is ``optim.decay_fraction`` of its steps, adjusted by at most
   ``train.steps_per_call - 1`` steps so that its start step is a multiple of steps_per_call (the
   trunk can only checkpoint at chunk boundaries); the resolved config records the exact value.
+  A grown spec lists its earlier versions' budgets under ``grown_from``: each version's trunk keeps
+  its id and the next version's trunk segment continues it from its last checkpoint (grid/grow.py).
 """
 from __future__ import annotations
 
@@ -59,7 +61,7 @@ from scaling_grid.trainer import (
 )
 from scaling_grid.trainer import expected_vocab as tokenizer_vocab
 
-TOP_KEYS = ("name", "description", "tokens_mode", "base", "rules", "axes", "cells")
+TOP_KEYS = ("name", "description", "tokens_mode", "base", "rules", "axes", "cells", "grown_from")
 AXES = ("variant", "width", "depth", "tokens", "seed", "lr")
 TOKEN_MODES = ("separate", "wsd")
 # rule name -> kind -> required parameters
@@ -84,6 +86,7 @@ class GridSpec:
     text: str = ""               # the spec as given (stored verbatim in the store)
     source: str = "<spec>"
     folder: str = ""             # relative paths in the spec resolve here ("": the current directory)
+    grown_from: tuple[tuple[int, ...], ...] = ()  # wsd: the token budgets of earlier versions, oldest first
 
     @property
     def hash(self) -> str:
@@ -166,6 +169,7 @@ def parse_spec(text: str, source: str = "<spec>", default_name: str = "grid", fo
     rules = _parse_rules(raw.get("rules") or {})
     axes = _parse_axes(raw.get("axes"))
     cells = _parse_cells(raw.get("cells"))
+    grown = _parse_grown_from(raw.get("grown_from"), mode)
     if not axes and not cells:
         raise ConfigError("grid spec: no cells: give axes (a full factorial) and/or an explicit cells list")
     for ax in ("width", "depth", "tokens"):
@@ -174,7 +178,7 @@ def parse_spec(text: str, source: str = "<spec>", default_name: str = "grid", fo
         sect = "train" if ax == "tokens" else "model"
         if ax not in (base.get(sect) or {}):
             raise ConfigError(f"axes.{ax}: missing; give axes.{ax} (a list) or base.{sect}.{ax}")
-    return GridSpec(name, mode, base, rules, axes, cells, text, source, folder)
+    return GridSpec(name, mode, base, rules, axes, cells, text, source, folder, grown)
 
 
 def placed_data(spec: GridSpec) -> dict[str, Any]:
@@ -319,6 +323,20 @@ def _parse_cells(raw: Any) -> list[dict[str, Any]]:
             raise ConfigError(f"cells[{i}]: unknown key(s) {bad}; allowed: {list(AXES)}")
         out.append({k: _axis_value(k, v, f"cells[{i}].{k}") for k, v in c.items()})
     return out
+
+
+def _parse_grown_from(raw: Any, mode: str) -> tuple[tuple[int, ...], ...]:
+    """grown_from: [[budgets], ...], the token budgets of the spec's earlier versions, oldest first: in
+    wsd mode each version's trunk is kept (same id) and extended by the next (grid/grow.py)."""
+    if raw is None:
+        return ()
+    if mode != "wsd":
+        raise _err("grown_from", raw, "only a wsd grid needs it (its trunks are extended); in separate mode a new "
+                   "budget is a new cell and every other id stays: remove grown_from")
+    if not isinstance(raw, list) or not all(isinstance(v, list) and v for v in raw):
+        raise _err("grown_from", raw, "expected a list of earlier token lists, oldest first, e.g. [[128k, 256k]]")
+    return tuple(tuple(_axis_value("tokens", v, f"grown_from[{i}][{j}]") for j, v in enumerate(vs))
+                 for i, vs in enumerate(raw))
 
 
 # ------------------------------------------------------------------------------------ cell records
