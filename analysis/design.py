@@ -30,6 +30,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -84,25 +85,33 @@ class Prior:
 
     @classmethod
     def from_fit(cls, path: str | Path, free: bool = False) -> Prior:
-        """A prior from ``fit --json``: the first variant's values; noise its residual rms. A fit of
-        the fixed law serves a free-exponent design with the class's exponents."""
+        """A prior from a ``fit --json`` file (see ``from_fit_json``)."""
         try:
             d = json.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise AnalysisError(f"--prior {str(path)!r}: no such file") from None
+        except (OSError, ValueError) as e:
+            raise AnalysisError(f"--prior {str(path)!r}: not a `scaling-grid fit --json` file ({e})") from None
+        return cls.from_fit_json(d, free, str(path))
+
+    @classmethod
+    def from_fit_json(cls, d: Any, free: bool = False, source: str = "a fit") -> Prior:
+        """A prior from a fit's JSON (``FitResult.to_json``, parsed): the first variant's values; noise
+        its residual rms. A fit of the fixed law serves a free-exponent design with the class's exponents."""
+        try:
             vd = next(iter(d["variants"].values()))
             vals = {n: float(v["value"]) for n, v in {**vd["params"], **vd.get("exponents", {})}.items()}
             noise = float(vd["fit"]["rms_rel_error"])
             k = vd.get("derived", {}).get("tau_to_tokens", {}).get("k")
-        except FileNotFoundError:
-            raise AnalysisError(f"--prior {str(path)!r}: no such file") from None
-        except (OSError, ValueError, KeyError, TypeError, StopIteration, AttributeError) as e:
-            raise AnalysisError(f"--prior {str(path)!r}: not a `scaling-grid fit --json` file ({e})") from None
+        except (ValueError, KeyError, TypeError, StopIteration, AttributeError) as e:
+            raise AnalysisError(f"--prior {source!r}: not a `scaling-grid fit --json` file ({e})") from None
         law = LW.get("universality-free" if free or "alpha_m" in vals else "universality")
         missing = [n for n in law.param_names if n not in vals and n not in EXPONENT_GOALS]
         if missing:
-            raise AnalysisError(f"--prior {str(path)!r}: the fit has no {', '.join(missing)}; fit the universality "
+            raise AnalysisError(f"--prior {source!r}: the fit has no {', '.join(missing)}; fit the universality "
                                 f"law (m, l, tau) first")
         theta = np.array([vals.get(n, DEFAULT_PRIOR[n]) for n in law.param_names])
-        return cls(law, theta, noise if noise > 0 else DEFAULT_NOISE, None if k is None else float(k), str(path))
+        return cls(law, theta, noise if noise > 0 else DEFAULT_NOISE, None if k is None else float(k), source)
 
 
 @dataclass

@@ -222,6 +222,10 @@ def add_design_args(p: argparse.ArgumentParser) -> None:
                    "(default: the demo grid's, wsd)")
     p.add_argument("--tokens-mode", choices=["separate", "wsd"], help="override the base's tokens_mode")
     p.add_argument("--candidates", metavar="TABLE", help="choose among a table's rows instead of axes")
+    p.add_argument("--from", dest="from_store", metavar="STORE", help="grow a grid that has run: its finished "
+                   "cells are data and their FLOPs spent (of --budget); proposes values of --tokens/--widths/"
+                   "--depths to add, as an extension of its spec (every cell keeps its id); --out writes it and "
+                   "records the new cells in STORE for pre-registration")
     p.add_argument("--map", metavar="K=COL,...", help="for --candidates: columns as for `fit`, plus flops=COLUMN "
                    "for a cost column (default: flops_per_token x tokens, else 6 N D)")
     p.add_argument("--out", metavar="FILE", help="write the design: a grid spec (axes) or a CSV of the chosen rows "

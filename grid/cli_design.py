@@ -99,9 +99,6 @@ def _axis(text: str | None, what: str, count: bool = False) -> list[Any]:
 def spec_candidates(args: argparse.Namespace) -> tuple[dict[str, Any], list[Any], list[dict[str, Any]]]:
     """(the spec as data, candidates, each candidate's cell point): every cell of the full factorial,
     expanded as `run` would expand it."""
-    from scaling_grid.analysis.design import Candidate
-
-    from .prereg import final_tau
     raw = dict(DEFAULT_SPEC)
     if args.base:
         raw = dict(yaml.safe_load(Path(args.base).read_text(encoding="utf-8")) or {})
@@ -117,23 +114,37 @@ def spec_candidates(args: argparse.Namespace) -> tuple[dict[str, Any], list[Any]
             axes[name] = _axis(getattr(args, flag), f"--{flag}")
     raw["axes"] = axes
     spec = S.parse_spec(yaml.safe_dump(raw, sort_keys=False), "design")
-    cells = E.expand(spec, check_paths=False)
+    cands, points = cell_candidates(E.expand(spec, check_paths=False), "lr" in axes, "seed" in axes)
+    return raw, cands, points
+
+
+def cell_flops(c: Any) -> float:
+    """What training a cell costs, FLOPs (a wsd branch: its cooldown; a trunk segment: its own steps)."""
+    return float(c.train_tokens * S.derived(c, S.expected_vocab(c.config))["flops_per_token"])
+
+
+def cell_candidates(cells: list[Any], with_lr: bool = False, with_seed: bool = False
+                    ) -> tuple[list[Any], list[dict[str, Any]]]:
+    """A grid's cells (trunks left out: their cost is in their branches' ``stable``) as design
+    candidates, and each one's cell point for a spec's ``cells:`` list."""
+    from scaling_grid.analysis.design import Candidate
+
+    from .prereg import final_tau
     cands, points = [], []
     for c in cells:
         if c.role == "trunk":
             continue
         fpt = S.derived(c, S.expected_vocab(c.config))["flops_per_token"]
-        tps = c.config.tokens_per_step
         point: dict[str, Any] = {"width": c.m, "depth": c.l, "tokens": c.tokens}
-        if "lr" in axes:
+        if with_lr:
             point["lr"] = c.config.optim.lr
-        if "seed" in axes:
+        if with_seed:
             point["seed"] = c.seed
         cands.append(Candidate(c.m, c.l, c.tokens, final_tau(c.config.to_dict()), float(c.train_tokens * fpt),
                                lr=point.get("lr"), seed=c.seed, trunk=c.parent,
-                               stable=float((c.init_step or 0) * tps * fpt)))
+                               stable=float((c.init_step or 0) * c.config.tokens_per_step * fpt)))
         points.append(point)
-    return raw, cands, points
+    return cands, points
 
 
 def write_spec(raw: dict[str, Any], points: list[dict[str, Any]], path: str) -> None:
@@ -200,14 +211,16 @@ def cmd_design(args: argparse.Namespace) -> int:
     budget, how = parse_budget(args.budget, args.throughput, args.target, args.mfu)
     goals = A.check_goals(args.goal or [])
     free = A.needs_free(goals)
-    prior = A.Prior.from_fit(args.prior, free) if args.prior else A.Prior.default(free)
     if args.noise is not None and not 0 < args.noise < 1:
         raise ConfigError(f"--noise {args.noise}: a relative noise (sd of log loss) in (0, 1), e.g. 0.01")
     if args.simulate < 0:
         raise ConfigError(f"--simulate {args.simulate}: a number of simulated grids >= 0")
-    noise = args.noise if args.noise is not None else prior.noise
     if args.out:
         A.check_output(args.out, "--out")
+    if args.from_store:
+        return _grow_mode(args, budget, how, goals, free)
+    prior = A.Prior.from_fit(args.prior, free) if args.prior else A.Prior.default(free)
+    noise = args.noise if args.noise is not None else prior.noise
     if args.candidates:
         cands, d, base, base_name, notes, write = _table_mode(args, budget, prior, goals, noise)
         what = f"{len(cands)} rows of {args.candidates}"
@@ -246,6 +259,23 @@ def cmd_design(args: argparse.Namespace) -> int:
     if args.out:
         write(args.out)
         lines.append(f"design -> {args.out}")
+    _print(lines)
+    return EXIT_OK
+
+
+def _print(lines: list[str]) -> None:
     print("\n".join(x for block in lines for x in (textwrap.wrap(block, WIDTH, subsequent_indent="  ")
-                                                     if len(block) > WIDTH else [block])))
+                                                     if len(block) > WIDTH else [block])), flush=True)
+
+
+def _grow_mode(args: argparse.Namespace, budget: float, how: str, goals: list[str], free: bool) -> int:
+    """--from STORE: the next cells of a grid that has run, as an extension of its spec."""
+    from .design_from import design_from
+    if args.candidates:
+        raise ConfigError("design: --from STORE grows a grid's spec; --candidates chooses among a table's rows; "
+                          "give one")
+    lines, write = design_from(args, budget, how, goals, free)
+    _print(lines)
+    if args.out:
+        _print(write(args.out))
     return EXIT_OK

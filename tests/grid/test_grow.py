@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from tiny import tiny_spec
 
+from scaling_grid.analysis.design import DEFAULT_PRIOR
 from scaling_grid.grid.expand import expand
 from scaling_grid.grid.grow import grow_spec, latest_spec, missing_ids, register_cells
 from scaling_grid.grid.spec import parse_spec
@@ -143,13 +144,20 @@ def test_an_extended_trunk_is_the_trunk_trained_to_its_length_directly_and_its_n
     store = tmp_path / "store"
     _run(tmp_path / "old.yaml", store)
     assert latest_spec(str(store)) == old
-    grown = grow_spec(old, add_tokens=[20480])
-    (tmp_path / "grown.yaml").write_text(grown)
-
-    # the new budgets are recorded, then pre-registered from the finished cells' fit, before they train
-    pending = register_cells(str(tmp_path / "grown.yaml"), str(store))
-    assert len(pending) == 8                             # 4 shapes: a trunk extension and a branch each
-    assert latest_spec(str(store)) == grown               # what `design --from STORE` grows next
+    # `design --from` proposes the larger budget (not the smaller one: its cooldown would start inside
+    # the trunk), writes the grown spec and records its new cells, not trained
+    # (the prior: a published fit's JSON; this tiny grid's own fit puts c_l at 0, where (m/l)* is undefined)
+    prior = {"variants": {"llama": {"params": {k: {"value": v} for k, v in DEFAULT_PRIOR.items() if "alpha" not in k},
+                                    "fit": {"rms_rel_error": 0.01}}}}
+    (tmp_path / "prior.json").write_text(json.dumps(prior))
+    assert main(["design", "--from", str(store), "--budget", "1e12", "--tokens", "6400,20480", "--simulate", "0",
+                 "--prior", str(tmp_path / "prior.json"), "--out", str(tmp_path / "grown.yaml")]) == 0
+    out = capsys.readouterr().out.replace("\n  ", " ")
+    assert "16 of 16 cells done" in out and "grow by: tokens 20.48k (8 new cells" in out, out
+    assert "cannot add tokens 6400" in out and "8 cell(s) recorded" in out, out
+    grown = (tmp_path / "grown.yaml").read_text()
+    assert grown == grow_spec(old, add_tokens=[20480])
+    assert latest_spec(str(store)) == grown               # what the next `design --from STORE` grows
     law = ["--law", "E + A/tau^0.5 + B/m + C/l", "--boot", "50"]
     assert main(["report", str(store), *law, "--out", str(tmp_path / "r1")]) == 0
     out = capsys.readouterr().out.replace("\n  ", " ")
