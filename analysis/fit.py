@@ -25,6 +25,7 @@ from .linear import bootstrap_fixed, fit_fixed, nnls_normal_batch
 from .nonlinear import bootstrap, fit_free, fit_law, one_thread, single_threaded_blas
 from .objective import HUBER_DELTA, RESIDUALS, Objective, huber
 from .points import Points
+from .power import DRAWS as POWER_DRAWS
 from .predict import INTERVALS, heldout_predictions
 from .resampling import Draws, envelope_counts, run_counts
 from .results import FitResult, VariantFit, interval, universality_targets, universality_test
@@ -223,5 +224,6 @@ def run_fit(table: Mapping[str, Iterable[Any]], law: str | Law = "universality",
     if checks and len(fits) >= 2:
         result.universality_across = universality_across(lw, {v: f.points for v, f in fits.items()}, ci,
                                                          starts={v: f.theta for v, f in fits.items()},
-                                                         reference=result.comparison.get("reference"))
+                                                         reference=result.comparison.get("reference"),
+                                                         power_draws=POWER_DRAWS, seed=seed)
     return result
