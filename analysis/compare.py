@@ -23,24 +23,29 @@ from the per-variant fits' Gauss-Newton covariance (pooled residual variance), t
 approximation the F-test makes, Bonferroni-corrected over all k (V - 1) differences so that the
 set as a whole holds at the stated level.
 
+The joint problem and the F-test are in :mod:`joint`. The test gives no verdict where the free fit
+cannot be identified on the points (:func:`untestable`: a fitted exponent needs 3 distinct values
+of its variable in every variant); a CONSISTENT verdict comes with the smallest exponent difference
+it would detect at 80% power on this design, by simulation from the shared fit (:mod:`power`).
 The words and tables of both are in :mod:`compare_text`.
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import stats
-from scipy.optimize import minimize
 
 from . import derived as dv
 from .errors import AnalysisError
-from .laws import Law, parse
-from .nonlinear import LogSumExpProblem, fit_free, one_thread
+from .identify import VAR_WORDS, check_identifiable
+from .joint import Joint, f_test, free_law, term_of
+from .laws import Law
+from .nonlinear import fit_free, one_thread
 from .objective import Objective
 from .points import Points
+from .power import detectable_difference
 
 if TYPE_CHECKING:
     from .results import FitResult, VariantFit
@@ -123,141 +128,39 @@ def compare_variants(result: FitResult, reference: str | None = None) -> dict[st
 
 
 # ------------------------------------------------------------------------------ universality across variants
-def free_law(law: Law) -> Law | None:
-    """``law`` with every fixed exponent made a fitted one (``alpha_<var>``); tied exponents stay
-    tied. None where two terms share a variable (the per-variable exponent would be ambiguous)."""
-    if len({t.var for t in law.terms}) < len(law.terms) or not law.terms:
-        return None
-    parts = [law.constant]
-    for t in law.terms:
-        parts.append(f"{t.coef}/{t.var}^{t.exp_name or 'alpha_' + t.var}")
-    return parse(f"{law.name}-free-exponents", " + ".join(parts))
+def untestable(fl: Law, parts: dict[str, Points]) -> str | None:
+    """Why the free-exponent fit cannot be identified on these points, naming each parameter and
+    why; None when it can. A fitted exponent needs at least 3 distinct values of its variable in
+    every variant (the per-variant fit frees every variant's exponents); otherwise the single-variant
+    checks (too few points, variables that move together) give the reason."""
+    short: dict[str, list[str]] = {}
+    for v, p in parts.items():
+        for e in fl.exp_names:
+            mine = [t for t in fl.terms if t.exp_name == e]
+            nd = max(len(np.unique(p.V[t.var])) for t in mine)
+            if nd < 3:
+                t = mine[0]
+                vals = ", ".join(f"{x:g}" for x in np.unique(p.V[t.var])[:5])
+                what = f"{nd} distinct {VAR_WORDS.get(t.var, t.var)} in" if e not in short else f"{nd} in"
+                short.setdefault(e, [f"{t.coef} and its exponent {e}: only"]).append(f"{what} {v} ({t.var} = {vals})")
+    if short:
+        return "the free-exponent fit cannot be identified: " + "; ".join(
+            f"{x[0]} {', '.join(x[1:])}" for x in short.values()) + \
+            "; a fitted exponent needs at least 3 distinct values of its variable in every variant"
+    for v, p in parts.items():
+        try:
+            check_identifiable(fl, p, v)
+        except AnalysisError as e:
+            return f"the free-exponent fit cannot be identified: {e}"
+    return None
 
 
-def _term_of(law: Law, exp_name: str) -> int:
-    """The index of the first term whose exponent is ``exp_name``."""
-    return next(j for j, t in enumerate(law.terms) if t.exp_name == exp_name)
-
-
-class _Joint:
-    """Least squares on log L summed over variants, each variant's objective that of nonlinear.LogSumExpProblem;
-    the exponents either shared (one set) or per variant. Parameter vector: per variant its log
-    coefficients and log constant, then the exponents (one set, or one set per variant)."""
-
-    def __init__(self, law: Law, parts: list[Points], shared: bool):
-        obj = Objective("log", None)
-        self.F = [LogSumExpProblem(law, p, obj) for p in parts]
-        self.w = [np.ones(len(p)) for p in parts]
-        self.nc = law.const_index + 1
-        self.ne = len(law.exp_names)
-        self.shared = shared
-        self.V = len(parts)
-
-    def split(self, x: np.ndarray) -> list[np.ndarray]:
-        nc, ne = self.nc, self.ne
-        base = self.V * nc
-        return [np.concatenate([x[v * nc:(v + 1) * nc], x[base:base + ne] if self.shared
-                                else x[base + v * ne:base + (v + 1) * ne]]) for v in range(self.V)]
-
-    def join(self, ths: list[np.ndarray]) -> np.ndarray:
-        nc = self.nc
-        coefs = [th[:nc] for th in ths]
-        exps = [np.mean([th[nc:] for th in ths], axis=0)] if self.shared else [th[nc:] for th in ths]
-        return np.concatenate(coefs + exps)
-
-    def __call__(self, x: np.ndarray) -> tuple[float, np.ndarray]:
-        nc, ne, base = self.nc, self.ne, self.V * self.nc
-        f, g = 0.0, np.zeros_like(x)
-        for v, (F, th) in enumerate(zip(self.F, self.split(x))):
-            fv, gv = F.objective(th, self.w[v])
-            f += fv
-            g[v * nc:(v + 1) * nc] += gv[:nc]
-            if self.shared:
-                g[base:base + ne] += gv[nc:]
-            else:
-                g[base + v * ne:base + (v + 1) * ne] += gv[nc:]
-        return f, g
-
-    def fit(self, starts: list[np.ndarray]) -> tuple[np.ndarray, float]:
-        best: tuple[np.ndarray, float] | None = None
-        for x0 in starts:
-            x = np.asarray(x0, float)
-            prev = np.inf
-            for _ in range(4):  # restart until it no longer moves (a fresh memory after a failed line search)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    res = minimize(self, x, jac=True, method="L-BFGS-B",
-                                   options={"maxiter": 20000, "maxfun": 50000, "ftol": 1e-15, "gtol": 1e-12,
-                                            "maxcor": 30})
-                x = res.x
-                if prev - res.fun <= 1e-13 * max(1.0, abs(res.fun)):
-                    break
-                prev = res.fun
-            if best is None or res.fun < best[1]:
-                best = (x, float(res.fun))
-        assert best is not None
-        return best
-
-    def jacobian(self, v: int, th: np.ndarray) -> np.ndarray:
-        """d log Lhat / d (log c..., log K, exponents) of variant v at its internal parameters."""
-        F = self.F[v]
-        alpha = F._alpha(th)
-        Z = np.vstack([np.full(F.lx.shape[1], th[F.kc]), th[F.ci, None] - alpha[:, None] * F.lx])
-        W = np.exp(Z - Z.max(0))
-        W /= W.sum(0)
-        J = np.zeros((F.lx.shape[1], len(th)))
-        J[:, F.kc] = W[0]
-        for j in range(F.k):
-            J[:, F.ci[j]] += W[1 + j]
-        for j, e in zip(F.free, F.free_idx):
-            J[:, e] -= W[1 + j] * F.lx[j]
-        return J
-
-
-@one_thread
-def universality_across(law: Law, parts: dict[str, Points], ci: float = 0.95, level: float = 0.05,
-                        starts: dict[str, np.ndarray] | None = None, reference: str | None = None) -> dict[str, Any]:
-    """The cross-variant universality test (module docstring) on the points of each variant:
-    ``{test, statistic, df, p_value, level, rejected, verdict, rss_shared, rss_separate,
-    shared_exponents, exponents, differences, warnings}``. {} with fewer than two variants or where
-    the law cannot be given free exponents. ``starts``: {variant: the law's fitted parameters}, a
-    warm start for the per-variant free fits (else a grid of starts). ``reference``: the variant the
-    exponent differences are taken against (default the first), as in the difference table."""
-    fl = free_law(law)
-    if fl is None or len(parts) < 2 or not fl.exp_names:
-        return {}
-    names = list(parts)
-    if reference in parts:
-        names = [reference] + [v for v in names if v != reference]
-    pts = [parts[v] for v in names]
-    sep = _Joint(fl, pts, shared=False)
-    obj = Objective("log", None)
-    ths = []
-    for v, p, F in zip(names, pts, sep.F):
-        start = None
-        if starts is not None and v in starts:   # the law's fit, its fixed exponents appended as free ones
-            start = np.concatenate([np.asarray(starts[v], float)[:law.const_index + 1],
-                                    [law.exponents(np.atleast_2d(starts[v]))[_term_of(fl, e)][0]
-                                     for e in fl.exp_names]])
-        theta, _ = fit_free(fl, p, obj, start=start)
-        ths.append(F.from_params(theta))
-    x1, f1 = sep.fit([sep.join(ths)])
-    sh = _Joint(fl, pts, shared=True)
-    # starts: the per-variant fits with their mean exponents, and with each variant's exponents
-    tries = [sh.join(ths)] + [sh.join([np.concatenate([t[:sh.nc], th[sh.nc:]]) for t in ths]) for th in ths]
-    x0, f0 = sh.fit(tries)
-    n = sum(len(p) for p in pts)
-    k, V = len(fl.exp_names), len(pts)
-    p_sep = V * (sh.nc + k)
-    q = k * (V - 1)
-    rss1, rss0 = 2 * f1, 2 * max(f0, f1)   # the objective is sum r^2 / 2; the nested fit cannot do better
-    dof = n - p_sep
-    warn = []
-    if dof < 1:
-        return {"test": TEST_NAME, "skipped": f"{n} points for {p_sep} parameters: nothing is left to test with"}
-    F_stat = ((rss0 - rss1) / q) / (rss1 / dof) if rss1 > 0 else float("inf")
-    p_value = float(stats.f.sf(F_stat, q, dof))
-    s2 = rss1 / dof
+def _exponent_differences(fl: Law, sep: Joint, x1: np.ndarray, names: list[str], s2: float, dof: int,
+                          ci: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(per-variant exponents with Wald se, differences from the first variant with Bonferroni
+    intervals), module docstring."""
+    k, V = len(fl.exp_names), len(names)
+    nc = sep.nc
     exps: dict[str, dict[str, Any]] = {}
     # Bonferroni over every exponent and variant pair, so "excludes 0" anywhere in the set errs at
     # most 1 - ci of the time under shared exponents (the marginal intervals would err k (V-1) times as often)
@@ -266,7 +169,7 @@ def universality_across(law: Law, parts: dict[str, Points], ci: float = 0.95, le
     for j, th in enumerate(sep.split(x1)):
         J = sep.jacobian(j, th)
         C = s2 * np.linalg.pinv(J.T @ J)
-        exps[names[j]] = {e: {"value": float(th[sh.nc + i]), "se": float(np.sqrt(C[sh.nc + i, sh.nc + i]))}
+        exps[names[j]] = {e: {"value": float(th[nc + i]), "se": float(np.sqrt(C[nc + i, nc + i]))}
                           for i, e in enumerate(fl.exp_names)}
     diffs: dict[str, dict[str, Any]] = {}
     ref = names[0]
@@ -277,21 +180,72 @@ def universality_across(law: Law, parts: dict[str, Points], ci: float = 0.95, le
             se = float(np.hypot(exps[v][e]["se"], exps[ref][e]["se"]))
             lo, hi = d - z * se, d + z * se
             diffs[v][e] = {"value": d, "lo": lo, "hi": hi, "se": se, "excludes_zero": bool(lo > 0 or hi < 0)}
+    return exps, {"reference": ref, "interval": f"Wald interval (Gauss-Newton covariance of the per-variant fits, "
+                                                f"pooled residual variance, t with {dof} df), {100 * ci:g}% jointly: "
+                                                f"Bonferroni over {n_cmp} differences", "variants": diffs}
+
+
+@one_thread
+def universality_across(law: Law, parts: dict[str, Points], ci: float = 0.95, level: float = 0.05,
+                        starts: dict[str, np.ndarray] | None = None, reference: str | None = None,
+                        power_draws: int = 0, seed: int = 0) -> dict[str, Any]:
+    """The cross-variant universality test (module docstring) on the points of each variant:
+    ``{test, law, testable, statistic, df, p_value, level, rejected, verdict, rss_shared,
+    rss_separate, n_points, shared_exponents, exponents, differences, warnings}``, plus
+    ``detectable_difference`` (:func:`power.detectable_difference`) with a consistent verdict when
+    ``power_draws`` > 0. Where the free fit cannot be identified on the points: ``{test, law,
+    testable: False, verdict: None, skipped: why}``. {} with fewer than two variants or where the
+    law cannot be given free exponents. ``starts``: {variant: the law's fitted parameters}, a warm
+    start for the per-variant free fits (else a grid of starts). ``reference``: the variant the
+    exponent differences are taken against (default the first), as in the difference table."""
+    fl = free_law(law)
+    if fl is None or len(parts) < 2 or not fl.exp_names:
+        return {}
+    names = list(parts)
+    if reference in parts:
+        names = [reference] + [v for v in names if v != reference]
+    pts = [parts[v] for v in names]
+    n = sum(len(p) for p in pts)
+    k, V = len(fl.exp_names), len(pts)
+    p_sep = V * (len(fl.param_names))
+    why = untestable(fl, {v: parts[v] for v in names})
+    if why is None and n - p_sep < 1:
+        why = f"{n} points for {p_sep} parameters: nothing is left to test with"
+    if why is not None:   # a verdict here would have no power (issue 23: "CONSISTENT" on 2 tau x 2 widths)
+        return {"test": TEST_NAME, "law": fl.formula, "testable": False, "verdict": None, "skipped": why}
+    sep = Joint(fl, pts, shared=False)
+    obj = Objective("log", None)
+    ths = []
+    for v, p, F in zip(names, pts, sep.F):
+        start = None
+        if starts is not None and v in starts:   # the law's fit, its fixed exponents appended as free ones
+            start = np.concatenate([np.asarray(starts[v], float)[:law.const_index + 1],
+                                    [law.exponents(np.atleast_2d(starts[v]))[term_of(fl, e)][0]
+                                     for e in fl.exp_names]])
+        theta, _ = fit_free(fl, p, obj, start=start)
+        ths.append(F.from_params(theta))
+    x1, f1 = sep.fit([sep.join(ths)])
+    sh = Joint(fl, pts, shared=True)
+    # starts: the per-variant fits with their mean exponents, and with each variant's exponents
+    tries = [sh.join(ths)] + [sh.join([np.concatenate([t[:sh.nc], th[sh.nc:]]) for t in ths]) for th in ths]
+    x0, f0 = sh.fit(tries)
+    q, dof = k * (V - 1), n - p_sep
+    rss1, rss0 = 2 * f1, 2 * max(f0, f1)   # the objective is sum r^2 / 2; the nested fit cannot do better
+    F_stat, p_value = f_test(rss0, rss1, q, dof)
+    exps, diffs = _exponent_differences(fl, sep, x1, names, rss1 / dof, dof, ci)
+    warn = []
     runs = sum(p.n_runs for p in pts)
     if runs < n:
         warn.append(f"{n} points from {runs} runs: points of one run are correlated, which the F-test's "
                     f"degrees of freedom ignore, so it rejects too often")
-    shared = dict(zip(fl.exp_names, map(float, x0[V * sh.nc:])))
     rejected = bool(p_value < level)
-    return {"test": TEST_NAME, "law": fl.formula, "statistic": float(F_stat), "df": [q, dof], "p_value": p_value,
-            "level": level, "rejected": rejected,
-            "verdict": "rejected" if rejected else "consistent",
-            "rss_shared": rss0, "rss_separate": rss1, "n_points": n, "shared_exponents": shared,
-            "exponents": exps,
-            "differences": {"reference": ref, "interval": f"Wald interval (Gauss-Newton covariance of the per-variant "
-                                                          f"fits, pooled residual variance, t with {dof} df), "
-                                                          f"{100 * ci:g}% jointly: Bonferroni over {n_cmp} "
-                                                          f"differences", "variants": diffs},
-            "warnings": warn}
-
-
+    out = {"test": TEST_NAME, "law": fl.formula, "testable": True, "statistic": F_stat, "df": [q, dof],
+           "p_value": p_value, "level": level, "rejected": rejected,
+           "verdict": "rejected" if rejected else "consistent",
+           "rss_shared": rss0, "rss_separate": rss1, "n_points": n,
+           "shared_exponents": dict(zip(fl.exp_names, map(float, x0[V * sh.nc:]))), "exponents": exps,
+           "differences": diffs, "warnings": warn}
+    if not rejected and power_draws > 0:
+        out["detectable_difference"] = detectable_difference(
+            fl, pts, names, x0, float(np.sqrt(rss1 / dof)), level, diffs, power_draws, seed)
+    return out

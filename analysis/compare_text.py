@@ -86,7 +86,7 @@ def universality_words(u: dict[str, Any]) -> list[str]:
     if not u:
         return []
     if "skipped" in u:
-        return [f"universality across variants: not tested ({u['skipped']})"]
+        return [f"universality across variants: NO VERDICT, the test cannot be run on these points: {u['skipped']}"]
     q, dof = u["df"]
     shared = ", ".join(f"{_pretty(k)} = {x:.4g}" for k, x in u["shared_exponents"].items())
     out = [f"universality across variants: shared exponents are {u['verdict'].upper()} "
@@ -98,6 +98,14 @@ def universality_words(u: dict[str, Any]) -> list[str]:
             f"{_pretty(e)} {fmt_interval(r['value'], r['lo'], r['hi'])}" + (" (excludes 0)" if r["excludes_zero"]
                                                                            else "")
             for e, r in rows.items()))
+    dd = u.get("detectable_difference")
+    if dd:
+        out.append(f"detectable exponent difference ({dd['variant']} - {dd['reference']}) at "
+                   f"{100 * dd['power']:g}% power on these points: " + ", ".join(
+                       f"{_pretty(e)} {r['value']:.2g}" if r["value"] < float("inf") else f"{_pretty(e)} none found"
+                       for e, r in dd["exponents"].items())
+                   + f" (by simulation from the shared fit: {dd['draws']} synthetic tables per difference, noise sd "
+                     f"{dd['noise_sd']:.2g} in log L; smaller differences may go unnoticed)")
     return out + [f"warning: {w}" for w in u.get("warnings", [])]
 
 

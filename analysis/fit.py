@@ -25,9 +25,11 @@ from .linear import bootstrap_fixed, fit_fixed, nnls_normal_batch
 from .nonlinear import bootstrap, fit_free, fit_law, one_thread, single_threaded_blas
 from .objective import HUBER_DELTA, RESIDUALS, Objective, huber
 from .points import Points
+from .power import DRAWS as POWER_DRAWS
 from .predict import INTERVALS, heldout_predictions
 from .resampling import Draws, envelope_counts, run_counts
 from .results import FitResult, VariantFit, interval, universality_targets, universality_test
+from .seeds import seed_noise
 from .selection import cells_of
 from .validation import exclusion_scan, holdout_checks, rel_residuals
 
@@ -144,7 +146,7 @@ def fit_variant(law: Law, pts: Points, label: str, n_boot: int, rng: np.random.G
     vf = VariantFit(variant=label, law=law, points=pts, theta=theta, info=info, samples=samples,
                     n_boot_invalid=n_bad, ctx=ctx, derived=sc, frontier=fr, derived_samples=sc_b,
                     frontier_samples=fr_b, residuals=res, warnings=warn, ci=ci, flags=flags,
-                    objective=objective, n_boot_not_converged=n_bad_opt)
+                    objective=objective, n_boot_not_converged=n_bad_opt, seed_noise=seed_noise(pts))
     if checks:
         vf.holdout = holdout_checks(law, pts, theta, objective, rng)
         vf.scan = exclusion_scan(law, pts, theta, objective, ctx)
@@ -223,5 +225,6 @@ def run_fit(table: Mapping[str, Iterable[Any]], law: str | Law = "universality",
     if checks and len(fits) >= 2:
         result.universality_across = universality_across(lw, {v: f.points for v, f in fits.items()}, ci,
                                                          starts={v: f.theta for v, f in fits.items()},
-                                                         reference=result.comparison.get("reference"))
+                                                         reference=result.comparison.get("reference"),
+                                                         power_draws=POWER_DRAWS, seed=seed)
     return result

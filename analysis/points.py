@@ -31,6 +31,7 @@ class Points:
     exclusions: list[dict[str, Any]] = field(default_factory=list)
     family: np.ndarray | None = None    # best-lr: each point's family (shape x budget x seed), else None
     envelope: Envelope | None = None    # best-lr: every candidate lr, for the selection inside the bootstrap
+    seed: np.ndarray | None = None      # each point's seed (str) where the table has a seed column: replicates
 
     def __len__(self) -> int:
         return len(self.loss)
@@ -42,6 +43,7 @@ class Points:
                        extra={k: v[mask] for k, v in self.extra.items()},
                        notes=list(self.notes), exclusions=list(self.exclusions),
                        family=None if self.family is None else self.family[mask],
+                       seed=None if self.seed is None else self.seed[mask],
                        envelope=None if self.envelope is None or self.family is None
                        else self.envelope.restrict(self.family[mask]))
 

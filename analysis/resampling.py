@@ -9,6 +9,7 @@ import numpy as np
 
 from .laws import Law
 from .points import Points
+from .seeds import seed_noise
 
 
 class Draws(NamedTuple):
@@ -43,7 +44,9 @@ def envelope_counts(law: Law, pts: Points, theta: np.ndarray, n_boot: int, rng: 
     fit are the noise model the run bootstrap already relies on (the scatter of one run about the
     law; it includes misfit, so it errs wide). The shift is used only to choose: the fit sees the
     observed loss, so the loss noise, already carried by resampling runs, is not counted twice.
-    Siblings are shifted independently (separate trainings). ``select_in_draw=False`` keeps the
+    Siblings are shifted independently (separate trainings). Where the candidates hold seed
+    replicates (:func:`seeds.seed_noise`), the shift is drawn from a normal of their pooled sd
+    instead: the noise alone, without the misfit. ``select_in_draw=False`` keeps the
     full-data winners in every draw (selection once, outside): the same resampled units, for
     comparison."""
     env = pts.envelope
@@ -67,11 +70,16 @@ def envelope_counts(law: Law, pts: Points, theta: np.ndarray, n_boot: int, rng: 
     unit_of[fam] = unit
     r = np.log(pts.loss) - np.log(law.predict(theta, pts.V))
     r = r - np.mean(r)
+    reps = seed_noise(cand)   # seed replicates measure the noise alone: draw the shift from it instead
     copies = rng.multinomial(U, np.full(U, 1.0 / U), size=n_boot)[:, unit_of]   # (B, F) copies of each family
     W = np.zeros((n_boot, n))
     rows = np.arange(n_boot)[:, None]
     for k in range(1, int(copies.max(initial=0)) + 1):   # the k-th copy of every family drawn k times or more
-        shift = rng.choice(r, size=(n_boot,) + logL.shape) if select_in_draw and len(r) > 1 else 0.0
+        shift: float | np.ndarray = 0.0
+        if select_in_draw and reps is not None:
+            shift = rng.normal(0.0, reps["sd"], size=(n_boot,) + logL.shape)
+        elif select_in_draw and len(r) > 1:
+            shift = rng.choice(r, size=(n_boot,) + logL.shape)
         pick = np.broadcast_to(members[np.arange(F), np.argmin(logL[None] + shift, axis=2)], copies.shape)
         np.add.at(W, (np.broadcast_to(rows, pick.shape), pick), copies >= k)   # pick: (B, F) candidate index
     return cand, W

@@ -68,6 +68,7 @@ class VariantFit:
     objective: Objective | None = None
     n_boot_not_converged: int = 0
     heldout: dict[str, Any] | None = None     # fit --holdout: predictions of the held-out points (predict.py)
+    seed_noise: dict[str, Any] | None = None  # seeds.seed_noise: None without seed replicates
 
     @property
     def params(self) -> dict[str, float]:
@@ -152,6 +153,8 @@ class VariantFit:
                           "mean_rel": float(np.mean(r[m]))}
         # the values themselves: `predict --interval run` adds a resampled residual to each draw
         out["residuals"] = {"definition": "(L - Lhat) / L", "by_cell": by_cell, "values": r}
+        if self.seed_noise is not None:   # beside the residual rms: the noise alone, from seed replicates
+            out["seed_noise"] = {**self.seed_noise, "residual_rms": self.rms_rel_error}
         out["holdout"] = self.holdout
         out["exclusion_scan"] = self.scan
         if self.heldout is not None:

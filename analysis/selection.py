@@ -330,7 +330,8 @@ def select_points(table: Mapping[str, Iterable[Any]], law: Law, loss: str = "eva
     extra = _extra_columns(T, V, run, time_var, time, notes)
     pts = Points(variant=variant, run=run, cell=cell, loss=L, V=V, extra=extra, loss_name=loss_col,
                  time_name=time_col, time=time if time_var else None, depth_offset=float(depth_offset), notes=notes,
-                 exclusions=ex, row=np.arange(n_rows), columns={"loss": loss_col, **cols})
+                 exclusions=ex, row=np.arange(n_rows), columns={"loss": loss_col, **cols},
+                 seed=as_str(T["seed"]) if "seed" in T else None)
     if env is None:
         return pts.subset(K.mask)
     family, candidates, info = env

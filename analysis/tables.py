@@ -14,6 +14,7 @@ from .compare_text import comparison_table, universality_words
 from .formatting import fmt, fmt_interval, markdown_table, wrap
 from .points import shape_text
 from .results import universality_test
+from .seeds import seed_noise_line
 
 if TYPE_CHECKING:
     from .points import Envelope
@@ -64,6 +65,8 @@ def echo(result: FitResult, width: int | None = None, verbose: bool = False) -> 
                  for k, x in ut.items() if isinstance(x, dict)]
         out.append(f"universality test ({v}): the exponents (1/3, 1, 1) are {ut['verdict'].upper()} with the "
                    f"{ci} intervals: " + "; ".join(parts))
+    out += [seed_noise_line(v, vf.seed_noise, vf.rms_rel_error) for v, vf in result.variants.items()
+            if vf.seed_noise is not None]
     out += universality_words(result.universality_across)
     out = wrap(out, width)
     for v, vf in result.variants.items():
