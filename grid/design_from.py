@@ -50,6 +50,37 @@ def _grown(text: str, adds: Adds) -> str:
     return grow_spec(text, adds.get("tokens", []), adds.get("width", []), adds.get("depth", []))
 
 
+Score = tuple[float, float, int, dict[str, float]]  # criterion, FLOPs, new cells, goal -> relative sd
+
+
+def _greedy(options: list[tuple[str, int]], evaluate: Callable[[Adds], Score], left: float, start: Score
+            ) -> tuple[Adds, list[str], Score]:
+    """Add, one at a time, the value whose growth lowers the criterion most per added FLOP while the
+    growth costs at most ``left``: (the values added, the values that cannot be added and why, the score)."""
+    chosen: Adds = {}
+    refused: list[str] = []
+    now = start
+    while options:
+        best: tuple[float, str, int, Score] | None = None
+        for ax, v in options:
+            try:
+                sc = evaluate({**chosen, ax: chosen.get(ax, []) + [v]})
+            except ConfigError as e:  # e.g. a wsd budget that is not larger than the spec's largest
+                refused.append(f"{ax} {v}: {e}")
+                options = [o for o in options if o != (ax, v)]
+                break
+            gain = (now[0] - sc[0]) / max(sc[1] - now[1], 1.0)
+            if sc[1] <= left and gain > 0 and (best is None or gain > best[0]):
+                best = (gain, ax, v, sc)
+        else:
+            if best is None:
+                break
+            _, ax, v, now = best
+            chosen[ax] = chosen.get(ax, []) + [v]
+            options = [o for o in options if o != (ax, v)]
+    return chosen, refused, now
+
+
 def design_from(args: argparse.Namespace, budget: float, how: str, goals: list[str], free: bool
                 ) -> tuple[list[str], Callable[[str], list[str]]]:
     """(the printed lines, write(path) -> lines: the grown spec written and its cells recorded)."""
@@ -94,28 +125,8 @@ def design_from(args: argparse.Namespace, budget: float, how: str, goals: list[s
     if not all(np.isfinite(v) for v in now.values()):
         raise ConfigError(f"design --from {store}: the goals ({', '.join(goals)}) are not defined at the prior "
                           f"({prior.source}: {_values(prior)}); give a prior that defines them: --prior FIT.json")
-    chosen: Adds = {}
-    crit, cost, n_new, pred = sum(v ** 2 for v in now.values()), 0.0, 0, now
-    options, refused = _options(args, spec), []
-    while options:
-        best = None
-        for ax, v in options:
-            trial = {**chosen, ax: chosen.get(ax, []) + [v]}
-            try:
-                c2, f2, n2, p2 = evaluate(trial)
-            except ConfigError as e:  # e.g. a wsd budget that is not larger than the spec's largest
-                refused.append(f"{ax} {v}: {e}")
-                options.remove((ax, v))
-                break
-            gain = (crit - c2) / max(f2 - cost, 1.0)
-            if f2 <= left and gain > 0 and (best is None or gain > best[0]):
-                best = (gain, ax, v, c2, f2, n2, p2)
-        else:
-            if best is None:
-                break
-            _, ax, v, crit, cost, n_new, pred = best
-            chosen[ax] = chosen.get(ax, []) + [v]
-            options.remove((ax, v))
+    chosen, refused, (_, cost, n_new, pred) = _greedy(_options(args, spec), evaluate, left,
+                                                      (sum(v ** 2 for v in now.values()), 0.0, 0, now))
     lines += [f"prior: {prior.source} (law {prior.law.name}); noise {noise:.3g} relative"]
     lines += [f"cannot add {r}" for r in refused]
     if not chosen:
