@@ -20,6 +20,7 @@ from scaling_grid.trainer import ConfigError, format_count, parse_count
 
 from . import expand as E
 from . import spec as S
+from .design_cells import cell_candidates, comparison_lines
 from .exits import EXIT_OK
 
 WIDTH = 100
@@ -118,60 +119,11 @@ def spec_candidates(args: argparse.Namespace) -> tuple[dict[str, Any], list[Any]
     return raw, cands, points
 
 
-def cell_flops(c: Any) -> float:
-    """What training a cell costs, FLOPs (a wsd branch: its cooldown; a trunk segment: its own steps)."""
-    return float(c.train_tokens * S.derived(c, S.expected_vocab(c.config))["flops_per_token"])
-
-
-def cell_candidates(cells: list[Any], with_lr: bool = False, with_seed: bool = False
-                    ) -> tuple[list[Any], list[dict[str, Any]]]:
-    """A grid's cells (trunks left out: their cost is in their branches' ``stable``) as design
-    candidates, and each one's cell point for a spec's ``cells:`` list."""
-    from scaling_grid.analysis.design import Candidate
-
-    from .prereg import final_tau
-    cands, points = [], []
-    for c in cells:
-        if c.role == "trunk":
-            continue
-        fpt = S.derived(c, S.expected_vocab(c.config))["flops_per_token"]
-        point: dict[str, Any] = {"width": c.m, "depth": c.l, "tokens": c.tokens}
-        if with_lr:
-            point["lr"] = c.config.optim.lr
-        if with_seed:
-            point["seed"] = c.seed
-        cands.append(Candidate(c.m, c.l, c.tokens, final_tau(c.config.to_dict()), float(c.train_tokens * fpt),
-                               lr=point.get("lr"), seed=c.seed, trunk=c.parent,
-                               stable=float((c.init_step or 0) * c.config.tokens_per_step * fpt)))
-        points.append(point)
-    return cands, points
-
-
 def write_spec(raw: dict[str, Any], points: list[dict[str, Any]], path: str) -> None:
     """The design as a grid spec `run` takes as is: the base and rules kept, the chosen cells listed."""
     out = {k: v for k, v in raw.items() if k not in ("axes", "cells")}
     out["cells"] = points
     Path(path).write_text(yaml.safe_dump(out, sort_keys=False, default_flow_style=None), encoding="utf-8")
-
-
-def _fmt_rel(x: float) -> str:
-    return "-" if not np.isfinite(x) else f"{100 * x:.3g}%"
-
-
-def comparison_lines(rows: list[tuple[str, int, float, dict[str, float], dict[str, dict[str, Any]] | None]],
-                     goals: list[str]) -> list[str]:
-    """One line per grid and goal: cells, FLOPs, the predicted 95% width (delta method at the prior),
-    and where simulated, the median realised width and the coverage."""
-    out = [f"{'grid':<12}{'cells':>6}{'FLOPs':>11}  {'goal':<14}{'predicted':>10}{'realised':>10}{'coverage':>10}",
-           f"{'':<31}{'(95% interval width / value)':>34}"]
-    for name, n, flops, pred, sim in rows:
-        for k, g in enumerate(goals):
-            head = f"{name:<12}{n:>6}{flops:>11.3g}" if k == 0 else " " * 29
-            s = (sim or {}).get(g)
-            real = "-" if not s else _fmt_rel(s["width"]) if s["n"] else "refused"
-            cov = f"{100 * s['coverage']:.0f}%" if s else "-"
-            out.append(f"{head}  {g[:14]:<14}{_fmt_rel(2 * 1.959964 * pred[g]):>10}{real:>10}{cov:>10}")
-    return out
 
 
 def _levels_line(cands: list[Any], idx: list[int]) -> list[str]:

@@ -20,7 +20,7 @@ from scaling_grid.trainer import ConfigError, format_count, parse_count
 
 from . import expand as E
 from . import spec as S
-from .cli_design import cell_candidates, cell_flops, comparison_lines
+from .design_cells import cell_candidates, cell_flops, comparison_lines
 
 Adds = dict[str, list[int]]  # axis -> values to add
 
