@@ -51,7 +51,7 @@ class ValSplit:
         self.val += n if v else 0
         return v
 
-    def assign(self, sizes: Sequence[int]) -> np.ndarray:
+    def assign(self, sizes: Sequence[int] | np.ndarray) -> np.ndarray:
         """Route documents of these sizes, in order: a bool mask, True for validation."""
         return np.array([self.to_val(int(n)) for n in sizes], bool)
 
@@ -157,10 +157,10 @@ def build(cfg: DataConfig, files: list[Path], source: Callable[[], DocBatches], 
 
     def collect(fut: Future[tuple[np.ndarray, np.ndarray, np.ndarray, int]]) -> None:
         nonlocal nbytes, n_text
-        tokens, lengths, nb, nx = fut.result()
+        tokens, lengths, doc_bytes, nx = fut.result()
         # In reading order, here: each document's split depends on those before it. bpe splits by
         # bytes, as its tokenizer was trained on the train split before tokens existed (_tokenizer).
-        to_val = split.assign(nb if cfg.tokenizer == "bpe" else lengths)
+        to_val = split.assign(doc_bytes if cfg.tokenizer == "bpe" else lengths)
         in_val = np.repeat(to_val, lengths)
         train_w.append(tokens[~in_val])
         val_w.append(tokens[in_val])
@@ -168,11 +168,11 @@ def build(cfg: DataConfig, files: list[Path], source: Callable[[], DocBatches], 
         nt = len(to_val) - nv
         docs[0] += nt
         docs[1] += nv
-        nbytes += int(nb.sum())
+        nbytes += int(doc_bytes.sum())
         n_text += nx
-        tokens = train_w.pos + train_w.buffered + val_w.pos + val_w.buffered
+        so_far = train_w.pos + train_w.buffered + val_w.pos + val_w.buffered
         bar.update(nt + nv)
-        bar.set_postfix(tokens=f"{tokens:,}", tok_s=f"{tokens / (time.perf_counter() - t1):,.0f}", refresh=False)
+        bar.set_postfix(tokens=f"{so_far:,}", tok_s=f"{so_far / (time.perf_counter() - t1):,.0f}", refresh=False)
 
     # Tokenizer jobs on worker threads (tiktoken and tokenizers release the GIL); this thread reads
     # the next documents and hands finished jobs, in order, to the asynchronous TensorStore writers.

@@ -151,7 +151,7 @@ def uneven_jsonl(path: Path) -> list[str]:
 
 def test_uneven_documents_val_holds_val_fraction_of_the_tokens_and_the_defaults_run(tmp_path):
     """Few long documents among many short ones: val holds 2% of the tokens to within one document
-    (2% of the documents was a fraction of that), so the default eval set fits: not refused."""
+    (2% of the documents, the old rule, gave 2,700 tokens here), so the default eval set fits."""
     from scaling_grid.trainer.config import RunConfig
     docs = uneven_jsonl(tmp_path / "corpus.jsonl")
     cfg = RunConfig(data=DataConfig(source="jsonl", paths=(str(tmp_path / "corpus.jsonl"),),
@@ -163,6 +163,155 @@ def test_uneven_documents_val_holds_val_fraction_of_the_tokens_and_the_defaults_
     assert abs(store.n_val - 0.02 * total) <= max(len(d.encode()) for d in docs)
     assert store.meta["docs_val"] >= 1 and store.n_val >= 0.02 * total - 100  # short documents fill it
     store.check_fits(cfg.train.eval_batches * cfg.train.batch_size, cfg.model.seq_len)  # the run's own check
+
+
+def test_bad_parquet_inputs(tmp_path):
+    with pytest.raises(ConfigError, match=r"data\.paths.*nowhere/\*\.parquet.*matches no file"):
+        tokenstore.prepare(DataConfig(source="parquet", paths=(str(tmp_path / "nowhere" / "*.parquet"),),
+                                root=str(tmp_path / "stores")), progress=False)
+    pq.write_table(pa.table({"content": ["a document"], "id": ["x"]}), tmp_path / "bad.parquet")
+    with pytest.raises(ConfigError, match=r"bad\.parquet.* no 'text' column.*content"):
+        tokenstore.prepare(DataConfig(source="parquet", paths=(str(tmp_path / "bad.parquet"),),
+                                root=str(tmp_path / "stores")), progress=False)
+    (tmp_path / "junk.parquet").write_text("not parquet")
+    with pytest.raises(ConfigError, match="not a readable parquet file"):
+        tokenstore.prepare(DataConfig(source="parquet", paths=(str(tmp_path / "junk.parquet"),),
+                                root=str(tmp_path / "stores")), progress=False)
+    assert not (tmp_path / "stores").exists()  # failed before writing anything
+
+
+def test_fineweb_offline_fails_fast_with_help(tmp_path):
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError) as e:
+        tokenstore.prepare(DataConfig(source="fineweb", max_docs=100, root=str(tmp_path / "stores")), progress=False)
+    assert time.perf_counter() - t0 < 10
+    msg = str(e.value)
+    assert "HF_HUB_OFFLINE" in msg and "data.source=parquet" in msg and "download" in msg
+    assert not (tmp_path / "stores").exists()
+
+
+# ------------------------------------------------------------------------------------- batches
+
+def test_batch_is_a_pure_function_of_seed_and_step(bytes_store):
+    s = bytes_store
+    x, y = s.batch(seed=3, step=7, batch_size=8, seq_len=64)
+    assert x.shape == y.shape == (8, 64) and x.dtype == y.dtype == np.int32
+    x2, y2 = s.batch(3, 7, 8, 64)
+    assert (x == x2).all() and (y == y2).all()
+    assert not (s.batch(3, 8, 8, 64)[0] == x).all()
+    assert not (s.batch(4, 7, 8, 64)[0] == x).all()
+    assert (x[:, 1:] == y[:, :-1]).all()
+    # Rows are the tokens at the drawn offsets, within the train split.
+    starts = s.starts(3, 7, 8, 64)
+    assert ((starts >= 0) & (starts + 65 <= s.n_train)).all()
+    train = s.read("train")
+    for r, st in enumerate(starts):
+        assert (x[r] == train[st:st + 64]).all() and (y[r] == train[st + 1:st + 65]).all()
+    # A host's rows are exactly those rows of the global batch.
+    for rows in (slice(0, 4), slice(4, 8), slice(1, 8, 3), [6, 2]):
+        xr, yr = s.batch(3, 7, 8, 64, rows=rows)
+        assert (xr == x[rows]).all() and (yr == y[rows]).all()
+
+
+def test_val_set(bytes_store):
+    s = bytes_store
+    v = s.val_set(5, 32)
+    assert v.shape == (5, 33) and v.dtype == np.int32
+    assert (v == s.val_set(5, 32)).all()
+    assert (v[:-1, -1] == v[1:, 0]).all()  # stride seq_len: consecutive, each target scored once
+    assert (v.reshape(-1)[:33] == s.read("val", 0, 33)).all()
+    can = (s.n_val - 1) // 1024
+    with pytest.raises(ConfigError, match=rf"enough for {can} sequences"):
+        s.val_set(can + 1, 1024)
+
+
+def test_prefetched_batches_match_batch(bytes_store):
+    s = bytes_store
+    with tokenstore.batches(s, seed=1, start_step=5, stop_step=12, batch_size=4, seq_len=16,
+                      steps_per_call=3, rows=slice(2, 4)) as it:
+        chunks = list(it)
+    assert [(c[0], c[1].shape) for c in chunks] == [(5, (3, 2, 16)), (8, (3, 2, 16)), (11, (1, 2, 16))]
+    for first, xs, ys in chunks:
+        for k in range(len(xs)):
+            x, y = s.batch(1, first + k, 4, 16, rows=slice(2, 4))
+            assert (xs[k] == x).all() and (ys[k] == y).all()
+    # Closing early (consumer stops, producer blocked on a full queue) does not hang.
+    it = tokenstore.batches(s, 0, 0, 10_000, 8, 32, steps_per_call=2)
+    next(it)
+    time.sleep(0.2)
+    t0 = time.perf_counter()
+    it.close()
+    assert time.perf_counter() - t0 < 5 and not it._thread.is_alive()
+    with pytest.raises(StopIteration):
+        next(it)
+    # An abandoned iterator stops its thread; a producer error reaches the consumer.
+    it = tokenstore.batches(s, 0, 0, 10_000, 8, 32)
+    next(it)
+    thread = it._thread
+    del it
+    gc.collect()
+    thread.join(5)
+    assert not thread.is_alive()
+    with pytest.raises(ConfigError, match="model.seq_len"):
+        next(tokenstore.batches(s, 0, 0, 5, 2, s.n_train + 10))
+
+
+# ------------------------------------------------------------------------------ prepare semantics
+
+def test_store_path_is_stable_and_content_keyed(tmp_path):
+    a = DataConfig(tokenizer="gpt2", root=str(tmp_path / "r1"))
+    assert tokenstore.store_path(a) == tokenstore.store_path(DataConfig(tokenizer="gpt2", root=str(tmp_path / "r1")))
+    assert tokenstore.store_path(a).name == tokenstore.store_path(DataConfig(tokenizer="gpt2", root="elsewhere")).name
+    assert tokenstore.store_path(a) == tokenstore.store_path(DataConfig(tokenizer="gpt2", bpe_vocab=999, root=str(tmp_path / "r1")))
+    assert tokenstore.store_path(a) != tokenstore.store_path(DataConfig(tokenizer="gpt2", val_fraction=0.05, root=str(tmp_path / "r1")))
+    assert tokenstore.store_path(a) != tokenstore.store_path(DataConfig(tokenizer="gpt2", max_docs=10, root=str(tmp_path / "r1")))
+    assert tokenstore.store_path(a).name.startswith("shakespeare-gpt2-")
+
+
+def test_prepare_is_idempotent(bytes_store, capsys):
+    meta = bytes_store.path / "meta.json"
+    before = meta.stat().st_mtime_ns
+    again = tokenstore.prepare(DataConfig(root=str(bytes_store.path.parent)), progress=True)
+    assert again.path == bytes_store.path and meta.stat().st_mtime_ns == before
+    assert capsys.readouterr().err == ""  # no bar, no throughput line: nothing was prepared
+    assert sorted(p.name for p in bytes_store.path.parent.iterdir()) == [bytes_store.path.name]
+
+
+_KILL_CHILD = """
+import sys
+from scaling_grid.trainer import tokenstore
+from scaling_grid.trainer.config import DataConfig
+tokenstore.prepare(DataConfig(source="parquet", paths=(sys.argv[1],), tokenizer="gpt2", root=sys.argv[2]), progress=False)
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_mid_prepare_leaves_no_complete_store(tmp_path, docs):
+    # ~6M tokens, so the kill lands after the first shard write (every 4M tokens) and before the end.
+    big = [f"{d}\n[copy {i}]" for i in range(3) for d in docs] + docs[:400]
+    write_fineweb_parquet(tmp_path / "in" / "big.parquet", big, row_group_size=256)
+    root = tmp_path / "stores"
+    cfg = DataConfig(source="parquet", paths=(str(tmp_path / "in" / "big.parquet"),), tokenizer="gpt2", root=str(root))
+    proc = subprocess.Popen([sys.executable, "-c", _KILL_CHILD, cfg.paths[0], str(root)])
+    try:
+        deadline = time.time() + 60
+        while not list(root.glob("*/data-*/train/c")) and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        assert proc.poll() is None, "prepare finished (or failed) before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    path = tokenstore.store_path(cfg)
+    partial = [p.name for p in path.glob("data-*")]
+    assert not (path / "meta.json").exists() and len(partial) == 1  # only the partial data folder is left
+    with pytest.raises(ConfigError, match="not a complete token store"):
+        tokenstore.TokenStore.open(path)
+    store = tokenstore.prepare(cfg, progress=False)  # a fresh prepare succeeds
+    assert store.path == path and store.meta["docs_train"] + store.meta["docs_val"] == len(big)
+    assert sum(int((store.read(split) == store.eot).sum()) for split in ("train", "val")) == len(big)
+    assert [p.name for p in path.glob("data-*")] == [store.meta["data"]] != partial  # the stale one was cleaned
 
 
 # ------------------------------------------------------------------------ other sources/tokenizers
