@@ -66,6 +66,7 @@ class _Context:
     multi: bool
     tok_stores: dict[Any, Any]
     tables: dict[str, int]
+    group: str                        # the cells' W&B group: --wandb-group, else the spec's name
 
 
 # ------------------------------------------------------------------------------------ order of work
@@ -158,7 +159,7 @@ def _progress(opts: Options, writer: bool, todo: Sequence[S.Cell], name: str
     bars = opts.progress and writer and T.interactive()
     bar = tqdm(total=sum(c.train_tokens for c in todo), desc=f"grid {name}", unit="tok", unit_scale=True,
                position=0, dynamic_ncols=True, disable=None if bars else True)
-    return bar, bars, (lambda s: tqdm.write(s)) if bars else opts.out
+    return bar, bars, (lambda s: tqdm.write(T.within(s))) if bars else opts.out
 
 
 def run(spec_path: str, opts: Options) -> int:
@@ -194,7 +195,8 @@ def run(spec_path: str, opts: Options) -> int:
     bar, bars, say = _progress(opts, writer, todo, spec.name)
     # SIGTERM between cells: stop before the next; during a cell the trainer sees the same flag, saves
     # and stops. One handler for the whole run, so no signal is lost while a cell compiles or restores.
-    ctx = _Context(store, opts, Preemption(), bar, bars, say, writer, multi, tok_stores, table_lengths(cells, vocab))
+    ctx = _Context(store, opts, Preemption(), bar, bars, say, writer, multi, tok_stores, table_lengths(cells, vocab),
+                   opts.wandb_group or spec.name)
     results, code = _run_units(todo, cells, redo, ctx)
     bar.close()
     return _summary(spec.name, results, len(todo), code, damaged, out)
@@ -246,7 +248,8 @@ def _cell_sinks(cell: S.Cell, live: LiveSink, ctx: _Context, tok_store: Any, pos
     return T.run_sinks(ctx.store.root, cell.config, cell.id, prefix=ctx.store.metrics_prefix(cell.id),
                        label=cell.name, bar=ctx.bars, position=position, say=ctx.say, origin=cell.init_step or 0,
                        flops_per_token=derived["flops_per_token"], tensorboard=ctx.opts.tensorboard,
-                       wandb=ctx.opts.wandb, record={**derived, "config": cell.config.to_dict()}, first=(live,))
+                       wandb=ctx.opts.wandb, record={**derived, "config": cell.config.to_dict()}, group=ctx.group,
+                       role=cell.role, first=(live,))
 
 
 class _Pack:

@@ -5,6 +5,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from scaling_grid.trainer import within
+
 if TYPE_CHECKING:
     from scaling_grid.trainer import Distributed
 
@@ -23,7 +25,8 @@ class Options:
     distributed: Distributed | None = None  # join a multi-process job: all processes run every cell together
     tensorboard: str | None = None     # TensorBoard event files, one run per cell in <tensorboard>/<cell id>
     wandb: str | None = None           # a W&B project: one W&B run per cell, its id the cell id
+    wandb_group: str | None = None     # the cells' W&B group (default: the spec's name)
     wide: bool = False                 # dry run: every column (default: lines fit plan.WIDTH columns)
     compile_cache: str | None = None   # JAX's persistent compile cache: a folder or a gs:// URL (runtime.setup)
     target: str | None = None          # dry run: check memory for this accelerator with its compiler (grid/aot.py)
-    out: Callable[[str], None] = field(default=lambda s: print(s, flush=True))
+    out: Callable[[str], None] = field(default=lambda s: print(within(s), flush=True))  # within 100 columns

@@ -15,6 +15,7 @@ from tiny import tiny_spec
 
 from scaling_grid.grid import cli
 from scaling_grid.grid import store as G
+from scaling_grid.trainer.config import approx_count
 from scaling_grid.trainer.trackers import TensorBoardSink
 
 TRAIN_TAGS = {"loss": "train/loss", "lr": "train/lr", "tau": "train/tau", "grad_norm": "train/grad_norm",
@@ -181,6 +182,49 @@ def test_wandb_offline_run_per_cell_with_the_scalars(grid):
             steps = [s for s in sorted(history) if tag in history[s]]
             assert steps == list(_logged(want)), (cid, tag)  # the sink saw every step, each once
             np.testing.assert_array_equal([history[s][tag] for s in steps], want[steps], err_msg=f"{cid} {tag}")
+
+
+def _labels(store: Path) -> dict[str, dict]:
+    """Per cell, what its W&B run and TensorBoard hparams must carry, from the store's records."""
+    return {r["config"]["id"]: {"variant": r["config"]["variant"], "width": r["config"]["m"], "depth": r["config"]["l"],
+                                "tokens": r["config"]["config"]["train"]["tokens"],
+                                "peak_lr": r["config"]["peak_lr"], "role": r["config"]["role"]}
+            for r in G.Store(str(store)).records()[0]}
+
+
+@pytest.mark.slow
+def test_wandb_runs_are_grouped_by_spec_tagged_and_carry_flat_keys(grid):
+    """W&B group = the spec's name; tags variant, width, depth, tokens, lr, role; flat config keys."""
+    root, store, _, metrics, _ = grid
+    labels = _labels(store)
+    assert sorted(labels) == sorted(metrics) and {v["role"] for v in labels.values()} == {"trunk", "branch"}
+    for cid, want in labels.items():
+        (path,) = (root / "wandb").glob(f"offline-run-*-{cid}/run-{cid}.wandb")
+        run = next(r.run for r in _wandb_records(path) if r.WhichOneof("record_type") == "run")
+        assert run.run_group == "sinks"
+        config = {i.key: json.loads(i.value_json) for i in run.config.update}
+        assert {k: config[k] for k in want} == want
+        assert list(run.tags) == [f"variant={want['variant']}", f"width={want['width']}", f"depth={want['depth']}",
+                                  f"tokens={approx_count(want['tokens'])}", f"lr={want['peak_lr']:g}",
+                                  f"role={want['role']}"]
+
+
+@pytest.mark.slow
+def test_tensorboard_hparams_per_cell(grid):
+    """Each cell's TensorBoard run holds its hparams (TensorBoard's hparams plugin data, read back with
+    TensorBoard's own reader), with eval and train loss as the metrics."""
+    from tensorboard.backend.event_processing import event_accumulator as ea
+    from tensorboard.plugins.hparams import metadata as hp
+    _, store, tb, _, _ = grid
+    for cid, want in _labels(store).items():
+        acc = ea.EventAccumulator(str(tb / cid))
+        acc.Reload()
+        content = acc.PluginTagToContent(hp.PLUGIN_NAME)
+        start = hp.parse_session_start_info_plugin_data(content[hp.SESSION_START_INFO_TAG])
+        got = {k: (v.string_value or v.number_value) for k, v in start.hparams.items()}
+        assert got == want, (cid, got)
+        experiment = hp.parse_experiment_plugin_data(content[hp.EXPERIMENT_TAG])
+        assert [m.name.tag for m in experiment.metric_infos] == ["eval/loss", "train/loss"]
 
 
 @pytest.mark.slow
