@@ -152,7 +152,7 @@ def _train_in(out: Any, cfg: RunConfig, store: tokenstore.TokenStore, arch: Arch
     if result.status == "done":
         what = "already complete" if result.message else f"{cfg.steps:,} steps in {dt:.1f} s"
         print(within(f"done: {what}; final eval loss {result.eval_loss:.4f} "
-                     f"(ln vocab = {math.log(store.vocab_size):.3f}); metrics in {out / 'metrics'}"))
+                     f"(ln vocab = {math.log(store.vocab_size):.3f}); metrics in {_shown(out / 'metrics')}"))
     else:
         print(result.message, file=sys.stderr)
     loss = result.eval_loss if math.isfinite(result.eval_loss) else None  # JSON has no NaN
@@ -162,6 +162,13 @@ def _train_in(out: Any, cfg: RunConfig, store: tokenstore.TokenStore, arch: Arch
                                                  "message": result.message, "eval_loss": loss,
                                                  "vocab": store.vocab_size}, allow_nan=False))
     return result
+
+
+def _shown(path: Any) -> str:
+    """A local path relative to the working folder when it is under it (shorter on a line), else whole."""
+    p = os.fspath(path)
+    rel = p if is_remote(p) else os.path.relpath(p)
+    return p if rel.startswith("..") else rel
 
 
 def param_summary(steps: Steps, arch: Arch) -> dict[str, int]:

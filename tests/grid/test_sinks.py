@@ -4,6 +4,7 @@ and the offline W&B run files every cell's curves, equal to the store's; the pac
 when asked for, and a missing one is an exit-2 message naming the pip install."""
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -312,3 +313,54 @@ def test_log_lines_show_an_eval_only_where_it_was_measured_with_speed_and_mfu():
     assert len(wrapped) == 2 and all(len(line) <= 100 for line in wrapped) and wrapped[1].startswith("    ")
     assert "MFU" not in " ".join(wrapped) and "tok/s" in " ".join(wrapped)  # no peak known: no MFU, never a guess
     assert device_peak_tflops("NVIDIA H100 80GB HBM3", np.float32) == 66.9 and device_peak_tflops("cpu", "float32") is None
+
+
+# The XLA runtime's C++ log lines and JAX plugins' notes (not the trainer's or the launcher's own)
+THIRD_PARTY = re.compile(r"^([IWE]\d{4} |WARNING: All log messages|WARNING:jax_plugins)")
+
+
+def _ours(p: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in (p.stdout + p.stderr).splitlines() if not THIRD_PARTY.match(line)]
+
+
+@pytest.mark.slow
+def test_every_line_of_a_grid_and_a_train_fits_100_columns_and_evals_show_where_measured(tmp_path):
+    """A tiny grid and a `train` into a deep out_dir, as a log file sees them: every line of theirs
+    within 100 columns (prepared, done, progress, the model line); each eval value on one line, at the
+    step it was measured, equal to the stored one."""
+    from scaling_grid.trainer.metrics import read_metrics
+    spec = tmp_path / "s.yaml"
+    spec.write_text(tiny_spec("a-grid-with-a-rather-long-name", {"width": [16, 32], "depth": [1], "tokens": [2560],
+                                                                 "lr": ["3e-3"]}, root=str(tmp_path / "data"), pack=2))
+    grid = subprocess.run([sys.executable, "-m", "scaling_grid.grid.cli", "run", str(spec), "--store", "st",
+                           "--no-memory-check"], capture_output=True, text=True, timeout=600, env=_env(tmp_path),
+                          cwd=tmp_path)
+    assert grid.returncode == 0, grid.stdout[-2000:] + grid.stderr[-2000:]
+    out = tmp_path / "runs-of-this-test" / "a-run-folder-named-at-length-as-people-do"
+    train = subprocess.run([sys.executable, "-m", "scaling_grid.grid.cli", "train", f"out_dir={out}",
+                            f"data.root={tmp_path}/data", "model.width=16", "model.depth=1", "model.heads=2",
+                            "model.seq_len=16", "train.batch_size=4", "train.tokens=2560", "train.eval_every=20",
+                            "train.eval_batches=1", "optim.warmup_steps=4"], capture_output=True, text=True,
+                           timeout=600, env=_env(tmp_path), cwd=tmp_path)
+    assert train.returncode == 0, train.stdout[-2000:] + train.stderr[-2000:]
+    lines = _ours(grid) + _ours(train)
+    assert len(max(lines, key=len)) <= 100, max(lines, key=len)
+    assert any(line.startswith("prepared ") for line in lines) and any(line.startswith("done: ") for line in lines)
+
+    store = G.Store(str(tmp_path / "st"))
+    done = [line for line in _ours(grid) if ": done in " in line]
+    assert len(done) == 2
+    for line in done:  # a cell's eval: its last step's, on its done line only
+        cid = line.split(":")[0]
+        m = store.read_metrics(cid)
+        last = _logged(m["eval_loss"])[-1]
+        assert last == len(m["eval_loss"]) - 1 and f"eval loss {m['eval_loss'][last]:.4f}" in line
+    assert sum("eval" in line for line in _ours(grid)) == 2
+
+    m = read_metrics(str(out / "metrics"))
+    shown = [re.fullmatch(r"step ([\d,]+)/40 eval (\d\.\d{4}) \(se \d\.\d{4}\)", line) for line in _ours(train)]
+    evals = [(int(x[1].replace(",", "")), x[2]) for x in shown if x]
+    assert evals == [(int(s), f"{m['eval_loss'][s]:.4f}") for s in _logged(m["eval_loss"])]  # each once
+    assert [s for s, _ in evals] == [0, 20, 40]
+    others = [line for line, x in zip(_ours(train), shown) if not x and "eval" in line]
+    assert len(others) == 1 and others[0].startswith("done: 40 steps in ") and f"eval loss {evals[-1][1]}" in others[0]
