@@ -55,6 +55,13 @@ class ValSplit:
         """Route documents of these sizes, in order: a bool mask, True for validation."""
         return np.array([self.to_val(int(n)) for n in sizes], bool)
 
+    def cut(self, tokens: np.ndarray, lengths: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        """Route the next documents, given as their tokens concatenated, the tokens of each and the size
+        the rule measures of each: (train tokens, val tokens, documents to val)."""
+        to_val = self.assign(sizes)
+        in_val = np.repeat(to_val, lengths)
+        return tokens[~in_val], tokens[in_val], int(to_val.sum())
+
 
 def array_spec(path: Any, dtype: str | None = None) -> dict[str, Any]:
     """The TensorStore spec of a store's token array at `path`; with `dtype`, the layout to create."""
@@ -160,12 +167,10 @@ def build(cfg: DataConfig, files: list[Path], source: Callable[[], DocBatches], 
         tokens, lengths, doc_bytes, nx = fut.result()
         # In reading order, here: each document's split depends on those before it. bpe splits by
         # bytes, as its tokenizer was trained on the train split before tokens existed (_tokenizer).
-        to_val = split.assign(doc_bytes if cfg.tokenizer == "bpe" else lengths)
-        in_val = np.repeat(to_val, lengths)
-        train_w.append(tokens[~in_val])
-        val_w.append(tokens[in_val])
-        nv = int(to_val.sum())
-        nt = len(to_val) - nv
+        train, val, nv = split.cut(tokens, lengths, doc_bytes if cfg.tokenizer == "bpe" else lengths)
+        train_w.append(train)
+        val_w.append(val)
+        nt = len(lengths) - nv
         docs[0] += nt
         docs[1] += nv
         nbytes += int(doc_bytes.sum())
