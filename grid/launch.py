@@ -159,7 +159,7 @@ def _progress(opts: Options, writer: bool, todo: Sequence[S.Cell], name: str
     bars = opts.progress and writer and T.interactive()
     bar = tqdm(total=sum(c.train_tokens for c in todo), desc=f"grid {name}", unit="tok", unit_scale=True,
                position=0, dynamic_ncols=True, disable=None if bars else True)
-    return bar, bars, (lambda s: tqdm.write(T.within(s))) if bars else opts.out
+    return bar, bars, (lambda s: tqdm.write(s)) if bars else opts.out
 
 
 def run(spec_path: str, opts: Options) -> int:
@@ -186,9 +186,8 @@ def run(spec_path: str, opts: Options) -> int:
         _record_cells(store, spec, cells, records(cells, vocab), out)
     n_done = sum(1 for c in my_cells if states[c.id].get("state") == "done" and c.id not in redo)
     shard = f", shard {opts.shard[0]}/{opts.shard[1]}: {len(my_cells)}" if opts.shard[1] > 1 else ""
-    out(f"grid {spec.name!r}: {len(cells)} cells{shard}"
-        + f"; {n_done} done, {len(my_cells) - n_done - len(todo)} diverged/final, {len(todo)} to run; "
-        f"store {opts.store}")
+    out(T.within(f"grid {spec.name!r}: {len(cells)} cells{shard}; {n_done} done, "
+                 f"{len(my_cells) - n_done - len(todo)} diverged/final, {len(todo)} to run; store {opts.store}"))
     if not todo:
         return still_damaged(damaged, out) or EXIT_OK
 
@@ -229,8 +228,8 @@ def _summary(name: str, results: dict[str, str], n_todo: int, code: int, damaged
     counts: dict[str, int] = {}
     for s in results.values():
         counts[s] = counts.get(s, 0) + 1
-    out(f"grid {name!r}: ran {len(results)} of {n_todo} cells: "
-        + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    out(T.within(f"grid {name!r}: ran {len(results)} of {n_todo} cells: "
+                 + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))))
     if code == EXIT_PREEMPTED:
         out("preempted: run the same command again to resume")
         return code
@@ -353,9 +352,9 @@ class _Pack:
             if res.status == "done":
                 tps, loss = final.get("tokens_per_s"), final["eval_loss"]
                 with_pack = f" (in a pack of {len(running)})" if len(running) > 1 else ""
-                self.ctx.say(f"{c.id}: done in {elapsed:.1f}s{with_pack}, "
-                             + (f"eval loss {loss:.4f}" if loss is not None else "no final eval")
-                             + (f", {tps:,.0f} tok/s" if tps else ""))
+                self.ctx.say(T.within(f"{c.id}: done in {elapsed:.1f}s{with_pack}, "
+                                      + (f"eval loss {loss:.4f}" if loss is not None else "no final eval")
+                                      + (f", {tps:,.0f} tok/s" if tps else "")))
             else:
                 msg = res.message
                 self.ctx.say(f"{c.id}: {msg}" if msg.startswith(res.status) else f"{c.id}: {res.status}: {msg}")

@@ -5,8 +5,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from scaling_grid.trainer import within
-
 if TYPE_CHECKING:
     from scaling_grid.trainer import Distributed
 
@@ -29,4 +27,4 @@ class Options:
     wide: bool = False                 # dry run: every column (default: lines fit plan.WIDTH columns)
     compile_cache: str | None = None   # JAX's persistent compile cache: a folder or a gs:// URL (runtime.setup)
     target: str | None = None          # dry run: check memory for this accelerator with its compiler (grid/aot.py)
-    out: Callable[[str], None] = field(default=lambda s: print(within(s), flush=True))  # within 100 columns
+    out: Callable[[str], None] = field(default=lambda s: print(s, flush=True))
