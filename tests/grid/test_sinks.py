@@ -229,6 +229,31 @@ def test_tensorboard_hparams_per_cell(grid):
 
 
 @pytest.mark.slow
+def test_train_wandb_group_is_given_by_flag_and_its_labels_say_single(tmp_path):
+    """`train --wandb P --wandb-group G`: the W&B run in group G, tagged and keyed like a grid's cell
+    with role single; its TensorBoard run holds the same labels as hparams."""
+    from tensorboard.backend.event_processing import event_accumulator as ea
+    from tensorboard.plugins.hparams import metadata as hp
+    args = [f"out_dir={tmp_path}/one", f"data.root={tmp_path}/data", "model.width=16", "model.depth=1",
+            "model.heads=2", "model.seq_len=16", "train.batch_size=4", "train.tokens=640", "train.eval_every=10",
+            "train.eval_batches=1", "optim.warmup_steps=2"]
+    p = subprocess.run([sys.executable, "-m", "scaling_grid.grid.cli", "train", *args, "--wandb", "sinks-test",
+                        "--wandb-group", "my-sweep", "--tensorboard", str(tmp_path / "tb")],
+                       capture_output=True, text=True, timeout=300, env=_env(tmp_path), cwd=tmp_path)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    (path,) = (tmp_path / "wandb").glob("offline-run-*-one-*/run-one-*.wandb")
+    run = next(r.run for r in _wandb_records(path) if r.WhichOneof("record_type") == "run")
+    want = {"variant": "gpt2", "width": 16, "depth": 1, "tokens": 640, "peak_lr": 3e-3, "role": "single"}
+    config = {i.key: json.loads(i.value_json) for i in run.config.update}
+    assert run.run_group == "my-sweep" and {k: config[k] for k in want} == want
+    assert list(run.tags) == ["variant=gpt2", "width=16", "depth=1", "tokens=640", "lr=0.003", "role=single"]
+    acc = ea.EventAccumulator(str(tmp_path / "tb" / "one"))
+    acc.Reload()
+    start = hp.parse_session_start_info_plugin_data(acc.PluginTagToContent(hp.PLUGIN_NAME)[hp.SESSION_START_INFO_TAG])
+    assert {k: (v.string_value or v.number_value) for k, v in start.hparams.items()} == want
+
+
+@pytest.mark.slow
 def test_run_log_is_plain_lines_with_the_backend_first(grid):
     """Not a terminal: no bar redraws (no carriage return), one line per cell, the backend first."""
     _, _, _, metrics, p = grid
