@@ -151,8 +151,9 @@ def _train_in(out: Any, cfg: RunConfig, store: tokenstore.TokenStore, arch: Arch
     dt = time.perf_counter() - t0
     if result.status == "done":
         what = "already complete" if result.message else f"{cfg.steps:,} steps in {dt:.1f} s"
+        print(within(f"metrics in {_shown(out / 'metrics')}"))  # a path may be long: the result goes last
         print(within(f"done: {what}; final eval loss {result.eval_loss:.4f} "
-                     f"(ln vocab = {math.log(store.vocab_size):.3f}); metrics in {_shown(out / 'metrics')}"))
+                     f"(ln vocab = {math.log(store.vocab_size):.3f})"))
     else:
         print(result.message, file=sys.stderr)
     loss = result.eval_loss if math.isfinite(result.eval_loss) else None  # JSON has no NaN
