@@ -21,6 +21,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    "name> (needs tensorboardX); view with tensorboard --logdir DIR")
     p.add_argument("--wandb", metavar="PROJECT", help="also log to Weights & Biases project PROJECT (needs "
                    "wandb; WANDB_MODE=offline logs locally)")
+    p.add_argument("--wandb-group", metavar="NAME", help="the W&B run's group (default: none)")
     add_distributed_args(p, "all processes train this run together, each feeding its share of the batch")
     add_compile_cache_arg(p)
 
@@ -60,6 +61,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                    "DIR/<cell id> (needs tensorboardX); view with tensorboard --logdir DIR")
     p.add_argument("--wandb", metavar="PROJECT", help="also log every cell to Weights & Biases project PROJECT, "
                    "one W&B run per cell (needs wandb; WANDB_MODE=offline logs locally)")
+    p.add_argument("--wandb-group", metavar="NAME", help="the W&B group of the grid's runs (default: the spec's "
+                   "name)")
     p.add_argument("--wide", action="store_true", help="dry run: every column, whatever the terminal width")
     add_target_arg(p)
     add_distributed_args(p, "every process runs each cell together")

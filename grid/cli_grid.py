@@ -38,7 +38,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     T.setup(_distributed(args), args.compile_cache)  # before anything starts a JAX backend
     T.by_default(lambda why, _: f"run {cfg.out_dir} (last checkpoint: step "  # what a lost peer's line names
                  f"{max(T.saved_steps(T.path_of(cfg.out_dir) / 'checkpoints'), default=0)})")
-    result = T.train_cli(cfg, progress=not args.no_progress, tensorboard=tensorboard, wandb=args.wandb)
+    result = T.train_cli(cfg, progress=not args.no_progress, tensorboard=tensorboard, wandb=args.wandb,
+                         wandb_group=args.wandb_group)
     return {"done": EXIT_OK, "diverged": EXIT_DIVERGED, "preempted": EXIT_PREEMPTED}.get(result.status, EXIT_FAILED)
 
 
@@ -81,7 +82,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                    measure=not args.no_measure, progress=not args.no_progress,
                    retry_failed=not args.no_retry_failed, distributed=_distributed(args),
                    tensorboard=T.require_local("--tensorboard", args.tensorboard), wandb=args.wandb,
-                   wide=args.wide, compile_cache=args.compile_cache, target=args.target)
+                   wandb_group=args.wandb_group, wide=args.wide, compile_cache=args.compile_cache, target=args.target)
     if args.target and not args.dry_run:
         raise ConfigError("--target goes with --dry-run (it compiles for a chip that need not be here); a run "
                           "trains on the devices JAX sees")

@@ -66,6 +66,7 @@ class _Context:
     multi: bool
     tok_stores: dict[Any, Any]
     tables: dict[str, int]
+    group: str                        # the cells' W&B group: --wandb-group, else the spec's name
 
 
 # ------------------------------------------------------------------------------------ order of work
@@ -172,16 +173,16 @@ def run(spec_path: str, opts: Options) -> int:
         record_cells(store, spec, cells, records(cells, vocab), out)
     n_done = sum(1 for c in my_cells if states[c.id].get("state") == "done" and c.id not in redo)
     shard = f", shard {opts.shard[0]}/{opts.shard[1]}: {len(my_cells)}" if opts.shard[1] > 1 else ""
-    out(f"grid {spec.name!r}: {len(cells)} cells{shard}"
-        + f"; {n_done} done, {len(my_cells) - n_done - len(todo)} diverged/final, {len(todo)} to run; "
-        f"store {opts.store}")
+    out(T.within(f"grid {spec.name!r}: {len(cells)} cells{shard}; {n_done} done, "
+                 f"{len(my_cells) - n_done - len(todo)} diverged/final, {len(todo)} to run; store {opts.store}"))
     if not todo:
         return still_damaged(damaged, out) or EXIT_OK
 
     bar, bars, say = _progress(opts, writer, todo, spec.name)
     # SIGTERM between cells: stop before the next; during a cell the trainer sees the same flag, saves
     # and stops. One handler for the whole run, so no signal is lost while a cell compiles or restores.
-    ctx = _Context(store, opts, Preemption(), bar, bars, say, writer, multi, tok_stores, table_lengths(cells, vocab))
+    ctx = _Context(store, opts, Preemption(), bar, bars, say, writer, multi, tok_stores, table_lengths(cells, vocab),
+                   opts.wandb_group or spec.name)
     results, code = _run_units(todo, cells, redo, ctx)
     bar.close()
     return _summary(spec.name, results, len(todo), code, damaged, out)
@@ -214,8 +215,8 @@ def _summary(name: str, results: dict[str, str], n_todo: int, code: int, damaged
     counts: dict[str, int] = {}
     for s in results.values():
         counts[s] = counts.get(s, 0) + 1
-    out(f"grid {name!r}: ran {len(results)} of {n_todo} cells: "
-        + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    out(T.within(f"grid {name!r}: ran {len(results)} of {n_todo} cells: "
+                 + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))))
     if code == EXIT_PREEMPTED:
         out("preempted: run the same command again to resume")
         return code
@@ -233,7 +234,8 @@ def _cell_sinks(cell: S.Cell, live: LiveSink, ctx: _Context, tok_store: Any, pos
     return T.run_sinks(ctx.store.root, cell.config, cell.id, prefix=ctx.store.metrics_prefix(cell.id),
                        label=cell.name, bar=ctx.bars, position=position, say=ctx.say, origin=cell.init_step or 0,
                        flops_per_token=derived["flops_per_token"], tensorboard=ctx.opts.tensorboard,
-                       wandb=ctx.opts.wandb, record={**derived, "config": cell.config.to_dict()}, first=(live,))
+                       wandb=ctx.opts.wandb, record={**derived, "config": cell.config.to_dict()}, group=ctx.group,
+                       role=cell.role, first=(live,))
 
 
 class _Pack:
@@ -337,9 +339,9 @@ class _Pack:
             if res.status == "done":
                 tps, loss = final.get("tokens_per_s"), final["eval_loss"]
                 with_pack = f" (in a pack of {len(running)})" if len(running) > 1 else ""
-                self.ctx.say(f"{c.id}: done in {elapsed:.1f}s{with_pack}, "
-                             + (f"eval loss {loss:.4f}" if loss is not None else "no final eval")
-                             + (f", {tps:,.0f} tok/s" if tps else ""))
+                self.ctx.say(T.within(f"{c.id}: done in {elapsed:.1f}s{with_pack}, "
+                                      + (f"eval loss {loss:.4f}" if loss is not None else "no final eval")
+                                      + (f", {tps:,.0f} tok/s" if tps else "")))
             else:
                 msg = res.message
                 self.ctx.say(f"{c.id}: {msg}" if msg.startswith(res.status) else f"{c.id}: {res.status}: {msg}")

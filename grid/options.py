@@ -23,6 +23,7 @@ class Options:
     distributed: Distributed | None = None  # join a multi-process job: all processes run every cell together
     tensorboard: str | None = None     # TensorBoard event files, one run per cell in <tensorboard>/<cell id>
     wandb: str | None = None           # a W&B project: one W&B run per cell, its id the cell id
+    wandb_group: str | None = None     # the cells' W&B group (default: the spec's name)
     wide: bool = False                 # dry run: every column (default: lines fit plan.WIDTH columns)
     compile_cache: str | None = None   # JAX's persistent compile cache: a folder or a gs:// URL (runtime.setup)
     target: str | None = None          # dry run: check memory for this accelerator with its compiler (grid/aot.py)

@@ -32,7 +32,7 @@ _FACE = {
     "compile": "SharedSteps measure memory_need shape_key table_lengths",
     "config": "ConfigError OptimConfig RunConfig approx_count format_count from_dict identity pack_key parse_count",
     "configfile": "describe load read_yaml_text",
-    "logsinks": "interactive",
+    "logsinks": "interactive within",
     "loop": "Lane train_pack",
     "metrics": "EVAL_FIELDS TRAIN_FIELDS MetricsDamaged Sinks kvstore_spec open_metric read_metrics rewrite_metadata",
     "model": "VARIANTS flops_per_token make_arch non_embedding_formula",
@@ -72,7 +72,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports on 
         parse_count,
     )
     from .configfile import describe, load, read_yaml_text
-    from .logsinks import interactive
+    from .logsinks import interactive, within
     from .loop import Lane, train_pack
     from .metrics import (
         EVAL_FIELDS,

@@ -132,7 +132,8 @@ class DataConfig:
     tokenizer: str = _f("bytes", "bytes (UTF-8 bytes, vocab 256) | gpt2 (GPT-2's BPE) | bpe (a byte-level "
                         "BPE trained on this corpus)")
     bpe_vocab: int = _f(4096, "vocabulary size of a trained bpe tokenizer")
-    val_fraction: float = _f(0.02, "fraction of documents (chosen by a hash of their text) held out for validation")
+    val_fraction: float = _f(0.02, "share of the TOKENS held out for validation: whole documents, in reading "
+                             "order, go to val while it holds less than this share (within one document)")
     root: str = _f("data", "prepared token stores live under here, one folder per data config", role="placement")
 
 

@@ -63,6 +63,13 @@ def interactive() -> bool:
 WIDTH = 100  # log lines fit a laptop terminal
 
 
+def within(text: str, width: int = WIDTH) -> str:
+    """`text` as lines within `width` columns, continuations indented: what the trainer and the launcher
+    print fits a laptop terminal (a word longer than a line, such as a long path, stays whole)."""
+    return "\n".join(textwrap.wrap(text, width, subsequent_indent="    ", break_long_words=False,
+                                   break_on_hyphens=False)) or text
+
+
 class LogLineSink:
     """Plain progress lines for a log file, where a bar's carriage-return redraws are noise: one every
     `every_s` seconds (step, train loss, ms per step, tokens/s and, where the devices' peak is known,
@@ -104,8 +111,7 @@ class LogLineSink:
 
     def _say(self, text: str) -> None:
         """One line, or a few within WIDTH columns behind a long prefix (a grid cell's id)."""
-        for piece in textwrap.wrap(self.prefix + text, WIDTH, subsequent_indent="    ",
-                                   break_long_words=False, break_on_hyphens=False):
+        for piece in within(self.prefix + text).splitlines():
             self.out(piece)
 
     def write_train(self, steps: np.ndarray, values: dict[str, np.ndarray]) -> None:

@@ -1,14 +1,13 @@
-"""Building a token store's arrays: the split rule (`is_val`), the array layout (`array_spec`), and
+"""Building a token store's arrays: the split rule (`ValSplit`), the array layout (`array_spec`), and
 `build`, which tokenizes a corpus on worker threads into the ``train`` and ``val`` arrays of one
 ``data-<id>/`` folder. Committing that folder as a store is `tokenstore.prepare`'s."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,26 +16,51 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import paths
-from .config import ConfigError, DataConfig
+from .config import ConfigError, DataConfig, approx_count
+from .logsinks import within
 from .sources import DocBatches, document_batches, empty_corpus
 from .tokenizers import Tokenizer, get_tokenizer, n_cpus, train_bpe
 
 if TYPE_CHECKING:
     import tensorstore as ts
 
-FORMAT_VERSION = 1             # bump when the stored content for a given config changes
+FORMAT_VERSION = 2             # bump when the stored content for a given config changes (2: split by tokens)
 SHARD_TOKENS = 1 << 20         # tokens per shard file (and per aligned write)
 INNER_CHUNK = 4096             # unit of a random read inside a shard (8 KB of uint16)
 CAPACITY = 1 << 40             # arrays are pre-sized to this and shrunk once at the end
 BPE_SAMPLE_CHARS = 50_000_000  # bpe is trained on at most this much train-split text
 
 
-def is_val(text: str | bytes, val_fraction: float) -> bool:
-    """A document belongs to the validation split iff blake2b-64 of its UTF-8 text is below
-    val_fraction * 2^64: a property of the text alone, independent of shard order or count."""
-    b = text.encode("utf-8") if isinstance(text, str) else text
-    h = int.from_bytes(hashlib.blake2b(b, digest_size=8).digest(), "little")
-    return h < int(val_fraction * 2**64)
+class ValSplit:
+    """The validation split: whole documents, in reading order, each sent to the split that leaves val's
+    share of the tokens so far nearest `val_fraction`. Val then holds val_fraction of the tokens to within
+    one document (|val - f * total| <= max(f, 1 - f) x the longest document), however uneven the
+    documents, and the split is a function of the corpus in reading order (which the store's key fixes):
+    every preparer of a store makes the same one. A long document goes to train unless val lags by
+    about its length, so val is mostly the corpus's shorter documents, spread through it."""
+
+    def __init__(self, val_fraction: float) -> None:
+        self.f = float(val_fraction)
+        self.total = self.val = 0
+
+    def to_val(self, n: int) -> bool:
+        """Route one document of `n` tokens; True: validation."""
+        target = self.f * (self.total + n)
+        v = abs(self.val + n - target) < abs(self.val - target)  # a tie goes to train
+        self.total += n
+        self.val += n if v else 0
+        return v
+
+    def assign(self, sizes: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Route documents of these sizes, in order: a bool mask, True for validation."""
+        return np.array([self.to_val(int(n)) for n in sizes], bool)
+
+    def cut(self, tokens: np.ndarray, lengths: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        """Route the next documents, given as their tokens concatenated, the tokens of each and the size
+        the rule measures of each: (train tokens, val tokens, documents to val)."""
+        to_val = self.assign(sizes)
+        in_val = np.repeat(to_val, lengths)
+        return tokens[~in_val], tokens[in_val], int(to_val.sum())
 
 
 def array_spec(path: Any, dtype: str | None = None) -> dict[str, Any]:
@@ -103,27 +127,17 @@ class _ArrayWriter:
         return self.pos
 
 
-def _split_and_encode(tok: Tokenizer, texts: list[str], val_fraction: float, dtype: np.dtype
-                      ) -> tuple[np.ndarray, np.ndarray, int, int, int, int]:
-    """One worker job: route each document by its hash, tokenize, concatenate with EOT before each
-    document. Returns (train tokens, val tokens, train docs, val docs, text bytes, documents with
-    more than whitespace)."""
-    threshold = int(val_fraction * 2**64)
+def _encode(tok: Tokenizer, texts: list[str], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """One worker job: tokenize, concatenate with EOT before each document. Returns (tokens, tokens per
+    document, UTF-8 bytes per document, documents with more than whitespace)."""
     ids = tok.encode_arrays(texts)
-    eot = None if tok.eot is None else np.array([tok.eot], dtype)
-    parts: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
-    nbytes = n_val_docs = 0
-    for text, a in zip(texts, ids):
-        b = text.encode("utf-8")
-        nbytes += len(b)
-        to_val = int.from_bytes(hashlib.blake2b(b, digest_size=8).digest(), "little") < threshold
-        n_val_docs += to_val
-        if eot is not None:
-            parts[to_val].append(eot)
-        parts[to_val].append(a)
-    train, val = (np.concatenate(p).astype(dtype, copy=False) if p else np.zeros(0, dtype) for p in parts)
+    eot = [] if tok.eot is None else [np.array([tok.eot], dtype)]
+    parts = [p for a in ids for p in (*eot, a)]
+    tokens = np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
+    lengths = np.array([len(a) + len(eot) for a in ids], np.int64)
+    nbytes = np.array([len(t.encode("utf-8")) for t in texts], np.int64)
     n_text = sum(not t.isspace() for t in texts)  # stops at the first non-space character: cheap
-    return train, val, len(texts) - n_val_docs, n_val_docs, nbytes, n_text
+    return tokens, lengths, nbytes, n_text
 
 
 def build(cfg: DataConfig, files: list[Path], source: Callable[[], DocBatches], out: Any,
@@ -146,26 +160,32 @@ def build(cfg: DataConfig, files: list[Path], source: Callable[[], DocBatches], 
     bar = tqdm(total=total_docs, unit="doc", disable=None if progress else True, file=sys.stderr, mininterval=0.5,
                desc=f"prepare {out.parent.name}", dynamic_ncols=True)
 
-    def collect(fut: Future[tuple[np.ndarray, np.ndarray, int, int, int, int]]) -> None:
+    split = ValSplit(cfg.val_fraction)
+
+    def collect(fut: Future[tuple[np.ndarray, np.ndarray, np.ndarray, int]]) -> None:
         nonlocal nbytes, n_text
-        train, val, nt, nv, nb, nx = fut.result()
+        tokens, lengths, doc_bytes, nx = fut.result()
+        # In reading order, here: each document's split depends on those before it. bpe splits by
+        # bytes, as its tokenizer was trained on the train split before tokens existed (_tokenizer).
+        train, val, nv = split.cut(tokens, lengths, doc_bytes if cfg.tokenizer == "bpe" else lengths)
         train_w.append(train)
         val_w.append(val)
+        nt = len(lengths) - nv
         docs[0] += nt
         docs[1] += nv
-        nbytes += nb
+        nbytes += int(doc_bytes.sum())
         n_text += nx
-        tokens = train_w.pos + train_w.buffered + val_w.pos + val_w.buffered
+        so_far = train_w.pos + train_w.buffered + val_w.pos + val_w.buffered
         bar.update(nt + nv)
-        bar.set_postfix(tokens=f"{tokens:,}", tok_s=f"{tokens / (time.perf_counter() - t1):,.0f}", refresh=False)
+        bar.set_postfix(tokens=f"{so_far:,}", tok_s=f"{so_far / (time.perf_counter() - t1):,.0f}", refresh=False)
 
     # Tokenizer jobs on worker threads (tiktoken and tokenizers release the GIL); this thread reads
     # the next documents and hands finished jobs, in order, to the asynchronous TensorStore writers.
     with ThreadPoolExecutor(workers, thread_name_prefix="tokenize") as pool:
-        inflight: deque[Future[tuple[np.ndarray, np.ndarray, int, int, int, int]]] = deque()
+        inflight: deque[Future[tuple[np.ndarray, np.ndarray, np.ndarray, int]]] = deque()
         try:
             for texts in document_batches(source, cfg.max_docs):
-                inflight.append(pool.submit(_split_and_encode, tok, texts, cfg.val_fraction, dtype))
+                inflight.append(pool.submit(_encode, tok, texts, dtype))
                 while len(inflight) > 2 * workers:
                     collect(inflight.popleft())
             while inflight:
@@ -186,9 +206,9 @@ def build(cfg: DataConfig, files: list[Path], source: Callable[[], DocBatches], 
              "tokens_per_s": round(n_tokens / wall), "docs_per_s": round(n_docs / wall, 1),
              "text_bytes": nbytes, "threads": workers}
     if progress:
-        print(f"prepared {out.parent.name}: {n_tokens:,} tokens ({n_train:,} train, {n_val:,} val) "
-              f"from {n_docs:,} documents in {wall:.1f} s: {n_tokens / wall:,.0f} tokens/s, "
-              f"{n_docs / wall:,.0f} docs/s", file=sys.stderr)
+        print(within(f"prepared {out.parent.name}: {approx_count(n_tokens)} tokens, {100 * n_val / n_tokens:.1f}% "
+                     f"val, {n_docs:,} documents in {wall:.1f} s, {approx_count(n_tokens / wall, 3)} tok/s"),
+              file=sys.stderr)
     return {
         "format": FORMAT_VERSION, "source": cfg.source, "tokenizer": cfg.tokenizer,
         "files": [str(f) for f in files], "hf_config": cfg.hf_config if cfg.source == "fineweb" else None,
@@ -208,9 +228,10 @@ def _tokenizer(cfg: DataConfig, source: Callable[[], DocBatches], out: Any, prog
 
     def sample() -> Iterator[str]:  # train-split documents only, so val text stays unseen
         chars = 0
+        split = ValSplit(cfg.val_fraction)  # by UTF-8 bytes, as `build` splits for bpe
         for batch in document_batches(source, cfg.max_docs):
             for t in batch:
-                if not is_val(t, cfg.val_fraction):
+                if not split.to_val(len(t.encode("utf-8"))):
                     yield t
                     chars += len(t)
                     if chars >= BPE_SAMPLE_CHARS:
@@ -227,7 +248,7 @@ def _check_split(cfg: DataConfig, files: list[Path], docs: list[int], n_text: in
         split = "validation" if docs[1] == 0 else "training"
         raise ConfigError(
             f"data.val_fraction={cfg.val_fraction}: the {split} split is empty ({docs[0]} train / "
-            f"{docs[1]} val documents; documents are assigned by a hash of their text). Use more "
+            f"{docs[1]} val documents; whole documents go to val until it holds that share of the tokens). Use more "
             "documents or change data.val_fraction"
             + (" (for source 'text' with data.documents=file, one file is one document: data.documents="
                "blank_lines, lines or a delimiter cuts files into more)"

@@ -1,10 +1,10 @@
 """Token stores: tokenize a corpus once, then read batches as a pure function of (seed, step).
 
-``prepare(cfg)`` streams documents from a source, splits them into train/val by a hash of their
-text, tokenizes them on worker threads and writes two flat token arrays (``train``, ``val``) into a
-TensorStore zarr3 folder with a ``meta.json``. ``TokenStore.batch(seed, step, ...)`` draws random
-windows from the train split; ``val_set`` returns a fixed validation set; ``batches`` prefetches
-chunks of batches on a background thread.
+``prepare(cfg)`` streams documents from a source, tokenizes them on worker threads, splits whole
+documents into train/val so that val holds ``val_fraction`` of the tokens (:class:`.storebuild.ValSplit`)
+and writes two flat token arrays (``train``, ``val``) into a TensorStore zarr3 folder with a ``meta.json``.
+``TokenStore.batch(seed, step, ...)`` draws random windows from the train split; ``val_set`` returns a
+fixed validation set; ``batches`` prefetches chunks of batches on a background thread.
 
 Documents come from :mod:`.sources` and are tokenized by :mod:`.tokenizers`; the arrays are built by
 :mod:`.storebuild` and read ahead by :mod:`.prefetch`.

@@ -1,5 +1,7 @@
 """Optional experiment trackers as metrics sinks: ``TensorBoardSink`` (tensorboardX) and ``WandbSink``
-(Weights & Biases), whose packages are imported only when asked for (`optional_import`)."""
+(Weights & Biases), whose packages are imported only when asked for (`optional_import`), and the labels
+(`run_labels`) a grid's runs are filtered and compared by in both: W&B's flat config keys and tags,
+TensorBoard's hparams."""
 from __future__ import annotations
 
 import importlib
@@ -12,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import ConfigError
+from .config import ConfigError, RunConfig, approx_count
 
 
 class SinkSetupError(ConfigError):
@@ -37,16 +39,30 @@ SCALAR_TAGS = {"loss": "train/loss", "lr": "train/lr", "tau": "train/tau", "grad
 EVAL_TAGS = ("eval/loss", "eval/stderr")
 
 
+def run_labels(cfg: RunConfig, role: str) -> dict[str, Any]:
+    """What a run of a grid is compared by: W&B's flat config keys, TensorBoard's hparams, and (see
+    `tags`) W&B's tags. role: separate | trunk | branch for a grid's cell, single for `train`."""
+    return {"variant": cfg.model.variant, "width": cfg.model.width, "depth": cfg.model.depth,
+            "tokens": cfg.train.tokens, "peak_lr": cfg.optim.lr, "role": role}
+
+
+def tags(labels: dict[str, Any]) -> list[str]:
+    """W&B tags from `run_labels`: variant=gpt2, width=64, depth=2, tokens=20M, lr=0.003, role=trunk."""
+    shown = {"tokens": approx_count, "peak_lr": lambda v: f"{v:g}"}
+    return [f"{'lr' if k == 'peak_lr' else k}={shown.get(k, str)(v)}" for k, v in labels.items()]
+
+
 class TensorBoardSink:
     """TensorBoard event files of one run in `logdir` (a run of `tensorboard --logdir` its parent),
     written with tensorboardX, scalars keyed by step. Flushed at every eval and checkpoint (and every
     `flush_secs`), so TensorBoard shows a run while it trains."""
 
     def __init__(self, logdir: str | Path, flush_secs: int = 10,
-                 recorded: Callable[[int], dict[str, float]] | None = None):
-        """recorded(step): the train metrics the run's store holds at a step (see `read_step`)."""
+                 recorded: Callable[[int], dict[str, float]] | None = None, hparams: dict[str, Any] | None = None):
+        """recorded(step): the train metrics the run's store holds at a step (see `read_step`); hparams:
+        the run's `run_labels`, shown in TensorBoard's HPARAMS tab against its eval and train loss."""
         self.tbx = optional_import("tensorboardX", "--tensorboard")
-        self.logdir, self.flush_secs, self.recorded = str(logdir), flush_secs, recorded
+        self.logdir, self.flush_secs, self.recorded, self.hparams = str(logdir), flush_secs, recorded, hparams
         self.writer: Any = None
 
     def start(self, total_steps: int, first_step: int) -> None:
@@ -61,6 +77,12 @@ class TensorBoardSink:
         # files in name order, which the nanoseconds keep.
         self.writer = self.tbx.SummaryWriter(self.logdir, purge_step=purge, flush_secs=self.flush_secs,
                                              filename_suffix=f".{time.time_ns()}")
+        if self.hparams:
+            # In the run's own folder (add_hparams would open a sibling run): the hparams plugin pairs
+            # these values with this run's scalars, the metrics named here.
+            metrics = {EVAL_TAGS[0]: math.nan, SCALAR_TAGS["loss"]: math.nan}
+            for summary in self.tbx.summary.hparams(self.hparams, metrics):
+                self.writer.file_writer.add_summary(summary)
         if purge == first_step and self.recorded is not None:  # (purge == first_step implies recorded)
             try:
                 point = self.recorded(first_step)
@@ -91,24 +113,34 @@ class TensorBoardSink:
 
 class WandbSink:
     """One Weights & Biases run per training run: run id = name = `run_id` (so a resumed run appends to
-    its W&B run), `config` attached. WANDB_MODE=offline and the other WANDB_* settings are wandb's own."""
+    its W&B run), `config` attached, in W&B group `group` (a grid's: its spec name) with `tags`.
+    WANDB_MODE=offline and the other WANDB_* settings are wandb's own."""
 
-    def __init__(self, project: str, run_id: str, config: dict[str, Any]):
+    def __init__(self, project: str, run_id: str, config: dict[str, Any], group: str | None = None,
+                 tags: list[str] | None = None):
         self.wandb = optional_import("wandb", "--wandb")
-        self.project, self.run_id, self.config = project, run_id, config
+        self.project, self.run_id, self.config, self.group, self.tags = project, run_id, config, group, tags
         self.run: Any = None
         self.floor = 0
 
-    def start(self, total_steps: int, first_step: int) -> None:
+    def open(self) -> None:
+        """Start the W&B run (`start` does it when not done): `train` calls it before it writes anything,
+        so a refused login leaves no run folder behind."""
+        if self.run is not None:
+            return
         try:
             # console="off": our own lines and bars stay ours; silent: no banner per run of a grid
             self.run = self.wandb.init(project=self.project, id=self.run_id, name=self.run_id, config=self.config,
-                                       resume="allow", settings=self.wandb.Settings(silent=True, console="off"))
+                                       group=self.group, tags=self.tags, resume="allow",
+                                       settings=self.wandb.Settings(silent=True, console="off"))
         except Exception as e:  # noqa: BLE001 - wandb raises its own types (UsageError, CommError, ...)
             raise SinkSetupError(f"--wandb {self.project}: wandb.init failed ({type(e).__name__}: {e}); log in with "
                                  "`wandb login`, or set WANDB_MODE=offline and `wandb sync` later") from None
         # W&B drops (with a warning each) steps below a resumed run's last one: skip them here
         self.floor = int(self.run.step or 0)
+
+    def start(self, total_steps: int, first_step: int) -> None:
+        self.open()
 
     def _log(self, row: dict[str, float], step: int) -> None:
         if step >= self.floor:

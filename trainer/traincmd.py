@@ -20,7 +20,7 @@ import yaml
 from . import tokenstore
 from .backend import accelerator_unused, backend_line
 from .config import ConfigError, RunConfig, fingerprint, from_dict
-from .logsinks import LogLineSink, ProgressSink, interactive
+from .logsinks import LogLineSink, ProgressSink, interactive, within
 from .loop import RunResult, train
 from .metrics import MetricsSink, Sinks, TensorStoreSink, read_step
 from .model import Arch, compute_dtype, flops_per_token, make_arch, param_counts
@@ -29,7 +29,7 @@ from .peaks import peak_flops
 from .runtime import barrier, is_writer
 from .sharding import make_mesh
 from .step import Steps, abstract_state, build, check_batch, check_state_fits
-from .trackers import TensorBoardSink, WandbSink
+from .trackers import TensorBoardSink, WandbSink, run_labels, tags
 
 
 def run_name(cfg: RunConfig) -> str:
@@ -40,11 +40,12 @@ def run_name(cfg: RunConfig) -> str:
 
 
 def train_cli(cfg: RunConfig, *, progress: bool = True, tensorboard: str | None = None,
-              wandb: str | None = None) -> RunResult:
+              wandb: str | None = None, wandb_group: str | None = None) -> RunResult:
     """`scaling-grid train`: a run directory with config.yaml, metrics/ (zarr) and checkpoints/.
     Every check (config against the folder's, memory, optional sinks' packages) runs before anything
     is written there. progress: a bar on a terminal (plain lines otherwise and without it);
-    tensorboard: event files in <tensorboard>/<out_dir name>; wandb: a W&B run in this project.
+    tensorboard: event files in <tensorboard>/<out_dir name>; wandb: a W&B run in this project (and
+    group wandb_group); both with the run's labels (trackers.run_labels).
     out_dir may be a gs:// URL (an etils.epath.Path there, see paths.path_of; metrics go through
     TensorStore's kvstore)."""
     out = path_of(cfg.out_dir)
@@ -54,11 +55,14 @@ def train_cli(cfg: RunConfig, *, progress: bool = True, tensorboard: str | None 
         if (warning := accelerator_unused()) is not None:
             print(f"warning: {warning}", file=sys.stderr, flush=True)
     extra: list[MetricsSink] = []
+    labels = run_labels(cfg, "single")
     if tensorboard is not None and writer:
-        extra.append(TensorBoardSink(Path(tensorboard) / out.name,
+        extra.append(TensorBoardSink(Path(tensorboard) / out.name, hparams=labels,
                                      recorded=lambda step: read_step(os.fspath(out / "metrics"), step)))
+    wandb_run = None
     if wandb is not None and writer:
-        extra.append(WandbSink(wandb, run_name(cfg), cfg.to_dict()))
+        wandb_run = WandbSink(wandb, run_name(cfg), {**labels, **cfg.to_dict()}, group=wandb_group, tags=tags(labels))
+        extra.append(wandb_run)
     saved = out / "config.yaml"
     if saved.exists():
         old = fingerprint(saved_config(saved))
@@ -81,6 +85,8 @@ def train_cli(cfg: RunConfig, *, progress: bool = True, tensorboard: str | None 
     check_state_fits(steps)
     if not writer:
         return train(cfg, Sinks(), out / "checkpoints", store=store, steps=steps)
+    if wandb_run is not None:
+        wandb_run.open()  # a refused login is a refusal too
     out.mkdir(parents=True, exist_ok=True)  # only now: a run refused above leaves nothing behind
     with exclusive(out):
         if not saved.exists():
@@ -130,10 +136,10 @@ def saved_config(path: Any) -> RunConfig:
 def _train_in(out: Any, cfg: RunConfig, store: tokenstore.TokenStore, arch: Arch, steps: Steps,
               progress: bool = True, extra: Sequence[MetricsSink] = ()) -> RunResult:
     counts = param_summary(steps, arch)
-    print(f"{cfg.model.variant} width {arch.width} depth {arch.depth} heads {arch.heads}: "
-          f"{counts['non_embedding']:,} non-embedding params, {counts['embedding']:,} embedding, "
-          f"{counts['head']:,} head; {counts['flops_per_token']:,} FLOPs/token; "
-          f"{cfg.steps:,} steps x {cfg.tokens_per_step:,} tokens", flush=True)
+    print(within(f"{cfg.model.variant} width {arch.width} depth {arch.depth} heads {arch.heads}: "
+                 f"{counts['non_embedding']:,} non-embedding params, {counts['embedding']:,} embedding, "
+                 f"{counts['head']:,} head; {counts['flops_per_token']:,} FLOPs/token; "
+                 f"{cfg.steps:,} steps x {cfg.tokens_per_step:,} tokens"), flush=True)
     if progress and interactive():
         shown: MetricsSink = ProgressSink(cfg.tokens_per_step, desc=out.name)
     else:  # a log file: a line every 30 s and one per eval instead of a bar's redraws
@@ -145,8 +151,9 @@ def _train_in(out: Any, cfg: RunConfig, store: tokenstore.TokenStore, arch: Arch
     dt = time.perf_counter() - t0
     if result.status == "done":
         what = "already complete" if result.message else f"{cfg.steps:,} steps in {dt:.1f} s"
-        print(f"done: {what}; final eval loss {result.eval_loss:.4f} "
-              f"(ln vocab = {math.log(store.vocab_size):.3f}); metrics in {out / 'metrics'}")
+        print(within(f"metrics in {_shown(out / 'metrics')}"))  # a path may be long: the result goes last
+        print(within(f"done: {what}; final eval loss {result.eval_loss:.4f} "
+                     f"(ln vocab = {math.log(store.vocab_size):.3f})"))
     else:
         print(result.message, file=sys.stderr)
     loss = result.eval_loss if math.isfinite(result.eval_loss) else None  # JSON has no NaN
@@ -156,6 +163,13 @@ def _train_in(out: Any, cfg: RunConfig, store: tokenstore.TokenStore, arch: Arch
                                                  "message": result.message, "eval_loss": loss,
                                                  "vocab": store.vocab_size}, allow_nan=False))
     return result
+
+
+def _shown(path: Any) -> str:
+    """A local path relative to the working folder when it is under it (shorter on a line), else whole."""
+    p = os.fspath(path)
+    rel = p if is_remote(p) else os.path.relpath(p)
+    return p if rel.startswith("..") else rel
 
 
 def param_summary(steps: Steps, arch: Arch) -> dict[str, int]:

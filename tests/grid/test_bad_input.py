@@ -98,3 +98,27 @@ def test_a_bucket_that_does_not_answer_is_refused_before_any_compute(tmp_path):
     assert "--checkpoints='gs://bucket/ck': the bucket did not answer within 1 s" in p.stderr
     assert "Traceback" not in p.stderr and "jax" not in p.stdout  # nothing started: no backend line
     assert not (tmp_path / "gs:").exists() and not (tmp_path / "s").exists()
+
+
+@pytest.mark.slow
+def test_a_refused_train_leaves_nothing_and_the_corrected_config_runs_in_the_same_out_dir(tmp_path, capsys,
+                                                                                          monkeypatch):
+    """A missing corpus, an eval set larger than the validation split and a refused W&B login each
+    refuse `train` before out_dir exists (no metrics/, no .lock, no config.yaml to reject the next
+    config); the corrected command then trains in that same out_dir."""
+    out = tmp_path / "run"
+    base = ["train", f"out_dir={out}", f"data.root={tmp_path}/data", *TINY]
+    refused = [[*base, "data.source=jsonl", f"data.paths={tmp_path}/missing.jsonl"],
+               [*base, "train.eval_batches=100000"]]
+    for argv in refused:
+        assert cli.main(argv) == 2
+        assert "error: " in capsys.readouterr().err and not out.exists(), argv
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_MODE", "WANDB_API_KEY")}
+    env.update(HOME=str(tmp_path), WANDB_DIR=str(tmp_path), WANDB_SILENT="true")  # no login anywhere
+    p = subprocess.run([sys.executable, "-m", "scaling_grid.grid.cli", *base, "--wandb", "refused"],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert p.returncode == 2 and "wandb.init failed" in p.stderr, p.stderr[-2000:]
+    assert not out.exists()
+    monkeypatch.chdir(tmp_path)
+    assert cli.main([*base, "--no-progress"]) == 0
+    assert (out / "result.json").is_file() and '"status": "done"' in (out / "result.json").read_text()

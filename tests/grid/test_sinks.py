@@ -4,6 +4,7 @@ and the offline W&B run files every cell's curves, equal to the store's; the pac
 when asked for, and a missing one is an exit-2 message naming the pip install."""
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from tiny import tiny_spec
 
 from scaling_grid.grid import cli
 from scaling_grid.grid import store as G
+from scaling_grid.trainer.config import approx_count
 from scaling_grid.trainer.trackers import TensorBoardSink
 
 TRAIN_TAGS = {"loss": "train/loss", "lr": "train/lr", "tau": "train/tau", "grad_norm": "train/grad_norm",
@@ -183,6 +185,74 @@ def test_wandb_offline_run_per_cell_with_the_scalars(grid):
             np.testing.assert_array_equal([history[s][tag] for s in steps], want[steps], err_msg=f"{cid} {tag}")
 
 
+def _labels(store: Path) -> dict[str, dict]:
+    """Per cell, what its W&B run and TensorBoard hparams must carry, from the store's records."""
+    return {r["config"]["id"]: {"variant": r["config"]["variant"], "width": r["config"]["m"], "depth": r["config"]["l"],
+                                "tokens": r["config"]["config"]["train"]["tokens"],
+                                "peak_lr": r["config"]["peak_lr"], "role": r["config"]["role"]}
+            for r in G.Store(str(store)).records()[0]}
+
+
+@pytest.mark.slow
+def test_wandb_runs_are_grouped_by_spec_tagged_and_carry_flat_keys(grid):
+    """W&B group = the spec's name; tags variant, width, depth, tokens, lr, role; flat config keys."""
+    root, store, _, metrics, _ = grid
+    labels = _labels(store)
+    assert sorted(labels) == sorted(metrics) and {v["role"] for v in labels.values()} == {"trunk", "branch"}
+    for cid, want in labels.items():
+        (path,) = (root / "wandb").glob(f"offline-run-*-{cid}/run-{cid}.wandb")
+        run = next(r.run for r in _wandb_records(path) if r.WhichOneof("record_type") == "run")
+        assert run.run_group == "sinks"
+        config = {i.key: json.loads(i.value_json) for i in run.config.update}
+        assert {k: config[k] for k in want} == want
+        assert list(run.tags) == [f"variant={want['variant']}", f"width={want['width']}", f"depth={want['depth']}",
+                                  f"tokens={approx_count(want['tokens'])}", f"lr={want['peak_lr']:g}",
+                                  f"role={want['role']}"]
+
+
+@pytest.mark.slow
+def test_tensorboard_hparams_per_cell(grid):
+    """Each cell's TensorBoard run holds its hparams (TensorBoard's hparams plugin data, read back with
+    TensorBoard's own reader), with eval and train loss as the metrics."""
+    from tensorboard.backend.event_processing import event_accumulator as ea
+    from tensorboard.plugins.hparams import metadata as hp
+    _, store, tb, _, _ = grid
+    for cid, want in _labels(store).items():
+        acc = ea.EventAccumulator(str(tb / cid))
+        acc.Reload()
+        content = acc.PluginTagToContent(hp.PLUGIN_NAME)
+        start = hp.parse_session_start_info_plugin_data(content[hp.SESSION_START_INFO_TAG])
+        got = {k: (v.string_value or v.number_value) for k, v in start.hparams.items()}
+        assert got == want, (cid, got)
+        experiment = hp.parse_experiment_plugin_data(content[hp.EXPERIMENT_TAG])
+        assert [m.name.tag for m in experiment.metric_infos] == ["eval/loss", "train/loss"]
+
+
+@pytest.mark.slow
+def test_train_wandb_group_is_given_by_flag_and_its_labels_say_single(tmp_path):
+    """`train --wandb P --wandb-group G`: the W&B run in group G, tagged and keyed like a grid's cell
+    with role single; its TensorBoard run holds the same labels as hparams."""
+    from tensorboard.backend.event_processing import event_accumulator as ea
+    from tensorboard.plugins.hparams import metadata as hp
+    args = [f"out_dir={tmp_path}/one", f"data.root={tmp_path}/data", "model.width=16", "model.depth=1",
+            "model.heads=2", "model.seq_len=16", "train.batch_size=4", "train.tokens=640", "train.eval_every=10",
+            "train.eval_batches=1", "optim.warmup_steps=2"]
+    p = subprocess.run([sys.executable, "-m", "scaling_grid.grid.cli", "train", *args, "--wandb", "sinks-test",
+                        "--wandb-group", "my-sweep", "--tensorboard", str(tmp_path / "tb")],
+                       capture_output=True, text=True, timeout=300, env=_env(tmp_path), cwd=tmp_path)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    (path,) = (tmp_path / "wandb").glob("offline-run-*-one-*/run-one-*.wandb")
+    run = next(r.run for r in _wandb_records(path) if r.WhichOneof("record_type") == "run")
+    want = {"variant": "gpt2", "width": 16, "depth": 1, "tokens": 640, "peak_lr": 3e-3, "role": "single"}
+    config = {i.key: json.loads(i.value_json) for i in run.config.update}
+    assert run.run_group == "my-sweep" and {k: config[k] for k in want} == want
+    assert list(run.tags) == ["variant=gpt2", "width=16", "depth=1", "tokens=640", "lr=0.003", "role=single"]
+    acc = ea.EventAccumulator(str(tmp_path / "tb" / "one"))
+    acc.Reload()
+    start = hp.parse_session_start_info_plugin_data(acc.PluginTagToContent(hp.PLUGIN_NAME)[hp.SESSION_START_INFO_TAG])
+    assert {k: (v.string_value or v.number_value) for k, v in start.hparams.items()} == want
+
+
 @pytest.mark.slow
 def test_run_log_is_plain_lines_with_the_backend_first(grid):
     """Not a terminal: no bar redraws (no carriage return), one line per cell, the backend first."""
@@ -268,3 +338,54 @@ def test_log_lines_show_an_eval_only_where_it_was_measured_with_speed_and_mfu():
     assert len(wrapped) == 2 and all(len(line) <= 100 for line in wrapped) and wrapped[1].startswith("    ")
     assert "MFU" not in " ".join(wrapped) and "tok/s" in " ".join(wrapped)  # no peak known: no MFU, never a guess
     assert device_peak_tflops("NVIDIA H100 80GB HBM3", np.float32) == 66.9 and device_peak_tflops("cpu", "float32") is None
+
+
+# The XLA runtime's C++ log lines and JAX plugins' notes (not the trainer's or the launcher's own)
+THIRD_PARTY = re.compile(r"^([IWE]\d{4} |WARNING: All log messages|WARNING:jax_plugins)")
+
+
+def _ours(p: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in (p.stdout + p.stderr).splitlines() if not THIRD_PARTY.match(line)]
+
+
+@pytest.mark.slow
+def test_every_line_of_a_grid_and_a_train_fits_100_columns_and_evals_show_where_measured(tmp_path):
+    """A tiny grid and a `train` into a deep out_dir, as a log file sees them: every line of theirs
+    within 100 columns (prepared, done, progress, the model line); each eval value on one line, at the
+    step it was measured, equal to the stored one."""
+    from scaling_grid.trainer.metrics import read_metrics
+    spec = tmp_path / "s.yaml"
+    spec.write_text(tiny_spec("a-grid-with-a-rather-long-name", {"width": [16, 32], "depth": [1], "tokens": [2560],
+                                                                 "lr": ["3e-3"]}, root=str(tmp_path / "data"), pack=2))
+    grid = subprocess.run([sys.executable, "-m", "scaling_grid.grid.cli", "run", str(spec), "--store", "st",
+                           "--no-memory-check"], capture_output=True, text=True, timeout=600, env=_env(tmp_path),
+                          cwd=tmp_path)
+    assert grid.returncode == 0, grid.stdout[-2000:] + grid.stderr[-2000:]
+    out = tmp_path / "runs-of-this-test" / "a-run-folder-named-at-length-as-people-do"
+    train = subprocess.run([sys.executable, "-m", "scaling_grid.grid.cli", "train", f"out_dir={out}",
+                            f"data.root={tmp_path}/data", "model.width=16", "model.depth=1", "model.heads=2",
+                            "model.seq_len=16", "train.batch_size=4", "train.tokens=2560", "train.eval_every=20",
+                            "train.eval_batches=1", "optim.warmup_steps=4"], capture_output=True, text=True,
+                           timeout=600, env=_env(tmp_path), cwd=tmp_path)
+    assert train.returncode == 0, train.stdout[-2000:] + train.stderr[-2000:]
+    lines = _ours(grid) + _ours(train)
+    assert len(max(lines, key=len)) <= 100, max(lines, key=len)
+    assert any(line.startswith("prepared ") for line in lines) and any(line.startswith("done: ") for line in lines)
+
+    store = G.Store(str(tmp_path / "st"))
+    done = [line for line in _ours(grid) if ": done in " in line]
+    assert len(done) == 2
+    for line in done:  # a cell's eval: its last step's, on its done line only
+        cid = line.split(":")[0]
+        m = store.read_metrics(cid)
+        last = _logged(m["eval_loss"])[-1]
+        assert last == len(m["eval_loss"]) - 1 and f"eval loss {m['eval_loss'][last]:.4f}" in line
+    assert sum("eval" in line for line in _ours(grid)) == 2
+
+    m = read_metrics(str(out / "metrics"))
+    shown = [re.fullmatch(r"step ([\d,]+)/40 eval (\d\.\d{4}) \(se \d\.\d{4}\)", line) for line in _ours(train)]
+    evals = [(int(x[1].replace(",", "")), x[2]) for x in shown if x]
+    assert evals == [(int(s), f"{m['eval_loss'][s]:.4f}") for s in _logged(m["eval_loss"])]  # each once
+    assert [s for s, _ in evals] == [0, 20, 40]
+    others = [line for line, x in zip(_ours(train), shown) if not x and "eval" in line]
+    assert len(others) == 1 and others[0].startswith("done: 40 steps in ") and f"eval loss {evals[-1][1]}" in others[0]

@@ -60,6 +60,13 @@ def bytes_store(tmp_path_factory) -> tokenstore.TokenStore:
     return tokenstore.prepare(DataConfig(root=str(tmp_path_factory.mktemp("stores"))), progress=False)
 
 
+def in_val(docs: list[str], val_fraction: float, tok=None) -> list[bool]:
+    """The split rule (storebuild.ValSplit) on these documents in reading order: each one's size in
+    tokens with its EOT (gpt2, `tok`), or in UTF-8 bytes (bytes and bpe tokenizers, tok None)."""
+    sizes = [len(ids) + 1 for ids in tok.encode_batch(docs)] if tok else [len(d.encode()) for d in docs]
+    return storebuild.ValSplit(val_fraction).assign(sizes).tolist()
+
+
 def _split_docs(store: tokenstore.TokenStore, split: str) -> list[np.ndarray]:
     """A split's documents, cut at the EOT that precedes each one."""
     tokens = store.read(split)
@@ -98,7 +105,7 @@ def test_parquet_store_matches_direct_tokenization(tmp_path, docs, gpt2):
     assert store.path == tokenstore.store_path(cfg) and store.path.name.startswith("parquet-gpt2-")
     assert (store.vocab_size, store.eot, store.meta["dtype"]) == (50257, 50256, "uint16")
 
-    is_val = [storebuild.is_val(d, 0.1) for d in corpus]
+    is_val = in_val(corpus, 0.1, gpt2)
     expect = {False: [], True: []}
     for v, ids in zip(is_val, gpt2.encode_batch(corpus)):
         expect[v] += [50256] + ids
@@ -109,24 +116,53 @@ def test_parquet_store_matches_direct_tokenization(tmp_path, docs, gpt2):
     assert store.read("val").tolist() == expect[True]
 
 
-def test_val_split_is_independent_of_sharding(tmp_path, docs, gpt2):
+def test_val_split_follows_reading_order_and_holds_val_fraction_of_the_tokens(tmp_path, docs, gpt2):
+    """The same documents in other files (another reading order) make another store: each splits its
+    own reading order by the rule, val holding 15% of its tokens to within one document."""
     corpus = docs[:150]
     write_fineweb_parquet(tmp_path / "one" / "all.parquet", corpus)
     shuffled = corpus[:]
     random.Random(1).shuffle(shuffled)
     for i, name in enumerate(["z", "m", "a"]):  # sorted file order differs from the shuffled order too
         write_fineweb_parquet(tmp_path / "three" / f"{name}.parquet", shuffled[i::3], row_group_size=7)
+    orders = {"one": corpus, "three": shuffled[2::3] + shuffled[1::3] + shuffled[0::3]}
+    longest = max(len(ids) + 1 for ids in gpt2.encode_batch(corpus))
+    for d, order in orders.items():
+        s = tokenstore.prepare(DataConfig(source="parquet", paths=(str(tmp_path / d),), tokenizer="gpt2",
+                                          val_fraction=0.15, root=str(tmp_path / "stores")), progress=False)
+        val = in_val(order, 0.15, gpt2)
+        assert _docs_of(s, gpt2, "val") == [doc for doc, v in zip(order, val) if v]
+        assert _docs_of(s, gpt2, "train") == [doc for doc, v in zip(order, val) if not v]
+        assert abs(s.n_val - 0.15 * (s.n_train + s.n_val)) <= 0.85 * longest
 
-    stores = [tokenstore.prepare(DataConfig(source="parquet", paths=(str(tmp_path / d),), tokenizer="gpt2",
-                                      val_fraction=0.15, root=str(tmp_path / "stores")), progress=False)
-              for d in ("one", "three")]
-    assert stores[0].path != stores[1].path
-    for split in ("train", "val"):
-        docs_of = [{gpt2.decode(d[1:].tolist()) for d in _split_docs(s, split)} for s in stores]
-        assert docs_of[0] == docs_of[1] == {d for d in corpus if storebuild.is_val(d, 0.15) == (split == "val")}
-        counts = [np.bincount(s.read(split), minlength=s.vocab_size) for s in stores]
-        assert (counts[0] == counts[1]).all()
-    assert stores[0].meta["docs_val"] == stores[1].meta["docs_val"] > 0
+
+def uneven_jsonl(path: Path) -> list[str]:
+    """A ~1 MB JSON Lines corpus of uneven documents, as own data often is: 20 long ones (45 kB each)
+    among 1,000 short ones (100 B), in a fixed order; its documents."""
+    rng = random.Random(22)
+    words = "the of and to in a is that for it as was with be by on not he this are or his".split()
+
+    def text(n: int) -> str:
+        return " ".join(rng.choice(words) for _ in range(n // 3))[:n]
+    docs = [text(45_000) if i % 51 == 25 else text(100) for i in range(1020)]
+    _write_jsonl(path, [{"text": d} for d in docs])
+    return docs
+
+
+def test_uneven_documents_val_holds_val_fraction_of_the_tokens_and_the_defaults_run(tmp_path):
+    """Few long documents among many short ones: val holds 2% of the tokens to within one document
+    (2% of the documents, the old rule, gave 2,700 tokens here), so the default eval set fits."""
+    from scaling_grid.trainer.config import RunConfig
+    docs = uneven_jsonl(tmp_path / "corpus.jsonl")
+    cfg = RunConfig(data=DataConfig(source="jsonl", paths=(str(tmp_path / "corpus.jsonl"),),
+                                    root=str(tmp_path / "stores")))
+    assert cfg.data.val_fraction == 0.02 and cfg.data.tokenizer == "bytes"  # the defaults
+    store = tokenstore.prepare(cfg.data, progress=False)
+    total = store.n_train + store.n_val
+    assert total == sum(len(d.encode()) for d in docs) > 900_000
+    assert abs(store.n_val - 0.02 * total) <= max(len(d.encode()) for d in docs)
+    assert store.meta["docs_val"] >= 1 and store.n_val >= 0.02 * total - 100  # short documents fill it
+    store.check_fits(cfg.train.eval_batches * cfg.train.batch_size, cfg.model.seq_len)  # the run's own check
 
 
 def test_bad_parquet_inputs(tmp_path):
@@ -286,7 +322,7 @@ def test_bytes_tokenizer_on_shakespeare(bytes_store, docs):
     assert s.n_train + s.n_val == sum(len(d.encode()) for d in docs)
     assert s.meta["docs_train"] + s.meta["docs_val"] == len(docs) and s.meta["docs_val"] > 0
     tok = s.tokenizer()
-    first_val = next(d for d in docs if storebuild.is_val(d, 0.02))
+    first_val = next(d for d, v in zip(docs, in_val(docs, 0.02)) if v)
     assert tok.decode(s.read("val", 0, len(first_val.encode())).tolist()) == first_val
 
 
@@ -296,7 +332,7 @@ def test_bpe_trained_saved_and_reloaded(tmp_path, docs):
     assert (store.data / "tokenizer.json").is_file() and store.vocab_size == 1024 and store.eot is not None
     tok = tokenizers.get_tokenizer("bpe", store.data)  # reloaded from the store
     used = docs[:120]
-    val_docs = [d for d in used if storebuild.is_val(d, 0.1)]
+    val_docs = [d for d, v in zip(used, in_val(used, 0.1)) if v]  # bpe: sizes in bytes
     assert val_docs and store.meta["docs_val"] == len(val_docs)
     expect = [t for ids in tok.encode_batch(val_docs) for t in [tok.eot] + ids]
     assert store.read("val").tolist() == expect
@@ -457,7 +493,7 @@ SHAPES = {
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_text_documents_and_their_split(tmp_path, gpt2, shape):
     """data.documents cuts text files into exactly the expected documents, and each document goes to
-    the split its text's hash says: a single input.txt cut into documents gives both splits."""
+    the split the rule gives in reading order: a single input.txt cut into documents gives both splits."""
     documents, files, expect = SHAPES[shape]
     for name, content in files.items():
         (tmp_path / "in" / name).parent.mkdir(exist_ok=True)
@@ -466,9 +502,10 @@ def test_text_documents_and_their_split(tmp_path, gpt2, shape):
     cfg = DataConfig(source="text", paths=(str(tmp_path / "in"),), documents=documents, tokenizer="gpt2",
                      val_fraction=0.5, root=str(tmp_path / "stores"))
     store = tokenstore.prepare(cfg, progress=False)
-    val = [d for d in expect if storebuild.is_val(d, 0.5)]
+    mask = in_val(expect, 0.5, gpt2)
+    val = [d for d, v in zip(expect, mask) if v]
     assert 0 < len(val) < len(expect), "the corpus must exercise both splits"
-    assert _docs_of(store, gpt2, "train") == [d for d in expect if not storebuild.is_val(d, 0.5)]
+    assert _docs_of(store, gpt2, "train") == [d for d, v in zip(expect, mask) if not v]
     assert _docs_of(store, gpt2, "val") == val
     assert (store.meta["docs_train"], store.meta["docs_val"]) == (len(expect) - len(val), len(val))
     assert (store.meta["config"]["documents"], store.meta["config"]["text_key"]) == (documents, "text")
@@ -489,7 +526,7 @@ def _write_jsonl(path: Path, records: list, gz: bool = False) -> Path:
 
 def test_jsonl_documents_and_their_split(tmp_path, gpt2, docs):
     """A JSON Lines corpus (plain and gzipped files, a folder) gives one document per record from
-    data.text_key, in file order; empty texts are skipped; the split follows each text's hash."""
+    data.text_key, in file order; empty texts are skipped; the split follows the rule in reading order."""
     a = [{"id": i, "body": d, "meta": {"n": i}} for i, d in enumerate(docs[:12])]
     b = [{"body": "Record with \"quotes\", a tab\tand é ☃."}, {"body": ""}, {"body": docs[12]}]
     _write_jsonl(tmp_path / "in" / "a.jsonl", a)
@@ -501,9 +538,10 @@ def test_jsonl_documents_and_their_split(tmp_path, gpt2, docs):
                      val_fraction=0.5, root=str(tmp_path / "stores"))
     store = tokenstore.prepare(cfg, progress=False)
     assert store.path.name.startswith("jsonl-gpt2-")
-    val = [d for d in expect if storebuild.is_val(d, 0.5)]
+    mask = in_val(expect, 0.5, gpt2)
+    val = [d for d, v in zip(expect, mask) if v]
     assert 0 < len(val) < len(expect)
-    assert _docs_of(store, gpt2, "train") == [d for d in expect if not storebuild.is_val(d, 0.5)]
+    assert _docs_of(store, gpt2, "train") == [d for d, v in zip(expect, mask) if not v]
     assert _docs_of(store, gpt2, "val") == val
     # The same text under the default key, in one file: the same documents.
     _write_jsonl(tmp_path / "plain" / "all.jsonl", [{"text": r["body"]} for r in a + b])
@@ -519,8 +557,9 @@ def test_parquet_text_key_chooses_the_column(tmp_path, docs, gpt2):
     cfg = DataConfig(source="parquet", paths=(str(tmp_path / "x.parquet"),), text_key="content", tokenizer="gpt2",
                      val_fraction=0.5, root=str(tmp_path / "stores"))
     store = tokenstore.prepare(cfg, progress=False)
+    mask = in_val(docs[:30], 0.5, gpt2)
     assert _docs_of(store, gpt2, "train") + _docs_of(store, gpt2, "val") == \
-        [d for d in docs[:30] if not storebuild.is_val(d, 0.5)] + [d for d in docs[:30] if storebuild.is_val(d, 0.5)]
+        [d for d, v in zip(docs[:30], mask) if not v] + [d for d, v in zip(docs[:30], mask) if v]
     with pytest.raises(ConfigError, match=r"x\.parquet.* no 'body' column \(columns: \['content', 'text'\]\)"):
         tokenstore.prepare(DataConfig(source="parquet", paths=(str(tmp_path / "x.parquet"),), text_key="body",
                                 root=str(tmp_path / "stores")), progress=False)
