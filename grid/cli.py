@@ -230,8 +230,9 @@ def _prereg_lines(pre: dict[str, Any]) -> list[str]:
                         f"; the store already holds them (predictions/{pre['key']}.json)" if pre["key"] else ""))
         level = f"{100 * pre.get('ci', 0.95):g}%"
         table = markdown_table([[p["cell"][i], p["variant"][i], f"{p['m'][i]:g}", f"{p['l'][i]:g}",
-                                 f"{p['tokens'][i]:.3g}", fmt_interval(float(p["prediction"][i]), float(p["lo"][i]),
-                                                                       float(p["hi"][i]))] for i in range(n)],
+                                 T.format_count(int(p["tokens"][i])),
+                                 fmt_interval(float(p["prediction"][i]), float(p["lo"][i]), float(p["hi"][i]))]
+                                for i in range(n)],
                                ["cell", "variant", "m", "ℓ", "tokens", f"predicted loss [{level} interval]"])
     scores = []
     for r in pre["scored"]:

@@ -182,6 +182,7 @@ def test_preregistration_shows_every_record_per_cell_with_a_plot_and_on_the_term
     lines = cli._prereg_lines(pre)
     table = [ln for ln in lines if ln.startswith("| ")]
     assert "predicted loss [95% interval]" in table[0] and "c-d" in table[1] and "1.90 [1.85, 1.96]" in table[1]
+    assert "| 1.6M " in table[1], table  # token budgets as counts, as everywhere else (not 1.6e+06)
 
 
 # ---------------------------------------------------------------------------------- in Chromium
