@@ -29,7 +29,7 @@ BACKEND=$("$PYTHON" -c "import jax; print(jax.default_backend())" 2>/dev/null)
 ATTENTIONS=(xla cudnn)
 if [ "$BACKEND" != "gpu" ]; then
     if [ -z "${SMOKE:-}" ]; then  # a CPU-only jax on a GPU machine would "benchmark" 124M on the CPU
-        printf '{"error": "the JAX backend is %s, not gpu: install the cuda12 extra (README, accelerators), or run SMOKE=1"}\n' \
+        printf '{"error": "the JAX backend is %s, not gpu: install the cuda12 extra (README, Install), or run SMOKE=1"}\n' \
             "${BACKEND:-unavailable}"
         exit 2
     fi

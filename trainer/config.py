@@ -164,7 +164,7 @@ class TrainConfig:
     steps_per_call: int = _f(1, "optimizer steps fused into one compiled call (CPU dispatch overhead)")
     pack: int = _f(1, "a grid trains up to this many cells together in one compiled step (jax.vmap) when they "
                    "differ only in seeds, lr schedule and token budget; each keeps its own metrics and "
-                   "checkpoints. 1 = off (on a CPU packing lowered aggregate tokens/s: README, Speed)",
+                   "checkpoints. 1 = off (on a CPU packing lowered aggregate tokens/s: docs/speed.md)",
                    role="packing", late=True)
     seed: int = _f(0, "parameter init", role="seed")
     data_seed: int = _f(0, "batch order: the batch at step s is a function of (data_seed, s)", role="seed")

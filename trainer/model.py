@@ -99,7 +99,7 @@ def platform_of(devices: Any) -> str:
 
 def compute_dtype(name: str, platform: str = "") -> Any:
     """train.dtype resolved: auto is bf16 where matmuls pay for it (GPU, TPU) and float32 on CPU, where
-    bf16 gained nothing (README, Speed); ``platform`` as platform_of says ("" = the default backend)."""
+    bf16 gained nothing (docs/speed.md); ``platform`` as platform_of says ("" = the default backend)."""
     if name == "auto":
         return jnp.bfloat16 if (platform or _backend()) != "cpu" else jnp.float32
     return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
@@ -148,8 +148,8 @@ def resolve_attention(arch: Arch) -> str:
 
     auto: cuDNN's fused (flash) attention on an NVIDIA GPU when its constraints hold (bf16 or fp16
     compute, head dim a multiple of 8 and at most 128), else XLA's. On CPU, auto keeps the hand-written
-    ``manual_attention``, measured faster there than ``jax.nn.dot_product_attention``'s XLA path (README,
-    Speed). cudnn and splash fail with a ConfigError where they cannot run. Resolved when the model is
+    ``manual_attention``, measured faster there than ``jax.nn.dot_product_attention``'s XLA path
+    (docs/speed.md). cudnn and splash fail with a ConfigError where they cannot run. Resolved when the model is
     traced, as resolve_unroll: describing a cell must not start a JAX backend."""
     backend, want = arch.platform or _backend(), arch.attention
     low = jnp.dtype(arch.dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
@@ -185,7 +185,7 @@ def manual_attention(q_BTHK: jax.Array, k_BTHK: jax.Array, v_BTHK: jax.Array,
     score matmul names the BF16_BF16_F32 algorithm, as jax.nn.dot_product_attention does, so that its
     gradient (a float32 cotangent times bf16 keys or queries) also runs on bf16 operands. Computed in
     the (B, H, T, K) layout: on CPU, einsums straight from (B, T, H, K) left XLA more transposes and
-    copies and were 8% slower at width 64 (README, Speed). ``scale`` multiplies the scores (None:
+    copies and were 8% slower at width 64 (docs/speed.md). ``scale`` multiplies the scores (None:
     divide by sqrt(K), the standard scale)."""
     T, K = q_BTHK.shape[1], q_BTHK.shape[-1]
     bf16 = q_BTHK.dtype == jnp.bfloat16

@@ -254,7 +254,7 @@ def abstract_state(steps: Steps) -> Any:
 
 def default_steps_per_call(arch: Arch, batch_size: int) -> int:
     """Optimizer steps per compiled call. On CPU a small model's step is short enough that per-call
-    dispatch costs 15-40% (measured: best near 8 at width 64, 2-4 at width 256; README, Speed);
+    dispatch costs 15-40% (measured: best near 8 at width 64, 2-4 at width 256; docs/speed.md);
     accelerators dispatch asynchronously, so one step per call suffices there."""
     if jax.default_backend() != "cpu":
         return 1
