@@ -105,8 +105,10 @@ def test_fsdp_across_two_processes_resumes_on_one_process(two_process_run, tmp_p
     """State sharded 4 ways over 2 processes x 2 devices, SIGTERM to one of them; the checkpoint then
     restores onto 1 process x 4 devices with parameters replicated, and training goes on. The
     uninterrupted run is another mesh (2 processes x 1 device, data parallel), so the curves agree to
-    rounding, which chaotic training amplifies over the run: a wrong restore would jump at the resume
-    step instead, so the 20 steps after it are held to 1e-5 and the rest to 0.05."""
+    rounding, which chaotic training amplifies over the run (measured: 2.0e-4 by step 26, before any
+    resume, since the validation split takes a share of the tokens): a wrong restore would jump at the
+    resume step instead, so the 20 steps after it are held to 2e-3 (ten times that drift) and the rest
+    to 0.05."""
     root, ref, _, _ = two_process_run
     out = tmp_path / "run"
     procs = _start(out, root / "data", "mesh.data=1", "mesh.fsdp=4", devices=2)
@@ -124,7 +126,7 @@ def test_fsdp_across_two_processes_resumes_on_one_process(two_process_run, tmp_p
     logged = np.isfinite(ref["loss"])
     assert np.array_equal(logged, np.isfinite(got["loss"]))
     near = logged & (np.arange(len(logged)) <= stopped + 20)
-    np.testing.assert_allclose(got["loss"][near], ref["loss"][near], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(got["loss"][near], ref["loss"][near], rtol=0, atol=2e-3)
     np.testing.assert_allclose(got["loss"][logged], ref["loss"][logged], rtol=0, atol=0.05)
     ev = np.isfinite(ref["eval_loss"])
     np.testing.assert_allclose(got["eval_loss"][ev], ref["eval_loss"][ev], rtol=0, atol=0.05)
