@@ -9,9 +9,13 @@ import numpy as np
 from . import spec as S
 
 
+def _flops_per_token(c: Any) -> float:
+    return float(S.derived(c, S.expected_vocab(c.config))["flops_per_token"])
+
+
 def cell_flops(c: Any) -> float:
     """What training a cell costs, FLOPs (a wsd branch: its cooldown; a trunk segment: its own steps)."""
-    return float(c.train_tokens * S.derived(c, S.expected_vocab(c.config))["flops_per_token"])
+    return c.train_tokens * _flops_per_token(c)
 
 
 def cell_candidates(cells: list[Any], with_lr: bool = False, with_seed: bool = False
@@ -25,13 +29,13 @@ def cell_candidates(cells: list[Any], with_lr: bool = False, with_seed: bool = F
     for c in cells:
         if c.role == "trunk":
             continue
-        fpt = S.derived(c, S.expected_vocab(c.config))["flops_per_token"]
+        fpt = _flops_per_token(c)
         point: dict[str, Any] = {"width": c.m, "depth": c.l, "tokens": c.tokens}
         if with_lr:
             point["lr"] = c.config.optim.lr
         if with_seed:
             point["seed"] = c.seed
-        cands.append(Candidate(c.m, c.l, c.tokens, final_tau(c.config.to_dict()), float(c.train_tokens * fpt),
+        cands.append(Candidate(c.m, c.l, c.tokens, final_tau(c.config.to_dict()), cell_flops(c),
                                lr=point.get("lr"), seed=c.seed, trunk=c.parent,
                                stable=float((c.init_step or 0) * c.config.tokens_per_step * fpt)))
         points.append(point)
